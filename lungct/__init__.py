@@ -1,0 +1,1 @@
+"""Library code of the lung CT pipeline: pure functions on arrays, used by `stages/`."""

@@ -1,0 +1,84 @@
+"""The CNN of the seeds' family, the TensorFlow set-up, and the preprocessing contract.
+
+Importing this module imports TensorFlow (quietly); stages that do not train or
+predict never import it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers  # noqa: E402
+
+from lungct.params import TrainParams  # noqa: E402
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and Keras/TF and make TF ops deterministic (same params, same bytes)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build_cnn(image_size: int, channels: int, n_classes: int, params: TrainParams) -> keras.Model:
+    """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then
+    flatten, dense + ReLU, dropout and a softmax over the classes.
+
+    The model takes float32 pixel values in 0..255 and rescales them itself, so
+    evaluation and inference feed exactly what the PNGs hold.
+    """
+    inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for i, width in enumerate(params.filters, start=1):
+        x = layers.Conv2D(
+            width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
+        )(x)
+        if params.batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(params.dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="lung_ct_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params.lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def load_model(path: os.PathLike) -> keras.Model:
+    """Load a trained model in Keras safe mode (no arbitrary code from the file)."""
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def image_dataset(
+    paths: list[str],
+    labels: list[int],
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """PNG files -> batches of (float32 image 0..255, class index).
+
+    Each PNG is decoded once and cached in memory; training batches are reshuffled
+    every epoch from ``shuffle_seed``; evaluation keeps file order.
+    """
+
+    def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_png(tf.io.read_file(path), channels=channels)
+        image = tf.ensure_shape(image, (image_size, image_size, channels))
+        return tf.cast(image, tf.float32), label
+
+    data = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    if shuffle_seed is not None:
+        data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)

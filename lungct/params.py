@@ -1,0 +1,154 @@
+"""The typed schema of ``params.yaml``: parsed and validated once, at stage start.
+
+Every key is required and unknown keys are rejected, so a typo such as
+``dvc exp run -S train.lrr=1e-3`` fails loudly instead of silently adding a key
+that nothing reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lungct.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+ClassName = Literal["normal", "benign", "malignant"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BaseParams(_Section):
+    seed: Annotated[int, Field(ge=0)]
+
+
+class SyntheticParams(_Section):
+    """The built-in phantom cohort (``data.source: synthetic``)."""
+
+    patients: Annotated[int, Field(ge=3)]
+    slices: Annotated[int, Field(ge=1, le=512)]
+    image_size: Annotated[int, Field(ge=32, le=1024)]
+    class_balance: dict[ClassName, Annotated[float, Field(gt=0)]]
+
+    @model_validator(mode="after")
+    def _enough_patients(self) -> SyntheticParams:
+        if not self.class_balance:
+            raise ValueError("class_balance: must name at least one class")
+        # Every class needs a patient in each of train, val and test.
+        need = 3 * len(self.class_balance)
+        if self.patients < need:
+            raise ValueError(
+                f"patients: {self.patients} is too few for {len(self.class_balance)} classes "
+                f"in three splits (need at least {need})"
+            )
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["synthetic"]
+    synthetic: SyntheticParams
+
+
+class WindowParams(_Section):
+    """A CT window in Hounsfield units."""
+
+    center: float
+    width: Annotated[float, Field(gt=0)]
+
+
+class ConvertParams(_Section):
+    window: WindowParams
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+
+
+class SplitParams(_Section):
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    test_fraction: Annotated[float, Field(gt=0, lt=1)]
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "test_fraction: val_fraction + test_fraction must stay below 0.9 to leave a train "
+                "set "
+                f"(got {self.val_fraction + self.test_fraction:g})"
+            )
+        return self
+
+
+class TrainParams(_Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0, le=1)]
+    filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
+    dense_units: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    batch_norm: bool
+
+
+class EvaluateParams(_Section):
+    batch_size: PositiveInt
+
+
+class Params(_Section):
+    base: BaseParams
+    data: DataParams
+    convert: ConvertParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _image_fits_network(self) -> Params:
+        # Each conv block halves the image; the last feature map must keep at least 2x2 pixels.
+        smallest = 2 * 2 ** len(self.train.filters)
+        if self.convert.image_size < smallest:
+            raise ValueError(
+                f"convert.image_size: {self.convert.image_size} is too small for "
+                f"{len(self.train.filters)} pooling blocks (train.filters); "
+                f"need at least {smallest}"
+            )
+        return self
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if err["type"] == "missing":
+        return f"{key}: missing"
+    if err["type"] == "value_error":
+        # Our validators word their message as "<key relative to the section>: <problem>".
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{key}.{msg}" if key else msg
+    got = repr(err["input"])
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{key}: {err['msg'].lower()} (got {got})"
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate an already-loaded params mapping; raise :class:`UserError` on the first problem."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run stages from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw, str(path))

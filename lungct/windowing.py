@@ -1,0 +1,38 @@
+"""CT windowing: Hounsfield units to model-ready intensities. Pure functions on arrays.
+
+This is not the display VOI LUT of PS3.3 C.11.2.1.2 (which maps to a display range
+and uses ``center - 0.5`` / ``width - 1``); a CNN wants a plain linear map of the
+window ``[center - width/2, center + width/2]`` onto ``[0, 1]``, clipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_unit(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Map HU linearly so ``center - width/2`` -> 0 and ``center + width/2`` -> 1, clipped.
+
+    Args:
+        hu: Hounsfield units, any shape.
+        center: window level in HU.
+        width: window width in HU; must be positive.
+
+    Returns:
+        float32 array of the same shape, values in [0, 1].
+    """
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    low = center - width / 2.0
+    unit = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
+    return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    """Quantize [0, 1] intensities to 0..255 with rounding (0.5 -> 128)."""
+    return np.floor(np.asarray(unit, dtype=np.float32) * 255.0 + 0.5).astype(np.uint8)
+
+
+def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Window HU and quantize to an 8-bit grayscale image."""
+    return to_uint8(window_unit(hu, center, width))

@@ -1,0 +1,1 @@
+"""One module per DVC stage, each run as ``python -m stages.<name>``."""

@@ -1,0 +1,100 @@
+"""split: converted slices -> ``data/splits/{train,val,test}/<class>/`` by patient.
+
+Every image of a patient lands in one split (stratified by class, seeded), and the
+stage proves it: ``metrics/split.json`` records the number of patients found in more
+than one split, which must be 0. ``data/splits/splits.csv`` lists image, class,
+split and group for every image.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from lungct.artifacts import CONVERTED_DIR, METRICS_DIR, SPLITS_DIR, SPLITS_TABLE, read_manifest
+from lungct.atomic import atomic_dir, write_csv, write_json
+from lungct.errors import UserError, run_stage
+from lungct.params import Params, load_params
+from lungct.splitting import SPLITS, group_classes, groups_in_several_splits, split_groups
+
+METRICS_FILE = METRICS_DIR / "split.json"
+
+log = logging.getLogger("split")
+
+
+def read_converted(converted: Path) -> pd.DataFrame:
+    manifest = read_manifest(converted)
+    rows = manifest[manifest["status"] == "converted"]
+    if rows.empty:
+        raise UserError(f"{converted}: no converted images to split")
+    return pd.DataFrame(
+        {"source": rows["output"], "class": rows["label"], "group": rows["patient_id"]}
+    ).reset_index(drop=True)
+
+
+def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DIR) -> dict:
+    images = read_converted(converted)
+    assignment = split_groups(
+        group_classes(images),
+        params.split.val_fraction,
+        params.split.test_fraction,
+        params.base.seed,
+    )
+    images["split"] = images["group"].map(assignment)
+    leaked = groups_in_several_splits(images)
+    if leaked:  # split_groups assigns whole groups; this would be a bug
+        raise RuntimeError(f"groups in several splits: {leaked[:5]}")
+    # One flat folder per split and class; the source path keeps names unique.
+    images["image"] = [
+        f"{s}/{c}/{src.removeprefix('images/').replace('/', '__')}"
+        for s, c, src in zip(images["split"], images["class"], images["source"], strict=True)
+    ]
+    images = images.sort_values(["split", "class", "image"], key=_split_order).reset_index(
+        drop=True
+    )
+    with atomic_dir(out) as tmp:
+        for src, dst in zip(images["source"], images["image"], strict=True):
+            (tmp / dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(converted / src, tmp / dst)
+        write_csv(tmp / SPLITS_TABLE, images[["image", "class", "split", "group", "source"]])
+    metrics = split_metrics(images, leaked)
+    write_json(METRICS_FILE, metrics)
+    log.info(
+        "split: %s images, %s patients; 0 patients in two splits",
+        metrics["images"],
+        metrics["groups"],
+    )
+    return metrics
+
+
+def _split_order(column: pd.Series) -> pd.Series:
+    return (
+        column.map({name: i for i, name in enumerate(SPLITS)}) if column.name == "split" else column
+    )
+
+
+def split_metrics(images: pd.DataFrame, leaked: list[str]) -> dict:
+    per_class = images.groupby(["split", "class"]).size()
+    class_counts = images.groupby("class").size()
+    return {
+        "strategy": "patient",
+        "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
+        "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
+        "images_per_class": {
+            s: {c: int(per_class.get((s, c), 0)) for c in sorted(class_counts.index)}
+            for s in SPLITS
+        },
+        "groups_in_several_splits": len(leaked),
+        "class_imbalance_ratio": round(float(class_counts.max() / class_counts.min()), 4),
+    }
+
+
+def main() -> None:
+    split(load_params())
+
+
+if __name__ == "__main__":
+    run_stage(main)

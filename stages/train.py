@@ -1,0 +1,115 @@
+"""train: fit the CNN on ``data/splits/{train,val}`` and save it with its preprocessing contract.
+
+Writes ``models/model.keras``, ``models/labels.json`` (class order, input size,
+channels, window, preprocessing), ``metrics/train.json`` and per-epoch curves in
+``metrics/train/plots/metrics/`` (DVCLive).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lungct.artifacts import (
+    CONTRACT_FILE,
+    METRICS_DIR,
+    MODEL_FILE,
+    SPLITS_DIR,
+    SPLITS_TABLE,
+    read_splits,
+    split_images,
+)
+from lungct.atomic import atomic_file, write_json
+from lungct.errors import UserError, run_stage
+from lungct.params import Params, load_params
+
+METRICS_FILE = METRICS_DIR / "train.json"
+LIVE_DIR = METRICS_DIR / "train"
+CHANNELS = 1
+
+log = logging.getLogger("train")
+
+
+def preprocessing_contract(params: Params, classes: list[str]) -> dict:
+    """What evaluate, predict and the app need to feed the model exactly as in training."""
+    window = params.convert.window
+    return {
+        "classes": classes,
+        "image_size": params.convert.image_size,
+        "channels": CHANNELS,
+        "windows": [{"center": window.center, "width": window.width}],
+        "input": "float32 pixel values 0..255 (the model rescales to 0..1)",
+        "preprocessing": [
+            "DICOM stored values -> float32 -> padding pixels to air -> HU (slope, intercept)",
+            "HU -> window -> [0, 1] -> uint8",
+            "aspect-preserving resize with black padding to image_size",
+        ],
+    }
+
+
+def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
+    table = read_splits(splits_dir)
+    classes = sorted(table.loc[table["split"] == "train", "class"].unique())
+    if len(classes) < 2:
+        raise UserError(
+            f"{splits_dir / SPLITS_TABLE}: training needs at least two classes, got {classes}"
+        )
+
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    from lungct.model import build_cnn, image_dataset, seed_everything
+
+    seed_everything(params.base.seed)
+    size, cfg = params.convert.image_size, params.train
+    train_x, train_y = split_images(table, "train", classes, splits_dir)
+    val_x, val_y = split_images(table, "val", classes, splits_dir)
+    train_data = image_dataset(train_x, train_y, size, CHANNELS, cfg.batch_size, params.base.seed)
+    val_data = image_dataset(val_x, val_y, size, CHANNELS, cfg.batch_size)
+    model = build_cnn(size, CHANNELS, len(classes), cfg)
+    log.info(
+        "train: %d train / %d val images, classes %s, %d weights",
+        len(train_x),
+        len(val_x),
+        classes,
+        model.count_params(),
+    )
+
+    # dvcyaml=False: the plots are declared in dvc.yaml; Live's own summary file is
+    # dropped below because metrics/train.json is the stage's metrics file.
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=cfg.epochs,
+            callbacks=[DVCLiveCallback(live=live)],
+            verbose=2,
+        ).history
+    (LIVE_DIR / "metrics.json").unlink(missing_ok=True)
+
+    with atomic_file(MODEL_FILE) as tmp:
+        model.save(tmp)
+    write_json(CONTRACT_FILE, preprocessing_contract(params, classes))
+    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    metrics = {
+        "epochs": len(history["loss"]),
+        "loss": round(history["loss"][-1], 6),
+        "accuracy": round(history["accuracy"][-1], 6),
+        "val_loss": round(history["val_loss"][-1], 6),
+        "val_accuracy": round(history["val_accuracy"][-1], 6),
+        "best_epoch": best + 1,
+        "best_val_loss": round(history["val_loss"][best], 6),
+        "parameters": int(model.count_params()),
+        "train_images": len(train_x),
+        "val_images": len(val_x),
+    }
+    write_json(METRICS_FILE, metrics)
+    return metrics
+
+
+def main() -> None:
+    train(load_params())
+
+
+if __name__ == "__main__":
+    run_stage(main)

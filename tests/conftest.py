@@ -1,0 +1,52 @@
+"""Shared fixtures: the project's params with tiny overrides, and a working directory."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lungct.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A cohort and network small enough for a unit test: seconds, not minutes.
+TINY = {
+    "data": {"synthetic": {"patients": 9, "slices": 2, "image_size": 64}},
+    "convert": {"image_size": 32},
+    "train": {"epochs": 1, "batch_size": 8, "filters": [4, 8], "dense_units": 8},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def project_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """The project's params.yaml with the tiny overrides, as a plain dict."""
+    return merge(project_params(), TINY)
+
+
+@pytest.fixture
+def tiny(tiny_raw: dict) -> Params:
+    return parse_params(tiny_raw)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty folder, as DVC runs stages in the project root."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

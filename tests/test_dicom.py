@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from pydicom import examples
+
+from lungct.dicom import SkippedFile, padding_mask, read_ct_slice, slice_position, stored_to_hu
+
+
+def test_ct_small_known_hu_values():
+    ct = read_ct_slice(examples.get_path("ct"))
+    assert ct.hu.dtype == np.float32
+    # CT_small.dcm: stored 175 at (0, 0) and 1928 at (64, 64); intercept -1024, slope 1.
+    assert ct.hu[0, 0] == pytest.approx(-849.0)
+    assert ct.hu[64, 64] == pytest.approx(904.0)
+    assert ct.patient_id == "1CT1"
+    assert ct.slice_position == pytest.approx(-75.699997)
+
+
+def test_unsigned_stored_values_do_not_wrap():
+    stored = np.array([0, 1000, 65535], dtype=np.uint16)
+    assert stored_to_hu(stored, 1.0, -1024.0).tolist() == [-1024.0, -24.0, 64511.0]
+
+
+def test_padding_is_masked_on_stored_values_before_rescale():
+    stored = np.array([-2000, 0, 1024], dtype=np.int16)
+    mask = padding_mask(stored, -2000)
+    assert stored_to_hu(stored, 1.0, -1024.0, mask).tolist() == [-1000.0, -1024.0, 0.0]
+
+
+def test_padding_value_encoded_unsigned_is_reinterpreted():
+    stored = np.array([-2000, 5], dtype=np.int16)
+    assert padding_mask(stored, 63536, bits_stored=16, signed=True).tolist() == [True, False]
+
+
+def test_padding_range():
+    stored = np.array([-3000, -2500, -2000, 0], dtype=np.int16)
+    assert padding_mask(stored, -2000, -3000).tolist() == [True, True, True, False]
+    assert padding_mask(stored, None) is None
+
+
+def test_slope_is_applied():
+    stored = np.array([100], dtype=np.int16)
+    assert stored_to_hu(stored, 0.5, -1000.0).tolist() == [-950.0]
+
+
+def test_slice_position_on_the_normal():
+    ds = examples.ct.copy()
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal: normal is (-1, 0, 0)
+    ds.ImagePositionPatient = [12.5, 3.0, 4.0]
+    assert slice_position(ds) == pytest.approx(-12.5)
+
+
+def test_non_dicom_and_non_ct_files_are_skipped(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(SkippedFile) as err:
+        read_ct_slice(text)
+    assert err.value.reason == "not_dicom"
+
+    mr = examples.mr.copy()
+    path = tmp_path / "mr.dcm"
+    mr.save_as(path)
+    with pytest.raises(SkippedFile) as err:
+        read_ct_slice(path)
+    assert err.value.reason == "not_ct"

@@ -1,0 +1,126 @@
+"""End to end: the real dvc.yaml on a tiny cohort, in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY, merge, project_params
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ("download", "convert", "split", "train", "evaluate")
+
+
+def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
+    env = dict(os.environ)
+    # `python` in dvc.yaml must be this interpreter; DVC must not phone home.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output}"
+    return result.stdout if stdout_only else output
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def dvc_json(*args: str, cwd: Path) -> dict:
+    return json.loads(run([sys.executable, "-m", "dvc", *args, "--json"], cwd, stdout_only=True))
+
+
+def git(*args: str, cwd: Path) -> str:
+    return run(["git", *args], cwd)
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def write_params(repo: Path, override: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(project_params(), override)))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, repo / name)
+    for package in ("lungct", "stages"):
+        shutil.copytree(
+            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    write_params(repo, TINY)
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("config", "user.name", "Test", cwd=repo)
+    git("config", "user.email", "test@example.com", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "project", cwd=repo)
+    output = dvc("repro", cwd=repo)
+    assert ran_stages(output) == list(STAGES)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "first run", cwd=repo)
+    return repo
+
+
+def test_metrics_have_documented_keys_and_sane_values(repo: Path):
+    convert = json.loads((repo / "metrics/convert.json").read_text())
+    assert convert["files"] == convert["converted"] == 9 * 2
+    assert convert["patients"] == 9 and convert["skipped"] == 0
+
+    split = json.loads((repo / "metrics/split.json").read_text())
+    assert split["groups_in_several_splits"] == 0
+    assert split["groups"] == {"train": 3, "val": 3, "test": 3}
+    assert sum(split["images"].values()) == 18
+
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["epochs"] == 1 and train["train_images"] == 6
+    assert 0.0 <= train["val_accuracy"] <= 1.0 and train["loss"] > 0
+
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert evaluation["images"] == 6 and evaluation["patients"] == 3
+    assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["loss"] > 0
+    assert set(evaluation["per_class"]) == {"benign", "malignant", "normal"}
+    assert sum(sum(row.values()) for row in evaluation["confusion"].values()) == 6
+
+    contract = json.loads((repo / "models/labels.json").read_text())
+    assert contract["classes"] == ["benign", "malignant", "normal"]
+    assert contract["image_size"] == 32 and contract["channels"] == 1
+    assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
+    assert (repo / "data/raw/SOURCE.json").exists()
+
+
+def test_second_repro_runs_nothing(repo: Path):
+    assert ran_stages(dvc("repro", cwd=repo)) == []
+
+
+def test_train_param_reruns_only_train_and_evaluate(repo: Path):
+    write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
+    assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate"]
+    git("checkout", "-q", "--", "params.yaml", cwd=repo)
+    dvc("checkout", "-q", cwd=repo)
+
+
+def test_metrics_diff_between_branches(repo: Path):
+    git("checkout", "-q", "-b", "more-epochs", cwd=repo)
+    write_params(repo, merge(TINY, {"train": {"epochs": 2}}))
+    assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate"]
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "two epochs", cwd=repo)
+    diff = dvc_json("metrics", "diff", "main", cwd=repo)
+    assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    params_diff = dvc_json("params", "diff", "main", cwd=repo)
+    assert params_diff["params.yaml"]["train.epochs"]["new"] == 2
+    git("checkout", "-q", "main", cwd=repo)

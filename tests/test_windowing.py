@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+from lungct.windowing import to_uint8, window_uint8, window_unit
+
+
+def test_lung_window_hand_computed():
+    # Lung window L -600 W 1500 spans -1350..150 HU.
+    hu = np.array([-2000, -1350, -975, -600, -225, 150, 1000], dtype=np.int16)
+    assert window_unit(hu, -600, 1500).tolist() == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
+    assert window_uint8(hu, -600, 1500).tolist() == [0, 0, 64, 128, 191, 255, 255]
+
+
+def test_window_output_dtype_and_no_integer_wraparound():
+    hu = np.array([[40000, 0]], dtype=np.uint16)  # arithmetic must not wrap
+    out = window_unit(hu, 40, 400)
+    assert out.dtype == np.float32
+    assert out.ravel().tolist() == pytest.approx([1.0, 0.4])
+
+
+def test_zero_width_is_rejected():
+    with pytest.raises(ValueError, match="positive"):
+        window_unit(np.zeros(3), 0, 0)
+
+
+def test_to_uint8_rounds():
+    assert to_uint8(np.array([0.0, 0.5 / 255, 1.0])).tolist() == [0, 1, 255]
