@@ -58,6 +58,7 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 FOV_MM = 350.0
 PADDING_VALUE = -2000
 MIN_IMAGE_SIZE = 32
+_PLACEMENT_SIZE = 128  # reference grid for placing vessels and nodules
 
 # Fixed dates/times: files must be byte-identical for the same seed, so no clock is read.
 _STUDY_DATE = "20240101"
@@ -173,7 +174,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigmas: tupl
         bshape = [1] * len(shape)
         bshape[axis] = t.size
         transfer = transfer * t.reshape(bshape)
-    field = np.fft.irfftn(spec * transfer, s=shape)
+    field = np.fft.irfftn(spec * transfer, s=shape, axes=tuple(range(len(shape))))
     std = float(field.std())
     return field / std if std > 0 else field
 
@@ -239,7 +240,8 @@ class PhantomPatient:
 
     ``hu`` is float32 (n_slices, size, size), slice 0 the most superior.  Masks are boolean of the
     same shape.  Values outside :func:`fov_mask` are plain air; the padding is applied when
-    encoding to DICOM.
+    encoding to DICOM.  The geometry (anatomy, slice positions, vessels, nodule) drawn from one
+    rng does not depend on the image size; only the per-pixel texture and noise do.
     """
 
     label: str
@@ -331,7 +333,7 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
         hu_csf=rng.uniform(5.0, 20.0),
         hu_trab=rng.uniform(180.0, 300.0),
         hu_cortex=rng.uniform(600.0, 1000.0),
-        lung_base=rng.uniform(-885.0, -845.0),
+        lung_base=rng.uniform(-875.0, -835.0),
         lung_grad=rng.uniform(20.0, 60.0),
         lung_tex_amp=rng.uniform(10.0, 25.0),
         noise_sigma=rng.uniform(10.0, 25.0),
@@ -340,7 +342,7 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
         strip_w=rng.uniform(9.0, 15.0),
         strip_w_ant=rng.uniform(0.0, 6.0),
         strip_x=rng.uniform(-4.0, 6.0),
-        heart_cx=rng.uniform(0.12, 0.25),
+        heart_cx=rng.uniform(0.08, 0.18),
         heart_cy=rng.uniform(-0.25, -0.05),
         heart_a=rng.uniform(0.27, 0.36),
         heart_b=rng.uniform(0.36, 0.46),
@@ -581,52 +583,58 @@ def phantom_patient(
     grid = _Grid(size, ps)
     an = _sample_anatomy(rng)
 
-    # Nodule size (or a fictitious one for normal patients) drives the slice spacing.
+    # Slice spacing follows a reference diameter: the nodule's own for benign patients (thin
+    # slices, so a small nodule spans the series); for malignant and normal patients a 50/50 mix
+    # of a benign-like and a malignant-like diameter (a large nodule seen through a thin series
+    # still shows in every slice).  Thin series thus occur in every class.
+    diameter = None
     if label == "benign":
         diameter = rng.uniform(*_BENIGN_DIAMETER_MM)
-        ref_d = diameter
     elif label == "malignant":
         diameter = rng.uniform(*_MALIGNANT_DIAMETER_MM)
+    if label == "benign":
+        ref_d = diameter
+    elif rng.random() < 0.5:
+        ref_d = rng.uniform(*_BENIGN_DIAMETER_MM)
+    elif label == "malignant":
         ref_d = diameter
     else:
-        diameter = None
-        rng_d = _BENIGN_DIAMETER_MM if rng.random() < 0.5 else _MALIGNANT_DIAMETER_MM
-        ref_d = rng.uniform(*rng_d)
+        ref_d = rng.uniform(*_MALIGNANT_DIAMETER_MM)
     spacing = round(max(ref_d * rng.uniform(0.95, 1.2) / n_slices, 0.3), 3)
     z_center = round(-rng.uniform(80.0, 260.0), 1)
     offsets = (np.arange(n_slices) - (n_slices - 1) / 2.0) * spacing
     z_pos = np.round(z_center - offsets, 4)
     geoms = [_slice_geometry(an, float(z), z_center) for z in z_pos]
 
-    # Lung parenchyma field: mean + posterior gravity gradient + 3-D correlated texture.
-    corr_mm = rng.uniform(3.0, 6.0)
-    tex = _smooth_noise(
-        rng, (n_slices, size, size), (corr_mm / spacing, corr_mm / ps, corr_mm / ps)
-    )
-    grad = an.lung_grad * np.clip((grid.y - an.cy) / max(an.b_in, 1.0), -1.0, 1.0)
-
-    # Lung occupancy at the series centre (for placing vessels and the nodule).
+    # Lung occupancy at the series centre, for placing vessels and the nodule.  It is computed
+    # on a fixed reference grid so that one rng gives the same patient geometry at any size.
     static = _Static(an, grid)
     mid = _slice_geometry(an, z_center, z_center)
-    occ_mid = _slice_layers(an, static, mid, grid).occ_lung
+    if size == _PLACEMENT_SIZE:
+        pgrid, pstatic = grid, static
+    else:
+        pgrid = _Grid(_PLACEMENT_SIZE, FOV_MM / _PLACEMENT_SIZE)
+        pstatic = _Static(an, pgrid)
+    occ_mid = _slice_layers(an, pstatic, mid, pgrid).occ_lung
     lung_pix = np.argwhere(occ_mid >= 0.99)
     hilum_y = an.cy + an.heart_cy * an.b_in * 0.3
 
     # Vessels: 3-D tubes radiating from the hila, thicker centrally.
-    lung_area = float(occ_mid.sum()) * ps * ps
-    n_vessels = int(round(lung_area / 1000.0 * rng.uniform(1.0, 1.6)))
+    pps = pgrid.ps
+    lung_area = float(occ_mid.sum()) * pps * pps
+    n_vessels = int(round(lung_area / 1000.0 * rng.uniform(1.5, 2.5)))
     vessels = []
     if len(lung_pix):
         picks = rng.integers(0, len(lung_pix), size=n_vessels)
         for i, j in lung_pix[picks]:
-            px = (j - grid.c) * ps + rng.uniform(-0.5, 0.5) * ps
-            py = (i - grid.c) * ps + rng.uniform(-0.5, 0.5) * ps
+            px = (j - pgrid.c + rng.uniform(-0.5, 0.5)) * pps
+            py = (i - pgrid.c + rng.uniform(-0.5, 0.5)) * pps
             hx = math.copysign(an.strip_w + 15.0, px - an.strip_x) + an.strip_x
             ux, uy = px - hx, py - hilum_y
             dist = math.hypot(ux, uy)
             ux, uy = (ux / dist, uy / dist) if dist > 1e-6 else (1.0, 0.0)
-            radius = 0.5 + 2.5 * max(0.0, 1.0 - dist / 90.0) ** 1.5
-            g = rng.uniform(0.1, 1.5)
+            radius = 0.6 + 2.4 * max(0.0, 1.0 - dist / 120.0) ** 1.2
+            g = rng.uniform(0.05, 0.7)
             d = np.array([ux * g + rng.normal(0, 0.2), uy * g + rng.normal(0, 0.2), 1.0])
             d /= np.linalg.norm(d)
             if rng.random() < 0.5:
@@ -642,7 +650,7 @@ def phantom_patient(
     if diameter is not None:
         r_nod = diameter / 2.0
         nz = z_center + rng.uniform(-0.08, 0.08) * diameter
-        nx, ny = _place_nodule(rng, grid, occ_mid, lung_pix, r_nod + 2.0)
+        nx, ny = _place_nodule(rng, pgrid, occ_mid, lung_pix, r_nod + 2.0)
         if label == "benign":
             calcified = bool(rng.random() < _CALCIFIED_PROBABILITY)
             hu_nod = rng.uniform(200.0, 600.0) if calcified else rng.uniform(20.0, 50.0)
@@ -652,7 +660,7 @@ def phantom_patient(
         else:
             hu_nod = rng.uniform(20.0, 60.0)
             harm = np.array(
-                [[k, rng.uniform(0.04, 0.14) / (1 + 0.3 * (k - 2)), rng.uniform(0, 2 * math.pi)]
+                [[k, rng.uniform(0.06, 0.2) / (1 + 0.3 * (k - 2)), rng.uniform(0, 2 * math.pi)]
                  for k in (2, 3, 4, 5, 6)]
             )  # fmt: skip
             spicules = []
@@ -680,6 +688,12 @@ def phantom_patient(
             "halo": halo,
         }
 
+    # Per-pixel random fields last, so that everything above does not depend on the size.
+    corr_mm = rng.uniform(3.0, 6.0)
+    tex = _smooth_noise(
+        rng, (n_slices, size, size), (corr_mm / spacing, corr_mm / ps, corr_mm / ps)
+    )
+    grad = an.lung_grad * np.clip((grid.y - an.cy) / max(an.b_in, 1.0), -1.0, 1.0)
     noise = rng.standard_normal((n_slices, size, size))
     hu = np.empty((n_slices, size, size), dtype=np.float32)
     body = np.empty((n_slices, size, size), dtype=bool)
