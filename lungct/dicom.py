@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 AIR_HU = -1000.0
 
 
@@ -101,7 +101,7 @@ def read_ct_slice(path: Path) -> CTSlice:
     except Exception as exc:  # truncated or garbled headers
         raise SkippedFile("unreadable", f"{type(exc).__name__}: {exc}") from None
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != CT_IMAGE_STORAGE or ds.get("Modality") != "CT":
+    if sop_class != CTImageStorage or ds.get("Modality") != "CT":
         raise SkippedFile("not_ct", f"SOP class {sop_class or 'missing'}")
     if "PixelData" not in ds:
         raise SkippedFile("no_pixel_data")

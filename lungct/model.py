@@ -14,7 +14,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-from lungct.params import TrainParams  # noqa: E402
+from lungct.params import AugmentParams, TrainParams  # noqa: E402
 
 
 def seed_everything(seed: int) -> None:
@@ -23,15 +23,47 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_cnn(image_size: int, channels: int, n_classes: int, params: TrainParams) -> keras.Model:
-    """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then
-    flatten, dense + ReLU, dropout and a softmax over the classes.
+# How the last feature map becomes a vector: the seeds flatten it; a global max keeps
+# "is there a nodule anywhere" with far fewer weights.
+_HEADS = {
+    "flatten": layers.Flatten,
+    "global_max": layers.GlobalMaxPooling2D,
+    "global_average": layers.GlobalAveragePooling2D,
+}
+
+
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
+    """Random flips, rotations, zooms and shifts; active only while training (Keras
+    preprocessing layers pass images through unchanged at inference). Empty areas are
+    filled with black, as the convert stage pads."""
+    steps: list[layers.Layer] = []
+    if params.flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
+    if params.rotation:
+        steps.append(
+            layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed, name="rotate")
+        )
+    if params.zoom:
+        steps.append(layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed, name="zoom"))
+    if params.translation:
+        t = params.translation
+        steps.append(layers.RandomTranslation(t, t, fill_mode="constant", seed=seed, name="shift"))
+    return keras.Sequential(steps, name="augment")
+
+
+def build_cnn(
+    image_size: int, channels: int, n_classes: int, params: TrainParams, seed: int = 0
+) -> keras.Model:
+    """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then a head
+    (flatten or global pooling), dense + ReLU, dropout and a softmax over the classes.
 
     The model takes float32 pixel values in 0..255 and rescales them itself, so
-    evaluation and inference feed exactly what the PNGs hold.
+    evaluation and inference feed exactly what the PNGs hold. Augmentation layers come
+    first and act only in training.
     """
     inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = augmentation(params.augment, seed)(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     for i, width in enumerate(params.filters, start=1):
         x = layers.Conv2D(
             width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
@@ -40,7 +72,7 @@ def build_cnn(image_size: int, channels: int, n_classes: int, params: TrainParam
             x = layers.BatchNormalization(name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = layers.Flatten(name="flatten")(x)
+    x = _HEADS[params.head](name=params.head)(x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(params.dropout, name="dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)

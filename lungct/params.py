@@ -83,14 +83,25 @@ class SplitParams(_Section):
         return self
 
 
+class AugmentParams(_Section):
+    """Random training-time transforms (Keras preprocessing layers, inactive at inference)."""
+
+    flip: bool  # left-right mirror
+    rotation: Annotated[float, Field(ge=0, le=0.5)]  # max angle, fraction of a full turn
+    zoom: Annotated[float, Field(ge=0, lt=1)]  # max zoom in or out, fraction
+    translation: Annotated[float, Field(ge=0, lt=1)]  # max shift, fraction of the side
+
+
 class TrainParams(_Section):
     epochs: PositiveInt
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0, le=1)]
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
+    head: Literal["flatten", "global_max", "global_average"]
     dense_units: PositiveInt
     dropout: Annotated[float, Field(ge=0, lt=1)]
     batch_norm: bool
+    augment: AugmentParams
 
 
 class EvaluateParams(_Section):

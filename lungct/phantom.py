@@ -17,8 +17,8 @@ Geometry and conventions
 * Anatomy (HU): air -1000, subcutaneous fat ~-100, muscle/soft tissue 30..60, lungs ~-850 with
   texture, a gravity gradient and vessels (~+40), mediastinal fat, heart and aorta, vertebra,
   spinal canal, ribs and sternum (bone 180..1000), Gaussian noise (sigma 10..25 HU per patient).
-* ``benign``: 4-9 mm smooth round nodule, calcified (200..600 HU) with probability 0.6.
-  ``malignant``: 12-30 mm lobulated soft-tissue nodule with spicules (sometimes a ground-glass
+* ``benign``: 6-12 mm smooth round nodule, calcified (200..600 HU) with probability 0.6.
+  ``malignant``: 15-30 mm lobulated soft-tissue nodule with spicules (sometimes a ground-glass
   halo).  ``normal``: vessels only.  Slice spacing is chosen per patient from a (real or, for
   normal patients, fictitious) nodule diameter so that a nodule spans most slices.
 """
@@ -33,12 +33,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 from pydicom.valuerep import format_number_as_ds
 
 __all__ = [
     "CLASSES",
-    "CT_IMAGE_STORAGE",
     "FOV_MM",
     "PADDING_VALUE",
     "PhantomPatient",
@@ -54,7 +58,6 @@ __all__ = [
 
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 FOV_MM = 350.0
 PADDING_VALUE = -2000
 MIN_IMAGE_SIZE = 32
@@ -65,8 +68,8 @@ _STUDY_DATE = "20240101"
 _STUDY_TIME = "120000"
 _MANUFACTURER = "lungct phantom"
 
-_BENIGN_DIAMETER_MM = (4.0, 9.0)
-_MALIGNANT_DIAMETER_MM = (12.0, 30.0)
+_BENIGN_DIAMETER_MM = (6.0, 12.0)
+_MALIGNANT_DIAMETER_MM = (15.0, 30.0)
 _CALCIFIED_PROBABILITY = 0.6
 
 _INT16_MIN = int(np.iinfo(np.int16).min)
@@ -622,7 +625,7 @@ def phantom_patient(
     # Vessels: 3-D tubes radiating from the hila, thicker centrally.
     pps = pgrid.ps
     lung_area = float(occ_mid.sum()) * pps * pps
-    n_vessels = int(round(lung_area / 1000.0 * rng.uniform(1.5, 2.5)))
+    n_vessels = int(round(lung_area / 1000.0 * rng.uniform(0.8, 1.4)))
     vessels = []
     if len(lung_pix):
         picks = rng.integers(0, len(lung_pix), size=n_vessels)
@@ -633,7 +636,7 @@ def phantom_patient(
             ux, uy = px - hx, py - hilum_y
             dist = math.hypot(ux, uy)
             ux, uy = (ux / dist, uy / dist) if dist > 1e-6 else (1.0, 0.0)
-            radius = 0.6 + 2.4 * max(0.0, 1.0 - dist / 120.0) ** 1.2
+            radius = 0.6 + 1.6 * max(0.0, 1.0 - dist / 120.0) ** 1.2
             g = rng.uniform(0.05, 0.7)
             d = np.array([ux * g + rng.normal(0, 0.2), uy * g + rng.normal(0, 0.2), 1.0])
             d /= np.linalg.norm(d)
@@ -869,7 +872,7 @@ def ct_slice_dataset(
         frame_of_reference_uid = generate_uid(entropy_srcs=[str(study_uid), "frame-of-reference"])
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -878,7 +881,7 @@ def ct_slice_dataset(
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = _STUDY_DATE
     ds.SeriesDate = _STUDY_DATE

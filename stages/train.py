@@ -66,7 +66,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     val_x, val_y = split_images(table, "val", classes, splits_dir)
     train_data = image_dataset(train_x, train_y, size, CHANNELS, cfg.batch_size, params.base.seed)
     val_data = image_dataset(val_x, val_y, size, CHANNELS, cfg.batch_size)
-    model = build_cnn(size, CHANNELS, len(classes), cfg)
+    model = build_cnn(size, CHANNELS, len(classes), cfg, params.base.seed)
     log.info(
         "train: %d train / %d val images, classes %s, %d weights",
         len(train_x),
@@ -82,6 +82,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
             train_data,
             validation_data=val_data,
             epochs=cfg.epochs,
+            shuffle=False,  # train_data is already shuffled, from the seed
             callbacks=[DVCLiveCallback(live=live)],
             verbose=2,
         ).history

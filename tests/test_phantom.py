@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import CTImageStorage
 
 from lungct import phantom
 from lungct.phantom import (
     CLASSES,
-    CT_IMAGE_STORAGE,
     assign_labels,
     ct_slice_dataset,
     fov_mask,
@@ -95,9 +95,9 @@ def test_files_are_ct_image_storage_with_required_tags(cohort):
         assert raw[:128] == b"\0" * 128 and raw[128:132] == b"DICM"
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-        assert ds.file_meta.MediaStorageSOPClassUID == CT_IMAGE_STORAGE
+        assert ds.file_meta.MediaStorageSOPClassUID == CTImageStorage
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-        assert ds.SOPClassUID == CT_IMAGE_STORAGE and ds.Modality == "CT"
+        assert ds.SOPClassUID == CTImageStorage and ds.Modality == "CT"
         missing = [tag for tag in REQUIRED_TAGS if tag not in ds]
         assert not missing, f"{path}: missing {missing}"
         assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]

@@ -20,8 +20,9 @@ def test_cnn_shape_and_named_blocks(tiny):
     assert model.input_shape == (None, 32, 32, 1)
     assert model.output_shape == (None, 3)
     names = [layer.name for layer in model.layers]
-    assert names[:2] == ["image", "rescale"]
+    assert names[:3] == ["image", "augment", "rescale"]
     assert {"conv1", "pool1", "conv2", "pool2", "dense", "dropout", "probabilities"} <= set(names)
+    assert tiny.train.head in names
 
 
 def run_stage(name: str, cwd: Path) -> None:
