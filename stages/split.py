@@ -63,9 +63,9 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
     metrics = split_metrics(images, leaked)
     write_json(METRICS_FILE, metrics)
     log.info(
-        "split: %s images, %s patients; 0 patients in two splits",
-        metrics["images"],
-        metrics["groups"],
+        "split: %s images (train/val/test) from %s patients; 0 patients in two splits",
+        "/".join(str(metrics["images"][s]) for s in SPLITS),
+        "/".join(str(metrics["groups"][s]) for s in SPLITS),
     )
     return metrics
 

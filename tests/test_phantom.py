@@ -319,15 +319,15 @@ def test_nodules_by_class(rendered):
     assert min(benign) > 0
     assert min(malignant) > 2 * max(benign)
     for p in rendered["benign"]:
-        assert 4 <= p.nodule_diameter_mm <= 9
+        assert 6 <= p.nodule_diameter_mm <= 12
     for p in rendered["malignant"]:
-        assert 12 <= p.nodule_diameter_mm <= 30
+        assert 15 <= p.nodule_diameter_mm <= 30
     for p in rendered["malignant"]:
         assert -150 < np.median(p.hu[p.nodule_mask]) < 150  # soft tissue
 
 
 def test_benign_nodules_are_calcified_or_soft_tissue():
-    # 256 px (1.4 mm pixels), so that even a 4 mm nodule has a pixel free of partial volume.
+    # 256 px (1.4 mm pixels), so that even a 6 mm nodule has a pixel free of partial volume.
     calcified = []
     for s in range(8):
         p = phantom_patient(np.random.default_rng(100 + s), "benign", 3, 256)
