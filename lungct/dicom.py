@@ -17,16 +17,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
+from lungct.errors import SkippedFile
+
 AIR_HU = -1000.0
-
-
-class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
-    """A file that is not converted; ``reason`` is the manifest's reason code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,15 @@ class UserError(Exception):
     """
 
 
+class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
+    """An input file that is not converted; ``reason`` is the manifest's reason code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a :class:`UserError` becomes one line on stderr and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -1,11 +1,14 @@
-"""8-bit image helpers shared by convert and (later) predict: resizing and PNG I/O."""
+"""8-bit image helpers shared by convert and (later) predict: decoding to grayscale,
+resizing, PNG writing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from lungct.errors import SkippedFile
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -31,3 +34,40 @@ def save_png(path: Path, image: np.ndarray) -> None:
     """Write a uint8 grayscale image as PNG (no timestamps: same pixels, same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> 8-bit grayscale, deliberately.
+
+    Transparency is composited on black (the background of a CT image); colour is
+    reduced to ITU-R 601-2 luma; 16- and 32-bit integer images keep their top 8 bits
+    of a 16-bit range (CT exports store 0..65535); float images are clipped to 0..255.
+    """
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, rgba).convert("L"), dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.int64)
+        return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 255).round().astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """Decode a PNG/JPG/... file to 8-bit grayscale; return it and the original mode.
+
+    Raises :class:`SkippedFile` (``not_image`` or ``unreadable_image``) for files PIL
+    cannot identify or decode.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_grayscale(image), image.mode
+    except UnidentifiedImageError:
+        raise SkippedFile("not_image") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
+        raise SkippedFile("unreadable_image", f"{type(exc).__name__}: {exc}") from None

@@ -7,6 +7,7 @@ that nothing reads.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,8 +53,34 @@ class SyntheticParams(_Section):
 
 
 class DataParams(_Section):
-    source: Literal["synthetic"]
+    """Where the raw data comes from. Only the keys of the chosen source are used."""
+
+    source: Literal["synthetic", "kaggle", "url", "path"]
+    layout: Literal["auto", "dicom", "iqothnccd", "chest-ctscan"]
+    kaggle_handle: str
+    url: str
+    sha256: str
+    path: str
+    max_bytes: Annotated[int, Field(gt=0)]  # refuse larger archives (decompression bombs)
+    max_members: Annotated[int, Field(gt=0)]
     synthetic: SyntheticParams
+
+    @model_validator(mode="after")
+    def _source_is_complete(self) -> DataParams:
+        if self.source == "kaggle" and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.kaggle_handle):
+            raise ValueError(
+                f"kaggle_handle: '{self.kaggle_handle}' is not a Kaggle dataset handle "
+                "(owner/dataset)"
+            )
+        if self.source == "url":
+            scheme = self.url.split(":", 1)[0].lower() if ":" in self.url else ""
+            if scheme not in ("http", "https", "file"):
+                raise ValueError(f"url: '{self.url}' is not an http, https or file URL")
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+                raise ValueError("sha256: a url source needs the archive's sha256 (64 hex digits)")
+        if self.source == "path" and not self.path:
+            raise ValueError("path: a path source needs a folder or archive path")
+        return self
 
 
 class WindowParams(_Section):
@@ -69,6 +96,12 @@ class ConvertParams(_Section):
 
 
 class SplitParams(_Section):
+    # A preset ("default": the layout's own classes; "binary": with/without cancer)
+    # or a mapping of raw labels (folder names) to classes.
+    classes: Literal["default", "binary"] | dict[str, str]
+    # Images without a PatientID are grouped by perceptual hash: images whose pHash
+    # differ in at most this many of 64 bits (and their chains) form one group.
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
 

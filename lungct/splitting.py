@@ -10,18 +10,40 @@ from lungct.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
-def group_classes(images: pd.DataFrame) -> pd.Series:
-    """One class per group from an image table with ``group`` and ``class`` columns.
+def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
+    """Connected components of images whose 64-bit perceptual hashes differ in at most
+    ``distance`` bits (chains included). Returns, per image, the index of the first
+    image of its component, so equal inputs give equal labels."""
+    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+    parent = np.arange(len(values))
 
-    A group whose images carry two classes cannot be split without leakage or label
-    noise, so it is an error naming the group.
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    for i in range(len(values) - 1):
+        close = np.nonzero(np.bitwise_count(values[i] ^ values[i + 1 :]) <= distance)[0] + i + 1
+        for j in close:
+            a, b = root(i), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(len(values))], dtype=np.int64)
+
+
+def group_classes(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """One class per group, for stratification, from a table with ``group`` and ``class``.
+
+    A group whose images carry several classes (near duplicates filed under two
+    classes) stays whole and counts as its most frequent class; such groups are
+    returned too, to be reported. Returns (class per group, mixed groups).
     """
-    per_group = images.groupby("group")["class"].unique()
-    mixed = per_group[per_group.map(len) > 1]
-    if not mixed.empty:
-        group = mixed.index[0]
-        raise UserError(f"group {group!r} has images of several classes: {sorted(mixed.iloc[0])}")
-    return per_group.map(lambda classes: classes[0]).sort_index()
+    counts = images.groupby(["group", "class"]).size().reset_index(name="n")
+    counts = counts.sort_values(["group", "n", "class"], ascending=[True, False, True])
+    majority = counts.drop_duplicates("group").set_index("group")["class"].sort_index()
+    per_group = counts.groupby("group")["class"].nunique()
+    return majority, sorted(per_group.index[per_group > 1].astype(str))
 
 
 def split_groups(

@@ -1,13 +1,24 @@
 """download: bring the raw data into ``data/raw/`` and record its provenance.
 
-``data.source: synthetic`` writes the built-in phantom cohort as CT DICOM files,
-labelled by ``data/raw/labels.csv`` (PatientID -> label).
+Sources (``data.source``):
+
+- ``synthetic``: the built-in phantom cohort as CT DICOM, labelled by ``labels.csv``
+  (PatientID -> label);
+- ``url``: an http, https or file URL of a zip or tar archive, checked against
+  ``data.sha256`` before anything is extracted;
+- ``kaggle``: a public Kaggle dataset by handle, through kagglehub;
+- ``path``: a local folder, or a zip or tar archive.
+
+Everything lands in a temporary folder first and replaces ``data/raw`` only when
+complete. ``data/raw/SOURCE.json`` says what came from where.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +27,16 @@ from lungct import phantom
 from lungct.artifacts import RAW_DIR, RAW_LABELS, RAW_SOURCE
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.errors import run_stage
-from lungct.params import Params, load_params
+from lungct.layouts import detect_layout
+from lungct.params import DataParams, Params, load_params
+from lungct.sources import (
+    fetch_url,
+    kaggle_download,
+    redact,
+    sha256_file,
+    unpack_or_copy,
+    verify_sha256,
+)
 
 log = logging.getLogger("download")
 
@@ -26,41 +46,77 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
     digest = hashlib.sha256()
     files = total = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(data).digest())
+        digest.update(bytes.fromhex(sha256_file(path)))
         files += 1
-        total += len(data)
+        total += path.stat().st_size
     return digest.hexdigest(), files, total
 
 
-def download(params: Params, out: Path = RAW_DIR) -> dict:
+def write_synthetic(params: Params, dest: Path) -> dict:
     synthetic = params.data.synthetic
+    rows = phantom.write_cohort(
+        dest,
+        patients=synthetic.patients,
+        slices=synthetic.slices,
+        image_size=synthetic.image_size,
+        class_balance=dict(synthetic.class_balance),
+        seed=params.base.seed,
+    )
+    write_csv(dest / RAW_LABELS, pd.DataFrame(rows, columns=["PatientID", "label"]))
+    # No clock here on purpose: same params, same bytes, no spurious downstream reruns.
+    return {"generator": "lungct.phantom", "seed": params.base.seed, **synthetic.model_dump()}
+
+
+def fetch_external(data: DataParams, dest: Path, scratch: Path) -> dict:
+    """Fetch a url, kaggle or path source into ``dest``; return its provenance fields."""
+    limits = {"max_bytes": data.max_bytes, "max_members": data.max_members, "progress": True}
+    if data.source == "url":
+        archive = scratch / (Path(redact(data.url)).name or "archive")
+        actual = fetch_url(data.url, archive, progress=True)
+        verify_sha256(redact(data.url), actual, data.sha256)  # before anything is extracted
+        unpack_or_copy(archive, dest, **limits)
+        return {"url": redact(data.url), "sha256": actual}
+    if data.source == "kaggle":
+        unpack_or_copy(kaggle_download(data.kaggle_handle), dest, **limits)
+        return {"handle": data.kaggle_handle}
+    path = Path(data.path).expanduser()
+    unpack_or_copy(path, dest, **limits)
+    return {"path": str(path), **({"sha256": sha256_file(path)} if path.is_file() else {})}
+
+
+def download(params: Params, out: Path = RAW_DIR) -> dict:
+    data = params.data
     with atomic_dir(out) as tmp:
-        rows = phantom.write_cohort(
-            tmp,
-            patients=synthetic.patients,
-            slices=synthetic.slices,
-            image_size=synthetic.image_size,
-            class_balance=dict(synthetic.class_balance),
-            seed=params.base.seed,
-        )
-        write_csv(tmp / RAW_LABELS, pd.DataFrame(rows, columns=["PatientID", "label"]))
-        digest, files, size = tree_digest(tmp)
-        # Deterministic on purpose (no clock): same params, same bytes, no spurious reruns.
+        if data.source == "synthetic":
+            origin, layout, detected = write_synthetic(params, tmp), "dicom", False
+        else:
+            # Scratch space for the archive, outside the tree; a killed run's leftovers
+            # match the stale-temporary pattern that atomic_dir removes.
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as scratch:
+                origin = fetch_external(data, tmp, Path(scratch))
+            origin["downloaded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            detected = data.layout == "auto"
+            layout = detect_layout(tmp) if detected else data.layout
+        tree, files, size = tree_digest(tmp)
         source = {
-            "source": "synthetic",
-            "generator": "lungct.phantom",
-            "seed": params.base.seed,
-            "synthetic": synthetic.model_dump(),
-            "layout": "dicom",
-            "labels": RAW_LABELS,
-            "sha256": digest,
+            "source": data.source,
+            **origin,
+            "layout": layout,
+            "layout_detected": detected,
+            "tree_sha256": tree,
             "files": files,
             "bytes": size,
         }
         write_json(tmp / RAW_SOURCE, source)
-    log.info("download: %d files (%d bytes) from source 'synthetic' -> %s", files, size, out)
+    log.info(
+        "download: %d files (%d bytes) from source '%s', layout '%s' -> %s",
+        files,
+        size,
+        data.source,
+        layout,
+        out,
+    )
     return source
 
 

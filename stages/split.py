@@ -1,9 +1,11 @@
-"""split: converted slices -> ``data/splits/{train,val,test}/<class>/`` by patient.
+"""split: converted slices -> ``data/splits/{train,val,test}/<class>/`` by group.
 
-Every image of a patient lands in one split (stratified by class, seeded), and the
-stage proves it: ``metrics/split.json`` records the number of patients found in more
-than one split, which must be 0. ``data/splits/splits.csv`` lists image, class,
-split and group for every image.
+Raw labels become classes (``split.classes``). A group is a patient (DICOM
+PatientID) or, for images without ids, a set of near duplicates (perceptual hash
+within ``split.near_duplicate_distance`` bits). Every image of a group lands in one
+split (stratified by class, seeded), and the stage proves it:
+``metrics/split.json`` records the number of groups found in more than one split,
+which must be 0. ``data/splits/splits.csv`` lists image, class, split and group.
 """
 
 from __future__ import annotations
@@ -17,28 +19,50 @@ import pandas as pd
 from lungct.artifacts import CONVERTED_DIR, METRICS_DIR, SPLITS_DIR, SPLITS_TABLE, read_manifest
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.errors import UserError, run_stage
-from lungct.params import Params, load_params
-from lungct.splitting import SPLITS, group_classes, groups_in_several_splits, split_groups
+from lungct.layouts import class_mapping, map_labels
+from lungct.params import Params, SplitParams, load_params
+from lungct.splitting import (
+    SPLITS,
+    group_classes,
+    groups_in_several_splits,
+    near_duplicate_components,
+    split_groups,
+)
 
 METRICS_FILE = METRICS_DIR / "split.json"
 
 log = logging.getLogger("split")
 
 
-def read_converted(converted: Path) -> pd.DataFrame:
+def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, str]:
+    """Converted images with their class (mapped from the raw label) and group."""
     manifest = read_manifest(converted)
-    rows = manifest[manifest["status"] == "converted"]
+    rows = manifest[manifest["status"] == "converted"].sort_values("output")
     if rows.empty:
         raise UserError(f"{converted}: no converted images to split")
-    return pd.DataFrame(
-        {"source": rows["output"], "class": rows["label"], "group": rows["patient_id"]}
-    ).reset_index(drop=True)
+    layout = rows["layout"].iloc[0]
+    classes = map_labels(rows["label"].tolist(), class_mapping(layout, params.classes))
+    # Patients where the data has ids; near-duplicate groups where it has none.
+    components = near_duplicate_components(rows["phash"].tolist(), params.near_duplicate_distance)
+    groups = [
+        patient if patient else f"near-duplicates-{component:05d}"
+        for patient, component in zip(rows["patient_id"], components, strict=True)
+    ]
+    table = pd.DataFrame({"source": rows["output"].to_numpy(), "class": classes, "group": groups})
+    return table, layout
 
 
 def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DIR) -> dict:
-    images = read_converted(converted)
+    images, layout = read_converted(converted, params.split)
+    classes, mixed = group_classes(images)
+    if mixed:
+        log.warning(
+            "split: %d group(s) hold images of several classes, kept whole (e.g. %s)",
+            len(mixed),
+            mixed[0],
+        )
     assignment = split_groups(
-        group_classes(images),
+        classes,
         params.split.val_fraction,
         params.split.test_fraction,
         params.base.seed,
@@ -61,9 +85,15 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
             shutil.copyfile(converted / src, tmp / dst)
         write_csv(tmp / SPLITS_TABLE, images[["image", "class", "split", "group", "source"]])
     metrics = split_metrics(images, leaked)
+    metrics.update(
+        layout=layout,
+        classes=params.split.classes if isinstance(params.split.classes, str) else "custom",
+        near_duplicate_distance=params.split.near_duplicate_distance,
+        groups_spanning_classes=len(mixed),
+    )
     write_json(METRICS_FILE, metrics)
     log.info(
-        "split: %s images (train/val/test) from %s patients; 0 patients in two splits",
+        "split: %s images (train/val/test) from %s groups; 0 groups in two splits",
         "/".join(str(metrics["images"][s]) for s in SPLITS),
         "/".join(str(metrics["groups"][s]) for s in SPLITS),
     )
@@ -80,7 +110,7 @@ def split_metrics(images: pd.DataFrame, leaked: list[str]) -> dict:
     per_class = images.groupby(["split", "class"]).size()
     class_counts = images.groupby("class").size()
     return {
-        "strategy": "patient",
+        "strategy": "grouped",
         "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
         "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
         "images_per_class": {

@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -57,11 +58,66 @@ def test_nothing_convertible_is_an_error_and_writes_nothing(workdir, tiny):
     raw = workdir / "data/raw"
     raw.mkdir(parents=True)
     (raw / "labels.csv").write_text("PatientID,label\n")
+    (raw / "SOURCE.json").write_text('{"layout": "dicom"}')
     (raw / "a.txt").write_text("x")
     with pytest.raises(UserError, match="no file could be converted"):
         convert(tiny.convert)
     assert not (workdir / "data/converted").exists()
     assert not (workdir / "metrics").exists()
+
+
+def write_tree(root, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_image_layout_converts_every_mode_and_labels_by_folder(workdir, tiny):
+    raw = workdir / "data/raw"
+    adeno = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"
+    rgba = Image.new("RGBA", (60, 30), (255, 255, 255, 0))  # transparent white -> black
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
+    write_tree(
+        raw,
+        {
+            "SOURCE.json": b'{"layout": "chest-ctscan"}',
+            f"{adeno}/a.png": encoded(rgba),
+            f"{adeno}/b.jpg": encoded(Image.new("RGB", (40, 80), (200, 100, 50)), "JPEG"),
+            "Data/test/normal/c.png": encoded(Image.new("L", (32, 32), 77)),
+            "Data/test/normal/d.png": encoded(Image.new("I;16", (16, 16), 256 * 200)),
+            "Data/test/normal/broken.png": encoded(noise)[: len(encoded(noise)) // 2],
+            "Data/readme.txt": b"not an image",
+        },
+    )
+    metrics = convert(tiny.convert)
+    manifest = pd.read_csv(
+        workdir / "data/converted/manifest.csv", keep_default_na=False
+    ).set_index("source")
+    assert manifest.loc[f"{adeno}/a.png", "label"] == "adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"
+    assert manifest.loc[f"{adeno}/a.png", "official_split"] == "train"
+    assert manifest.loc["Data/test/normal/c.png", "official_split"] == "test"
+    assert manifest.loc[f"{adeno}/a.png", "mode"] == "RGBA"
+    assert [str(v) for v in manifest.loc[f"{adeno}/b.jpg", ["rows", "columns"]]] == ["80", "40"]
+    assert manifest.loc["Data/readme.txt", "reason"] == "not_image"
+    assert manifest.loc["Data/test/normal/broken.png", "reason"] == "unreadable_image"
+    assert metrics["converted"] == 4 and metrics["layout"] == "chest-ctscan"
+    assert metrics["skipped_by_reason"] == {"not_image": 1, "unreadable_image": 1}
+    assert all(len(h) == 16 for h in manifest.loc[manifest["status"] == "converted", "phash"])
+
+    def png(source):
+        return np.asarray(Image.open(workdir / "data/converted" / manifest.loc[source, "output"]))
+
+    assert png(f"{adeno}/a.png").max() == 0  # alpha composited on black
+    wide = png(f"{adeno}/b.jpg")  # 40x80 -> 16x32 centred in 32x32, black bars left and right
+    assert wide.shape == (32, 32) and wide[:, :7].max() == 0 and wide[:, 9:23].min() > 100
+    assert (png("Data/test/normal/c.png") == 77).all()
+    assert (png("Data/test/normal/d.png") == 200).all()  # 16-bit: top byte
 
 
 def test_missing_raw_data_is_a_clear_error(workdir, tiny):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from pydicom import examples
 
-from lungct.dicom import SkippedFile, padding_mask, read_ct_slice, slice_position, stored_to_hu
+from lungct.dicom import padding_mask, read_ct_slice, slice_position, stored_to_hu
+from lungct.errors import SkippedFile
 
 
 def test_ct_small_known_hu_values():

@@ -2,7 +2,12 @@ import pandas as pd
 import pytest
 
 from lungct.errors import UserError
-from lungct.splitting import group_classes, groups_in_several_splits, split_groups
+from lungct.splitting import (
+    group_classes,
+    groups_in_several_splits,
+    near_duplicate_components,
+    split_groups,
+)
 
 
 def cohort(per_class: dict[str, int]) -> pd.Series:
@@ -42,10 +47,21 @@ def test_class_with_too_few_groups_is_an_error():
         split_groups(cohort({"a": 5, "b": 2}), 0.2, 0.2, seed=0)
 
 
-def test_group_with_two_classes_is_an_error():
-    images = pd.DataFrame({"group": ["p1", "p1", "p2"], "class": ["a", "b", "a"]})
-    with pytest.raises(UserError, match="group 'p1' has images of several classes"):
-        group_classes(images)
+def test_group_with_two_classes_counts_as_its_majority_and_is_reported():
+    images = pd.DataFrame(
+        {"group": ["p1", "p1", "p1", "p2", "p3"], "class": ["b", "a", "b", "a", "c"]}
+    )
+    classes, mixed = group_classes(images)
+    assert classes.to_dict() == {"p1": "b", "p2": "a", "p3": "c"}
+    assert mixed == ["p1"]
+
+
+def test_near_duplicate_components_chain_and_threshold():
+    hashes = ["0000000000000000", "0000000000000003", "000000000000000f", "ffffffffffffffff"]
+    assert near_duplicate_components(hashes, 0).tolist() == [0, 1, 2, 3]
+    # 0 -- 2 bits -- 1 -- 2 bits -- 2: one chain at distance 2, even though 0 and 2 differ by 4.
+    assert near_duplicate_components(hashes, 2).tolist() == [0, 0, 0, 3]
+    assert near_duplicate_components(["abcd" * 4, "abcd" * 4], 0).tolist() == [0, 0]
 
 
 def test_leak_detection():

@@ -1,0 +1,148 @@
+"""Known dataset layouts, recognised from folder and file names (see DESIGN.md).
+
+- ``iqothnccd``: IQ-OTH/NCCD, class folders ``Bengin cases`` (sic), ``Malignant cases``,
+  ``Normal cases``, possibly nested one or two folders deep.
+- ``chest-ctscan``: Kaggle Chest CT-Scan images, ``Data/{train,valid,test}/<class>/``, the
+  train and valid class folders with TNM suffixes.
+- ``dicom``: a DICOM tree, labelled by ``labels.csv`` (PatientID,label) at its top or by class
+  subfolders. The synthetic cohort is written in this layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from lungct.errors import UserError
+
+LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan")
+IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
+CHEST_CTSCAN_SPLITS = {"train", "valid", "test"}
+CHEST_CTSCAN_CLASSES = (
+    "adenocarcinoma",
+    "large.cell.carcinoma",
+    "squamous.cell.carcinoma",
+    "normal",
+)
+DICOM_PROBES = 200  # files to open when looking for DICOM
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: 128-byte preamble then ``DICM`` (PS3.10 7.1)."""
+    try:
+        with path.open("rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def detect_layout(root: Path) -> str:
+    """Name the layout of the dataset under ``root``; a :class:`UserError` if none fits."""
+    folders = [p for p in root.rglob("*") if p.is_dir()]
+    names = {p.name.lower() for p in folders}
+    if names & IQOTHNCCD_FOLDERS:
+        return "iqothnccd"
+    for folder in folders:
+        if folder.name.lower() in CHEST_CTSCAN_SPLITS and any(
+            child.is_dir() and child.name.lower().startswith(CHEST_CTSCAN_CLASSES)
+            for child in folder.iterdir()
+        ):
+            return "chest-ctscan"
+    probes = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            if is_dicom_file(path):
+                return "dicom"
+            probes += 1
+            if probes >= DICOM_PROBES:
+                break
+    raise UserError(
+        f"{root}: cannot tell the dataset layout (no IQ-OTH/NCCD or Chest CT-Scan class "
+        f"folders, no DICOM file); set data.layout to one of {', '.join(LAYOUTS)}"
+    )
+
+
+def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
+    """The raw label and official split ("" if none) a layout gives a file by its path.
+
+    None when the path carries no label in that layout (a description file, say).
+    DICOM trees labelled by ``labels.csv`` are labelled by PatientID instead.
+    """
+    parts = rel.parts
+    if layout == "iqothnccd":
+        for part in reversed(parts[:-1]):
+            if part.lower() in IQOTHNCCD_FOLDERS:
+                return part, ""
+        return None
+    if layout == "chest-ctscan":
+        if len(parts) >= 3 and parts[-3].lower() in CHEST_CTSCAN_SPLITS:
+            return parts[-2], parts[-3].lower()
+        return None
+    return (parts[0], "") if len(parts) >= 2 else None  # dicom: class subfolders
+
+
+# Raw label -> class, per layout. Chest CT-Scan train/valid folders carry TNM suffixes
+# (adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib): a key matches the label or its part
+# before the first underscore.
+CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
+    "dicom": {
+        "default": {"normal": "normal", "benign": "benign", "malignant": "malignant"},
+        "binary": {
+            "normal": "without_cancer",
+            "benign": "without_cancer",
+            "malignant": "with_cancer",
+        },
+    },
+    "iqothnccd": {
+        "default": {
+            "bengin cases": "benign",  # sic, as the dataset spells it
+            "benign cases": "benign",
+            "malignant cases": "malignant",
+            "normal cases": "normal",
+        },
+        "binary": {
+            "bengin cases": "without_cancer",
+            "benign cases": "without_cancer",
+            "malignant cases": "with_cancer",
+            "normal cases": "without_cancer",
+        },
+    },
+    "chest-ctscan": {
+        "default": {
+            "adenocarcinoma": "adenocarcinoma",
+            "large.cell.carcinoma": "large_cell",
+            "squamous.cell.carcinoma": "squamous",
+            "normal": "normal",
+        },
+        "binary": {  # the seed project's task
+            "adenocarcinoma": "with_cancer",
+            "large.cell.carcinoma": "with_cancer",
+            "squamous.cell.carcinoma": "with_cancer",
+            "normal": "without_cancer",
+        },
+    },
+}
+
+
+def class_mapping(layout: str, classes: str | dict[str, str]) -> dict[str, str]:
+    """The raw-label -> class mapping for a layout: a preset name or the user's own mapping."""
+    if isinstance(classes, dict):
+        return {raw.lower(): name for raw, name in classes.items()}
+    return CLASS_PRESETS[layout][classes]
+
+
+def map_labels(labels: list[str], mapping: dict[str, str]) -> list[str]:
+    """Map raw labels to classes; an unmapped label is a :class:`UserError` listing them all."""
+    out, unmapped = [], set()
+    for label in labels:
+        key = label.lower()
+        name = mapping.get(key, mapping.get(key.split("_", 1)[0]))
+        if name is None:
+            unmapped.add(label)
+        out.append(name)
+    if unmapped:
+        raise UserError(
+            f"split.classes: no class for raw label(s) {sorted(unmapped)}; "
+            f"mapped labels are {sorted(mapping)}"
+        )
+    return out
