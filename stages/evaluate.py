@@ -49,7 +49,7 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     probabilities = model.predict(data, verbose=0).astype(np.float64)
     metrics = classification_metrics(np.asarray(y_true), probabilities, classes)
     test = table[table["split"] == "test"]
-    metrics["patients"] = int(test["group"].nunique())
+    metrics["groups"] = int(test["group"].nunique())  # patients, or near-duplicate groups
 
     predictions = pd.DataFrame(
         {
@@ -64,10 +64,10 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     write_csv(PREDICTIONS_FILE, predictions)
     write_json(METRICS_FILE, metrics)
     log.info(
-        "evaluate: test accuracy %.4f on %d images of %d patients",
+        "evaluate: test accuracy %.4f on %d images of %d groups (patients)",
         metrics["accuracy"],
         metrics["images"],
-        metrics["patients"],
+        metrics["groups"],
     )
     return metrics
 

@@ -90,7 +90,7 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
     assert 0.0 <= train["val_accuracy"] <= 1.0 and train["loss"] > 0
 
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert evaluation["images"] == 6 and evaluation["patients"] == 3
+    assert evaluation["images"] == 6 and evaluation["groups"] == 3
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["loss"] > 0
     assert set(evaluation["per_class"]) == {"benign", "malignant", "normal"}
     assert sum(sum(row.values()) for row in evaluation["confusion"].values()) == 6
