@@ -1,34 +1,56 @@
-"""Reading CT DICOM slices into Hounsfield units.
+"""Reading CT DICOM files into Hounsfield units, one frame (slice) at a time.
 
-Stored values -> HU follows PS3.3 C.11.1 (Modality LUT: ``HU = stored * slope +
-intercept``) with the padding rules of C.7.5.1.1.2 (Pixel Padding Value is
-compared with *stored* values, before any rescale). Pixel arithmetic is done in
-float32: pydicom 3 returns int16/uint16 arrays, and under NumPy 2 ``uint16 - 1024``
-wraps around silently.
+Stored values -> HU follows PS3.3 C.11.1 (Modality LUT: a Modality LUT Sequence, or
+``HU = stored * slope + intercept``), per slice, and per frame for the enhanced
+multi-frame objects (C.7.6.16.2.9, Pixel Value Transformation in the functional
+groups). Pixel Padding Value and Pixel Padding Range Limit (C.7.5.1.1.2) are compared
+with *stored* values, before any rescale, and padded pixels become air. Arithmetic is
+done in float32: pydicom 3 returns int16/uint16 arrays, and under NumPy 2
+``uint16 - 1024`` wraps around silently. MONOCHROME1 only says how to *display*
+values (C.7.6.3.1.2); it never changes HU, so nothing here inverts it.
+
+A file that is not a CT slice we can use raises :class:`SkippedFile` with a reason code.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import CTImageStorage
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    MediaStorageDirectoryStorage,
+)
 
 from lungct.errors import SkippedFile
 
 AIR_HU = -1000.0
+CT_SOP_CLASSES = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
+PREAMBLE = 128
 
 
 @dataclass(frozen=True)
-class CTSlice:
+class CTFrame:
+    """One CT slice in HU with what the manifest and the series sort need."""
+
     hu: np.ndarray  # float32, rows x columns
     patient_id: str
     series_uid: str
     instance_number: int | None
+    frame: int  # 0-based frame number; 0 for single-frame files
     slice_position: float | None  # mm along the slice normal; None without geometry
+    rescale_type: str  # "HU" unless the file says otherwise
+    transfer_syntax: str
+    gantry_tilt: float | None  # degrees, when the file records it
+    window: tuple[float, float] | None  # the file's own first Window Center/Width
 
 
 def padding_mask(
@@ -74,36 +96,134 @@ def stored_to_hu(
     return hu
 
 
-def slice_position(ds: pydicom.Dataset) -> float | None:
+def slice_position(position: object, orientation: object) -> float | None:
     """Position of a slice along its normal: Image Position (Patient) projected on the
     cross product of the Image Orientation (Patient) direction cosines (PS3.3 C.7.6.2.1.1)."""
-    ipp = ds.get("ImagePositionPatient")
-    iop = ds.get("ImageOrientationPatient")
-    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+    if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
         return None
-    normal = np.cross(np.asarray(iop[:3], dtype=float), np.asarray(iop[3:], dtype=float))
-    return float(np.dot(normal, np.asarray(ipp, dtype=float)))
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return float(np.dot(normal, np.asarray(position, dtype=float)))
 
 
-def read_ct_slice(path: Path) -> CTSlice:
-    """Read one CT Image Storage file into HU; raise :class:`SkippedFile` with a reason code."""
+def _first(value: object) -> float | None:
+    """First value of a possibly multi-valued DS element."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
+    seq = ds.get(sequence) if ds is not None else None
+    return seq[0] if seq else None
+
+
+def _frame_attribute(ds: Dataset, index: int, sequence: str, keyword: str) -> object:
+    """An attribute of an enhanced multi-frame object: per-frame group first, then shared."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    groups = [per_frame[index] if per_frame and index < len(per_frame) else None]
+    groups.append(_item(ds, "SharedFunctionalGroupsSequence"))
+    for group in groups:
+        item = _item(group, sequence)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def _check_preamble(path: Path) -> None:
+    with path.open("rb") as stream:
+        head = stream.read(PREAMBLE + 4)
+    if not head:
+        raise SkippedFile("empty_file")
+    if head[PREAMBLE:] == b"DICM":
+        return
+    try:  # a dataset without the Part 10 header, or not DICOM at all?
+        with warnings.catch_warnings():  # forced reads of non-DICOM bytes warn at length
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            looks_dicom = "SOPClassUID" in ds or "Modality" in ds
+    except Exception:
+        looks_dicom = False
+    if looks_dicom:
+        raise SkippedFile("no_preamble", "no 128-byte preamble and DICM prefix (PS3.10 7.1)")
+    raise SkippedFile("not_dicom")
+
+
+def _decoder_problem(ds: Dataset) -> str | None:
+    """Why this file's pixel data cannot be decoded here, naming what would decode it."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed:
+        return None
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return f"{syntax.name} ({syntax}): no decoder exists in pydicom for it"
+    if decoder.is_available:
+        return None
+    needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+    return f"{syntax.name} ({syntax}) needs {needs}"
+
+
+def _native_length_short(ds: Dataset) -> bool:
+    """Native (uncompressed) pixel data shorter than Rows x Columns x frames x bytes."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        return False
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * frames
+        * int(ds.get("SamplesPerPixel", 1))
+        * int(ds.BitsAllocated)
+        // 8
+    )
+    return len(ds.PixelData) < expected
+
+
+def read_ct(path: Path) -> list[CTFrame]:
+    """Read one CT file (single-frame, Enhanced CT or Legacy Converted Enhanced CT)
+    into HU frames; raise :class:`SkippedFile` with a reason code otherwise."""
+    _check_preamble(path)
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise SkippedFile("not_dicom", str(exc).splitlines()[0]) from None
-    except Exception as exc:  # truncated or garbled headers
-        raise SkippedFile("unreadable", f"{type(exc).__name__}: {exc}") from None
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != CTImageStorage or ds.get("Modality") != "CT":
-        raise SkippedFile("not_ct", f"SOP class {sop_class or 'missing'}")
+    except Exception as exc:  # a header cut short or garbled
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            raise SkippedFile("unreadable", f"{type(exc).__name__}: {exc}") from None
+        raise SkippedFile("truncated_pixel_data", f"{type(exc).__name__}: {exc}") from None
+    media = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if media == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        raise SkippedFile("dicomdir")
+    sop_class = ds.get("SOPClassUID")
+    if sop_class not in CT_SOP_CLASSES:
+        name = getattr(sop_class, "name", None) or str(sop_class or "missing")
+        raise SkippedFile("not_ct", f"SOP class {name}")
+    if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+        raise SkippedFile("localizer")
     if "PixelData" not in ds:
         raise SkippedFile("no_pixel_data")
+    problem = _decoder_problem(ds)
+    if problem:
+        raise SkippedFile("no_decoder", problem)
+    if _native_length_short(ds):
+        raise SkippedFile("truncated_pixel_data", f"{len(ds.PixelData)} bytes of pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise SkippedFile("not_grayscale", f"SamplesPerPixel {ds.SamplesPerPixel}")
     try:
         stored = ds.pixel_array
     except Exception as exc:
         raise SkippedFile("unreadable_pixels", f"{type(exc).__name__}: {exc}") from None
-    if stored.ndim != 2:
-        raise SkippedFile("not_single_frame", f"pixel array shape {stored.shape}")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    stored = stored.reshape(frames, int(ds.Rows), int(ds.Columns))
+    return [_frame(ds, stored[i], i) for i in range(frames)]
+
+
+def _frame(ds: Dataset, stored: np.ndarray, index: int) -> CTFrame:
     mask = padding_mask(
         stored,
         ds.get("PixelPaddingValue"),
@@ -111,17 +231,53 @@ def read_ct_slice(path: Path) -> CTSlice:
         bits_stored=int(ds.get("BitsStored", 16)),
         signed=int(ds.get("PixelRepresentation", 0)) == 1,
     )
-    hu = stored_to_hu(
-        stored,
-        float(ds.get("RescaleSlope", 1.0)),
-        float(ds.get("RescaleIntercept", 0.0)),
-        mask,
-    )
+    if ds.SOPClassUID != CTImageStorage:  # enhanced objects: functional groups
+        slope = _frame_attribute(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _frame_attribute(
+            ds, index, "PixelValueTransformationSequence", "RescaleIntercept"
+        )
+        rescale_type = _frame_attribute(
+            ds, index, "PixelValueTransformationSequence", "RescaleType"
+        )
+        position = _frame_attribute(ds, index, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _frame_attribute(
+            ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        center = _frame_attribute(ds, index, "FrameVOILUTSequence", "WindowCenter")
+        width = _frame_attribute(ds, index, "FrameVOILUTSequence", "WindowWidth")
+        if slope is None and intercept is None:  # some writers keep the top-level module
+            slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    else:
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        rescale_type = ds.get("RescaleType")
+        position = ds.get("ImagePositionPatient")
+        orientation = ds.get("ImageOrientationPatient")
+        center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if "ModalityLUTSequence" in ds and slope is None:
+        # A lookup table instead of a linear rescale (PS3.3 C.11.1); pydicom applies it.
+        hu = apply_modality_lut(stored, ds).astype(np.float32)
+        if mask is not None:
+            hu[mask] = AIR_HU
+        rescale_type = rescale_type or ds.ModalityLUTSequence[0].get("ModalityLUTType")
+    else:
+        hu = stored_to_hu(
+            stored,
+            float(slope) if slope is not None else 1.0,
+            float(intercept) if intercept is not None else 0.0,
+            mask,
+        )
     instance = ds.get("InstanceNumber")
-    return CTSlice(
+    tilt = ds.get("GantryDetectorTilt")
+    c, w = _first(center), _first(width)
+    return CTFrame(
         hu=hu,
         patient_id=str(ds.get("PatientID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),
-        instance_number=int(instance) if instance is not None else None,
-        slice_position=slice_position(ds),
+        instance_number=int(instance) if instance not in (None, "") else None,
+        frame=index,
+        slice_position=slice_position(position, orientation),
+        rescale_type=str(rescale_type) if rescale_type else "HU",
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        gantry_tilt=float(tilt) if tilt not in (None, "") else None,
+        window=(c, w) if c is not None and w is not None and w > 0 else None,
     )

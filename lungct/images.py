@@ -12,11 +12,11 @@ from lungct.errors import SkippedFile
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D uint8 image to ``size x size``, keeping its aspect ratio and padding
-    the short side with black, centred."""
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-    height, width = image.shape
+    """Resize a uint8 image (rows x cols, or rows x cols x channels) to ``size x size``,
+    keeping its aspect ratio and padding the short side with black, centred."""
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D image or channels last, got shape {image.shape}")
+    height, width = image.shape[:2]
     if (height, width) == (size, size):
         return image
     scale = size / max(height, width)
@@ -24,14 +24,15 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     resized = np.asarray(
         Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8
     )
-    out = np.zeros((size, size), dtype=np.uint8)
+    out = np.zeros((size, size, *image.shape[2:]), dtype=np.uint8)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top : top + new_h, left : left + new_w] = resized
     return out
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 grayscale image as PNG (no timestamps: same pixels, same bytes)."""
+    """Write a uint8 image (grayscale, or 3 channels as RGB) as PNG; no timestamps, so the
+    same pixels give the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
 

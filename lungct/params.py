@@ -91,8 +91,23 @@ class WindowParams(_Section):
 
 
 class ConvertParams(_Section):
-    window: WindowParams
+    # One window gives a grayscale PNG; three give one channel each (stored as RGB).
+    windows: Annotated[list[WindowParams], Field(min_length=1, max_length=3)]
+    # Window the first channel with the file's own Window Center/Width when it has one.
+    file_window: bool
     image_size: Annotated[int, Field(ge=16, le=1024)]
+    workers: Annotated[int, Field(ge=0, le=256)]  # processes; 0 = one per CPU core
+    # Fail the stage when more than this share of the input files is skipped.
+    max_skipped_fraction: Annotated[float, Field(ge=0, le=1)]
+
+    @model_validator(mode="after")
+    def _png_channels(self) -> ConvertParams:
+        if len(self.windows) == 2:
+            raise ValueError(
+                "windows: give 1 window (grayscale) or 3 (one channel each); "
+                "a 2-channel PNG would be read as gray + alpha"
+            )
+        return self
 
 
 class SplitParams(_Section):

@@ -36,3 +36,11 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
 def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     """Window HU and quantize to an 8-bit grayscale image."""
     return to_uint8(window_unit(hu, center, width))
+
+
+def window_channels(hu: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
+    """One 8-bit channel per (center, width) window: (rows, cols) for one window,
+    (rows, cols, n) for several (for example lung, mediastinum and bone)."""
+    if len(windows) == 1:
+        return window_uint8(hu, *windows[0])
+    return np.stack([window_uint8(hu, c, w) for c, w in windows], axis=-1)

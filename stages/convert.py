@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import imagehash
@@ -22,12 +25,12 @@ from tqdm import tqdm
 
 from lungct.artifacts import CONVERTED_DIR, MANIFEST, METRICS_DIR, RAW_DIR, RAW_LABELS, RAW_SOURCE
 from lungct.atomic import atomic_dir, write_csv, write_json
-from lungct.dicom import read_ct_slice
+from lungct.dicom import CTFrame, read_ct
 from lungct.errors import SkippedFile, UserError, run_stage
 from lungct.images import fit_square, read_image, save_png
 from lungct.layouts import label_from_path
-from lungct.params import ConvertParams, WindowParams, load_params
-from lungct.windowing import window_uint8
+from lungct.params import ConvertParams, load_params
+from lungct.windowing import window_channels
 
 METRICS_FILE = METRICS_DIR / "convert.json"
 MANIFEST_COLUMNS = [
@@ -35,11 +38,21 @@ MANIFEST_COLUMNS = [
     "output",
     "status",
     "reason",
+    "detail",
     "patient_id",
     "label",
     "series_uid",
     "instance_number",
+    "frame",
     "slice_position",
+    "slice_index",
+    "position_source",
+    "duplicate_position",
+    "gap",
+    "gantry_tilt",
+    "transfer_syntax",
+    "rescale_type",
+    "windows",
     "rows",
     "columns",
     "mode",
@@ -82,68 +95,153 @@ def read_layout(raw: Path) -> str:
         raise UserError(f"{path}: not a download record with a 'layout' (rerun download)") from None
 
 
-def convert_dicom(
-    path: Path, row: dict, labels: dict[str, str] | None, window: WindowParams
-) -> np.ndarray:
-    """One CT slice -> windowed 8-bit image; fills the DICOM columns of ``row``."""
-    ct = read_ct_slice(path)
-    row.update(
-        patient_id=ct.patient_id,
-        series_uid=ct.series_uid,
-        instance_number=ct.instance_number,
-        slice_position=ct.slice_position,
-        rows=ct.hu.shape[0],
-        columns=ct.hu.shape[1],
-        mode="HU",
-    )
-    if labels is not None:  # labels.csv keyed on PatientID, else class subfolders
-        row["label"] = labels.get(ct.patient_id, "")
-    return window_uint8(ct.hu, window.center, window.width)
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs besides the file: set once per process (pool initializer)."""
+
+    raw: Path
+    out: Path
+    layout: str
+    labels: dict[str, str] | None
+    params: ConvertParams
 
 
-def convert_image(path: Path, row: dict) -> np.ndarray:
-    """One exported PNG/JPG slice -> 8-bit grayscale; fills the image columns of ``row``."""
+_JOB: Job | None = None
+
+
+def _start_worker(job: Job) -> None:
+    global _JOB
+    _JOB = job
+
+
+def windows_for(frame: CTFrame, params: ConvertParams) -> list[tuple[float, float]]:
+    windows = [(w.center, w.width) for w in params.windows]
+    if params.file_window and frame.window is not None:
+        windows[0] = frame.window
+    return windows
+
+
+def dicom_rows(path: Path, base: dict, job: Job) -> list[dict]:
+    """One row (and PNG) per frame of a CT file."""
+    frames = read_ct(path)
+    rows = []
+    for frame in frames:
+        row = dict(base)
+        windows = windows_for(frame, job.params)
+        row.update(
+            patient_id=frame.patient_id,
+            series_uid=frame.series_uid,
+            instance_number=frame.instance_number,
+            frame=frame.frame,
+            slice_position=frame.slice_position,
+            rows=frame.hu.shape[0],
+            columns=frame.hu.shape[1],
+            mode="HU",
+            transfer_syntax=frame.transfer_syntax,
+            rescale_type=frame.rescale_type,
+            gantry_tilt=frame.gantry_tilt,
+            windows=";".join(f"{c:g}/{w:g}" for c, w in windows),
+        )
+        if job.labels is not None:  # labels.csv keyed on PatientID, else class subfolders
+            row["label"] = job.labels.get(frame.patient_id, "")
+        suffix = f".f{frame.frame + 1:04d}" if len(frames) > 1 else ""
+        rows.append(finish(row, window_channels(frame.hu, windows), suffix, job))
+    return rows
+
+
+def image_rows(path: Path, base: dict, job: Job) -> list[dict]:
+    """An exported PNG/JPG slice: deliberate grayscale, repeated once per window channel."""
     image, mode = read_image(path)
-    row.update(rows=image.shape[0], columns=image.shape[1], mode=mode)
-    return image
+    row = dict(base, rows=image.shape[0], columns=image.shape[1], mode=mode)
+    channels = len(job.params.windows)
+    pixels = image if channels == 1 else np.repeat(image[..., None], channels, axis=-1)
+    return [finish(row, pixels, "", job)]
 
 
-def convert_file(
-    path: Path,
-    rel: str,
-    out: Path,
-    layout: str,
-    labels: dict[str, str] | None,
-    params: ConvertParams,
-) -> dict[str, object]:
-    """Convert one file; return its manifest row (skipped files get a reason code)."""
-    row: dict[str, object] = {
+def finish(row: dict, pixels: np.ndarray, suffix: str, job: Job) -> dict:
+    """Label check, perceptual hash, resize and PNG write for one converted image."""
+    if not row.get("label"):
+        return dict(row, reason="unlabeled")
+    # Near duplicates are found (split stage) on what the model sees, before resizing.
+    gray = pixels if pixels.ndim == 2 else pixels[..., 0]
+    output = f"images/{row['source']}{suffix}.png"
+    save_png(job.out / output, fit_square(pixels, job.params.image_size))
+    return dict(
+        row, phash=str(imagehash.phash(Image.fromarray(gray))), output=output, status="converted"
+    )
+
+
+def convert_file(rel: str) -> list[dict]:
+    """Convert one file; return its manifest rows (a skipped file gets one, with a reason)."""
+    job = _JOB
+    assert job is not None, "convert_file runs after _start_worker"
+    base: dict = {
         "source": rel,
         "output": "",
         "status": "skipped",
         "reason": "",
-        "layout": layout,
+        "layout": job.layout,
     }
-    from_path = label_from_path(PurePosixPath(rel), layout)
+    from_path = label_from_path(PurePosixPath(rel), job.layout)
     if from_path is not None:
-        row["label"], row["official_split"] = from_path
+        base["label"], base["official_split"] = from_path
     try:
-        if layout == "dicom":
-            image = convert_dicom(path, row, labels, params.window)
-        else:
-            image = convert_image(path, row)
+        if job.layout == "dicom":
+            return dicom_rows(job.raw / rel, base, job)
+        return image_rows(job.raw / rel, base, job)
     except SkippedFile as skip:
-        row["reason"] = skip.reason
-        return row
-    if not row.get("label"):
-        row["reason"] = "unlabeled"
-        return row
-    # Near duplicates are found on what the model sees, before resizing (split stage).
-    row["phash"] = str(imagehash.phash(Image.fromarray(image)))
-    output = f"images/{rel}.png"
-    save_png(out / output, fit_square(image, params.image_size))
-    row.update(output=output, status="converted")
-    return row
+        return [dict(base, reason=skip.reason, detail=skip.detail)]
+
+
+def convert_all(files: list[str], job: Job, workers: int) -> list[dict]:
+    """All files, in order, over ``workers`` processes (1: in this process)."""
+    progress = {"desc": "convert", "unit": "file", "total": len(files), "disable": None}
+    if workers <= 1 or len(files) < 2:
+        _start_worker(job)
+        return [row for rel in tqdm(files, **progress) for row in convert_file(rel)]
+    chunk = max(1, min(64, len(files) // (workers * 8)))
+    # Workers get the job once; results stream back in input order, so memory holds
+    # only the (small) manifest rows, never images.
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(job,)) as pool:
+        results = pool.map(convert_file, files, chunksize=chunk)
+        return [row for rows in tqdm(results, **progress) for row in rows]
+
+
+def series_order(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Order slices within each series and flag what a radiologist would want to know.
+
+    Slices are sorted by position along the slice normal; InstanceNumber is only a
+    fallback (with a warning) for series without geometry. Flags: two slices at one
+    position, a gap (a spacing over 1.5 times the series' median), a tilted gantry.
+    """
+    manifest = manifest.copy()
+    manifest[["slice_index", "position_source"]] = [pd.NA, ""]
+    manifest[["duplicate_position", "gap"]] = False
+    done = manifest[(manifest["status"] == "converted") & (manifest["series_uid"].fillna("") != "")]
+    for series, rows in done.groupby("series_uid"):
+        positions = rows["slice_position"]
+        if positions.notna().all():
+            order = rows.sort_values(["slice_position", "instance_number", "frame"]).index
+            manifest.loc[rows.index, "position_source"] = "position"
+            values = np.sort(positions.to_numpy(dtype=float))
+            steps = np.diff(values)
+            duplicate = (
+                np.isclose(positions.to_numpy(dtype=float)[:, None], values[None]).sum(1) > 1
+            )
+            manifest.loc[rows.index, "duplicate_position"] = duplicate
+            moving = steps[steps > 1e-3]
+            if len(moving):
+                median = float(np.median(moving))
+                gap_after = values[1:][steps > 1.5 * median]
+                manifest.loc[rows.index, "gap"] = positions.isin(gap_after).to_numpy()
+        else:
+            log.warning(
+                "convert: series %s has no slice geometry; sorted by InstanceNumber", series
+            )
+            order = rows.sort_values(["instance_number", "frame", "source"]).index
+            manifest.loc[rows.index, "position_source"] = "instance_number"
+        manifest.loc[order, "slice_index"] = range(len(order))
+    return manifest
 
 
 def convert(params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DIR) -> dict:
@@ -151,44 +249,65 @@ def convert(params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DI
         raise UserError(f"{raw}: not found (run the download stage first)")
     layout = read_layout(raw)
     labels = read_labels(raw) if layout == "dicom" and (raw / RAW_LABELS).exists() else None
-    files = input_files(raw)
+    files = [p.relative_to(raw).as_posix() for p in input_files(raw)]
+    workers = params.workers or os.cpu_count() or 1
     with atomic_dir(out) as tmp:
-        rows = [
-            convert_file(p, p.relative_to(raw).as_posix(), tmp, layout, labels, params)
-            for p in tqdm(files, desc="convert", unit="file", disable=None)
-        ]
+        rows = convert_all(files, Job(raw, tmp, layout, labels, params), workers)
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         # Nullable integers: skipped rows have no size, and "512" must not become "512.0".
-        integers = ["instance_number", "rows", "columns"]
+        integers = ["instance_number", "frame", "rows", "columns"]
         manifest[integers] = manifest[integers].astype("Int64")
-        converted = manifest[manifest["status"] == "converted"]
-        if converted.empty:
-            reasons = manifest["reason"].value_counts().to_dict()
-            raise UserError(
-                f"{raw}: no file could be converted ({len(files)} files; skipped: {reasons})"
-            )
-        write_csv(tmp / MANIFEST, manifest)
-    skipped = manifest[manifest["status"] == "skipped"]
-    patients = converted["patient_id"].replace("", np.nan).dropna()
-    metrics = {
-        "layout": layout,
-        "files": len(manifest),
-        "converted": len(converted),
-        "skipped": len(skipped),
-        "skipped_by_reason": {
-            k: int(v) for k, v in skipped["reason"].value_counts().sort_index().items()
-        },
-        "patients": int(patients.nunique()),
-        "series": int(converted["series_uid"].replace("", np.nan).dropna().nunique()),
-        "images_by_label": {
-            k: int(v) for k, v in converted["label"].value_counts().sort_index().items()
-        },
-    }
+        manifest = series_order(manifest)
+        manifest["slice_index"] = manifest["slice_index"].astype("Int64")
+        check_skips(manifest, raw, len(files), params.max_skipped_fraction)
+        write_csv(tmp / MANIFEST, manifest[MANIFEST_COLUMNS])
+    metrics = convert_metrics(manifest, layout)
     write_json(METRICS_FILE, metrics)
     log.info(
-        "convert: %d of %d files converted, %d skipped", len(converted), len(manifest), len(skipped)
+        "convert: %d images from %d files, %d files skipped",
+        metrics["converted"],
+        metrics["files"],
+        metrics["skipped"],
     )
     return metrics
+
+
+def check_skips(manifest: pd.DataFrame, raw: Path, files: int, max_fraction: float) -> None:
+    converted = manifest["status"] == "converted"
+    reasons = manifest.loc[~converted, "reason"].value_counts().to_dict()
+    if not converted.any():
+        raise UserError(f"{raw}: no file could be converted ({files} files; skipped: {reasons})")
+    skipped = manifest.loc[~converted, "source"].nunique()
+    if skipped > max_fraction * files:
+        first = manifest[~converted].iloc[0]
+        raise UserError(
+            f"{raw}: {skipped} of {files} files skipped, more than "
+            f"convert.max_skipped_fraction ({max_fraction:g}); reasons {reasons}; "
+            f"first: {first['source']} ({first['reason']}{': ' + first['detail'] if first['detail'] else ''})"
+        )
+
+
+def convert_metrics(manifest: pd.DataFrame, layout: str) -> dict:
+    converted = manifest[manifest["status"] == "converted"]
+    skipped = manifest[manifest["status"] == "skipped"]
+
+    def counts(column: pd.Series) -> dict[str, int]:
+        return {str(k): int(v) for k, v in column.value_counts().sort_index().items()}
+
+    return {
+        "layout": layout,
+        "files": int(manifest["source"].nunique()),
+        "converted": len(converted),
+        "skipped": len(skipped),
+        "skipped_by_reason": counts(skipped["reason"]),
+        "patients": int(converted["patient_id"].replace("", pd.NA).dropna().nunique()),
+        "series": int(converted["series_uid"].replace("", pd.NA).dropna().nunique()),
+        "images_by_label": counts(converted["label"]),
+        "rescale_type_not_hu": int((converted["rescale_type"].fillna("HU") != "HU").sum()),
+        "duplicate_positions": int(converted["duplicate_position"].sum()),
+        "gaps": int(converted["gap"].sum()),
+        "tilted": int((converted["gantry_tilt"].fillna(0).astype(float) != 0).sum()),
+    }
 
 
 def main() -> None:

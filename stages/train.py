@@ -25,23 +25,23 @@ from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "train.json"
 LIVE_DIR = METRICS_DIR / "train"
-CHANNELS = 1
 
 log = logging.getLogger("train")
 
 
 def preprocessing_contract(params: Params, classes: list[str]) -> dict:
     """What evaluate, predict and the app need to feed the model exactly as in training."""
-    window = params.convert.window
     return {
         "classes": classes,
         "image_size": params.convert.image_size,
-        "channels": CHANNELS,
-        "windows": [{"center": window.center, "width": window.width}],
+        "channels": len(params.convert.windows),
+        "windows": [w.model_dump() for w in params.convert.windows],
+        "file_window": params.convert.file_window,
         "input": "float32 pixel values 0..255 (the model rescales to 0..1)",
         "preprocessing": [
             "DICOM stored values -> float32 -> padding pixels to air -> HU (slope, intercept)",
-            "HU -> window -> [0, 1] -> uint8",
+            "HU -> window -> [0, 1] -> uint8, one channel per window",
+            "exported images: grayscale (alpha on black), repeated per window channel",
             "aspect-preserving resize with black padding to image_size",
         ],
     }
@@ -61,12 +61,12 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     from lungct.model import build_cnn, image_dataset, seed_everything
 
     seed_everything(params.base.seed)
-    size, cfg = params.convert.image_size, params.train
+    size, cfg, channels = params.convert.image_size, params.train, len(params.convert.windows)
     train_x, train_y = split_images(table, "train", classes, splits_dir)
     val_x, val_y = split_images(table, "val", classes, splits_dir)
-    train_data = image_dataset(train_x, train_y, size, CHANNELS, cfg.batch_size, params.base.seed)
-    val_data = image_dataset(val_x, val_y, size, CHANNELS, cfg.batch_size)
-    model = build_cnn(size, CHANNELS, len(classes), cfg, params.base.seed)
+    train_data = image_dataset(train_x, train_y, size, channels, cfg.batch_size, params.base.seed)
+    val_data = image_dataset(val_x, val_y, size, channels, cfg.batch_size)
+    model = build_cnn(size, channels, len(classes), cfg, params.base.seed)
     log.info(
         "train: %d train / %d val images, classes %s, %d weights",
         len(train_x),

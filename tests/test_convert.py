@@ -20,7 +20,10 @@ def raw(workdir, tiny):
 
 def test_every_file_in_the_manifest_converted_or_skipped(workdir, tiny, raw):
     (raw / "PHANTOM-0001" / "notes.txt").write_text("not DICOM")
-    metrics = convert(tiny.convert)
+    with pytest.raises(UserError, match=r"1 of 19 files skipped, more than convert.max_skipped"):
+        convert(tiny.convert)  # 1/19 > 0.05
+    assert not (workdir / "data/converted").exists() and not (workdir / "metrics").exists()
+    metrics = convert(tiny.convert.model_copy(update={"max_skipped_fraction": 0.1}))
     manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
     assert len(manifest) == 9 * 2 + 1
     skipped = manifest[manifest["status"] == "skipped"]
@@ -48,7 +51,7 @@ def test_pngs_are_windowed_resized_and_padding_is_air(workdir, tiny, raw):
 def test_unlabelled_patient_is_skipped(workdir, tiny, raw):
     labels = pd.read_csv(raw / "labels.csv")
     labels.iloc[1:].to_csv(raw / "labels.csv", index=False)
-    convert(tiny.convert)
+    convert(tiny.convert.model_copy(update={"max_skipped_fraction": 0.2}))
     manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
     unlabeled = manifest[manifest["reason"] == "unlabeled"]
     assert len(unlabeled) == 2 and set(unlabeled["patient_id"]) == {labels["PatientID"].iloc[0]}
@@ -95,7 +98,7 @@ def test_image_layout_converts_every_mode_and_labels_by_folder(workdir, tiny):
             "Data/readme.txt": b"not an image",
         },
     )
-    metrics = convert(tiny.convert)
+    metrics = convert(tiny.convert.model_copy(update={"max_skipped_fraction": 0.5}))
     manifest = pd.read_csv(
         workdir / "data/converted/manifest.csv", keep_default_na=False
     ).set_index("source")
@@ -123,3 +126,13 @@ def test_image_layout_converts_every_mode_and_labels_by_folder(workdir, tiny):
 def test_missing_raw_data_is_a_clear_error(workdir, tiny):
     with pytest.raises(UserError, match="data/raw: not found"):
         convert(tiny.convert)
+
+
+def test_pool_and_single_process_give_the_same_bytes(workdir, tiny, raw):
+    outputs = []
+    for workers in (1, 2):
+        convert(tiny.convert.model_copy(update={"workers": workers}))
+        converted = workdir / "data/converted"
+        outputs.append({p.relative_to(converted): p.read_bytes() for p in converted.rglob("*.*")})
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) == 9 * 2 + 1  # PNGs and the manifest

@@ -2,18 +2,20 @@ import numpy as np
 import pytest
 from pydicom import examples
 
-from lungct.dicom import padding_mask, read_ct_slice, slice_position, stored_to_hu
+from lungct.dicom import padding_mask, read_ct, slice_position, stored_to_hu
 from lungct.errors import SkippedFile
 
 
 def test_ct_small_known_hu_values():
-    ct = read_ct_slice(examples.get_path("ct"))
+    [ct] = read_ct(examples.get_path("ct"))
     assert ct.hu.dtype == np.float32
     # CT_small.dcm: stored 175 at (0, 0) and 1928 at (64, 64); intercept -1024, slope 1.
     assert ct.hu[0, 0] == pytest.approx(-849.0)
     assert ct.hu[64, 64] == pytest.approx(904.0)
     assert ct.patient_id == "1CT1"
     assert ct.slice_position == pytest.approx(-75.699997)
+    assert ct.rescale_type == "HU" and ct.frame == 0
+    assert ct.transfer_syntax == "1.2.840.10008.1.2.1"
 
 
 def test_unsigned_stored_values_do_not_wrap():
@@ -44,22 +46,21 @@ def test_slope_is_applied():
 
 
 def test_slice_position_on_the_normal():
-    ds = examples.ct.copy()
-    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal: normal is (-1, 0, 0)
-    ds.ImagePositionPatient = [12.5, 3.0, 4.0]
-    assert slice_position(ds) == pytest.approx(-12.5)
+    # sagittal: row (0, 1, 0) x column (0, 0, -1) gives the normal (-1, 0, 0)
+    assert slice_position([12.5, 3.0, 4.0], [0, 1, 0, 0, 0, -1]) == pytest.approx(-12.5)
+    assert slice_position(None, [1, 0, 0, 0, 1, 0]) is None
 
 
 def test_non_dicom_and_non_ct_files_are_skipped(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     with pytest.raises(SkippedFile) as err:
-        read_ct_slice(text)
+        read_ct(text)
     assert err.value.reason == "not_dicom"
 
     mr = examples.mr.copy()
     path = tmp_path / "mr.dcm"
     mr.save_as(path)
     with pytest.raises(SkippedFile) as err:
-        read_ct_slice(path)
+        read_ct(path)
     assert err.value.reason == "not_ct"

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, TINY, merge, project_params
 def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.data.source == "synthetic"
-    assert params.convert.window.width > 0
+    assert params.convert.windows[0].width > 0
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,10 @@ def test_project_params_are_valid():
         ({"train": {"epochs": -3}}, "train.epochs: input should be greater than 0"),
         ({"train": {"epochs": 2.5}}, "train.epochs: input should be a valid integer"),
         ({"train": {"lrr": 0.1}}, "train.lrr: unknown key"),
-        ({"convert": {"window": {"center": -600, "width": 0}}}, "convert.window.width"),
+        ({"convert": {"windows": [{"center": -600, "width": 0}]}}, "convert.windows.0.width"),
+        ({"convert": {"windows": [{"center": 0, "width": 1}] * 2}}, "convert.windows: give 1"),
+        ({"convert": {"windows": []}}, "convert.windows: list should have at least 1 item"),
+        ({"convert": {"max_skipped_fraction": 1.5}}, "convert.max_skipped_fraction"),
         ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, "split.test_fraction: "),
         ({"split": {"test_fraction": 1.5}}, "split.test_fraction: input should be less than 1"),
         (

@@ -1,0 +1,389 @@
+"""Benchmark of the convert stage (DICOM -> windowed 8-bit PNG) on synthetic 512x512 CT.
+
+Run from the repository root::
+
+    python -m benchmarks.convert [--slices N] [--workers W] [--no-memory]
+
+One run generates N phantom CT slices (512x512, ~20 slices per patient, written with
+``lungct.phantom.write_cohort`` into a temporary raw folder with the ``SOURCE.json`` and
+``labels.csv`` the stage expects; generation is timed but not counted), then measures:
+
+* **project**: ``stages.convert.convert`` in-process, with the repo's ``params.yaml``
+  (``convert.workers`` set to W when the schema has that key);
+* **naive**: the seeds' single-process notebook loop: ``dcmread`` -> ``pixel_array`` ->
+  ``* slope + intercept`` -> lung window -> ``PIL`` resize -> PNG;
+* **decode bound**: read and decode only (``dcmread`` + ``pixel_array``, nothing written)
+  over W processes (``ProcessPoolExecutor.map`` with a chunksize): what a parallel convert
+  could reach at best on this machine;
+* **peak RSS** of the project stage for N and for 4N files, each in a fresh subprocess:
+  ``ru_maxrss`` of the process itself plus ``RUSAGE_CHILDREN`` (the largest reaped child,
+  so pool workers count). The 4N raw folder is four hard-linked copies of the N cohort
+  (same bytes, no extra generation time). Skipped with ``--no-memory``.
+
+Each throughput is measured once, after one warm-up pass over a 20-file subset; outputs are
+cleared between runs. Files are read from the page cache (they were just written).
+
+Targets (marked PASS/FAIL; the script always exits 0 unless something crashes):
+
+* project / naive slices per second  >= 1.8 (on 2 cores)
+* project / decode bound             >= 0.8
+* peak RSS 4N / N                    <= 1.2 (memory must not grow with the data set)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+from PIL import Image
+
+from lungct import phantom
+from lungct.artifacts import RAW_LABELS, RAW_SOURCE
+from lungct.params import PARAMS_FILE, ConvertParams, Params, load_params
+from stages.convert import convert, input_files
+
+REPO = Path(__file__).resolve().parents[1]
+SLICES_PER_PATIENT = 20
+IMAGE_SIZE = 512  # DICOM matrix of the synthetic slices
+WARMUP_FILES = 20
+RSS_MARKER = "RSS_RESULT "
+
+TARGET_PROJECT_VS_NAIVE = 1.8
+TARGET_PROJECT_VS_DECODE = 0.8
+TARGET_RSS_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class Throughput:
+    name: str
+    files: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class PeakRss:
+    files: int
+    self_mb: float
+    children_mb: float
+    seconds: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.self_mb + self.children_mb
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def repo_params() -> Params:
+    return load_params(REPO / PARAMS_FILE)
+
+
+def project_convert_params(workers: int) -> ConvertParams:
+    """The repo's convert params, with ``workers`` set when the schema has that key."""
+    params = repo_params().convert
+    if "workers" in type(params).model_fields:
+        params = type(params).model_validate({**params.model_dump(), "workers": workers})
+    return params
+
+
+def write_raw_metadata(raw: Path, labels: list[tuple[str, str]]) -> None:
+    """What the download stage writes next to a DICOM cohort: SOURCE.json and labels.csv."""
+    (raw / RAW_SOURCE).write_text(json.dumps({"layout": "dicom"}) + "\n", encoding="utf-8")
+    table = pd.DataFrame(labels, columns=["PatientID", "label"])
+    table.to_csv(raw / RAW_LABELS, index=False, lineterminator="\n")
+
+
+def generate_raw(raw: Path, slices: int) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Write about ``slices`` 512x512 phantom CT slices plus the raw metadata files."""
+    params = repo_params()
+    per_patient = min(SLICES_PER_PATIENT, slices)
+    labels = phantom.write_cohort(
+        raw,
+        patients=max(1, slices // per_patient),
+        slices=per_patient,
+        image_size=IMAGE_SIZE,
+        class_balance=dict(params.data.synthetic.class_balance),
+        seed=params.base.seed,
+    )
+    write_raw_metadata(raw, labels)
+    return input_files(raw), labels
+
+
+def linked_raw(
+    raw: Path, dest: Path, files: list[Path], labels: list[tuple[str, str]], copies: int
+) -> Path:
+    """A raw folder holding ``copies`` hard-linked copies of ``files`` (copy{k}/<rel path>)."""
+    for k in range(copies):
+        for path in files:
+            target = dest / (f"copy{k}" if copies > 1 else "") / path.relative_to(raw)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    write_raw_metadata(dest, labels)
+    return dest
+
+
+def clear(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+def timed(name: str, files: int, run: Callable[[], object]) -> Throughput:
+    start = time.perf_counter()
+    run()
+    return Throughput(name, files, time.perf_counter() - start)
+
+
+def measure_project(raw: Path, warm_raw: Path, out: Path, workers: int, files: int) -> Throughput:
+    """The project's convert stage, in-process (the caller has chdir'd into a scratch folder)."""
+    params = project_convert_params(workers)
+    convert(params, raw=warm_raw, out=out)
+    clear(out)
+    result: dict = {}
+
+    def run() -> None:
+        result.update(convert(params, raw=raw, out=out))
+
+    throughput = timed("project convert", files, run)
+    if result.get("converted") != files:
+        print(f"warning: project converted {result.get('converted')} of {files} files")
+    clear(out)
+    return throughput
+
+
+def naive_loop(files: list[Path], out: Path, center: float, width: float, size: int) -> None:
+    """The seeds' notebook loop, as written there: one file after the other."""
+    out.mkdir(parents=True, exist_ok=True)
+    low = center - width / 2
+    for i, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        img = np.clip((hu - low) / width, 0, 1) * 255
+        img = Image.fromarray(img.astype(np.uint8)).resize((size, size))
+        img.save(out / f"{i:06d}.png")
+
+
+def measure_naive(files: list[Path], out: Path) -> Throughput:
+    params = repo_params().convert
+    args = (params.window.center, params.window.width, params.image_size)
+    naive_loop(files[:WARMUP_FILES], out, *args)
+    clear(out)
+    throughput = timed("naive loop (1 process)", len(files), lambda: naive_loop(files, out, *args))
+    clear(out)
+    return throughput
+
+
+def decode_one(path: Path) -> int:
+    """Read and decode one slice; return its size so nothing large crosses processes."""
+    return int(pydicom.dcmread(path).pixel_array.nbytes)
+
+
+def decode_all(files: list[Path], workers: int) -> int:
+    chunksize = max(1, math.ceil(len(files) / (4 * workers)))
+    with ProcessPoolExecutor(workers) as pool:
+        return sum(pool.map(decode_one, files, chunksize=chunksize))
+
+
+def measure_decode_bound(files: list[Path], workers: int) -> Throughput:
+    decode_all(files[:WARMUP_FILES], workers)
+    name = f"decode bound ({workers} processes)"
+    return timed(name, len(files), lambda: decode_all(files, workers))
+
+
+def _maxrss_mb(who: int) -> float:
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return resource.getrusage(who).ru_maxrss / scale
+
+
+def rss_child(raw: str, out: str, workers: str) -> None:
+    """Entry point of the fresh subprocess: run the stage, print its peak RSS as JSON."""
+    params = project_convert_params(int(workers))
+    start = time.perf_counter()
+    metrics = convert(params, raw=Path(raw), out=Path(out))
+    seconds = time.perf_counter() - start
+    result = {
+        "files": metrics["converted"],
+        "self_mb": _maxrss_mb(resource.RUSAGE_SELF),
+        "children_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
+        "seconds": seconds,
+    }
+    print(RSS_MARKER + json.dumps(result), flush=True)
+
+
+def measure_peak_rss(raw: Path, out: Path, workdir: Path, workers: int) -> PeakRss:
+    """Peak RSS of the project stage in a fresh interpreter (pool workers included)."""
+    code = "import sys; from benchmarks.convert import rss_child; rss_child(*sys.argv[1:])"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(raw), str(out), str(workers)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    clear(out)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RSS_MARKER)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise RuntimeError(f"peak RSS subprocess failed (exit code {proc.returncode})")
+    return PeakRss(**json.loads(lines[-1].removeprefix(RSS_MARKER)))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def verdict(value: float, target: float, *, at_least: bool) -> str:
+    ok = value >= target if at_least else value <= target
+    return "PASS" if ok else "FAIL"
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return (
+        f"{cores} cores ({usable} usable), {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def report(
+    project: Throughput,
+    naive: Throughput,
+    decode: Throughput,
+    rss: tuple[PeakRss, PeakRss] | None,
+    workers: int,
+    has_workers_key: bool,
+) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    for t in (project, naive, decode):
+        rows.append((f"{t.name} slices/s", f"{t.per_second:8.1f}", f"({t.seconds:.1f} s)", ""))
+    vs_naive = project.per_second / naive.per_second
+    vs_decode = project.per_second / decode.per_second
+    rows.append(
+        (
+            "project / naive",
+            f"{vs_naive:8.2f}",
+            f">= {TARGET_PROJECT_VS_NAIVE}",
+            verdict(vs_naive, TARGET_PROJECT_VS_NAIVE, at_least=True),
+        )
+    )
+    rows.append(
+        (
+            "project / decode bound",
+            f"{vs_decode:8.2f}",
+            f">= {TARGET_PROJECT_VS_DECODE}",
+            verdict(vs_decode, TARGET_PROJECT_VS_DECODE, at_least=True),
+        )
+    )
+    if rss is not None:
+        small, large = rss
+        for r in (small, large):
+            detail = f"(self {r.self_mb:.0f} + children {r.children_mb:.0f}; {r.seconds:.1f} s)"
+            rows.append((f"peak RSS, {r.files} files (MB)", f"{r.total_mb:8.0f}", detail, ""))
+        ratio = large.total_mb / small.total_mb
+        rows.append(
+            (
+                f"peak RSS {large.files} / {small.files}",
+                f"{ratio:8.2f}",
+                f"<= {TARGET_RSS_RATIO}",
+                verdict(ratio, TARGET_RSS_RATIO, at_least=False),
+            )
+        )
+    else:
+        rows.append(("peak RSS", "       -", "(skipped: --no-memory)", ""))
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"convert benchmark: {project.files} slices of {IMAGE_SIZE}x{IMAGE_SIZE}")
+    pool = f"convert.workers = {workers}" if has_workers_key else "no convert.workers key"
+    print(f"machine: {machine()}; W = {workers} ({pool})")
+    print("-" * (width + 40))
+    for name, value, detail, mark in rows:
+        print(f"{name:<{width}}  {value}  {detail:<26} {mark}".rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=600, help="N synthetic slices (600)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="W processes (all cores)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak RSS runs")
+    args = parser.parse_args(argv)
+    if args.slices < WARMUP_FILES or args.workers < 1:
+        parser.error(f"--slices must be >= {WARMUP_FILES} and --workers >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="lungct-bench-convert-"))
+    cwd = Path.cwd()
+    try:
+        start = time.perf_counter()
+        raw = root / "raw"
+        files, labels = generate_raw(raw, args.slices)
+        warm_raw = linked_raw(raw, root / "raw_warm", files[:WARMUP_FILES], labels, copies=1)
+        print(f"generated {len(files)} slices in {time.perf_counter() - start:.1f} s ({root})")
+
+        workdir = root / "work"  # the stage writes metrics/convert.json relative to the cwd
+        workdir.mkdir()
+        os.chdir(workdir)
+        has_workers_key = "workers" in ConvertParams.model_fields
+        project = measure_project(raw, warm_raw, root / "out_project", args.workers, len(files))
+        print(f"project: {project.per_second:.1f} slices/s")
+        naive = measure_naive(files, root / "out_naive")
+        print(f"naive:   {naive.per_second:.1f} slices/s")
+        decode = measure_decode_bound(files, args.workers)
+        print(f"decode:  {decode.per_second:.1f} slices/s")
+
+        rss = None
+        if not args.no_memory:
+            raw4 = linked_raw(raw, root / "raw4", files, labels, copies=4)
+            out = root / "out_rss"
+            small = measure_peak_rss(raw, out, root / "work_rss", args.workers)
+            large = measure_peak_rss(raw4, out, root / "work_rss", args.workers)
+            rss = (small, large)
+        report(project, naive, decode, rss, args.workers, has_workers_key)
+        print(f"total {time.perf_counter() - start:.1f} s")
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
