@@ -137,3 +137,52 @@ def test_pool_and_single_process_give_the_same_bytes(workdir, tiny, raw):
         outputs.append({p.relative_to(converted): p.read_bytes() for p in files})
     assert outputs[0] == outputs[1]
     assert len(outputs[0]) == 9 * 2 + 1  # PNGs and the manifest
+
+
+def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workdir, tiny):
+    from tests.dicom_fixtures import build_all
+
+    raw = workdir / "data/raw"
+    expects = build_all(raw / "mixed")
+    (raw / "SOURCE.json").write_text('{"layout": "dicom"}')
+    (raw / "labels.csv").write_text("PatientID,label\nFIX-001,malignant\n")
+    convert(tiny.convert.model_copy(update={"max_skipped_fraction": 1.0}))
+    manifest = pd.read_csv(
+        workdir / "data/converted/manifest.csv", dtype=str, keep_default_na=False
+    )
+    by_source = manifest.groupby("source")
+    files = {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()}
+    assert set(manifest["source"]) == files - {"SOURCE.json", "labels.csv"}
+    for name, expect in expects.items():
+        for path in expect.paths:
+            rows = by_source.get_group(path.relative_to(raw).as_posix())
+            wanted = "skipped" if expect.reason else "converted"
+            assert set(rows["status"]) == {wanted}, name
+            assert set(rows["reason"]) == {expect.reason}, name
+    rows = manifest.set_index("source")
+
+    def rel(path):
+        return path.relative_to(raw).as_posix()
+
+    shuffled = expects["series_shuffled_instances"]
+    assert [rows.loc[rel(p), "slice_index"] for p in shuffled.order] == ["0", "1", "2", "3"]
+    assert set(rows.loc[[rel(p) for p in shuffled.order], "position_source"]) == {"position"}
+    fallback = expects["series_no_position"]
+    assert [rows.loc[rel(p), "slice_index"] for p in fallback.order] == ["0", "1", "2"]
+    assert set(rows.loc[[rel(p) for p in fallback.order], "position_source"]) == {
+        "instance_number"
+    }
+    duplicates = expects["series_duplicate_position"]
+    flagged = {p for p in duplicates.paths if rows.loc[rel(p), "duplicate_position"] == "True"}
+    assert flagged == set(duplicates.duplicates)
+    gap = expects["series_gap"]
+    assert [rows.loc[rel(p), "gap"] for p in gap.order] == ["False", "False", "False", "True"]
+    tilt = expects["series_gantry_tilt"]
+    assert {float(rows.loc[rel(p), "gantry_tilt"]) for p in tilt.order} == {15.0}
+    assert rows.loc[rel(expects["ct_rescale_type_not_hu"].path), "rescale_type"] == "US"
+    jpeg_ls = rows.loc[rel(expects["ct_jpeg_ls"].path)]
+    assert jpeg_ls["reason"] == "no_decoder" and "pylibjpeg-libjpeg" in jpeg_ls["detail"]
+    enhanced = manifest[manifest["source"] == rel(expects["enhanced_ct"].path)]
+    assert sorted(enhanced["frame"].astype(int)) == [0, 1, 2]
+    assert enhanced["output"].str.endswith((".f0001.png", ".f0002.png", ".f0003.png")).all()
+    assert (enhanced["slice_index"].astype(int).sort_values().tolist()) == [0, 1, 2]

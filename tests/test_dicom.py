@@ -4,6 +4,7 @@ from pydicom import examples
 
 from lungct.dicom import padding_mask, read_ct, slice_position, stored_to_hu
 from lungct.errors import SkippedFile
+from tests.dicom_fixtures import BUILDERS
 
 
 def test_ct_small_known_hu_values():
@@ -64,3 +65,49 @@ def test_non_dicom_and_non_ct_files_are_skipped(tmp_path):
     with pytest.raises(SkippedFile) as err:
         read_ct(path)
     assert err.value.reason == "not_ct"
+
+
+# --------------------------------------------------------------------------- one rule each
+# tests/dicom_fixtures.py writes one small file (or series) per rule of the standard, with
+# the HU a correct reader must produce, or the reason code it must skip the file with.
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_reader_follows_each_rule(tmp_path, name):
+    expect = BUILDERS[name](tmp_path)
+    if expect.reason:
+        for path in expect.paths:
+            with pytest.raises(SkippedFile) as err:
+                read_ct(path)
+            assert err.value.reason == expect.reason, path.name
+        return
+    if expect.path is not None:  # one file, one or several frames
+        frames = read_ct(expect.path)
+        hu = np.stack([f.hu for f in frames])
+        np.testing.assert_array_equal(hu, expect.hu.reshape(hu.shape))
+        assert [f.frame for f in frames] == list(range(len(frames)))
+        assert {f.rescale_type for f in frames} == {expect.rescale_type}
+        assert frames[0].transfer_syntax == (expect.transfer_syntax or frames[0].transfer_syntax)
+        return
+    series = expect.series or {"": expect.order}
+    volumes = expect.series_hu or {"": expect.hu}
+    for uid, paths in series.items():
+        for path, truth in zip(paths, volumes[uid], strict=True):
+            [frame] = read_ct(path)
+            np.testing.assert_array_equal(frame.hu, truth)
+            if expect.tilt:
+                assert frame.gantry_tilt == expect.tilt
+
+
+def test_missing_decoder_names_the_syntax_and_the_package(tmp_path):
+    expect = BUILDERS["ct_jpeg_ls"](tmp_path)
+    with pytest.raises(SkippedFile) as err:
+        read_ct(expect.path)
+    assert err.value.reason == "no_decoder"
+    assert "JPEG-LS Lossless" in err.value.detail and "pylibjpeg-libjpeg" in err.value.detail
+
+
+def test_monochrome1_is_not_inverted(tmp_path):
+    expect = BUILDERS["ct_monochrome1"](tmp_path)
+    [frame] = read_ct(expect.path)
+    assert frame.hu.min() == pytest.approx(-1000.0, abs=5)  # air stays air, not bone
