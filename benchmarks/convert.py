@@ -195,7 +195,9 @@ def naive_loop(files: list[Path], out: Path, center: float, width: float, size: 
 
 def measure_naive(files: list[Path], out: Path) -> Throughput:
     params = repo_params().convert
-    args = (params.window.center, params.window.width, params.image_size)
+    # The stage's first window (``convert.windows``; a single ``convert.window`` before).
+    window = params.windows[0] if hasattr(params, "windows") else params.window
+    args = (window.center, window.width, params.image_size)
     naive_loop(files[:WARMUP_FILES], out, *args)
     clear(out)
     throughput = timed("naive loop (1 process)", len(files), lambda: naive_loop(files, out, *args))

@@ -169,9 +169,7 @@ def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workd
     assert set(rows.loc[[rel(p) for p in shuffled.order], "position_source"]) == {"position"}
     fallback = expects["series_no_position"]
     assert [rows.loc[rel(p), "slice_index"] for p in fallback.order] == ["0", "1", "2"]
-    assert set(rows.loc[[rel(p) for p in fallback.order], "position_source"]) == {
-        "instance_number"
-    }
+    assert set(rows.loc[[rel(p) for p in fallback.order], "position_source"]) == {"instance_number"}
     duplicates = expects["series_duplicate_position"]
     flagged = {p for p in duplicates.paths if rows.loc[rel(p), "duplicate_position"] == "True"}
     assert flagged == set(duplicates.duplicates)
