@@ -3,13 +3,16 @@ import json
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 
 from lungct.errors import UserError
+from lungct.params import WindowParams
 from lungct.windowing import window_uint8
 from stages.convert import convert
 from stages.download import download
+from tests.dicom_fixtures import build_all, ct_basic
 
 
 @pytest.fixture
@@ -140,8 +143,6 @@ def test_pool_and_single_process_give_the_same_bytes(workdir, tiny, raw):
 
 
 def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workdir, tiny):
-    from tests.dicom_fixtures import build_all
-
     raw = workdir / "data/raw"
     expects = build_all(raw / "mixed")
     (raw / "SOURCE.json").write_text('{"layout": "dicom"}')
@@ -184,3 +185,33 @@ def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workd
     assert sorted(enhanced["frame"].astype(int)) == [0, 1, 2]
     assert enhanced["output"].str.endswith((".f0001.png", ".f0002.png", ".f0003.png")).all()
     assert (enhanced["slice_index"].astype(int).sort_values().tolist()) == [0, 1, 2]
+
+
+def test_three_windows_give_one_channel_each_and_file_window_replaces_the_first(workdir, tiny):
+    raw = workdir / "data/raw"
+    expect = ct_basic(raw / "p")
+    (raw / "SOURCE.json").write_text('{"layout": "dicom"}')
+    (raw / "labels.csv").write_text("PatientID,label\nFIX-001,normal\n")
+    windows = [WindowParams(center=-600, width=1500), WindowParams(center=50, width=350)] * 2
+    params = tiny.convert.model_copy(
+        update={"windows": windows[:3], "image_size": 20, "workers": 1}
+    )
+    convert(params)
+    manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
+    image = np.asarray(Image.open(workdir / "data/converted" / manifest["output"].iloc[0]))
+    assert image.shape == (20, 20, 3)
+    # 16 x 20 -> 16 x 20 centred in 20 x 20: rows 2..17 hold the slice.
+    for channel, window in enumerate(windows[:3]):
+        expected = window_uint8(expect.hu, window.center, window.width)
+        np.testing.assert_array_equal(image[2:18, :, channel], expected)
+    assert manifest["windows"].iloc[0] == "-600/1500;50/350;-600/1500"
+
+    # The file's own window, when asked for, replaces the first one.
+    ds_path = ct_basic(raw / "q").path
+    ds = pydicom.dcmread(ds_path)
+    ds.WindowCenter, ds.WindowWidth = [40, 400], [350, 2000]  # several values: the first counts
+    ds.save_as(ds_path)
+    convert(params.model_copy(update={"file_window": True}))
+    manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
+    windows_used = dict(zip(manifest["source"], manifest["windows"], strict=True))
+    assert windows_used[ds_path.relative_to(raw).as_posix()] == "40/350;50/350;-600/1500"
