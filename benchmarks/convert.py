@@ -20,6 +20,8 @@ One run generates N phantom CT slices (512x512, ~20 slices per patient, written 
   the process itself plus ``RUSAGE_CHILDREN`` (the largest reaped child, so pool workers
   count; pages shared with the parent count in both). The 4N raw folder is four hard-linked
   copies of the N cohort (same bytes, no extra generation time). Skipped with ``--no-memory``.
+* **CPU scaling**: W processes of pure-Python busy work vs one, before and after the
+  throughput runs: on a shared VM the cores may not all be there, and this says so.
 
 Each throughput is measured once, after one warm-up pass over a 20-file subset; outputs are
 cleared between runs. Files are read from the page cache (they were just written). The
@@ -218,8 +220,32 @@ def decode_all(files: list[Path], workers: int) -> int:
 
 def measure_decode_bound(files: list[Path], workers: int) -> Throughput:
     decode_all(files[:WARMUP_FILES], workers)
-    name = f"decode bound ({workers} processes)"
+    name = f"decode bound ({processes(workers)})"
     return timed(name, len(files), lambda: decode_all(files, workers))
+
+
+def busy_work(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def measure_cpu_scaling(workers: int, n: int = 2_000_000) -> float:
+    """Speedup of ``workers`` processes over one on pure CPU work: the cores actually had.
+
+    On a shared VM a second vCPU may be busy elsewhere; this tells whether a low
+    project/naive ratio is the project's or the machine's.
+    """
+    start = time.perf_counter()
+    busy_work(n)
+    single = time.perf_counter() - start
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(busy_work, [1000] * workers))  # workers started
+        start = time.perf_counter()
+        list(pool.map(busy_work, [n] * workers))
+        parallel = time.perf_counter() - start
+    return workers * single / parallel
 
 
 def _maxrss_mb(who: int) -> float:
@@ -231,6 +257,9 @@ def _maxrss_mb(who: int) -> float:
 def rss_child(raw: Path, out: Path, workdir: Path, workers: int, results: Queue) -> None:
     """Body of the fresh process: run the stage, send back its peak RSS."""
     os.chdir(workdir)
+    # A fork-server child inherits the fork-server start method; give the stage the platform
+    # default, as in a plain ``python stages/convert.py``, so its pool workers are our children.
+    multiprocessing.set_start_method(None, force=True)
     params = project_convert_params(workers)
     start = time.perf_counter()
     metrics = convert(params, raw=raw, out=out)
@@ -276,6 +305,10 @@ def measure_peak_rss(raw: Path, out: Path, workdir: Path, workers: int) -> PeakR
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
+def processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def verdict(value: float, target: float, *, at_least: bool) -> str:
     ok = value >= target if at_least else value <= target
     return "PASS" if ok else "FAIL"
@@ -284,8 +317,9 @@ def verdict(value: float, target: float, *, at_least: bool) -> str:
 def machine() -> str:
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    load = f", 1-min load {os.getloadavg()[0]:.2f} at start" if hasattr(os, "getloadavg") else ""
     return (
-        f"{cores} cores ({usable} usable), {platform.system()} {platform.machine()}, "
+        f"{cores} cores ({usable} usable){load}, {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}"
     )
 
@@ -297,6 +331,8 @@ def report(
     rss: tuple[PeakRss, PeakRss] | None,
     workers: int,
     has_workers_key: bool,
+    scaling: tuple[float, float],
+    host: str,
 ) -> None:
     rows: list[tuple[str, str, str, str]] = []
     for t in (project, naive, decode):
@@ -340,7 +376,11 @@ def report(
     print()
     print(f"convert benchmark: {project.files} slices of {IMAGE_SIZE}x{IMAGE_SIZE}")
     pool = f"convert.workers = {workers}" if has_workers_key else "no convert.workers key"
-    print(f"machine: {machine()}; W = {workers} ({pool})")
+    print(f"machine: {host}; W = {workers} ({pool})")
+    print(
+        f"CPU scaling, {processes(workers)} vs 1 (pure Python): "
+        f"{scaling[0]:.2f}x before, {scaling[1]:.2f}x after the throughput runs"
+    )
     print("-" * (width + 40))
     for name, value, detail, mark in rows:
         print(f"{name:<{width}}  {value}  {detail:<26} {mark}".rstrip())
@@ -364,6 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    host = machine()  # before this run adds its own load
     root = Path(tempfile.mkdtemp(prefix="lungct-bench-convert-"))
     cwd = Path.cwd()
     try:
@@ -380,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir()
         os.chdir(workdir)
         has_workers_key = "workers" in ConvertParams.model_fields
+        scaling_before = measure_cpu_scaling(args.workers)
         project = measure_project(raw, warm_raw, root / "out_project", args.workers, len(files))
         print(f"project: {project.per_second:.1f} slices/s")
         naive = measure_naive(files, root / "out_naive")
         print(f"naive:   {naive.per_second:.1f} slices/s")
         decode = measure_decode_bound(files, args.workers)
         print(f"decode:  {decode.per_second:.1f} slices/s")
+        scaling = (scaling_before, measure_cpu_scaling(args.workers))
 
         rss = None
         if not args.no_memory:
@@ -394,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             small = measure_peak_rss(raw, out, root / "work_rss", args.workers)
             large = measure_peak_rss(raw4, out, root / "work_rss", args.workers)
             rss = (small, large)
-        report(project, naive, decode, rss, args.workers, has_workers_key)
+        report(project, naive, decode, rss, args.workers, has_workers_key, scaling, host)
         print(f"total {time.perf_counter() - start:.1f} s")
     finally:
         os.chdir(cwd)
