@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 from PIL import Image
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from lungct import phantom
 from lungct.artifacts import RAW_LABELS, RAW_SOURCE
@@ -121,8 +122,14 @@ def write_raw_metadata(raw: Path, labels: list[tuple[str, str]]) -> None:
     table.to_csv(raw / RAW_LABELS, index=False, lineterminator="\n")
 
 
-def generate_raw(raw: Path, slices: int) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Write about ``slices`` 512x512 phantom CT slices plus the raw metadata files."""
+SYNTAXES = {"native": None, "jpeg2000": JPEG2000Lossless, "rle": RLELossless}
+
+
+def generate_raw(
+    raw: Path, slices: int, syntax: str = "native"
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Write about ``slices`` 512x512 phantom CT slices plus the raw metadata files,
+    recompressed to ``syntax`` (a lossless transfer syntax) unless it is ``native``."""
     params = repo_params()
     per_patient = min(SLICES_PER_PATIENT, slices)
     labels = phantom.write_cohort(
@@ -134,6 +141,11 @@ def generate_raw(raw: Path, slices: int) -> tuple[list[Path], list[tuple[str, st
         seed=params.base.seed,
     )
     write_raw_metadata(raw, labels)
+    if SYNTAXES[syntax] is not None:
+        for path in raw.rglob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.compress(SYNTAXES[syntax])
+            ds.save_as(path, enforce_file_format=True)
     return input_files(raw), labels
 
 
@@ -396,6 +408,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=os.cpu_count() or 1, help="W processes (all cores)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak RSS runs")
+    parser.add_argument(
+        "--syntax",
+        choices=sorted(SYNTAXES),
+        default="native",
+        help="transfer syntax of the generated files (native: uncompressed)",
+    )
     args = parser.parse_args(argv)
     if args.slices < WARMUP_FILES or args.workers < 1:
         parser.error(f"--slices must be >= {WARMUP_FILES} and --workers >= 1")
@@ -413,9 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         # In a child process: rendering 512x512 volumes grows this process's malloc
         # thresholds, which would make the stage look faster here than in a fresh DVC run.
         with ProcessPoolExecutor(1) as pool:
-            files, labels = pool.submit(generate_raw, raw, args.slices).result()
+            files, labels = pool.submit(generate_raw, raw, args.slices, args.syntax).result()
         warm_raw = linked_raw(raw, root / "raw_warm", files[:WARMUP_FILES], labels, copies=1)
-        print(f"generated {len(files)} slices in {time.perf_counter() - start:.1f} s ({root})")
+        print(
+            f"generated {len(files)} {args.syntax} slices in "
+            f"{time.perf_counter() - start:.1f} s ({root})"
+        )
 
         workdir = root / "work"  # the stage writes metrics/convert.json relative to the cwd
         workdir.mkdir()

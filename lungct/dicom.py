@@ -90,7 +90,9 @@ def stored_to_hu(
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply the CT rescale (PS3.3 C.11.1.1.2) in float32; masked (padding) pixels become air."""
-    hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    hu = stored.astype(np.float32)  # one image-sized buffer, rescaled in place
+    hu *= np.float32(slope)
+    hu += np.float32(intercept)
     if mask is not None:
         hu[mask] = AIR_HU
     return hu

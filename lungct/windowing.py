@@ -34,8 +34,16 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
 
 
 def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Window HU and quantize to an 8-bit grayscale image."""
-    return to_uint8(window_unit(hu, center, width))
+    """Window HU and quantize to an 8-bit grayscale image: ``to_uint8(window_unit(...))``,
+    computed in one float32 buffer (the convert stage's hot loop)."""
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    out = np.subtract(hu, np.float32(center - width / 2.0), dtype=np.float32)
+    out *= np.float32(255.0)
+    out /= np.float32(width)
+    np.clip(out, 0.0, 255.0, out=out)
+    out += np.float32(0.5)
+    return out.astype(np.uint8)  # truncation of non-negative values is floor
 
 
 def window_channels(hu: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:

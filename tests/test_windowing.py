@@ -25,3 +25,12 @@ def test_zero_width_is_rejected():
 
 def test_to_uint8_rounds():
     assert to_uint8(np.array([0.0, 0.5 / 255, 1.0])).tolist() == [0, 1, 255]
+
+
+@pytest.mark.parametrize(("center", "width"), [(-600, 1500), (50, 350), (400, 1800), (40, 1)])
+def test_fast_path_equals_the_definition(center, width):
+    hu = np.linspace(-3000, 3000, 60001, dtype=np.float32)
+    fast = window_uint8(hu, center, width)
+    slow = to_uint8(window_unit(hu, center, width))
+    assert np.abs(fast.astype(int) - slow).max() <= 1  # float rounding at exact .5 only
+    assert (fast != slow).mean() < 1e-3
