@@ -111,6 +111,11 @@ class ConvertParams(_Section):
 
 
 class SplitParams(_Section):
+    # grouped: whole groups, stratified; official: the dataset's own folders;
+    # random: image by image (the seeds' leaky protocol, for comparison only).
+    strategy: Literal["grouped", "official", "random"]
+    # What to do with groups or near duplicates found on two sides of the split.
+    leakage: Literal["fail", "warn", "drop"]
     # A preset ("default": the layout's own classes; "binary": with/without cancer)
     # or a mapping of raw labels (folder names) to classes.
     classes: Literal["default", "binary"] | dict[str, str]

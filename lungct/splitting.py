@@ -87,3 +87,48 @@ def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
     """Groups that appear in more than one split: must be empty for an honest test set."""
     counts = table.groupby("group")["split"].nunique()
     return sorted(counts.index[counts > 1].astype(str))
+
+
+def _as_uint64(phashes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+
+
+def close_pairs(
+    phashes_a: list[str], phashes_b: list[str], distance: int, chunk: int = 1024
+) -> list[tuple[int, int]]:
+    """Index pairs (i in a, j in b) whose perceptual hashes differ in at most ``distance``
+    bits; compared a chunk of rows at a time so memory stays small."""
+    a, b = _as_uint64(phashes_a), _as_uint64(phashes_b)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(a), chunk):
+        close = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :]) <= distance
+        rows, cols = np.nonzero(close)
+        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
+    return pairs
+
+
+def leakage_pairs(table: pd.DataFrame, distance: int) -> pd.DataFrame:
+    """Near-duplicate image pairs that sit in two different splits.
+
+    Images with a patient id are compared by exact content (``content`` column): a
+    perceptual hash cannot tell one patient's CT slice from another's (on the phantom,
+    34 pairs of different patients' slices share a pHash). Images without ids are
+    compared by pHash within ``distance`` bits, as they were grouped.
+    Returns columns ``a``, ``b`` (row labels of ``table``, ``a`` in the earlier split).
+    """
+    order = {name: i for i, name in enumerate(SPLITS)}
+    found: set[tuple[object, object]] = set()
+    for _, same in table.groupby("content"):
+        for a in same.index:
+            for b in same.index:
+                if order[table.at[a, "split"]] < order[table.at[b, "split"]]:
+                    found.add((a, b))
+    anonymous = table[~table["has_id"]]
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        left = anonymous[anonymous["split"] == first]
+        right = anonymous[anonymous["split"] == second]
+        if left.empty or right.empty:
+            continue
+        for i, j in close_pairs(left["phash"].tolist(), right["phash"].tolist(), distance):
+            found.add((left.index[i], right.index[j]))
+    return pd.DataFrame(sorted(found), columns=["a", "b"])
