@@ -215,7 +215,8 @@ def split_metrics(images: pd.DataFrame) -> dict:
 
 
 def write_samples(images: pd.DataFrame, splits_dir: Path) -> None:
-    """A grid of sample training images, one row per class, as the seed notebook shows."""
+    """A grid of sample training images, one row per class and one group per column, as
+    the seed notebook shows."""
     train = images[images["split"] == "train"]
     classes = sorted(train["class"].unique())
     label_w = 110
@@ -223,7 +224,9 @@ def write_samples(images: pd.DataFrame, splits_dir: Path) -> None:
     draw = ImageDraw.Draw(grid)
     for row, name in enumerate(classes):
         draw.text((6, row * TILE + TILE // 2 - 6), name, fill=255)
-        for col, image in enumerate(train.loc[train["class"] == name, "image"][:SAMPLES_PER_CLASS]):
+        # One image from each of the first groups: different patients, not one patient's slices.
+        samples = train[train["class"] == name].drop_duplicates("group")["image"]
+        for col, image in enumerate(samples[:SAMPLES_PER_CLASS]):
             with Image.open(splits_dir / image) as tile:
                 small = tile.convert("L").resize((TILE - 4, TILE - 4), Image.Resampling.BILINEAR)
             grid.paste(small, (label_w + col * TILE + 2, row * TILE + 2))
