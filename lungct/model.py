@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
@@ -51,8 +52,33 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
     return keras.Sequential(steps, name="augment")
 
 
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """``auto``: MirroredStrategy over all GPUs when there are several, else the default
+    strategy; ``mirrored``: MirroredStrategy over the GPUs, or over the logical CPU devices
+    when there is no GPU (how the tests exercise it); ``default``: one device."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def class_weights(labels: list[int], n_classes: int) -> dict[int, float]:
+    """Balanced weights, ``n / (n_classes * count)``, for the classes present in ``labels``
+    (as scikit-learn's ``compute_class_weight("balanced")``)."""
+    counts = np.bincount(np.asarray(labels), minlength=n_classes)
+    return {i: float(len(labels) / (n_classes * count)) for i, count in enumerate(counts) if count}
+
+
 def build_cnn(
-    image_size: int, channels: int, n_classes: int, params: TrainParams, seed: int = 0
+    image_size: int,
+    channels: int,
+    n_classes: int,
+    params: TrainParams,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
 ) -> keras.Model:
     """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then a head
     (flatten or global pooling), dense + ReLU, dropout and a softmax over the classes.
@@ -78,11 +104,19 @@ def build_cnn(
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="lung_ct_cnn")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=params.lr),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
+
+
+def learning_rate(
+    params: TrainParams, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    if params.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(params.lr, params.epochs * steps_per_epoch)
+    return params.lr
 
 
 def load_model(path: os.PathLike) -> keras.Model:
@@ -97,11 +131,14 @@ def image_dataset(
     channels: int,
     batch_size: int,
     shuffle_seed: int | None = None,
+    cache: str = "memory",
+    cache_dir: os.PathLike | None = None,
 ) -> tf.data.Dataset:
     """PNG files -> batches of (float32 image 0..255, class index).
 
-    Each PNG is decoded once and cached in memory; training batches are reshuffled
-    every epoch from ``shuffle_seed``; evaluation keeps file order.
+    Each PNG is decoded once and cached (``cache``: in memory, in a file under
+    ``cache_dir`` for data that does not fit, or not at all); training batches are
+    reshuffled every epoch from ``shuffle_seed``; evaluation keeps file order.
     """
 
     def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -110,7 +147,14 @@ def image_dataset(
         return tf.cast(image, tf.float32), label
 
     data = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache == "memory":
+        data = data.cache()
+    elif cache == "file":
+        if cache_dir is None:
+            raise ValueError("a file cache needs cache_dir")
+        os.makedirs(cache_dir, exist_ok=True)
+        data = data.cache(os.path.join(cache_dir, "images"))
     if shuffle_seed is not None:
         data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -155,6 +155,15 @@ class TrainParams(_Section):
     dropout: Annotated[float, Field(ge=0, lt=1)]
     batch_norm: bool
     augment: AugmentParams
+    # "auto": weights inversely proportional to class frequency in the train split.
+    class_weight: Literal["auto", "none"]
+    # Stop when val loss has not improved for this many epochs and keep the best
+    # weights; 0 trains all epochs and keeps the last ones.
+    early_stopping_patience: Annotated[int, Field(ge=0)]
+    lr_schedule: Literal["constant", "cosine"]
+    cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
+    # "auto": MirroredStrategy over all GPUs when there are several, else the default.
+    strategy: Literal["auto", "default", "mirrored"]
 
 
 class EvaluateParams(_Section):

@@ -8,6 +8,7 @@ channels, window, preprocessing), ``metrics/train.json`` and per-epoch curves in
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from lungct.artifacts import (
@@ -55,44 +56,60 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
             f"{splits_dir / SPLITS_TABLE}: training needs at least two classes, got {classes}"
         )
 
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
+    import keras
 
-    from lungct.model import build_cnn, image_dataset, seed_everything
+    from lungct.model import (
+        build_cnn,
+        class_weights,
+        distribution_strategy,
+        image_dataset,
+        seed_everything,
+    )
 
     seed_everything(params.base.seed)
     size, cfg, channels = params.convert.image_size, params.train, len(params.convert.windows)
     train_x, train_y = split_images(table, "train", classes, splits_dir)
     val_x, val_y = split_images(table, "val", classes, splits_dir)
-    train_data = image_dataset(train_x, train_y, size, channels, cfg.batch_size, params.base.seed)
-    val_data = image_dataset(val_x, val_y, size, channels, cfg.batch_size)
-    model = build_cnn(size, channels, len(classes), cfg, params.base.seed)
-    log.info(
-        "train: %d train / %d val images, classes %s, %d weights",
-        len(train_x),
-        len(val_x),
-        classes,
-        model.count_params(),
-    )
-
-    # dvcyaml=False: the plots are declared in dvc.yaml; Live's own summary file is
-    # dropped below because metrics/train.json is the stage's metrics file.
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=cfg.epochs,
-            shuffle=False,  # train_data is already shuffled, from the seed
-            callbacks=[DVCLiveCallback(live=live)],
-            verbose=2,
-        ).history
-    (LIVE_DIR / "metrics.json").unlink(missing_ok=True)
+    strategy = distribution_strategy(cfg.strategy)
+    batch = cfg.batch_size * strategy.num_replicas_in_sync  # train.batch_size is per replica
+    with tempfile.TemporaryDirectory(prefix="lungct-cache-") as cache_dir:
+        cache = {"cache": cfg.cache, "cache_dir": cache_dir}
+        train_data = image_dataset(
+            train_x, train_y, size, channels, batch, params.base.seed, **cache
+        )
+        val_data = image_dataset(val_x, val_y, size, channels, batch, **cache)
+        with strategy.scope():
+            steps = -(-len(train_x) // batch)
+            model = build_cnn(size, channels, len(classes), cfg, params.base.seed, steps)
+        weights = class_weights(train_y, len(classes)) if cfg.class_weight == "auto" else None
+        log.info(
+            "train: %d train / %d val images, classes %s, %d weights, %d replica(s), "
+            "class weights %s",
+            len(train_x),
+            len(val_x),
+            classes,
+            model.count_params(),
+            strategy.num_replicas_in_sync,
+            {classes[i]: round(w, 3) for i, w in (weights or {}).items()} or "none",
+        )
+        callbacks: list = []
+        if cfg.early_stopping_patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=cfg.early_stopping_patience,
+                    restore_best_weights=True,
+                )
+            )
+        history = fit(model, train_data, val_data, cfg.epochs, weights, callbacks)
 
     with atomic_file(MODEL_FILE) as tmp:
         model.save(tmp)
     write_json(CONTRACT_FILE, preprocessing_contract(params, classes))
     best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
     metrics = {
+        "restored_best_weights": bool(cfg.early_stopping_patience),
+        "replicas": int(strategy.num_replicas_in_sync),
         "epochs": len(history["loss"]),
         "loss": round(history["loss"][-1], 6),
         "accuracy": round(history["accuracy"][-1], 6),
@@ -106,6 +123,27 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     }
     write_json(METRICS_FILE, metrics)
     return metrics
+
+
+def fit(model, train_data, val_data, epochs: int, weights, callbacks: list) -> dict:
+    """Fit with per-epoch curves logged by DVCLive; one log line per epoch."""
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    # dvcyaml=False: the plots are declared in dvc.yaml; Live's own summary file is
+    # dropped below because metrics/train.json is the stage's metrics file.
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=epochs,
+            shuffle=False,  # train_data is already shuffled, from the seed
+            class_weight=weights,
+            callbacks=[*callbacks, DVCLiveCallback(live=live)],
+            verbose=2,
+        ).history
+    (LIVE_DIR / "metrics.json").unlink(missing_ok=True)
+    return history
 
 
 def main() -> None:

@@ -61,3 +61,77 @@ def test_same_params_same_metrics_and_predictions(splits_ready):
     from lungct.model import load_model
 
     assert load_model(splits_ready / "models/model.keras").output_shape == (None, 3)
+
+
+def test_balanced_class_weights():
+    from lungct.model import class_weights
+
+    # 6 of class 0, 2 of class 1, none of class 2: n / (n_classes * count)
+    assert class_weights([0] * 6 + [1] * 2, 3) == {0: 8 / 18, 1: 8 / 6}
+
+
+def test_file_cache_gives_the_same_batches_as_memory(splits_ready, tiny):
+    from lungct.artifacts import read_splits, split_images
+    from lungct.model import image_dataset
+
+    table = read_splits(splits_ready / "data/splits")
+    paths, labels = split_images(
+        table, "train", ["benign", "malignant", "normal"], splits_ready / "data/splits"
+    )
+    batches = {}
+    for cache in ("memory", "file", "none"):
+        data = image_dataset(
+            paths, labels, 32, 1, 4, shuffle_seed=1, cache=cache, cache_dir=splits_ready / "c"
+        )
+        batches[cache] = [x.numpy().tobytes() + y.numpy().tobytes() for x, y in data]
+    assert batches["memory"] == batches["file"] == batches["none"]
+    assert list((splits_ready / "c").iterdir())  # the file cache was written
+
+
+def test_cosine_schedule_decays_to_zero(tiny):
+    from lungct.model import learning_rate
+
+    schedule = learning_rate(tiny.train.model_copy(update={"lr_schedule": "cosine"}), 10)
+    assert float(schedule(0)) == pytest.approx(tiny.train.lr)
+    assert float(schedule(tiny.train.epochs * 10)) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(tiny.train, 10) == tiny.train.lr
+
+
+MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+import json
+from lungct.params import load_params
+from stages.train import train
+metrics = train(load_params())
+from lungct.model import distribution_strategy
+print(json.dumps({"mirrored": distribution_strategy("mirrored").num_replicas_in_sync,
+                  "auto": distribution_strategy("auto").num_replicas_in_sync, **metrics}))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(splits_ready, tiny_raw):
+    raw = dict(tiny_raw, train={**tiny_raw["train"], "strategy": "mirrored", "epochs": 2})
+    (splits_ready / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED], cwd=splits_ready, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["mirrored"] == 2 and out["auto"] == 1  # auto mirrors GPUs only
+    assert out["replicas"] == 2  # the stage trained on both devices
+    assert out["epochs"] == 2 and out["train_images"] == 6
+
+
+def test_early_stopping_restores_the_best_epoch(splits_ready, tiny_raw):
+    train_params = {**tiny_raw["train"], "epochs": 8, "lr": 0.05, "early_stopping_patience": 1}
+    (splits_ready / "params.yaml").write_text(yaml.safe_dump(dict(tiny_raw, train=train_params)))
+    run_stage("train", splits_ready)
+    metrics = json.loads((splits_ready / "metrics/train.json").read_text())
+    assert metrics["restored_best_weights"] is True
+    assert metrics["epochs"] < 8  # stopped early
+    assert metrics["best_epoch"] == metrics["epochs"] - 1  # patience 1: one epoch past the best

@@ -1,0 +1,356 @@
+"""Benchmark of the training input pipeline: images per second through the project's CNN.
+
+Run from the repository root::
+
+    python -m benchmarks.train [--images N] [--epochs E] [--batch B]
+
+One run generates a phantom cohort with the project's own stages (``stages.download``,
+``stages.convert``, ``stages.split``, in-process, in a temporary folder) with ``params.yaml``
+overridden to give about N training slices (``data.synthetic.patients``; slices per patient,
+image size, windows and split fractions stay the repo's; ``split.leakage`` is set to ``warn``
+because a benchmark needs images, not a leak-free split). The training PNGs are real files on
+disk in ``<tmp>/data/splits/train/<class>/``; generation is timed but not counted.
+
+Then, on the same model (``lungct.model.build_cnn`` with the ``train`` section of params.yaml,
+rebuilt from the same seed after ``seed_everything`` for each measurement, as the train stage
+does) and the same batch size B, ``model.fit(..., epochs=E, verbose=0)`` is timed epoch by
+epoch with a callback, no validation data. The first epoch (graph tracing, cache filling) is
+left out: the figure is the steady state, images x (E - 1) / seconds of epochs 2..E.
+
+* **pipeline**: the project's ``lungct.model.image_dataset`` over the training PNGs (decode
+  once, cache, shuffle each epoch, batch, prefetch), as ``stages/train.py`` feeds the model;
+* **compute bound**: the same decoded images preloaded into one float32 numpy array, fed as
+  ``tf.data.Dataset.from_tensor_slices((x, y)).batch(B).prefetch(AUTOTUNE)``: nothing between
+  memory and the model but slicing a batch, so this is what the model itself can take;
+* **seeds' style**: ``keras.utils.image_dataset_from_directory(train_dir, color_mode=...,
+  image_size=(S, S), batch_size=B, shuffle=True, seed=...)`` as the seeds call it, with no
+  ``.cache()`` or ``.prefetch()`` of their own: every PNG is read, decoded and resized again
+  each epoch. (Keras 3 decodes in a parallel map and prefetches inside that function.)
+
+Each row also gives the process's CPU use over the steady-state epochs (100% = one core) and
+the 1-minute load average before and after it: on a shared machine a low figure with a high
+load is the machine's, not the pipeline's.
+
+Targets (marked PASS/FAIL; the script always exits 0 unless something crashes):
+
+* pipeline / compute bound   >= 0.9 (the input pipeline must not starve the model)
+* pipeline / seeds' style    >= 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as lungct.model: no TF start-up chatter
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
+
+from lungct.artifacts import read_splits, split_images  # noqa: E402
+from lungct.model import build_cnn, image_dataset, seed_everything  # noqa: E402
+from lungct.params import PARAMS_FILE, Params, parse_params  # noqa: E402
+from stages.convert import convert  # noqa: E402
+from stages.download import download  # noqa: E402
+from stages.split import split  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path("data")  # relative to the scratch folder the stages run in
+
+TARGET_VS_COMPUTE = 0.9
+TARGET_VS_SEEDS = 1.5
+
+
+@dataclass
+class Throughput:
+    name: str
+    images: int  # per epoch
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_cpu: list[float] = field(default_factory=list)  # process CPU seconds per epoch
+    load: tuple[float, float] = (math.nan, math.nan)  # 1-min load before, after
+
+    @property
+    def steady(self) -> list[float]:
+        return self.epoch_seconds[1:]
+
+    @property
+    def per_second(self) -> float:
+        """Steady-state images per second (first epoch left out)."""
+        seconds = sum(self.steady)
+        return self.images * len(self.steady) / seconds if seconds > 0 else math.nan
+
+    @property
+    def cpu_percent(self) -> float:
+        seconds = sum(self.steady)
+        return 100 * sum(self.epoch_cpu[1:]) / seconds if seconds > 0 else math.nan
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Slowest and fastest steady-state epoch, images per second."""
+        rates = [self.images / s for s in self.steady]
+        return min(rates), max(rates)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def repo_raw_params() -> dict:
+    return yaml.safe_load((REPO / PARAMS_FILE).read_text(encoding="utf-8"))
+
+
+def bench_params(images: int) -> Params:
+    """The repo's params with a synthetic cohort of about ``images`` training slices."""
+    raw = repo_raw_params()
+    synthetic = raw["data"]["synthetic"]
+    train_share = 1 - raw["split"]["val_fraction"] - raw["split"]["test_fraction"]
+    patients = max(
+        3 * len(synthetic["class_balance"]), math.ceil(images / (train_share * synthetic["slices"]))
+    )
+    override = {
+        "data": {"source": "synthetic", "synthetic": {"patients": patients}},
+        "split": {"leakage": "warn"},
+    }
+    return parse_params(merge(raw, override), "params.yaml (benchmark overrides)")
+
+
+def generate(root: Path, params: Params) -> tuple[list[str], list[int], list[str], Path]:
+    """Run download, convert and split in ``root``; return the training paths (absolute),
+    class indices, class names and the training folder."""
+    cwd = Path.cwd()
+    os.chdir(root)  # the stages write data/ and metrics/ relative to the cwd
+    try:
+        download(params, out=DATA_DIR / "raw")
+        convert(params.convert, raw=DATA_DIR / "raw", out=DATA_DIR / "converted")
+        split(params, converted=DATA_DIR / "converted", out=DATA_DIR / "splits")
+    finally:
+        os.chdir(cwd)
+    splits_dir = root / DATA_DIR / "splits"
+    table = read_splits(splits_dir)
+    classes = sorted(table.loc[table["split"] == "train", "class"].unique())
+    paths, labels = split_images(table, "train", classes, splits_dir)
+    return paths, labels, classes, splits_dir / "train"
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load1() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall and CPU seconds of every epoch (iterator creation and shuffling included)."""
+
+    def __init__(self, result: Throughput) -> None:
+        super().__init__()
+        self.result = result
+        self._wall = self._cpu = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.result.epoch_seconds.append(time.perf_counter() - self._wall)
+        self.result.epoch_cpu.append(cpu_seconds() - self._cpu)
+
+
+@dataclass(frozen=True)
+class Setup:
+    params: Params
+    classes: list[str]
+    epochs: int
+
+    @property
+    def size(self) -> int:
+        return self.params.convert.image_size
+
+    @property
+    def channels(self) -> int:
+        return len(self.params.convert.windows)
+
+    @property
+    def seed(self) -> int:
+        return self.params.base.seed
+
+
+def fit_timed(name: str, data: tf.data.Dataset, images: int, setup: Setup) -> Throughput:
+    """A fresh project model, seeded as in the train stage, fitted on ``data`` for E epochs."""
+    seed_everything(setup.seed)
+    model = build_cnn(
+        setup.size, setup.channels, len(setup.classes), setup.params.train, setup.seed
+    )
+    result = Throughput(name, images)
+    before = load1()
+    model.fit(data, epochs=setup.epochs, shuffle=False, callbacks=[EpochTimer(result)], verbose=0)
+    result.load = (before, load1())
+    keras.backend.clear_session()
+    return result
+
+
+def measure_pipeline(paths: list[str], labels: list[int], setup: Setup) -> Throughput:
+    batch = setup.params.train.batch_size
+    data = image_dataset(paths, labels, setup.size, setup.channels, batch, setup.seed)
+    return fit_timed("pipeline (image_dataset)", data, len(paths), setup)
+
+
+def preload(paths: list[str], channels: int) -> np.ndarray:
+    """All images decoded as the pipeline decodes them: float32 0..255, NHWC."""
+    images = [tf.io.decode_png(tf.io.read_file(p), channels=channels).numpy() for p in paths]
+    return np.stack(images).astype(np.float32)
+
+
+def measure_compute(paths: list[str], labels: list[int], setup: Setup) -> Throughput:
+    x = preload(paths, setup.channels)
+    y = np.asarray(labels, dtype=np.int32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(setup.params.train.batch_size)
+    return fit_timed("compute bound (in memory)", data.prefetch(tf.data.AUTOTUNE), len(x), setup)
+
+
+def measure_seeds_style(train_dir: Path, images: int, setup: Setup) -> Throughput:
+    data = keras.utils.image_dataset_from_directory(
+        train_dir,
+        color_mode="grayscale" if setup.channels == 1 else "rgb",
+        image_size=(setup.size, setup.size),
+        batch_size=setup.params.train.batch_size,
+        shuffle=True,
+        seed=setup.seed,
+        verbose=False,
+    )
+    if list(data.class_names) != setup.classes:
+        raise RuntimeError(f"class folders {data.class_names} differ from {setup.classes}")
+    return fit_timed("seeds' style (from_directory)", data, images, setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value >= target else "FAIL"
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return (
+        f"{cores} cores ({usable} usable), 1-min load {load1():.2f} at start, "
+        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def report(results: list[Throughput], setup: Setup, host: str, generated: str) -> None:
+    pipeline, compute, seeds = results
+    cfg = setup.params.train
+    rows: list[tuple[str, str, str, str]] = []
+    for t in results:
+        slow, fast = t.spread
+        detail = (
+            f"(epochs {slow:.0f}..{fast:.0f}; CPU {t.cpu_percent:.0f}%; "
+            f"load {t.load[0]:.2f} -> {t.load[1]:.2f})"
+        )
+        rows.append((f"{t.name} images/s", f"{t.per_second:8.1f}", detail, ""))
+    for label, value, target in (
+        ("pipeline / compute bound", pipeline.per_second / compute.per_second, TARGET_VS_COMPUTE),
+        ("pipeline / seeds' style", pipeline.per_second / seeds.per_second, TARGET_VS_SEEDS),
+    ):
+        rows.append((label, f"{value:8.2f}", f">= {target}", verdict(value, target)))
+    width = max(len(r[0]) for r in rows)
+    detail_width = max(len(r[2]) for r in rows)
+    print()
+    print(
+        f"train benchmark: {pipeline.images} training PNGs of {setup.size}x{setup.size}x"
+        f"{setup.channels}, classes {setup.classes}; batch {cfg.batch_size}, {setup.epochs} "
+        f"epochs (first left out); {generated}"
+    )
+    print(
+        f"model: build_cnn, filters {cfg.filters}, head {cfg.head}, dense {cfg.dense_units}, "
+        f"batch_norm {cfg.batch_norm}, augment {cfg.augment.model_dump()}"
+    )
+    print(f"machine: {host}")
+    print("-" * (width + detail_width + 16))
+    for name, value, detail, mark in rows:
+        print(f"{name:<{width}}  {value}  {detail:<{detail_width}} {mark}".rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600, help="about N training slices (600)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="E epochs per measurement, first left out (4)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="B images per batch (params.yaml train.batch_size)"
+    )
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.epochs < 2 or (args.batch is not None and args.batch < 1):
+        parser.error("--images and --batch must be >= 1, --epochs >= 2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    host = machine()  # before this run adds its own load
+    params = bench_params(args.images)
+    if args.batch is not None:
+        train = params.train.model_copy(update={"batch_size": args.batch})
+        params = params.model_copy(update={"train": train})
+    root = Path(tempfile.mkdtemp(prefix="lungct-bench-train-"))
+    try:
+        start = time.perf_counter()
+        paths, labels, classes, train_dir = generate(root, params)
+        generated = (
+            f"{params.data.synthetic.patients} phantom patients generated, converted and split "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
+        print(f"{len(paths)} training PNGs: {generated} ({root})")
+        setup = Setup(params, classes, args.epochs)
+
+        bench = time.perf_counter()
+        pipeline = measure_pipeline(paths, labels, setup)
+        print(f"pipeline:      {pipeline.per_second:.1f} images/s")
+        compute = measure_compute(paths, labels, setup)
+        print(f"compute bound: {compute.per_second:.1f} images/s")
+        seeds = measure_seeds_style(train_dir, len(paths), setup)
+        print(f"seeds' style:  {seeds.per_second:.1f} images/s")
+        report([pipeline, compute, seeds], setup, host, generated)
+        print(
+            f"training runs {time.perf_counter() - bench:.1f} s, "
+            f"total {time.perf_counter() - start:.1f} s; 1-min load {load1():.2f} at end"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
