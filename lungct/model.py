@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
+from lungct.errors import UserError  # noqa: E402
 from lungct.params import AugmentParams, TrainParams  # noqa: E402
 
 
@@ -81,7 +82,8 @@ def build_cnn(
     steps_per_epoch: int = 1,
 ) -> keras.Model:
     """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then a head
-    (flatten or global pooling), dense + ReLU, dropout and a softmax over the classes.
+    (flatten or global pooling), dense + ReLU, dropout and a softmax over the classes;
+    or, with ``train.backbone``, a keras.applications network in place of the blocks.
 
     The model takes float32 pixel values in 0..255 and rescales them itself, so
     evaluation and inference feed exactly what the PNGs hold. Augmentation layers come
@@ -89,16 +91,19 @@ def build_cnn(
     """
     inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
     x = augmentation(params.augment, seed)(inputs)
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
-    for i, width in enumerate(params.filters, start=1):
-        x = layers.Conv2D(
-            width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
-        )(x)
-        if params.batch_norm:
-            x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = _HEADS[params.head](name=params.head)(x)
+    if params.backbone == "cnn":
+        x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+        for i, width in enumerate(params.filters, start=1):
+            x = layers.Conv2D(
+                width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
+            )(x)
+            if params.batch_norm:
+                x = layers.BatchNormalization(name=f"bn{i}")(x)
+            x = layers.ReLU(name=f"relu{i}")(x)
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = _HEADS[params.head](name=params.head)(x)
+    else:
+        x = backbone(params.backbone, params.pretrained, x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(params.dropout, name="dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
@@ -109,6 +114,35 @@ def build_cnn(
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
+
+
+def backbone(name: str, pretrained: bool, x: keras.KerasTensor) -> keras.KerasTensor:
+    """A keras.applications feature extractor with global average pooling.
+
+    ``pretrained`` loads ImageNet weights (a download, so only where there is
+    internet); grayscale is then repeated to the three channels those weights expect.
+    """
+    if pretrained and x.shape[-1] != 3:
+        x = layers.Concatenate(name="gray_to_rgb")([x] * (3 // x.shape[-1]))
+    weights = "imagenet" if pretrained else None
+    kwargs = {
+        "include_top": False,
+        "weights": weights,
+        "pooling": "avg",
+        "input_shape": x.shape[1:],
+    }
+    try:
+        if name == "mobilenet_v2":
+            x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)  # to [-1, 1]
+            net = keras.applications.MobileNetV2(**kwargs)
+        else:  # efficientnet_b0 rescales 0..255 itself
+            net = keras.applications.EfficientNetB0(**kwargs)
+    except Exception as exc:  # a failed weights download or an unsupported input size
+        raise UserError(
+            f"train.backbone: cannot build {name} (pretrained={pretrained}): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return net(x)
 
 
 def learning_rate(

@@ -150,6 +150,10 @@ class TrainParams(_Section):
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0, le=1)]
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
+    # "cnn": the seeds' conv blocks (filters, batch_norm, head); otherwise a
+    # keras.applications network (filters and head unused).
+    backbone: Literal["cnn", "mobilenet_v2", "efficientnet_b0"]
+    pretrained: bool  # ImageNet weights for a backbone: needs internet the first time
     head: Literal["flatten", "global_max", "global_average"]
     dense_units: PositiveInt
     dropout: Annotated[float, Field(ge=0, lt=1)]

@@ -135,3 +135,13 @@ def test_early_stopping_restores_the_best_epoch(splits_ready, tiny_raw):
     assert metrics["restored_best_weights"] is True
     assert metrics["epochs"] < 8  # stopped early
     assert metrics["best_epoch"] == metrics["epochs"] - 1  # patience 1: one epoch past the best
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
+def test_backbones_build_offline(tiny, name):
+    from lungct.model import build_cnn
+
+    params = tiny.train.model_copy(update={"backbone": name, "pretrained": False})
+    model = build_cnn(32, 1, 3, params)
+    assert model.output_shape == (None, 3)
+    assert any(layer.name.startswith(name.split("_")[0]) for layer in model.layers)
