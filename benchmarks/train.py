@@ -11,14 +11,19 @@ image size, windows and split fractions stay the repo's; ``split.leakage`` is se
 because a benchmark needs images, not a leak-free split). The training PNGs are real files on
 disk in ``<tmp>/data/splits/train/<class>/``; generation is timed but not counted.
 
-Then, on the same model (``lungct.model.build_cnn`` with the ``train`` section of params.yaml,
-rebuilt from the same seed after ``seed_everything`` for each measurement, as the train stage
-does) and the same batch size B, ``model.fit(..., epochs=E, verbose=0)`` is timed epoch by
-epoch with a callback, no validation data. The first epoch (graph tracing, cache filling) is
-left out: the figure is the steady state, images x (E - 1) / seconds of epochs 2..E.
+Then, on the same model (``lungct.model.build_cnn`` with the ``train`` section of params.yaml;
+one fresh model per measurement, each built after ``seed_everything`` with the same seed under
+the ``train.strategy`` scope, as the train stage does, so all start from the same weights) and
+the same batch size B (per replica), each measurement runs E epochs of ``model.fit(...,
+class_weight=..., verbose=0)`` with the stage's class weights, timed by a callback. There is no
+validation data, so no early stopping: every epoch is a training epoch. The three are interleaved: epoch k of each before epoch k + 1 of any, in an order
+rotating each round, so that a change in the shared machine's load hits all three alike. The
+first epoch (graph tracing, cache filling) is left out: each figure is the steady state,
+images x (E - 1) / seconds of epochs 2..E.
 
 * **pipeline**: the project's ``lungct.model.image_dataset`` over the training PNGs (decode
-  once, cache, shuffle each epoch, batch, prefetch), as ``stages/train.py`` feeds the model;
+  once, cache as ``train.cache`` says, shuffle each epoch, batch, prefetch), as
+  ``stages/train.py`` feeds the model;
 * **compute bound**: the same decoded images preloaded into one float32 numpy array, fed as
   ``tf.data.Dataset.from_tensor_slices((x, y)).batch(B).prefetch(AUTOTUNE)``: nothing between
   memory and the model but slicing a batch, so this is what the model itself can take;
@@ -27,9 +32,9 @@ left out: the figure is the steady state, images x (E - 1) / seconds of epochs 2
   ``.cache()`` or ``.prefetch()`` of their own: every PNG is read, decoded and resized again
   each epoch. (Keras 3 decodes in a parallel map and prefetches inside that function.)
 
-Each row also gives the process's CPU use over the steady-state epochs (100% = one core) and
-the 1-minute load average before and after it: on a shared machine a low figure with a high
-load is the machine's, not the pipeline's.
+Each row also gives the slowest and fastest steady-state epoch, the process's CPU use over
+those epochs (100% = one core) and the mean 1-minute load average as they began: on a shared
+machine a low CPU share with a load above the core count is the machine's, not the pipeline's.
 
 Targets (marked PASS/FAIL; the script always exits 0 unless something crashes):
 
@@ -60,7 +65,13 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from lungct.artifacts import read_splits, split_images  # noqa: E402
-from lungct.model import build_cnn, image_dataset, seed_everything  # noqa: E402
+from lungct.model import (  # noqa: E402
+    build_cnn,
+    class_weights,
+    distribution_strategy,
+    image_dataset,
+    seed_everything,
+)
 from lungct.params import PARAMS_FILE, Params, parse_params  # noqa: E402
 from stages.convert import convert  # noqa: E402
 from stages.download import download  # noqa: E402
@@ -79,7 +90,7 @@ class Throughput:
     images: int  # per epoch
     epoch_seconds: list[float] = field(default_factory=list)
     epoch_cpu: list[float] = field(default_factory=list)  # process CPU seconds per epoch
-    load: tuple[float, float] = (math.nan, math.nan)  # 1-min load before, after
+    epoch_load: list[float] = field(default_factory=list)  # 1-min load as each epoch began
 
     @property
     def steady(self) -> list[float]:
@@ -95,6 +106,11 @@ class Throughput:
     def cpu_percent(self) -> float:
         seconds = sum(self.steady)
         return 100 * sum(self.epoch_cpu[1:]) / seconds if seconds > 0 else math.nan
+
+    @property
+    def load(self) -> float:
+        """Mean 1-min load average at the start of the steady-state epochs."""
+        return float(np.mean(self.epoch_load[1:])) if len(self.epoch_load) > 1 else math.nan
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -166,7 +182,8 @@ def load1() -> float:
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall and CPU seconds of every epoch (iterator creation and shuffling included)."""
+    """Wall and CPU seconds of every epoch (iterator creation and shuffling included), and
+    the 1-minute load average when it started."""
 
     def __init__(self, result: Throughput) -> None:
         super().__init__()
@@ -174,6 +191,7 @@ class EpochTimer(keras.callbacks.Callback):
         self._wall = self._cpu = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.result.epoch_load.append(load1())
         self._wall, self._cpu = time.perf_counter(), cpu_seconds()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -183,9 +201,15 @@ class EpochTimer(keras.callbacks.Callback):
 
 @dataclass(frozen=True)
 class Setup:
+    """What the train stage derives from params.yaml: the strategy (``train.strategy``; the
+    batch is ``train.batch_size`` per replica), the class weights (``train.class_weight``) and
+    the decoded-image cache (``train.cache``, a file cache under ``cache_dir``)."""
+
     params: Params
     classes: list[str]
-    epochs: int
+    strategy: tf.distribute.Strategy
+    weights: dict[int, float] | None
+    cache_dir: Path
 
     @property
     def size(self) -> int:
@@ -196,28 +220,52 @@ class Setup:
         return len(self.params.convert.windows)
 
     @property
+    def batch(self) -> int:
+        return self.params.train.batch_size * self.strategy.num_replicas_in_sync
+
+    @property
     def seed(self) -> int:
         return self.params.base.seed
 
 
-def fit_timed(name: str, data: tf.data.Dataset, images: int, setup: Setup) -> Throughput:
-    """A fresh project model, seeded as in the train stage, fitted on ``data`` for E epochs."""
+@dataclass
+class Contender:
+    """One way of feeding the model: its dataset, its own fresh model and its timings."""
+
+    data: tf.data.Dataset
+    model: keras.Model
+    weights: dict[int, float] | None
+    result: Throughput
+
+    def epoch(self) -> None:
+        self.model.fit(
+            self.data,
+            epochs=1,
+            shuffle=False,
+            class_weight=self.weights,
+            callbacks=[EpochTimer(self.result)],
+            verbose=0,
+        )
+
+
+def contender(name: str, data: tf.data.Dataset, images: int, setup: Setup) -> Contender:
+    """A fresh project model, seeded and built as the train stage builds it (same initial
+    weights for all), fitted with the stage's class weights."""
     seed_everything(setup.seed)
-    model = build_cnn(
-        setup.size, setup.channels, len(setup.classes), setup.params.train, setup.seed
+    steps = -(-images // setup.batch)
+    with setup.strategy.scope():
+        model = build_cnn(
+            setup.size, setup.channels, len(setup.classes), setup.params.train, setup.seed, steps
+        )
+    return Contender(data, model, setup.weights, Throughput(name, images))
+
+
+def pipeline_data(paths: list[str], labels: list[int], setup: Setup) -> tf.data.Dataset:
+    """What stages/train.py fits on: the project's ``image_dataset``, shuffled from the seed."""
+    cache = {"cache": setup.params.train.cache, "cache_dir": setup.cache_dir}
+    return image_dataset(
+        paths, labels, setup.size, setup.channels, setup.batch, setup.seed, **cache
     )
-    result = Throughput(name, images)
-    before = load1()
-    model.fit(data, epochs=setup.epochs, shuffle=False, callbacks=[EpochTimer(result)], verbose=0)
-    result.load = (before, load1())
-    keras.backend.clear_session()
-    return result
-
-
-def measure_pipeline(paths: list[str], labels: list[int], setup: Setup) -> Throughput:
-    batch = setup.params.train.batch_size
-    data = image_dataset(paths, labels, setup.size, setup.channels, batch, setup.seed)
-    return fit_timed("pipeline (image_dataset)", data, len(paths), setup)
 
 
 def preload(paths: list[str], channels: int) -> np.ndarray:
@@ -226,26 +274,40 @@ def preload(paths: list[str], channels: int) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
-def measure_compute(paths: list[str], labels: list[int], setup: Setup) -> Throughput:
+def compute_data(paths: list[str], labels: list[int], setup: Setup) -> tf.data.Dataset:
     x = preload(paths, setup.channels)
     y = np.asarray(labels, dtype=np.int32)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(setup.params.train.batch_size)
-    return fit_timed("compute bound (in memory)", data.prefetch(tf.data.AUTOTUNE), len(x), setup)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(setup.batch)
+    return data.prefetch(tf.data.AUTOTUNE)
 
 
-def measure_seeds_style(train_dir: Path, images: int, setup: Setup) -> Throughput:
+def seeds_data(train_dir: Path, setup: Setup) -> tf.data.Dataset:
+    """The seeds' call: no ``.cache()``, no ``.prefetch()`` added."""
     data = keras.utils.image_dataset_from_directory(
         train_dir,
         color_mode="grayscale" if setup.channels == 1 else "rgb",
         image_size=(setup.size, setup.size),
-        batch_size=setup.params.train.batch_size,
+        batch_size=setup.batch,
         shuffle=True,
         seed=setup.seed,
         verbose=False,
     )
     if list(data.class_names) != setup.classes:
         raise RuntimeError(f"class folders {data.class_names} differ from {setup.classes}")
-    return fit_timed("seeds' style (from_directory)", data, images, setup)
+    return data
+
+
+def run_interleaved(contenders: list[Contender], epochs: int) -> None:
+    """Epoch k of every contender before epoch k + 1 of any, in an order that rotates each
+    round, so a change in the shared machine's load hits all of them alike. Round 0 (tracing,
+    cache filling) is the one left out."""
+    for k in range(epochs):
+        shift = k % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            c.epoch()
+        rates = ", ".join(f"{c.result.images / c.result.epoch_seconds[-1]:.1f}" for c in contenders)
+        note = " (warm-up, left out)" if k == 0 else ""
+        print(f"epoch {k + 1}/{epochs}: {rates} images/s{note}; 1-min load {load1():.2f}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,16 +327,13 @@ def machine() -> str:
     )
 
 
-def report(results: list[Throughput], setup: Setup, host: str, generated: str) -> None:
+def report(results: list[Throughput], setup: Setup, epochs: int, host: str, generated: str) -> None:
     pipeline, compute, seeds = results
     cfg = setup.params.train
     rows: list[tuple[str, str, str, str]] = []
     for t in results:
         slow, fast = t.spread
-        detail = (
-            f"(epochs {slow:.0f}..{fast:.0f}; CPU {t.cpu_percent:.0f}%; "
-            f"load {t.load[0]:.2f} -> {t.load[1]:.2f})"
-        )
+        detail = f"(epochs {slow:.0f}..{fast:.0f}; CPU {t.cpu_percent:.0f}%; load {t.load:.2f})"
         rows.append((f"{t.name} images/s", f"{t.per_second:8.1f}", detail, ""))
     for label, value, target in (
         ("pipeline / compute bound", pipeline.per_second / compute.per_second, TARGET_VS_COMPUTE),
@@ -286,12 +345,21 @@ def report(results: list[Throughput], setup: Setup, host: str, generated: str) -
     print()
     print(
         f"train benchmark: {pipeline.images} training PNGs of {setup.size}x{setup.size}x"
-        f"{setup.channels}, classes {setup.classes}; batch {cfg.batch_size}, {setup.epochs} "
-        f"epochs (first left out); {generated}"
+        f"{setup.channels}, classes {setup.classes}; batch {setup.batch}, {epochs} "
+        f"interleaved epochs each (first left out); {generated}"
     )
+    arch = (
+        f"filters {cfg.filters}, head {cfg.head}, batch_norm {cfg.batch_norm}"
+        if cfg.backbone == "cnn"
+        else f"backbone {cfg.backbone} (pretrained {cfg.pretrained})"
+    )
+    print(f"model: build_cnn, {arch}, dense {cfg.dense_units}, augment {cfg.augment.model_dump()}")
+    weights = {setup.classes[i]: round(w, 3) for i, w in (setup.weights or {}).items()}
     print(
-        f"model: build_cnn, filters {cfg.filters}, head {cfg.head}, dense {cfg.dense_units}, "
-        f"batch_norm {cfg.batch_norm}, augment {cfg.augment.model_dump()}"
+        f"train stage settings: strategy {cfg.strategy} "
+        f"({setup.strategy.num_replicas_in_sync} replica(s)), cache {cfg.cache}, "
+        f"class weights {weights or 'none'}, lr_schedule {cfg.lr_schedule}; "
+        "no validation data, so no early stopping"
     )
     print(f"machine: {host}")
     print("-" * (width + detail_width + 16))
@@ -332,17 +400,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{params.data.synthetic.patients} phantom patients generated, converted and split "
             f"in {time.perf_counter() - start:.1f} s"
         )
-        print(f"{len(paths)} training PNGs: {generated} ({root})")
-        setup = Setup(params, classes, args.epochs)
+        n = len(paths)
+        print(f"{n} training PNGs: {generated} ({root})")
+        seed_everything(params.base.seed)
+        cfg = params.train
+        weights = class_weights(labels, len(classes)) if cfg.class_weight == "auto" else None
+        strategy = distribution_strategy(cfg.strategy)
+        setup = Setup(params, classes, strategy, weights, root / "cache")
 
         bench = time.perf_counter()
-        pipeline = measure_pipeline(paths, labels, setup)
-        print(f"pipeline:      {pipeline.per_second:.1f} images/s")
-        compute = measure_compute(paths, labels, setup)
-        print(f"compute bound: {compute.per_second:.1f} images/s")
-        seeds = measure_seeds_style(train_dir, len(paths), setup)
-        print(f"seeds' style:  {seeds.per_second:.1f} images/s")
-        report([pipeline, compute, seeds], setup, host, generated)
+        contenders = [
+            contender("pipeline (image_dataset)", pipeline_data(paths, labels, setup), n, setup),
+            contender("compute bound (in memory)", compute_data(paths, labels, setup), n, setup),
+            contender("seeds' style (from_directory)", seeds_data(train_dir, setup), n, setup),
+        ]
+        print(f"images/s per epoch, in the order: {', '.join(c.result.name for c in contenders)}")
+        run_interleaved(contenders, args.epochs)
+        report([c.result for c in contenders], setup, args.epochs, host, generated)
         print(
             f"training runs {time.perf_counter() - bench:.1f} s, "
             f"total {time.perf_counter() - start:.1f} s; 1-min load {load1():.2f} at end"
