@@ -45,7 +45,6 @@ Targets (marked PASS/FAIL; the script always exits 0 unless something crashes):
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import platform
@@ -72,7 +71,7 @@ from lungct.model import (  # noqa: E402
     image_dataset,
     seed_everything,
 )
-from lungct.params import PARAMS_FILE, Params, parse_params  # noqa: E402
+from lungct.params import PARAMS_FILE, Params, merge, parse_params  # noqa: E402
 from stages.convert import convert  # noqa: E402
 from stages.download import download  # noqa: E402
 from stages.split import split  # noqa: E402
@@ -122,16 +121,6 @@ class Throughput:
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def repo_raw_params() -> dict:
     return yaml.safe_load((REPO / PARAMS_FILE).read_text(encoding="utf-8"))
 

@@ -7,6 +7,7 @@ that nothing reads.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -208,6 +209,18 @@ def _describe(err: dict) -> str:
     got = repr(err["input"])
     got = got if len(got) <= 60 else got[:57] + "..."
     return f"{key}: {err['msg'].lower()} (got {got})"
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` laid over it, section by section (neither is changed);
+    how tests and benchmarks derive small variants of params.yaml."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lungct.params import Params, parse_params
+from lungct.params import Params, merge, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,16 +17,6 @@ TINY = {
     "convert": {"image_size": 32},
     "train": {"epochs": 1, "batch_size": 8, "filters": [4, 8], "dense_units": 8},
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def project_params() -> dict:

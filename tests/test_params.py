@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from lungct.errors import UserError
-from lungct.params import load_params, parse_params
-from tests.conftest import ROOT, TINY, merge, project_params
+from lungct.params import load_params, merge, parse_params
+from tests.conftest import ROOT, TINY, project_params
 
 
 def test_project_params_are_valid():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, merge, project_params
+from lungct.params import merge
+from tests.conftest import ROOT, TINY, project_params
 
 pytestmark = pytest.mark.e2e
 
