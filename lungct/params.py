@@ -173,6 +173,9 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: PositiveInt
+    # Patient-level resamples for the 95 % intervals of accuracy and balanced accuracy; 0 = none.
+    bootstrap: Annotated[int, Field(ge=0, le=100_000)]
+    grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
 
 
 class Params(_Section):

@@ -1,12 +1,20 @@
 """evaluate: score the trained model on ``data/splits/test``.
 
-Writes ``metrics/eval.json`` (accuracy, loss, per-class precision/recall/F1,
-confusion counts) and ``metrics/predictions.csv`` (one row per test image, the
-data of the confusion-matrix plot).
+Writes, all under ``metrics/``:
+
+- ``eval.json``: image-level, cancer-vs-normal, calibration and patient-level
+  metrics, patient-bootstrap intervals, and the split the test set came from
+  (keys in the README);
+- ``predictions.csv``: one row per test image (group, actual, predicted, class
+  probabilities): the data of both confusion-matrix plots;
+- ``roc/<class>.csv``: one-vs-rest ROC points per class;
+- ``test_grid.png``: test images with true and predicted class, misclassified first;
+- ``report.md``: the same, readable.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,21 +29,48 @@ from lungct.artifacts import (
     read_splits,
     split_images,
 )
-from lungct.atomic import write_csv, write_json
+from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
 from lungct.errors import UserError, run_stage
-from lungct.metrics import classification_metrics
+from lungct.metrics import classification_metrics, roc_curves
 from lungct.params import Params, load_params
+from lungct.report import image_grid, markdown_report, write_roc
 
 METRICS_FILE = METRICS_DIR / "eval.json"
 PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
+ROC_DIR = METRICS_DIR / "roc"
+GRID_FILE = METRICS_DIR / "test_grid.png"
+REPORT_FILE = METRICS_DIR / "report.md"
+SPLIT_METRICS = METRICS_DIR / "split.json"
+# What eval.json repeats from split.json, so that a leaky number cannot pass for an honest one.
+SPLIT_KEYS = (
+    "strategy",
+    "leakage",
+    "leaky",
+    "classes",
+    "groups_in_several_splits",
+    "cross_split_near_duplicate_pairs",
+    "found_cross_split_groups",
+    "found_cross_split_pairs",
+    "dropped",
+)
 
 log = logging.getLogger("evaluate")
+
+
+def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the split stage first: dvc repro)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); rerun the split stage") from None
 
 
 def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     contract = read_contract()
     classes = contract["classes"]
     table = read_splits(splits_dir)
+    split = read_split_metrics()
     paths, y_true = split_images(table, "test", classes, splits_dir)
     if not MODEL_FILE.exists():
         raise UserError(f"{MODEL_FILE}: not found (run the train stage first: dvc repro)")
@@ -47,27 +82,46 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         paths, y_true, contract["image_size"], contract["channels"], params.evaluate.batch_size
     )
     probabilities = model.predict(data, verbose=0).astype(np.float64)
-    metrics = classification_metrics(np.asarray(y_true), probabilities, classes)
+    y_true = np.asarray(y_true)
     test = table[table["split"] == "test"]
-    metrics["groups"] = int(test["group"].nunique())  # patients, or near-duplicate groups
+    groups = test["group"].to_numpy()
+    metrics = classification_metrics(
+        y_true,
+        probabilities,
+        classes,
+        groups=groups,
+        bootstrap=params.evaluate.bootstrap,
+        seed=params.base.seed,
+    )
+    metrics["split"] = {key: split.get(key) for key in SPLIT_KEYS}
 
     predictions = pd.DataFrame(
         {
             "image": test["image"].to_numpy(),
-            "group": test["group"].to_numpy(),
+            "group": groups,
             "actual": [classes[i] for i in y_true],
             "predicted": [classes[i] for i in probabilities.argmax(axis=1)],
         }
     )
     for i, name in enumerate(classes):
         predictions[f"p_{name}"] = probabilities[:, i].round(6)
+
     write_csv(PREDICTIONS_FILE, predictions)
-    write_json(METRICS_FILE, metrics)
+    with atomic_dir(ROC_DIR) as tmp:
+        write_roc(tmp, roc_curves(y_true, probabilities, classes))
+    grid = image_grid(paths, predictions, classes, probabilities, params.evaluate.grid_images)
+    with atomic_file(GRID_FILE) as tmp:
+        grid.save(tmp, format="PNG")
+    with atomic_file(REPORT_FILE) as tmp:
+        tmp.write_text(markdown_report(metrics, split), encoding="utf-8")
+    write_json(METRICS_FILE, metrics)  # last: its presence means the rest is complete
     log.info(
-        "evaluate: test accuracy %.4f on %d images of %d groups (patients)",
+        "evaluate: test accuracy %.4f, balanced %.4f on %d images of %d groups (patients)%s",
         metrics["accuracy"],
+        metrics["balanced_accuracy"],
         metrics["images"],
         metrics["groups"],
+        " [LEAKY SPLIT]" if split.get("leaky") else "",
     )
     return metrics
 

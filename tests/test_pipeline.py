@@ -95,12 +95,26 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["loss"] > 0
     assert set(evaluation["per_class"]) == {"benign", "malignant", "normal"}
     assert sum(sum(row.values()) for row in evaluation["confusion"].values()) == 6
+    assert evaluation["group_level"]["groups"] == 3
+    assert evaluation["ci95"]["resamples"] == 1000
+    assert evaluation["split"]["strategy"] == "grouped" and evaluation["split"]["leaky"] is False
+    json.loads((repo / "metrics/eval.json").read_text(), parse_constant=_no_nan)
+    report = (repo / "metrics/report.md").read_text()
+    assert "| balanced accuracy |" in report and "Slices are not patients" in report
+    assert (repo / "metrics/test_grid.png").stat().st_size > 0
+    assert sorted(p.name for p in (repo / "metrics/roc").iterdir()) == [
+        f"{c}.csv" for c in ("benign", "malignant", "normal")
+    ]
 
     contract = json.loads((repo / "models/labels.json").read_text())
     assert contract["classes"] == ["benign", "malignant", "normal"]
     assert contract["image_size"] == 32 and contract["channels"] == 1
     assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "data/raw/SOURCE.json").exists()
+
+
+def _no_nan(token: str) -> None:
+    raise AssertionError(f"eval.json holds {token}")
 
 
 def test_second_repro_runs_nothing(repo: Path):
@@ -124,4 +138,13 @@ def test_metrics_diff_between_branches(repo: Path):
     assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
     params_diff = dvc_json("params", "diff", "main", cwd=repo)
     assert params_diff["params.yaml"]["train.epochs"]["new"] == 2
+    # A second epoch moves the weights: the test loss and calibration change; nested keys
+    # come out flattened, as a reviewer reads them.
+    assert {"loss", "calibration.brier"} <= set(diff["metrics/eval.json"])
+    assert "split.strategy" not in diff["metrics/eval.json"]
+    plots = dvc_json("plots", "diff", "main", "--split", cwd=repo)["data"]
+    for plot in ("loss", "accuracy", "confusion", "confusion_normalized"):
+        assert plot in plots, sorted(plots)
+    assert any(name.startswith("metrics/roc") for name in plots), sorted(plots)
+    assert plots["loss"][0]["revisions"] == ["workspace", "main"]
     git("checkout", "-q", "main", cwd=repo)
