@@ -1,0 +1,140 @@
+"""Quality on real data: the default recipe against a seeds-style CNN, on the same splits.
+
+Run from the repository root::
+
+    python -m benchmarks.quality [--data ../shared/datasets/chest-ctscan-images.zip]
+                                 [--tasks binary,default] [--splits grouped,official]
+                                 [--out quality.json]
+
+One run, in a temporary project folder, with the project's own stages as subprocesses
+(``python -m stages.<name>``, exactly as ``dvc repro`` runs them) and ``params.yaml``
+= the repo's params with ``data.source: path`` and ``data.path: --data``:
+
+1. download and convert once;
+2. for each task (``split.classes``: ``binary``, ``default``) and split
+   (``grouped``: whole near-duplicate groups per split; ``official``: the dataset's
+   own train/valid/test folders with ``split.leakage: drop``, which removes the later
+   split's copy of every image that has a near duplicate in an earlier split), run
+   split, then train + evaluate twice on that same split:
+
+   * **default**: the repo's ``train`` section as it is;
+   * **seeds**: the seeds' recipe on the same input: three conv blocks (32, 64, 128
+     filters) with ReLU and max-pooling, no batch norm, flatten, dense 128, dropout
+     0.5, no class weights, no augmentation. Epochs, batch size, learning rate, early
+     stopping and seed are the repo's, so only the recipe differs.
+
+Prints one table row per (task, split, recipe) with test accuracy, balanced
+accuracy (with the patient/group bootstrap 95 % interval) and group-level balanced
+accuracy from ``metrics/eval.json``, and writes all eval.json files to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from lungct.params import merge, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "chest-ctscan-images.zip"
+
+SEEDS_RECIPE = {
+    "filters": [32, 64, 128],
+    "batch_norm": False,
+    "head": "flatten",
+    "dense_units": 128,
+    "dropout": 0.5,
+    "class_weight": "none",
+    "augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0},
+}
+SPLITS = {
+    "grouped": {"strategy": "grouped", "leakage": "fail"},
+    "official": {"strategy": "official", "leakage": "drop"},
+}
+
+
+def stage(name: str, project: Path) -> float:
+    """Run one stage as dvc would; return its wall time; exit with its message on failure."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=project, env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.exit(f"stage {name} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def write_params(project: Path, params: dict) -> None:
+    parse_params(params)  # fail here, with the key, rather than in a stage
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_metrics(project: Path, name: str) -> dict:
+    return json.loads((project / "metrics" / name).read_text())
+
+
+def row(task: str, split: str, recipe: str, ev: dict, seconds: float) -> str:
+    ci = ev.get("ci95", {}).get("balanced_accuracy", {})
+    return (
+        f"| {task} | {split} | {recipe} | {ev['images']} ({ev['groups']}) | "
+        f"{ev['accuracy']:.3f} | {ev['balanced_accuracy']:.3f} "
+        f"({ci.get('low', float('nan')):.2f}-{ci.get('high', float('nan')):.2f}) | "
+        f"{ev['group_level']['balanced_accuracy']:.3f} | {seconds:.0f} s |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--tasks", default="binary,default")
+    parser.add_argument("--splits", default="grouped,official")
+    parser.add_argument("--out", type=Path, default=None, help="write all eval.json here")
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        sys.exit(f"{args.data}: not found (pass --data PATH to the Chest CT-Scan zip or folder)")
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = merge(base, {"data": {"source": "path", "path": str(args.data.resolve())}})
+    results = []
+    print(
+        "| task | split | recipe | test images (groups) | accuracy | balanced accuracy "
+        "(95 % CI) | group-level balanced accuracy | train + evaluate |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="lungct-quality-") as tmp:
+        project = Path(tmp)
+        write_params(project, base)
+        stage("download", project)
+        stage("convert", project)
+        for task in args.tasks.split(","):
+            for split in args.splits.split(","):
+                split_params = merge(base, {"split": {"classes": task, **SPLITS[split]}})
+                write_params(project, split_params)
+                stage("split", project)
+                summary = read_metrics(project, "split.json")
+                for recipe in ("default", "seeds"):
+                    train = {} if recipe == "default" else SEEDS_RECIPE
+                    write_params(project, merge(split_params, {"train": train}))
+                    seconds = stage("train", project) + stage("evaluate", project)
+                    ev = read_metrics(project, "eval.json")
+                    print(row(task, split, recipe, ev, seconds), flush=True)
+                    results.append(
+                        {"task": task, "split": split, "recipe": recipe, "seconds": seconds,
+                         "dropped": summary["dropped"], "eval": ev}
+                    )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
