@@ -34,10 +34,10 @@ _HEADS = {
 }
 
 
-def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
     """Random flips, rotations, zooms and shifts; active only while training (Keras
     preprocessing layers pass images through unchanged at inference). Empty areas are
-    filled with black, as the convert stage pads."""
+    filled with black, as the convert stage pads. None when every transform is off."""
     steps: list[layers.Layer] = []
     if params.flip:
         steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
@@ -50,7 +50,7 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
     if params.translation:
         t = params.translation
         steps.append(layers.RandomTranslation(t, t, fill_mode="constant", seed=seed, name="shift"))
-    return keras.Sequential(steps, name="augment")
+    return keras.Sequential(steps, name="augment") if steps else None
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
@@ -90,7 +90,8 @@ def build_cnn(
     first and act only in training.
     """
     inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
-    x = augmentation(params.augment, seed)(inputs)
+    augment = augmentation(params.augment, seed)
+    x = augment(inputs) if augment is not None else inputs
     if params.backbone == "cnn":
         x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
         for i, width in enumerate(params.filters, start=1):

@@ -25,6 +25,19 @@ def test_cnn_shape_and_named_blocks(tiny):
     assert tiny.train.head in names
 
 
+def test_seeds_recipe_without_augmentation_builds(tiny_raw):
+    """Every transform off (the seeds' recipe): no augmentation block, not a crash."""
+    from lungct.model import build_cnn
+    from lungct.params import merge, parse_params
+
+    off = {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0}
+    params = parse_params(merge(tiny_raw, {"train": {"augment": off, "head": "flatten"}}))
+    model = build_cnn(32, 1, 2, params.train)
+    names = [layer.name for layer in model.layers]
+    assert names[:2] == ["image", "rescale"] and "flatten" in names
+    assert model.output_shape == (None, 2)
+
+
 def run_stage(name: str, cwd: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
