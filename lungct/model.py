@@ -99,7 +99,10 @@ def build_cnn(
                 width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
             )(x)
             if params.batch_norm:
-                x = layers.BatchNormalization(name=f"bn{i}")(x)
+                # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
+                # moving statistics must settle within an epoch or two, or validation (and
+                # early stopping on it) sees a model that predicts one class.
+                x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
         x = _HEADS[params.head](name=params.head)(x)
