@@ -66,7 +66,11 @@ def stage(name: str, project: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"], cwd=project, env=env, capture_output=True, text=True
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         sys.exit(f"stage {name} failed:\n{result.stderr[-2000:]}")
@@ -128,8 +132,14 @@ def main(argv: list[str] | None = None) -> int:
                     ev = read_metrics(project, "eval.json")
                     print(row(task, split, recipe, ev, seconds), flush=True)
                     results.append(
-                        {"task": task, "split": split, "recipe": recipe, "seconds": seconds,
-                         "dropped": summary["dropped"], "eval": ev}
+                        {
+                            "task": task,
+                            "split": split,
+                            "recipe": recipe,
+                            "seconds": seconds,
+                            "dropped": summary["dropped"],
+                            "eval": ev,
+                        }
                     )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
