@@ -6,7 +6,9 @@ predict never import it.
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
 
@@ -155,6 +157,44 @@ def learning_rate(
     if params.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(params.lr, params.epochs * steps_per_epoch)
     return params.lr
+
+
+def _renumber_shared_objects(config: object, ids: dict | None = None) -> object:
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        return {
+            key: ids.setdefault(value, len(ids))
+            if key == "shared_object_id"
+            else _renumber_shared_objects(value, ids)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_renumber_shared_objects(value, ids) for value in config]
+    return config
+
+
+def save_model(model: keras.Model, path: os.PathLike) -> None:
+    """``model.save``, made byte-reproducible, so one training gives one DVC hash.
+
+    Keras stamps the save time into ``metadata.json`` and the zip headers, and
+    numbers shared objects in ``config.json`` by their memory address; the stamps
+    are removed and the numbers replaced by their order of appearance.
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            archive.writestr(fixed, data)
 
 
 def load_model(path: os.PathLike) -> keras.Model:

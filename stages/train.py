@@ -63,6 +63,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         class_weights,
         distribution_strategy,
         image_dataset,
+        save_model,
         seed_everything,
     )
 
@@ -104,7 +105,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         history = fit(model, train_data, val_data, cfg.epochs, weights, callbacks)
 
     with atomic_file(MODEL_FILE) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     write_json(CONTRACT_FILE, preprocessing_contract(params, classes))
     best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
     metrics = {

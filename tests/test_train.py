@@ -63,7 +63,12 @@ def test_same_params_same_metrics_and_predictions(splits_ready):
         outputs.append(
             {
                 name: (splits_ready / name).read_bytes()
-                for name in ("metrics/train.json", "metrics/eval.json", "metrics/predictions.csv")
+                for name in (
+                    "metrics/train.json",
+                    "metrics/eval.json",
+                    "metrics/predictions.csv",
+                    "models/model.keras",  # one DVC hash for one training (no save time inside)
+                )
             }
         )
     assert outputs[0] == outputs[1]
