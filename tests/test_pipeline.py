@@ -3,77 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lungct.params import merge
-from tests.conftest import ROOT, TINY, project_params
+from tests.conftest import TINY
+from tests.dvc_project import dvc, dvc_json, dvc_project, git, ran_stages, write_params
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("download", "convert", "split", "train", "evaluate")
 
-
-def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    env = dict(os.environ)
-    # `python` in dvc.yaml must be this interpreter; DVC must not phone home.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output}"
-    return result.stdout if stdout_only else output
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def dvc_json(*args: str, cwd: Path) -> dict:
-    return json.loads(run([sys.executable, "-m", "dvc", *args, "--json"], cwd, stdout_only=True))
-
-
-def git(*args: str, cwd: Path) -> str:
-    return run(["git", *args], cwd)
-
-
-def ran_stages(output: str) -> list[str]:
-    return [s for s in STAGES if f"Running stage '{s}'" in output]
-
-
-def write_params(repo: Path, override: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(project_params(), override)))
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(ROOT / name, repo / name)
-    for package in ("lungct", "stages"):
-        shutil.copytree(
-            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    write_params(repo, TINY)
-    git("init", "-q", "-b", "main", cwd=repo)
-    git("config", "user.name", "Test", cwd=repo)
-    git("config", "user.email", "test@example.com", cwd=repo)
-    dvc("init", "-q", cwd=repo)
-    dvc("config", "core.analytics", "false", cwd=repo)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "project", cwd=repo)
-    output = dvc("repro", cwd=repo)
-    assert ran_stages(output) == list(STAGES)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "first run", cwd=repo)
-    return repo
+@pytest.fixture
+def repo() -> Path:
+    """The session's tiny DVC project (built once); tests put it back as they found it."""
+    return dvc_project()
 
 
 def test_metrics_have_documented_keys_and_sane_values(repo: Path):
@@ -148,3 +92,5 @@ def test_metrics_diff_between_branches(repo: Path):
     assert any(name.startswith("metrics/roc") for name in plots), sorted(plots)
     assert plots["loss"][0]["revisions"] == ["workspace", "main"]
     git("checkout", "-q", "main", cwd=repo)
+    dvc("checkout", "-q", cwd=repo)
+    assert dvc_json("status", cwd=repo) == {}
