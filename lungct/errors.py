@@ -24,13 +24,22 @@ class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a :class:`UserError` becomes one line on stderr and exit 2."""
+    """Run a stage's ``main``: a :class:`UserError` becomes one line on stderr and exit 2;
+    an ``OSError`` (permissions, a full disk, a path that is a file) one line naming the
+    path and exit 1. Anything else is a bug and keeps its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # the machine's problem (permissions, full disk), not a bug
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        print(f"error: {where + ': ' if where else ''}{err.strerror or err}", file=sys.stderr)
+        sys.exit(1)
+    except MemoryError:
+        print("error: out of memory (try a smaller batch_size or train.cache: file)", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

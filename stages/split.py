@@ -55,7 +55,15 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
     if rows.empty:
         raise UserError(f"{converted}: no converted images to split")
     layout = rows["layout"].iloc[0]
-    classes = map_labels(rows["label"].tolist(), class_mapping(layout, params.classes))
+    mapping = class_mapping(layout, params.classes)
+    classes = map_labels(rows["label"].tolist(), mapping)
+    missing = sorted(set(mapping.values()) - set(classes))
+    if missing:
+        raise UserError(
+            f"{converted}: no images of class(es) {missing} (split.classes: "
+            f"{params.classes if isinstance(params.classes, str) else 'custom'}); "
+            f"the data has {sorted(set(classes))}"
+        )
     # Patients where the data has ids; near-duplicate groups where it has none.
     components = near_duplicate_components(rows["phash"].tolist(), params.near_duplicate_distance)
     groups = [
