@@ -198,8 +198,21 @@ def save_model(model: keras.Model, path: os.PathLike) -> None:
 
 
 def load_model(path: os.PathLike) -> keras.Model:
-    """Load a trained model in Keras safe mode (no arbitrary code from the file)."""
-    return keras.saving.load_model(path, safe_mode=True)
+    """Load a trained model in Keras safe mode (no arbitrary code from the file).
+
+    A missing, truncated or foreign file is a :class:`UserError` naming it.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found (train a model first: dvc repro)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: not a Keras model file (truncated or damaged?); rebuild it: dvc repro"
+        )
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # a damaged member, or code that safe mode refuses
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load the model ({first}); rebuild it: dvc repro") from None
 
 
 def decode_images(
