@@ -68,8 +68,9 @@ def test_second_repro_runs_nothing(repo: Path):
 def test_train_param_reruns_only_train_and_evaluate(repo: Path):
     write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
     assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate"]
-    git("checkout", "-q", "--", "params.yaml", cwd=repo)
+    git("checkout", "-q", "--", ".", cwd=repo)  # params, dvc.lock, metrics
     dvc("checkout", "-q", cwd=repo)
+    assert dvc_json("status", cwd=repo) == {}
 
 
 def test_metrics_diff_between_branches(repo: Path):
