@@ -38,7 +38,9 @@ def run_stage(main: Callable[[], None]) -> None:
         print(f"error: {where + ': ' if where else ''}{err.strerror or err}", file=sys.stderr)
         sys.exit(1)
     except MemoryError:
-        print("error: out of memory (try a smaller batch_size or train.cache: file)", file=sys.stderr)
+        print(
+            "error: out of memory (try a smaller batch_size or train.cache: file)", file=sys.stderr
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """convert: every raw slice -> model-ready 8-bit PNG, accounted for in a manifest.
 
 DICOM: stored values -> HU -> CT window. Exported images (PNG/JPG of any mode):
-deliberate grayscale. Both are then resized (aspect kept, black padding).
+deliberate grayscale. Both are then resized (aspect kept, black padding). That path is
+``lungct.preprocess``, which predict and the app run too.
 
 Writes ``data/converted/images/<raw relative path>.png`` and
 ``data/converted/manifest.csv`` (one row per input file, converted or skipped with a
@@ -25,12 +26,11 @@ from tqdm import tqdm
 
 from lungct.artifacts import CONVERTED_DIR, MANIFEST, METRICS_DIR, RAW_DIR, RAW_LABELS, RAW_SOURCE
 from lungct.atomic import atomic_dir, write_csv, write_json
-from lungct.dicom import CTFrame, read_ct
 from lungct.errors import SkippedFile, UserError, run_stage
-from lungct.images import fit_square, read_image, save_png
+from lungct.images import save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams, load_params
-from lungct.windowing import window_channels
+from lungct.preprocess import ModelImage, Preprocessing, dicom_images, exported_image
 
 METRICS_FILE = METRICS_DIR / "convert.json"
 MANIFEST_COLUMNS = [
@@ -103,7 +103,7 @@ class Job:
     out: Path
     layout: str
     labels: dict[str, str] | None
-    params: ConvertParams
+    prep: Preprocessing
 
 
 _JOB: Job | None = None
@@ -114,60 +114,54 @@ def _start_worker(job: Job) -> None:
     _JOB = job
 
 
-def windows_for(frame: CTFrame, params: ConvertParams) -> list[tuple[float, float]]:
-    windows = [(w.center, w.width) for w in params.windows]
-    if params.file_window and frame.window is not None:
-        windows[0] = frame.window
-    return windows
-
-
 def dicom_rows(path: Path, base: dict, job: Job) -> list[dict]:
     """One row (and PNG) per frame of a CT file."""
-    frames = read_ct(path)
+    images = dicom_images(path, job.prep)
     rows = []
-    for frame in frames:
+    for image in images:
+        frame = image.frame
+        assert frame is not None
         row = dict(base)
-        windows = windows_for(frame, job.params)
         row.update(
             patient_id=frame.patient_id,
             series_uid=frame.series_uid,
             instance_number=frame.instance_number,
             frame=frame.frame,
             slice_position=frame.slice_position,
-            rows=frame.hu.shape[0],
-            columns=frame.hu.shape[1],
-            mode="HU",
+            rows=image.rows,
+            columns=image.columns,
+            mode=image.mode,
             transfer_syntax=frame.transfer_syntax,
             rescale_type=frame.rescale_type,
             gantry_tilt=frame.gantry_tilt,
-            windows=";".join(f"{c:g}/{w:g}" for c, w in windows),
+            windows=";".join(f"{c:g}/{w:g}" for c, w in image.windows),
         )
         if job.labels is not None:  # labels.csv keyed on PatientID, else class subfolders
             row["label"] = job.labels.get(frame.patient_id, "")
-        suffix = f".f{frame.frame + 1:04d}" if len(frames) > 1 else ""
-        rows.append(finish(row, window_channels(frame.hu, windows), suffix, job))
+        suffix = f".f{frame.frame + 1:04d}" if len(images) > 1 else ""
+        rows.append(finish(row, image, suffix, job))
     return rows
 
 
 def image_rows(path: Path, base: dict, job: Job) -> list[dict]:
     """An exported PNG/JPG slice: deliberate grayscale, repeated once per window channel."""
-    image, mode = read_image(path)
-    row = dict(base, rows=image.shape[0], columns=image.shape[1], mode=mode)
-    channels = len(job.params.windows)
-    pixels = image if channels == 1 else np.repeat(image[..., None], channels, axis=-1)
-    return [finish(row, pixels, "", job)]
+    image = exported_image(path, job.prep)
+    row = dict(base, rows=image.rows, columns=image.columns, mode=image.mode)
+    return [finish(row, image, "", job)]
 
 
-def finish(row: dict, pixels: np.ndarray, suffix: str, job: Job) -> dict:
-    """Label check, perceptual hash, resize and PNG write for one converted image."""
+def finish(row: dict, image: ModelImage, suffix: str, job: Job) -> dict:
+    """Label check, perceptual hash and PNG write for one converted image."""
     if not row.get("label"):
         return dict(row, reason="unlabeled")
     # Near duplicates are found (split stage) on what the model sees, before resizing.
-    gray = pixels if pixels.ndim == 2 else pixels[..., 0]
     output = f"images/{row['source']}{suffix}.png"
-    save_png(job.out / output, fit_square(pixels, job.params.image_size))
+    save_png(job.out / output, image.pixels)
     return dict(
-        row, phash=str(imagehash.phash(Image.fromarray(gray))), output=output, status="converted"
+        row,
+        phash=str(imagehash.phash(Image.fromarray(image.gray))),
+        output=output,
+        status="converted",
     )
 
 
@@ -217,7 +211,10 @@ def series_order(manifest: pd.DataFrame) -> pd.DataFrame:
     manifest = manifest.copy()
     manifest[["slice_index", "position_source"]] = [pd.NA, ""]
     manifest[["duplicate_position", "gap"]] = False
-    done = manifest[(manifest["status"] == "converted") & (manifest["series_uid"].fillna("") != "")]
+    done = manifest[
+        (manifest["status"] == "converted")
+        & (manifest["series_uid"].astype(object).fillna("") != "")
+    ]
     for series, rows in done.groupby("series_uid"):
         positions = rows["slice_position"]
         if positions.notna().all():
@@ -252,7 +249,8 @@ def convert(params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DI
     files = [p.relative_to(raw).as_posix() for p in input_files(raw)]
     workers = params.workers or os.cpu_count() or 1
     with atomic_dir(out) as tmp:
-        rows = convert_all(files, Job(raw, tmp, layout, labels, params), workers)
+        job = Job(raw, tmp, layout, labels, Preprocessing.from_params(params))
+        rows = convert_all(files, job, workers)
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         # Nullable integers: skipped rows have no size, and "512" must not become "512.0".
         integers = ["instance_number", "frame", "rows", "columns"]
@@ -303,7 +301,9 @@ def convert_metrics(manifest: pd.DataFrame, layout: str) -> dict:
         "patients": int(converted["patient_id"].replace("", pd.NA).dropna().nunique()),
         "series": int(converted["series_uid"].replace("", pd.NA).dropna().nunique()),
         "images_by_label": counts(converted["label"]),
-        "rescale_type_not_hu": int((converted["rescale_type"].fillna("HU") != "HU").sum()),
+        "rescale_type_not_hu": int(
+            (converted["rescale_type"].astype(object).fillna("HU") != "HU").sum()
+        ),
         "duplicate_positions": int(converted["duplicate_position"].sum()),
         "gaps": int(converted["gap"].sum()),
         "tilted": int((converted["gantry_tilt"].fillna(0).astype(float) != 0).sum()),

@@ -273,6 +273,22 @@ CASES = [
         ["metrics/eval.json"],
         2,
     ),
+    Case(
+        "model-truncated-for-predict",
+        trained(truncate_model),
+        ["stages.predict", "data/splits/test", "--output", "predictions.csv"],
+        "models/model.keras: not a Keras model file",
+        ["predictions.csv"],
+        2,
+    ),
+    Case(
+        "model-missing-for-predict",
+        trained(lambda root: shutil.rmtree(root / "models")),
+        ["stages.predict", "data/splits/test", "--output", "predictions.csv"],
+        "dvc repro",
+        ["predictions.csv"],
+        2,
+    ),
 ]
 
 TF_NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages")
@@ -308,3 +324,8 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case: Case, tmp_path: Path)
         assert not (tmp_path / path).exists(), f"{path} left behind:\n{output}"
     leftovers = [p for p in tmp_path.rglob(".*.tmp-*")]
     assert not leftovers, leftovers
+
+
+def test_readme_counts_the_cases():
+    readme = (ROOT / "README.md").read_text()
+    assert f"walks a table of {len(CASES)} broken inputs" in readme

@@ -1,0 +1,399 @@
+"""Inference with the trained model exactly as trained: the contract, the model, and batched
+prediction of raw files (DICOM or images) for ``stages.predict`` and the app.
+
+Every file goes through :func:`lungct.preprocess.model_images`, the convert stage's own
+code, with the windows, channels and input size that ``models/labels.json`` records; the
+uint8 result is fed as float32 0..255, as train and evaluate feed the PNGs. The model (a
+TensorFlow import) is loaded only after the contract and the files' existence are
+checked, so a missing model is reported at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import groupby, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
+from lungct.errors import SkippedFile, UserError
+from lungct.preprocess import Preprocessing, model_images, model_input
+
+NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The parts of ``models/labels.json`` inference needs: class order and preprocessing."""
+
+    classes: tuple[str, ...]
+    prep: Preprocessing
+
+    @classmethod
+    def read(cls, path: Path = CONTRACT_FILE) -> Contract:
+        import json
+
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found; {NO_MODEL_HINT}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(
+                f"{path}: not a readable labels file ({exc}); rerun dvc repro"
+            ) from None
+        classes = data.get("classes") if isinstance(data, dict) else None
+        if (
+            not isinstance(classes, list)
+            or len(classes) < 2
+            or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
+            raise UserError(f"{path}: 'classes' must list two or more class names; rerun dvc repro")
+        return cls(tuple(classes), Preprocessing.from_contract(data, path))
+
+
+class Predictor:
+    """A loaded model and its contract; thread-safe batched class probabilities."""
+
+    def __init__(self, model: Any, contract: Contract) -> None:
+        self.model = model
+        self.contract = contract
+        self._lock = threading.Lock()  # the app shares one model between sessions
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.contract.classes
+
+    @property
+    def prep(self) -> Preprocessing:
+        return self.contract.prep
+
+    @classmethod
+    def load(
+        cls, model: Path = MODEL_FILE, labels: Path = CONTRACT_FILE, quiet: bool = True
+    ) -> Predictor:
+        """Read the contract, then load the model (Keras safe mode) and check they agree.
+
+        ``quiet``: TensorFlow's native start-up lines (CUDA probing on a machine without a
+        GPU) are kept off stderr, which then holds only what the caller reports.
+        """
+        contract = cls.check(model, labels)
+        model = Path(model)
+        try:
+            with native_stderr_silenced(quiet):
+                from lungct.model import load_model  # imports TensorFlow
+
+                keras_model = load_model(model)
+        except UserError:  # load_model names a truncated or foreign file itself
+            raise
+        except Exception as exc:  # anything else it lets through: still one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{model}: cannot load the model ({first}); rerun dvc repro") from None
+        prep = contract.prep
+        expected = (prep.image_size, prep.image_size, prep.channels)
+        shape = tuple(keras_model.input_shape[1:])
+        outputs = keras_model.output_shape[-1]
+        if shape != expected or outputs != len(contract.classes):
+            raise UserError(
+                f"{model}: takes {shape} and gives {outputs} classes, but {labels} says "
+                f"{expected} and {len(contract.classes)} classes; rerun dvc repro"
+            )
+        return cls(keras_model, contract)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N x classes, float32) of uint8 model images."""
+        x = model_input(images)
+        with self._lock:
+            return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+
+    @staticmethod
+    def check(model: Path = MODEL_FILE, labels: Path = CONTRACT_FILE) -> Contract:
+        """What :meth:`load` checks before importing TensorFlow: the contract, and that the
+        model file exists (a missing model is reported at once)."""
+        contract = Contract.read(Path(labels))
+        if not Path(model).is_file():
+            raise UserError(f"{model}: not found; {NO_MODEL_HINT}")
+        return contract
+
+
+@contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block: TensorFlow's C++ start-up logging
+    (absl, before its log level applies) writes there directly, not through Python."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file's model images (uint8, one per frame) and their probabilities."""
+
+    pixels: np.ndarray  # N x H x W (x C)
+    probabilities: np.ndarray  # N x classes, float32
+    mode: str  # "HU" for DICOM, else the original PIL mode
+    windows: tuple[tuple[float, float], ...]  # DICOM: the windows used (first frame)
+
+
+def predict_bytes(predictor: Predictor, data: bytes, batch_size: int = 64) -> Upload:
+    """An uploaded file's bytes, DICOM or image, told apart by content -> :class:`Upload`;
+    :class:`SkippedFile` when it is neither a CT image nor an image.
+
+    The readers take paths, so the bytes are written to a file in a fresh private
+    temporary folder (``tempfile.TemporaryDirectory``, mode 700), never to a shared name,
+    and removed before this returns.
+    """
+    with tempfile.TemporaryDirectory(prefix="lungct-upload-") as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(data)
+        images = model_images(path, predictor.prep)
+    pixels = [image.pixels for image in images]
+    probabilities = np.concatenate(
+        [
+            predictor.probabilities(pixels[i : i + batch_size])
+            for i in range(0, len(pixels), batch_size)
+        ]
+    )
+    return Upload(np.stack(pixels), probabilities, images[0].mode, images[0].windows)
+
+
+# --------------------------------------------------------------------------------------------
+# Files -> predictions
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Failure:
+    """An input that got no prediction, with the reason code of the convert manifest."""
+
+    file: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass
+class Prediction:
+    """One image (a file, or one frame of a multi-frame file), or one series of a folder."""
+
+    file: str  # the file, or for a series the folder given
+    level: str  # "image" or "series"
+    probabilities: np.ndarray  # float64, in class order
+    frame: int | None = None  # 0-based frame of a multi-frame file
+    series_uid: str = ""
+    images: int = 1  # images averaged (series: its slices)
+
+    def predicted(self, classes: Sequence[str]) -> str:
+        return classes[int(np.argmax(self.probabilities))]
+
+
+def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Failure]:
+    """Each argument: a file, or a folder walked recursively (sorted; hidden files and
+    folders left out). Yields (file, index of its folder argument or None), or a
+    :class:`Failure` for an argument that does not exist."""
+    for index, arg in enumerate(paths):
+        path = Path(arg)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
+                if file.is_file() and not hidden:
+                    yield file, index
+        elif path.is_file():
+            yield path, None
+        else:
+            yield Failure(str(path), "not_found", "no such file or folder")
+
+
+# What reading one file gives: (pixels, frame of a multi-frame file, series UID) per image,
+# or the (reason, detail) it failed with. Plain data, so it crosses process boundaries.
+_Images = list[tuple[np.ndarray, int | None, str]]
+_Read = tuple[_Images, tuple[str, str] | None]
+
+
+def read_file(path: Path | str, prep: Preprocessing) -> _Read:
+    """One input file -> its model images, or why it has none (never raises for a bad file)."""
+    try:
+        images = model_images(Path(path), prep)
+    except SkippedFile as skip:
+        return [], (skip.reason, skip.detail)
+    except Exception as exc:  # a reader bug on one odd file must not stop the rest
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [], ("unreadable", f"{type(exc).__name__}: {first}".rstrip(": "))
+    multi = len(images) > 1
+    out: _Images = []
+    for image in images:
+        frame = image.frame
+        if frame is None:  # an exported image
+            out.append((image.pixels, None, ""))
+        else:
+            out.append((image.pixels, frame.frame if multi else None, frame.series_uid))
+    return out, None
+
+
+def _read_chunk(paths: list[str], prep: Preprocessing) -> list[_Read]:
+    return [read_file(path, prep) for path in paths]
+
+
+def preprocess_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes that read and preprocess files while the model runs (pydicom is pure Python,
+    so threads would wait on each other). Create it *before* TensorFlow is imported: the
+    workers are then forked from a light process at once; after it, they start fresh
+    (forkserver), which is slower but never forks TensorFlow's threads."""
+    method = "forkserver" if "tensorflow" in sys.modules else "fork"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    list(pool.map(_read_chunk, [[]] * workers, [None] * workers))  # start the workers now
+    return pool
+
+
+@dataclass
+class _Item:
+    """One input file: where it came from, its images' (frame, series UID), probabilities."""
+
+    file: Path
+    folder: int | None  # index of the folder argument it was found in
+    frames: list[tuple[int | None, str]] = field(default_factory=list)
+    probabilities: list[np.ndarray] = field(default_factory=list)
+
+
+def _read_all(
+    entries: Iterator[tuple[Path, int | None]],
+    prep: Preprocessing,
+    pool: Executor | None,
+    chunk: int = 8,
+) -> Iterator[tuple[_Item, _Read]]:
+    """Files read in input order: here, or ``chunk`` files a task on ``pool`` with a bounded
+    number of tasks in flight (memory holds a few batches, whatever the input size)."""
+    if pool is None:
+        for file, folder in entries:
+            yield _Item(file, folder), read_file(file, prep)
+        return
+    in_flight = 4 * max(1, getattr(pool, "_max_workers", 2))  # a few tasks per worker
+    pending: deque[tuple[list[_Item], Future[list[_Read]]]] = deque()
+    while True:
+        items = [_Item(file, folder) for file, folder in islice(entries, chunk)]
+        if items:
+            task = pool.submit(_read_chunk, [str(item.file) for item in items], prep)
+            pending.append((items, task))
+        if pending and (not items or len(pending) >= in_flight):
+            done, task = pending.popleft()
+            yield from zip(done, task.result(), strict=True)
+        if not items and not pending:
+            return
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path | str],
+    batch_size: int = 64,
+    on_failure: Callable[[Failure], None] | None = None,
+    pool: Executor | None = None,
+) -> tuple[list[Prediction], list[Failure]]:
+    """Predict every image of every file under ``paths``, ``batch_size`` images per model
+    call; files are read here, or on ``pool`` (:func:`preprocess_pool`) while the model runs.
+
+    Returns the predictions, in argument order: the images of each argument, then, for a
+    folder argument, one ``series`` row per DICOM series found in it (the mean of its
+    slices' probabilities, as evaluate averages a patient's slices); and the failures,
+    also passed to ``on_failure`` as they happen.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    failures: list[Failure] = []
+    done: list[_Item] = []
+
+    def fail(failure: Failure) -> None:
+        failures.append(failure)
+        if on_failure is not None:
+            on_failure(failure)
+
+    def entries() -> Iterator[tuple[Path, int | None]]:
+        for entry in expand(paths):
+            if isinstance(entry, Failure):
+                fail(entry)
+            else:
+                yield entry
+
+    batch: list[tuple[_Item, np.ndarray]] = []
+
+    def flush() -> None:
+        probabilities = predictor.probabilities([pixels for _, pixels in batch])
+        for (item, _), p in zip(batch, probabilities, strict=True):
+            item.probabilities.append(p)
+        batch.clear()
+
+    for item, (images, problem) in _read_all(entries(), predictor.prep, pool):
+        if problem is not None:
+            fail(Failure(str(item.file), *problem))
+            continue
+        done.append(item)
+        for pixels, frame, series_uid in images:
+            item.frames.append((frame, series_uid))
+            batch.append((item, pixels))
+            if len(batch) >= batch_size:
+                flush()
+    if batch:
+        flush()
+    return _rows(done, [str(p) for p in paths]), failures
+
+
+def _image_rows(item: _Item) -> list[Prediction]:
+    return [
+        Prediction(
+            file=str(item.file),
+            level="image",
+            probabilities=p.astype(np.float64),
+            frame=frame,
+            series_uid=series_uid,
+        )
+        for (frame, series_uid), p in zip(item.frames, item.probabilities, strict=True)
+    ]
+
+
+def series_rows(folder: str, images: Iterable[Prediction]) -> list[Prediction]:
+    """One row per DICOM series among ``images``: the mean of its slices' probabilities."""
+    by_series: dict[str, list[np.ndarray]] = {}
+    for row in images:
+        if row.level == "image" and row.series_uid:
+            by_series.setdefault(row.series_uid, []).append(row.probabilities)
+    return [
+        Prediction(
+            file=folder,
+            level="series",
+            probabilities=np.mean(probabilities, axis=0),
+            series_uid=uid,
+            images=len(probabilities),
+        )
+        for uid, probabilities in by_series.items()
+    ]
+
+
+def _rows(done: list[_Item], args: list[str]) -> list[Prediction]:
+    """Image rows in input order; after a folder's images, its series rows."""
+    rows: list[Prediction] = []
+    for folder, items in groupby(done, key=lambda item: item.folder):
+        images = [row for item in items for row in _image_rows(item)]
+        rows.extend(images)
+        if folder is not None:
+            rows.extend(series_rows(args[folder], images))
+    return rows

@@ -1,0 +1,196 @@
+"""predict: class probabilities of DICOM files, PNG/JPG images and folders of them, from the
+trained model, preprocessed exactly as the pipeline preprocessed its training images.
+
+    python -m stages.predict PATH [PATH ...] [--format table|csv|json] [--output FILE]
+
+Not a DVC stage: it reads ``models/model.keras`` and ``models/labels.json`` (``--model``,
+``--labels``) and runs the convert stage's own code on each file (``lungct.preprocess``)
+with the windows, channels and input size the contract records. Folders are walked
+recursively; a folder's DICOM series also get a series row (the mean of their slices'
+probabilities). A file that cannot be predicted gets one line on stderr (file: reason)
+and the rest still run; the exit status is 1 when any failed, 2 for a usage or model
+error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+
+from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
+from lungct.atomic import atomic_file
+from lungct.errors import UserError, run_stage
+from lungct.inference import (
+    Failure,
+    Prediction,
+    Predictor,
+    expand,
+    predict_files,
+    preprocess_pool,
+)
+
+FORMATS = ("table", "csv", "json")
+MAX_WORKERS = 8
+POOL_MIN_FILES = 16  # below this, starting worker processes costs more than it saves
+DECIMALS = 6  # as metrics/predictions.csv
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.predict",
+        description="Predict the class of CT slices (DICOM, PNG, JPG, or folders of them).",
+        epilog=(
+            "Folders are walked recursively (hidden files left out); each DICOM series found "
+            "in a folder also gets a 'series' row, the mean of its slices' probabilities. "
+            "Exit status: 0 all predicted; 1 some inputs failed (one line each on stderr, "
+            "the rest predicted); 2 usage or model error."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    parser.add_argument("--model", type=Path, default=MODEL_FILE, help=f"(default {MODEL_FILE})")
+    parser.add_argument(
+        "--labels", type=Path, default=CONTRACT_FILE, help=f"(default {CONTRACT_FILE})"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: from the --output suffix .csv/.json, else table)",
+    )
+    parser.add_argument("--output", type=Path, help="write here (atomically) instead of stdout")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes reading files while the model runs; 0: none (default: one per core, "
+        f"at most {MAX_WORKERS}, when there are {POOL_MIN_FILES} files or more)",
+    )
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    if args.format is None:
+        suffix = args.output.suffix.lower() if args.output else ""
+        args.format = {".csv": "csv", ".json": "json"}.get(suffix, "table")
+    return args
+
+
+def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
+    """One flat record per row: file, level, frame, series_uid, images, predicted, p_<class>."""
+    out = []
+    for row in rows:
+        record = {
+            "file": row.file,
+            "level": row.level,
+            "frame": row.frame,
+            "series_uid": row.series_uid,
+            "images": row.images,
+            "predicted": row.predicted(classes),
+        }
+        for name, p in zip(classes, row.probabilities, strict=True):
+            record[f"p_{name}"] = round(float(p), DECIMALS)
+        out.append(record)
+    return out
+
+
+def render_csv(rows: list[Prediction], classes: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    columns = ["file", "level", "frame", "series_uid", "images", "predicted"]
+    writer = csv.DictWriter(
+        buffer, fieldnames=columns + [f"p_{c}" for c in classes], lineterminator="\n"
+    )
+    writer.writeheader()
+    for record in records(rows, classes):
+        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    return buffer.getvalue()
+
+
+def render_json(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> str:
+    document = {
+        "classes": list(classes),
+        "predictions": records(rows, classes),
+        "failures": [{"file": f.file, "reason": f.reason, "detail": f.detail} for f in failures],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
+    """Aligned columns for people: file (a frame or a folder's series named after it),
+    predicted class, one probability column per class."""
+    header = ["file", "predicted", *classes]
+    lines = []
+    for row in rows:
+        name = row.file
+        if row.frame is not None:
+            name += f" [frame {row.frame}]"
+        if row.level == "series":
+            name += f" [series {row.series_uid}, {row.images} images]"
+        lines.append([name, row.predicted(classes), *(f"{p:.4f}" for p in row.probabilities)])
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        first = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
+        rest = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
+        return "  ".join(first + rest).rstrip()
+
+    return "\n".join([fmt(header), *(fmt(line) for line in lines)]) + "\n"
+
+
+def predict(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return the exit status (0 all predicted, 1 some files failed)."""
+    args = parse_args(argv)
+    Predictor.check(args.model, args.labels)  # a missing model: one line, at once
+    workers = args.workers
+    if workers is None:
+        many = sum(1 for _ in islice(expand(args.paths), POOL_MIN_FILES)) >= POOL_MIN_FILES
+        workers = min(MAX_WORKERS, os.cpu_count() or 1) if many else 0
+
+    def report(failure: Failure) -> None:
+        print(failure, file=sys.stderr, flush=True)
+
+    # The pool first: its workers fork from this process before TensorFlow is imported.
+    with preprocess_pool(workers) if workers else nullcontext() as pool:
+        predictor = Predictor.load(args.model, args.labels)
+        rows, failures = predict_files(
+            predictor, args.paths, args.batch_size, on_failure=report, pool=pool
+        )
+    classes = predictor.classes
+    if args.format == "csv":
+        text = render_csv(rows, classes)
+    elif args.format == "json":
+        text = render_json(rows, classes, failures)
+    else:
+        text = render_table(rows, classes)
+    if args.output is not None:
+        try:
+            with atomic_file(args.output) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+    else:
+        sys.stdout.write(text)
+    if failures:
+        images = sum(r.level == "image" for r in rows)
+        print(
+            f"predict: {len(failures)} input(s) failed, {images} image(s) predicted",
+            file=sys.stderr,
+        )
+    return 1 if failures else 0
+
+
+def main() -> None:
+    status = predict()
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    run_stage(main)

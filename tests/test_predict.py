@@ -1,0 +1,228 @@
+"""python -m stages.predict: the trained model on raw files, exactly as evaluate saw them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungct.errors import UserError
+from stages.predict import predict
+from tests.dicom_fixtures import enhanced_ct, sr_document, truncated_pixel_data
+from tests.trained import stage_env, trained_project
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def project() -> Path:
+    return trained_project()
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in the trained project, where models/ is, as a user would."""
+    monkeypatch.chdir(project)
+    return project
+
+
+def model_args(project: Path) -> list[str]:
+    return [
+        "--model",
+        str(project / "models/model.keras"),
+        "--labels",
+        str(project / "models/labels.json"),
+    ]
+
+
+def run_predict(args: list[str], out: Path, fmt: str = "csv") -> pd.DataFrame:
+    assert predict([*args, "--output", str(out), "--format", fmt]) == 0
+    return pd.read_csv(out, keep_default_na=False)
+
+
+def evaluated(project: Path) -> tuple[pd.DataFrame, list[str]]:
+    """evaluate's metrics/predictions.csv, with each test image's raw DICOM file."""
+    table = pd.read_csv(project / "metrics/predictions.csv", keep_default_na=False)
+    classes = [c[2:] for c in table.columns if c.startswith("p_")]
+    splits = pd.read_csv(project / "data/splits/splits.csv", keep_default_na=False)
+    manifest = pd.read_csv(project / "data/converted/manifest.csv", keep_default_na=False)
+    raw = splits.set_index("image")["source"].map(manifest.set_index("output")["source"])
+    table["raw"] = [str(project / "data/raw" / raw[image]) for image in table["image"]]
+    return table, classes
+
+
+def test_predict_gives_evaluates_probabilities_for_test_split_files(in_project, tmp_path):
+    expected, classes = evaluated(in_project)
+    assert len(expected) >= 6
+    p_columns = [f"p_{c}" for c in classes]
+    # The PNGs evaluate read, as a folder, and the raw DICOM files they were converted from.
+    pngs = run_predict(["data/splits/test"], tmp_path / "png.csv")
+    raw = run_predict(list(expected["raw"]), tmp_path / "raw.csv")
+    assert list(pngs["level"].unique()) == ["image"]  # PNGs have no series
+    by_png = pngs.set_index("file")
+    for row in expected.itertuples():
+        want = np.array([getattr(row, c) for c in p_columns], dtype=float)
+        got = by_png.loc[f"data/splits/test/{row.image[len('test/') :]}", p_columns]
+        np.testing.assert_allclose(got.to_numpy(dtype=float), want, atol=TOLERANCE)
+        assert by_png.loc[f"data/splits/test/{row.image[len('test/') :]}", "predicted"] == (
+            row.predicted
+        )
+    np.testing.assert_allclose(
+        raw[p_columns].to_numpy(dtype=float),
+        expected[p_columns].to_numpy(dtype=float),
+        atol=TOLERANCE,
+    )
+    assert list(raw["predicted"]) == list(expected["predicted"])
+
+
+def test_dicom_folder_gets_a_series_row_with_the_mean(in_project, tmp_path):
+    expected, classes = evaluated(in_project)
+    patient = Path(expected["raw"].iloc[0]).parents[1]  # data/raw/<patient>/<series>/<n>.dcm
+    table = run_predict([str(patient)], tmp_path / "p.csv")
+    images, series = table[table["level"] == "image"], table[table["level"] == "series"]
+    assert len(series) == 1 and len(images) >= 2
+    row = series.iloc[0]
+    assert row["file"] == str(patient) and row["images"] == len(images)
+    assert row["series_uid"] == images["series_uid"].iloc[0] != ""
+    p_columns = [f"p_{c}" for c in classes]
+    mean = images[p_columns].to_numpy(dtype=float).mean(axis=0)
+    np.testing.assert_allclose(row[p_columns].to_numpy(dtype=float), mean, atol=2e-6)
+    assert row["predicted"] == classes[int(mean.argmax())]
+    # As evaluate's patient-level mean of the same slices:
+    mine = expected[expected["group"] == patient.name][p_columns].to_numpy(dtype=float)
+    np.testing.assert_allclose(
+        row[p_columns].to_numpy(dtype=float), mine.mean(axis=0), atol=TOLERANCE
+    )
+
+
+def test_multiframe_file_gives_a_row_per_frame(in_project, tmp_path):
+    enhanced_ct(tmp_path / "study")
+    table = run_predict([str(tmp_path / "study")], tmp_path / "p.csv")
+    assert list(table["level"]) == ["image"] * 3 + ["series"]
+    assert list(table["frame"]) == ["0", "1", "2", ""] and table["images"].iloc[3] == 3
+
+
+def test_bad_inputs_one_line_each_and_the_rest_still_run(project, tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    good = sorted((project / "data/splits/test").rglob("*.png"))[0]
+    (folder / "good.png").write_bytes(good.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    sr = sr_document(folder).path
+    truncated = truncated_pixel_data(folder).path
+    (folder / ".hidden").write_text("left out")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.predict", str(folder), str(tmp_path / "missing.dcm")]
+        + model_args(project)
+        + ["--workers", "2"],  # reader processes forked before TensorFlow loads, as by default
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert sorted(lines[:-1]) == sorted(
+        [
+            f"{folder / 'notes.txt'}: not_image: neither a DICOM file nor an image format Pillow can read",
+            f"{sr}: not_ct: SOP class Basic Text SR Storage",
+            f"{truncated}: truncated_pixel_data: 440 bytes of pixel data",
+            f"{tmp_path / 'missing.dcm'}: not_found: no such file or folder",
+        ]
+    ), result.stderr
+    assert lines[-1] == "predict: 4 input(s) failed, 1 image(s) predicted"
+    table = result.stdout.splitlines()
+    assert table[0].split()[:2] == ["file", "predicted"] and len(table) == 2
+    assert table[1].startswith(str(folder / "good.png"))
+
+
+def test_no_model_is_one_line_saying_dvc_repro(project, tmp_path):
+    for extra in ([], ["--labels", str(project / "models/labels.json")]):
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.predict", str(project / "data/splits/test"), *extra],
+            cwd=tmp_path,
+            env=stage_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: models/") and "run `dvc repro`" in line, line
+        assert result.stdout == ""
+
+
+def test_model_and_labels_must_agree(project, tmp_path):
+    labels = json.loads((project / "models/labels.json").read_text())
+    bad = tmp_path / "labels.json"
+    bad.write_text(json.dumps({**labels, "image_size": labels["image_size"] * 2}))
+    args = [str(project / "data/splits/test"), "--model", str(project / "models/model.keras")]
+    with pytest.raises(UserError, match="rerun dvc repro"):
+        predict([*args, "--labels", str(bad)])
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not a readable labels file"):
+        predict([*args, "--labels", str(bad)])
+    damaged = tmp_path / "model.keras"
+    damaged.write_bytes((project / "models/model.keras").read_bytes()[:1000])
+    labels_arg = ["--labels", str(project / "models/labels.json")]
+    with pytest.raises(UserError, match=r"model.keras: .*dvc repro"):
+        predict([str(project / "data/splits/test"), "--model", str(damaged), *labels_arg])
+
+
+def test_formats_output_and_batches(project, tmp_path, capsys):
+    test_dir = str(project / "data/splits/test")
+    args = [test_dir, *model_args(project)]
+    csv = run_predict([*args, "--batch-size", "64"], tmp_path / "a.csv")
+    one = run_predict([*args, "--batch-size", "1"], tmp_path / "b.csv")
+    p_columns = [c for c in csv.columns if c.startswith("p_")]
+    np.testing.assert_allclose(csv[p_columns], one[p_columns], atol=TOLERANCE)
+    assert list(csv.columns[:6]) == ["file", "level", "frame", "series_uid", "images", "predicted"]
+
+    assert predict([*args, "--output", str(tmp_path / "out.json")]) == 0  # format from suffix
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert document["failures"] == [] and len(document["predictions"]) == len(csv)
+    first = document["predictions"][0]
+    assert first["file"] == csv["file"].iloc[0] and first["frame"] is None
+    assert first[p_columns[0]] == pytest.approx(csv[p_columns[0]].iloc[0], abs=1e-9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "out.json"]
+
+    capsys.readouterr()
+    assert predict(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["file", "predicted", *(c[2:] for c in p_columns)]
+    assert len(lines) == len(csv) + 1
+
+
+def test_usage_errors_exit_2(project):
+    with pytest.raises(SystemExit) as stop:
+        predict([str(project), "--batch-size", "0"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        predict([])
+    assert stop.value.code == 2
+
+
+def test_reader_processes_give_the_same_rows_and_failures(project, tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    shutil.copytree(project / "data/raw", folder)
+    (folder / "zz-notes.txt").write_text("not an image")
+    args = [str(folder), *model_args(project), "--format", "json"]
+    outputs = []
+    for workers in ("0", "2"):
+        capsys.readouterr()
+        assert predict([*args, "--workers", workers]) == 1
+        captured = capsys.readouterr()
+        outputs.append(json.loads(captured.out))
+        assert f"{folder / 'zz-notes.txt'}: not_image" in captured.err
+    alone, pooled = outputs
+    assert [r["file"] for r in alone["predictions"]] == [r["file"] for r in pooled["predictions"]]
+    assert alone["failures"] == pooled["failures"] and len(alone["failures"]) == 3
+    for a, b in zip(alone["predictions"], pooled["predictions"], strict=True):
+        assert a == pytest.approx(b, abs=TOLERANCE)
+    assert sum(r["level"] == "series" for r in pooled["predictions"]) == 9  # TINY's patients
