@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"synthetic": {"patients": 9, "slices": 2, "image_size": 64}},
     "convert": {"image_size": 32},
-    "train": {"epochs": 1, "batch_size": 8, "filters": [4, 8], "dense_units": 8},
+    "train": {
+        "epochs": 1,
+        "batch_size": 8,
+        "filters": [4, 8],
+        "dense_units": 8,
+        # Off by default; on here, so determinism and inference are tested with it.
+        "augment": {"flip": True, "rotation": 0.03, "zoom": 0.1, "translation": 0.05},
+    },
 }
 
 
