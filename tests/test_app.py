@@ -34,6 +34,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest runs app.py as ``__main__`` and leaves it in ``sys.modules``; a process pool
+    started later by another test (spawn/forkserver re-import ``__main__`` by path) would
+    then run the app in its workers. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="module")
 def project() -> Path:
     return trained_project()
