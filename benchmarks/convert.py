@@ -43,7 +43,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import queue
 import resource
 import shutil
@@ -62,6 +61,7 @@ import pydicom
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from benchmarks.host import machine
 from lungct import phantom
 from lungct.artifacts import RAW_LABELS, RAW_SOURCE
 from lungct.params import PARAMS_FILE, ConvertParams, Params, load_params
@@ -326,16 +326,6 @@ def verdict(value: float, target: float, *, at_least: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def machine() -> str:
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    load = f", 1-min load {os.getloadavg()[0]:.2f} at start" if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cores} cores ({usable} usable){load}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def report(
     project: Throughput,
     naive: Throughput,
@@ -422,7 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    host = machine()  # before this run adds its own load
+    host = machine(tensorflow=False)  # before this run adds its own load
     root = Path(tempfile.mkdtemp(prefix="lungct-bench-convert-"))
     cwd = Path.cwd()
     try:

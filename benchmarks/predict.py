@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.host import load1, machine
 from lungct import phantom
 from lungct.inference import Predictor, predict_files, preprocess_pool
 from lungct.params import PARAMS_FILE, Params, load_params
@@ -67,23 +67,6 @@ REPO = Path(__file__).resolve().parents[1]
 SLICES_PER_PATIENT = 20
 SINGLE_SAMPLES = 40
 TARGET_BATCH_RATIO = 2.0
-
-
-def load1() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
-def machine() -> str:
-    import keras
-    import tensorflow as tf
-
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (
-        f"{cores} cores ({usable} usable), 1-min load {load1():.2f} at start, "
-        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
-    )
 
 
 def generate(root: Path, params: Params, slices: int, size: int) -> list[Path]:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -63,6 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
+from benchmarks.host import load1, machine  # noqa: E402
 from lungct.artifacts import read_splits, split_images  # noqa: E402
 from lungct.model import (  # noqa: E402
     build_cnn,
@@ -164,10 +164,6 @@ def generate(root: Path, params: Params) -> tuple[list[str], list[int], list[str
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def load1() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -304,16 +300,6 @@ def run_interleaved(contenders: list[Contender], epochs: int) -> None:
 # --------------------------------------------------------------------------------------------
 def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
-
-
-def machine() -> str:
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (
-        f"{cores} cores ({usable} usable), 1-min load {load1():.2f} at start, "
-        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
-    )
 
 
 def report(results: list[Throughput], setup: Setup, epochs: int, host: str, generated: str) -> None:
