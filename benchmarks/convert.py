@@ -10,7 +10,7 @@ One run generates N phantom CT slices (512x512, ~20 slices per patient, written 
 
 * **project**: ``stages.convert.convert`` in-process, with the repo's ``params.yaml``
   (``convert.workers`` set to W when the schema has that key);
-* **naive**: the seeds' single-process notebook loop: ``dcmread`` -> ``pixel_array`` ->
+* **naive**: the notebook projects' single-process loop: ``dcmread`` -> ``pixel_array`` ->
   ``* slope + intercept`` -> lung window -> ``PIL`` resize -> PNG;
 * **decode bound**: read and decode only (``dcmread`` + ``pixel_array``, nothing written)
   over W processes (``ProcessPoolExecutor.map`` with a chunksize): what a parallel convert
@@ -63,9 +63,9 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from benchmarks.host import machine
 from lungct import phantom
-from lungct.artifacts import RAW_LABELS, RAW_SOURCE
+from lungct.artifacts import RAW_LABELS, RAW_SOURCE, input_files
 from lungct.params import PARAMS_FILE, ConvertParams, Params, load_params
-from stages.convert import convert, input_files
+from stages.convert import convert
 
 REPO = Path(__file__).resolve().parents[1]
 SLICES_PER_PATIENT = 20
@@ -196,7 +196,7 @@ def measure_project(raw: Path, warm_raw: Path, out: Path, workers: int, files: i
 
 
 def naive_loop(files: list[Path], out: Path, center: float, width: float, size: int) -> None:
-    """The seeds' notebook loop, as written there: one file after the other."""
+    """The notebook projects' loop, as written there: one file after the other."""
     out.mkdir(parents=True, exist_ok=True)
     low = center - width / 2
     for i, path in enumerate(files):

@@ -39,7 +39,6 @@ Target (marked PASS/FAIL; the script always exits 0 unless something crashes):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -54,11 +53,11 @@ import numpy as np
 
 from benchmarks.host import load1, machine
 from lungct import phantom
+from lungct.contract import Contract
 from lungct.inference import Predictor, predict_files, preprocess_pool
 from lungct.params import PARAMS_FILE, Params, load_params
 from lungct.preprocess import model_images, model_input
 from stages.predict import MAX_WORKERS
-from stages.train import preprocessing_contract
 
 # TensorFlow is imported in main(), after the worker processes are forked, as the predict
 # command does it.
@@ -94,7 +93,7 @@ def save_model(root: Path, params: Params) -> tuple[Path, Path]:
     )
     model_file, labels_file = root / "model.keras", root / "labels.json"
     model.save(model_file)
-    labels_file.write_text(json.dumps(preprocessing_contract(params, classes)), encoding="utf-8")
+    Contract.from_params(params, classes).write(labels_file)
     return model_file, labels_file
 
 

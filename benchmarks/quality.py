@@ -1,8 +1,10 @@
-"""Quality on real data: the default recipe against a seeds-style CNN, on the same splits.
+"""Quality on real data: the default recipe against the baseline CNN, on the same splits.
+
+The baseline CNN is the common Kaggle notebook recipe the notebook projects used.
 
 Run from the repository root::
 
-    python -m benchmarks.quality [--data ../shared/datasets/chest-ctscan-images.zip]
+    python -m benchmarks.quality --data path/to/chest-ctscan-images.zip
                                  [--tasks binary,default] [--splits grouped,official]
                                  [--out quality.json]
 
@@ -18,7 +20,7 @@ One run, in a temporary project folder, with the project's own stages as subproc
    split, then train + evaluate twice on that same split:
 
    * **default**: the repo's ``train`` section as it is;
-   * **seeds**: the seeds' recipe on the same input: three conv blocks (32, 64, 128
+   * **baseline**: the baseline CNN's recipe on the same input: three conv blocks (32, 64, 128
      filters) with ReLU and max-pooling, no batch norm, flatten, dense 128, dropout
      0.5, no class weights, no augmentation. Epochs, batch size, learning rate, early
      stopping and seed are the repo's, so only the recipe differs.
@@ -44,9 +46,8 @@ import yaml
 from lungct.params import merge, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "chest-ctscan-images.zip"
 
-SEEDS_RECIPE = {
+BASELINE_RECIPE = {
     "filters": [32, 64, 128],
     "batch_norm": False,
     "head": "flatten",
@@ -98,7 +99,9 @@ def row(task: str, split: str, recipe: str, ev: dict, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--data", type=Path, required=True, help="the Chest CT-Scan zip or folder"
+    )
     parser.add_argument("--tasks", default="binary,default")
     parser.add_argument("--splits", default="grouped,official")
     parser.add_argument("--out", type=Path, default=None, help="write all eval.json here")
@@ -125,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_params(project, split_params)
                 stage("split", project)
                 summary = read_metrics(project, "split.json")
-                for recipe in ("default", "seeds"):
-                    train = {} if recipe == "default" else SEEDS_RECIPE
+                for recipe in ("default", "baseline"):
+                    train = {} if recipe == "default" else BASELINE_RECIPE
                     write_params(project, merge(split_params, {"train": train}))
                     seconds = stage("train", project) + stage("evaluate", project)
                     ev = read_metrics(project, "eval.json")

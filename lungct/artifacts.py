@@ -17,11 +17,55 @@ RAW_LABELS = "labels.csv"  # PatientID -> label, written by download for DICOM s
 RAW_SOURCE = "SOURCE.json"  # provenance of data/raw
 CONVERTED_DIR = Path("data/converted")
 MANIFEST = "manifest.csv"
+# One row per input file (converted or skipped with a reason code), written by convert.
+MANIFEST_COLUMNS = [
+    "source",
+    "output",
+    "status",
+    "reason",
+    "detail",
+    "patient_id",
+    "label",
+    "series_uid",
+    "instance_number",
+    "frame",
+    "slice_position",
+    "slice_index",
+    "position_source",
+    "duplicate_position",
+    "gap",
+    "gantry_tilt",
+    "transfer_syntax",
+    "rescale_type",
+    "windows",
+    "rows",
+    "columns",
+    "mode",
+    "official_split",
+    "phash",
+    "layout",
+]
 SPLITS_DIR = Path("data/splits")
 SPLITS_TABLE = "splits.csv"
 MODEL_FILE = Path("models/model.keras")
 CONTRACT_FILE = Path("models/labels.json")
 METRICS_DIR = Path("metrics")
+SPLIT_METRICS = METRICS_DIR / "split.json"
+
+PROBABILITY_DECIMALS = 6  # in predictions.csv and predict's outputs
+SPLITS = ("train", "val", "test")  # the splits of data/splits, in this order
+# What eval.json repeats from split.json, so that a leaky number cannot pass for an honest one.
+SPLIT_KEYS = (
+    "strategy",
+    "leakage",
+    "leaky",
+    "classes",
+    "groups_in_several_splits",
+    "cross_split_near_duplicate_pairs",
+    "found_cross_split_groups",
+    "found_cross_split_pairs",
+    "dropped",
+)
 
 
 def _read_table(path: Path, producer: str) -> pd.DataFrame:
@@ -54,9 +98,42 @@ def split_images(
     return [str(splits_dir / image) for image in rows["image"]], [index[c] for c in rows["class"]]
 
 
-def read_contract(path: Path = CONTRACT_FILE) -> dict:
-    """The preprocessing contract written by train (class order, input size, windows)."""
+def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
+    """``metrics/split.json``, which evaluate repeats in part (:data:`SPLIT_KEYS`)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the train stage first: dvc repro)") from None
+        raise UserError(f"{path}: not found (run the split stage first: dvc repro)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); rerun the split stage") from None
+
+
+def read_labels(raw: Path) -> dict[str, str]:
+    path = raw / RAW_LABELS
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the download stage first)") from None
+    missing = {"PatientID", "label"} - set(table.columns)
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    duplicated = table["PatientID"][table["PatientID"].duplicated()]
+    if not duplicated.empty:
+        raise UserError(f"{path}: PatientID {duplicated.iloc[0]!r} is listed twice")
+    return dict(zip(table["PatientID"], table["label"], strict=True))
+
+
+def read_layout(raw: Path) -> str:
+    path = raw / RAW_SOURCE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["layout"]
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the download stage first)") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: not a download record with a 'layout' (rerun download)") from None
+
+
+def input_files(raw: Path) -> list[Path]:
+    """Every file under ``raw`` except the download stage's own metadata files."""
+    metadata = {raw / RAW_LABELS, raw / RAW_SOURCE}
+    return sorted(p for p in raw.rglob("*") if p.is_file() and p not in metadata)

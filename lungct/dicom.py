@@ -30,11 +30,12 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from lungct.errors import SkippedFile
+from lungct.errors import SkippedFile, first_line
 
 AIR_HU = -1000.0
 CT_SOP_CLASSES = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
 PREAMBLE = 128
+PREFIX = b"DICM"  # after the preamble, in every Part 10 file
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,16 @@ def _frame_attribute(ds: Dataset, index: int, sequence: str, keyword: str) -> ob
     return None
 
 
+def has_dicom_prefix(path: Path) -> bool:
+    """A DICOM Part 10 file: a 128-byte preamble, then ``DICM`` (PS3.10 7.1)."""
+    with Path(path).open("rb") as stream:
+        return stream.read(PREAMBLE + len(PREFIX))[PREAMBLE:] == PREFIX
+
+
 def _check_preamble(path: Path) -> None:
-    with path.open("rb") as stream:
-        head = stream.read(PREAMBLE + 4)
-    if not head:
+    if path.stat().st_size == 0:
         raise SkippedFile("empty_file")
-    if head[PREAMBLE:] == b"DICM":
+    if has_dicom_prefix(path):
         return
     try:  # a dataset without the Part 10 header, or not DICOM at all?
         with warnings.catch_warnings():  # forced reads of non-DICOM bytes warn at length
@@ -191,7 +196,7 @@ def read_ct(path: Path) -> list[CTFrame]:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        raise SkippedFile("not_dicom", str(exc).splitlines()[0]) from None
+        raise SkippedFile("not_dicom", first_line(exc)) from None
     except Exception as exc:  # a header cut short or garbled
         try:
             pydicom.dcmread(path, stop_before_pixels=True)

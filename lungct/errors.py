@@ -23,6 +23,21 @@ class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
         self.detail = detail
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: the first line of its message, or its type's name.
+
+    Library messages (pydicom, Keras, urllib) can span many lines or be empty; a user sees
+    one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an unexpected exception (``Type`` alone when it has no message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``: a :class:`UserError` becomes one line on stderr and exit 2;
     an ``OSError`` (permissions, a full disk, a path that is a file) one line naming the

@@ -27,40 +27,11 @@ from typing import Any
 import numpy as np
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
-from lungct.errors import SkippedFile, UserError
-from lungct.preprocess import Preprocessing, model_images, model_input
+from lungct.contract import Contract, Preprocessing
+from lungct.errors import SkippedFile, UserError, describe, first_line
+from lungct.preprocess import model_images, model_input
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
-
-
-@dataclass(frozen=True)
-class Contract:
-    """The parts of ``models/labels.json`` inference needs: class order and preprocessing."""
-
-    classes: tuple[str, ...]
-    prep: Preprocessing
-
-    @classmethod
-    def read(cls, path: Path = CONTRACT_FILE) -> Contract:
-        import json
-
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: not found; {NO_MODEL_HINT}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(
-                f"{path}: not a readable labels file ({exc}); rerun dvc repro"
-            ) from None
-        classes = data.get("classes") if isinstance(data, dict) else None
-        if (
-            not isinstance(classes, list)
-            or len(classes) < 2
-            or not all(isinstance(c, str) and c for c in classes)
-            or len(set(classes)) != len(classes)
-        ):
-            raise UserError(f"{path}: 'classes' must list two or more class names; rerun dvc repro")
-        return cls(tuple(classes), Preprocessing.from_contract(data, path))
 
 
 class Predictor:
@@ -98,17 +69,10 @@ class Predictor:
         except UserError:  # load_model names a truncated or foreign file itself
             raise
         except Exception as exc:  # anything else it lets through: still one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{model}: cannot load the model ({first}); rerun dvc repro") from None
-        prep = contract.prep
-        expected = (prep.image_size, prep.image_size, prep.channels)
-        shape = tuple(keras_model.input_shape[1:])
-        outputs = keras_model.output_shape[-1]
-        if shape != expected or outputs != len(contract.classes):
             raise UserError(
-                f"{model}: takes {shape} and gives {outputs} classes, but {labels} says "
-                f"{expected} and {len(contract.classes)} classes; rerun dvc repro"
-            )
+                f"{model}: cannot load the model ({first_line(exc)}); rerun dvc repro"
+            ) from None
+        contract.check_model(keras_model, model, labels)
         return cls(keras_model, contract)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -238,8 +202,7 @@ def read_file(path: Path | str, prep: Preprocessing) -> _Read:
     except SkippedFile as skip:
         return [], (skip.reason, skip.detail)
     except Exception as exc:  # a reader bug on one odd file must not stop the rest
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return [], ("unreadable", f"{type(exc).__name__}: {first}".rstrip(": "))
+        return [], ("unreadable", describe(exc))
     multi = len(images) > 1
     out: _Images = []
     for image in images:

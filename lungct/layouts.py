@@ -1,4 +1,4 @@
-"""Known dataset layouts, recognised from folder and file names (see DESIGN.md).
+"""Known dataset layouts, recognised from folder and file names (docs/data.md).
 
 - ``iqothnccd``: IQ-OTH/NCCD, class folders ``Bengin cases`` (sic), ``Malignant cases``,
   ``Normal cases``, possibly nested one or two folders deep.
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from lungct.dicom import has_dicom_prefix
 from lungct.errors import UserError
+from lungct.params import SYNTHETIC_CLASSES
 
 LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan")
 IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
@@ -27,11 +29,9 @@ DICOM_PROBES = 200  # files to open when looking for DICOM
 
 
 def is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble then ``DICM`` (PS3.10 7.1)."""
+    """A readable DICOM Part 10 file (an unreadable file is not one)."""
     try:
-        with path.open("rb") as stream:
-            stream.seek(128)
-            return stream.read(4) == b"DICM"
+        return has_dicom_prefix(path)
     except OSError:
         return False
 
@@ -86,11 +86,10 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
 # before the first underscore.
 CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
     "dicom": {
-        "default": {"normal": "normal", "benign": "benign", "malignant": "malignant"},
+        "default": {name: name for name in SYNTHETIC_CLASSES},
         "binary": {
-            "normal": "without_cancer",
-            "benign": "without_cancer",
-            "malignant": "with_cancer",
+            name: "with_cancer" if name == "malignant" else "without_cancer"
+            for name in SYNTHETIC_CLASSES
         },
     },
     "iqothnccd": {
@@ -114,7 +113,7 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
             "squamous.cell.carcinoma": "squamous",
             "normal": "normal",
         },
-        "binary": {  # the seed project's task
+        "binary": {  # the binary notebook project's task
             "adenocarcinoma": "with_cancer",
             "large.cell.carcinoma": "with_cancer",
             "squamous.cell.carcinoma": "with_cancer",

@@ -1,4 +1,5 @@
-"""The CNN of the seeds' family, the TensorFlow set-up, and the preprocessing contract.
+"""The CNN (the baseline notebook CNN's family, with options), the TensorFlow set-up, saving
+and loading, and the ``tf.data`` input pipeline.
 
 Importing this module imports TensorFlow (quietly); stages that do not train or
 predict never import it.
@@ -17,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-from lungct.errors import UserError  # noqa: E402
+from lungct.errors import UserError, first_line  # noqa: E402
 from lungct.params import AugmentParams, TrainParams  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-# How the last feature map becomes a vector: the seeds flatten it; a global max keeps
+# How the last feature map becomes a vector: the baseline CNN flattens it; a global max keeps
 # "is there a nodule anywhere" with far fewer weights.
 _HEADS = {
     "flatten": layers.Flatten,
@@ -145,8 +146,7 @@ def backbone(name: str, pretrained: bool, x: keras.KerasTensor) -> keras.KerasTe
             net = keras.applications.EfficientNetB0(**kwargs)
     except Exception as exc:  # a failed weights download or an unsupported input size
         raise UserError(
-            f"train.backbone: cannot build {name} (pretrained={pretrained}): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"train.backbone: cannot build {name} (pretrained={pretrained}): {first_line(exc)}"
         ) from None
     return net(x)
 
@@ -211,8 +211,9 @@ def load_model(path: os.PathLike) -> keras.Model:
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # a damaged member, or code that safe mode refuses
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot load the model ({first}); rebuild it: dvc repro") from None
+        raise UserError(
+            f"{path}: cannot load the model ({first_line(exc)}); rebuild it: dvc repro"
+        ) from None
 
 
 def decode_images(

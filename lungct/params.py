@@ -15,11 +15,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lungct.errors import UserError
+from lungct.errors import UserError, first_line
 
 PARAMS_FILE = Path("params.yaml")
+URL_SCHEMES = ("http", "https", "file")  # what data.url may be
+# The raw labels of the built-in synthetic cohort (class_balance keys, the dicom presets).
+SYNTHETIC_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
-ClassName = Literal["normal", "benign", "malignant"]
+ClassName = Literal[SYNTHETIC_CLASSES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -75,7 +78,7 @@ class DataParams(_Section):
             )
         if self.source == "url":
             scheme = self.url.split(":", 1)[0].lower() if ":" in self.url else ""
-            if scheme not in ("http", "https", "file"):
+            if scheme not in URL_SCHEMES:
                 raise ValueError(f"url: '{self.url}' is not an http, https or file URL")
             if not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
                 raise ValueError("sha256: a url source needs the archive's sha256 (64 hex digits)")
@@ -113,7 +116,7 @@ class ConvertParams(_Section):
 
 class SplitParams(_Section):
     # grouped: whole groups, stratified; official: the dataset's own folders;
-    # random: image by image (the seeds' leaky protocol, for comparison only).
+    # random: image by image (the notebook projects' leaky protocol, for comparison only).
     strategy: Literal["grouped", "official", "random"]
     # What to do with groups or near duplicates found on two sides of the split.
     leakage: Literal["fail", "warn", "drop"]
@@ -151,7 +154,7 @@ class TrainParams(_Section):
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0, le=1)]
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
-    # "cnn": the seeds' conv blocks (filters, batch_norm, head); otherwise a
+    # "cnn": the baseline CNN's conv blocks (filters, batch_norm, head); otherwise a
     # keras.applications network (filters and head unused).
     backbone: Literal["cnn", "mobilenet_v2", "efficientnet_b0"]
     pretrained: bool  # ImageNet weights for a backbone: needs internet the first time
@@ -243,5 +246,5 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run stages from the project root)") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({first_line(exc)})") from None
     return parse_params(raw, str(path))

@@ -17,86 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from lungct.dicom import PREAMBLE, CTFrame, read_ct
-from lungct.errors import SkippedFile, UserError
+from lungct.contract import Preprocessing
+from lungct.dicom import CTFrame, has_dicom_prefix, read_ct
+from lungct.errors import SkippedFile
 from lungct.images import fit_square, read_image
 from lungct.windowing import window_channels
-
-
-class _WindowLike(Protocol):
-    center: float
-    width: float
-
-
-class _ConvertLike(Protocol):
-    windows: Sequence[_WindowLike]
-    file_window: bool
-    image_size: int
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw files become model inputs: CT windows in HU (center, width), whether the
-    first channel takes the file's own window, and the side of the square input."""
-
-    windows: tuple[tuple[float, float], ...]
-    file_window: bool
-    image_size: int
-
-    @property
-    def channels(self) -> int:
-        return len(self.windows)
-
-    @classmethod
-    def from_params(cls, params: _ConvertLike) -> Preprocessing:
-        """From the ``convert`` section of params.yaml (the convert stage)."""
-        return cls(
-            windows=tuple((float(w.center), float(w.width)) for w in params.windows),
-            file_window=bool(params.file_window),
-            image_size=int(params.image_size),
-        )
-
-    @classmethod
-    def from_contract(cls, contract: dict, source: Path | str = "labels.json") -> Preprocessing:
-        """From the preprocessing contract train writes (``models/labels.json``); a contract
-        that lacks a key or disagrees with itself is a :class:`UserError` naming it."""
-
-        def bad(what: str) -> UserError:
-            return UserError(f"{source}: {what} (retrain with dvc repro)")
-
-        if not isinstance(contract, dict):
-            raise bad("not a preprocessing contract")
-        missing = [
-            k for k in ("image_size", "channels", "windows", "file_window") if k not in contract
-        ]
-        if missing:
-            raise bad(f"missing key(s) {', '.join(missing)}")
-        try:
-            windows = tuple((float(w["center"]), float(w["width"])) for w in contract["windows"])
-            size, channels = int(contract["image_size"]), int(contract["channels"])
-        except (TypeError, KeyError, ValueError):
-            raise bad(
-                "windows must be a list of {center, width}; image_size, channels integers"
-            ) from None
-        if not windows or any(width <= 0 for _, width in windows):
-            raise bad("windows must be one or more windows of positive width")
-        if channels != len(windows):
-            raise bad(f"channels {channels} but {len(windows)} window(s)")
-        if size < 1:
-            raise bad(f"image_size {size}")
-        return cls(windows=windows, file_window=bool(contract["file_window"]), image_size=size)
-
-    def windows_for(self, frame: CTFrame) -> list[tuple[float, float]]:
-        """The windows of one frame: the configured ones, the first replaced by the file's
-        own Window Center/Width when ``file_window`` is on and the file has one."""
-        windows = list(self.windows)
-        if self.file_window and frame.window is not None:
-            windows[0] = frame.window
-        return windows
 
 
 @dataclass(frozen=True)
@@ -146,12 +74,6 @@ def exported_image(path: Path, prep: Preprocessing) -> ModelImage:
     gray, mode = read_image(path)
     pixels = gray if prep.channels == 1 else np.repeat(gray[..., None], prep.channels, axis=-1)
     return ModelImage(pixels=fit_square(pixels, prep.image_size), unresized=pixels, mode=mode)
-
-
-def has_dicom_prefix(path: Path) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble, then ``DICM`` (PS3.10 7.1)."""
-    with path.open("rb") as stream:
-        return stream.read(PREAMBLE + 4)[PREAMBLE:] == b"DICM"
 
 
 def model_images(path: Path, prep: Preprocessing) -> list[ModelImage]:

@@ -19,9 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lungct.archives import safe_extract
-from lungct.errors import UserError
+from lungct.errors import UserError, describe
+from lungct.params import URL_SCHEMES
 
-ALLOWED_SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
@@ -67,7 +67,7 @@ def fetch_url(url: str, target: Path, *, progress: bool = False) -> str:
     """
     shown = redact(url)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
+    if scheme not in URL_SCHEMES:
         raise UserError(f"data.url: scheme '{scheme}' is not allowed (use http, https or file)")
     digest = hashlib.sha256()
     received = 0
@@ -146,9 +146,7 @@ def kaggle_download(handle: str) -> Path:
 
         path = kagglehub.dataset_download(handle)
     except Exception as err:  # any failure of the remote call is the user's to fix
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
         raise UserError(
-            f"data.kaggle_handle '{handle}': Kaggle download failed ({reason})"
+            f"data.kaggle_handle '{handle}': Kaggle download failed ({describe(err)})"
         ) from None
     return Path(path)

@@ -1,13 +1,34 @@
-"""Leakage-free splitting: whole groups (patients) go to one split, stratified by class."""
+"""Leakage-free splitting: whole groups (patients) go to one split, stratified by class.
+
+A group is a patient (DICOM PatientID) or, for images without ids, a set of near
+duplicates (perceptual hash within ``split.near_duplicate_distance`` bits, chains
+included). ``split.strategy``: ``grouped`` (whole groups, stratified by class, seeded),
+``official`` (the dataset's own train/valid/test folders), ``random`` (image by image:
+the notebook protocol, leaky, for comparison only). Then the leakage gate counts groups
+and near-duplicate pairs across splits, and ``split.leakage`` decides: ``fail``,
+``warn``, or ``drop`` the later-split copies (:func:`apply_leakage_policy`).
+"""
 
 from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lungct.artifacts import SPLITS, read_manifest
 from lungct.errors import UserError
+from lungct.layouts import class_mapping, map_labels
+from lungct.params import Params, SplitParams
 
-SPLITS = ("train", "val", "test")
+# The Chest CT-Scan folders of split.strategy: official, as this project's split names.
+OFFICIAL = {"train": "train", "valid": "val", "val": "val", "test": "test"}
+
+log = logging.getLogger("split")
 
 
 def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
@@ -124,7 +145,7 @@ def leakage_pairs(table: pd.DataFrame, distance: int) -> pd.DataFrame:
                 if order[table.at[a, "split"]] < order[table.at[b, "split"]]:
                     found.add((a, b))
     anonymous = table[~table["has_id"]]
-    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+    for first, second in itertools.combinations(SPLITS, 2):
         left = anonymous[anonymous["split"] == first]
         right = anonymous[anonymous["split"] == second]
         if left.empty or right.empty:
@@ -132,3 +153,157 @@ def leakage_pairs(table: pd.DataFrame, distance: int) -> pd.DataFrame:
         for i, j in close_pairs(left["phash"].tolist(), right["phash"].tolist(), distance):
             found.add((left.index[i], right.index[j]))
     return pd.DataFrame(sorted(found), columns=["a", "b"])
+
+
+def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, str]:
+    """Converted images with their class (mapped from the raw label), group and hashes."""
+    manifest = read_manifest(converted)
+    rows = manifest[manifest["status"] == "converted"].sort_values("output")
+    if rows.empty:
+        raise UserError(f"{converted}: no converted images to split")
+    layout = rows["layout"].iloc[0]
+    mapping = class_mapping(layout, params.classes)
+    classes = map_labels(rows["label"].tolist(), mapping)
+    missing = sorted(set(mapping.values()) - set(classes))
+    if missing:
+        raise UserError(
+            f"{converted}: no images of class(es) {missing} (split.classes: "
+            f"{params.classes if isinstance(params.classes, str) else 'custom'}); "
+            f"the data has {sorted(set(classes))}"
+        )
+    # Patients where the data has ids; near-duplicate groups where it has none.
+    components = near_duplicate_components(rows["phash"].tolist(), params.near_duplicate_distance)
+    groups = [
+        patient if patient else f"near-duplicates-{component:05d}"
+        for patient, component in zip(rows["patient_id"], components, strict=True)
+    ]
+    table = pd.DataFrame(
+        {
+            "source": rows["output"].to_numpy(),
+            "class": classes,
+            "group": groups,
+            "has_id": (rows["patient_id"] != "").to_numpy(),
+            "phash": rows["phash"].to_numpy(),
+            "official": rows["official_split"].to_numpy(),
+            # Identical pixels give identical PNG bytes (same encoder, no timestamps).
+            "content": [
+                hashlib.sha256((converted / out).read_bytes()).hexdigest() for out in rows["output"]
+            ],
+        }
+    )
+    return table, layout
+
+
+def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
+    """The split of every image under ``split.strategy``."""
+    cfg = params.split
+    if cfg.strategy == "official":
+        unknown = sorted(set(images["official"]) - set(OFFICIAL))
+        if unknown:
+            raise UserError(
+                f"split.strategy: 'official' needs the dataset's own train/valid/test folders; "
+                f"layout '{layout}' has images outside them ({unknown[:3]})"
+            )
+        return images["official"].map(OFFICIAL)
+    if cfg.strategy == "random":  # every image its own group: the notebook projects' leaky protocol
+        alone = pd.Series(images["class"].to_numpy(), index=images.index.astype(str))
+        by_image = split_groups(alone, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+        return pd.Series(by_image[images.index.astype(str)].to_numpy(), index=images.index)
+    classes, mixed = group_classes(images)
+    if mixed:
+        log.warning(
+            "split: %d group(s) hold images of several classes, kept whole (e.g. %s)",
+            len(mixed),
+            mixed[0],
+        )
+    by_group = split_groups(classes, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+    return images["group"].map(by_group)
+
+
+def leakage(images: pd.DataFrame, distance: int) -> tuple[list[str], pd.DataFrame]:
+    """Groups found in several splits, and near-duplicate pairs across splits."""
+    return groups_in_several_splits(images), leakage_pairs(images, distance)
+
+
+@dataclass
+class LeakageOutcome:
+    """The images after ``split.leakage`` was applied, and what the gate found."""
+
+    images: pd.DataFrame
+    dropped: pd.DataFrame  # the removed later-split copies, with a reason
+    found_groups: int  # groups across splits before the policy
+    found_pairs: int  # near-duplicate pairs across splits before the policy
+    groups: list[str]  # groups still across splits
+    pairs: pd.DataFrame  # near-duplicate pairs still across splits
+
+
+def apply_leakage_policy(images: pd.DataFrame, cfg: SplitParams) -> LeakageOutcome:
+    """The leakage gate: ``fail`` raises, ``warn`` logs and keeps the leak, ``drop``
+    removes the later-split side of every leak (:func:`drop_leaks`)."""
+    distance = cfg.near_duplicate_distance
+    shared, pairs = leakage(images, distance)
+    found = len(shared), len(pairs)
+    dropped = images.iloc[:0].assign(reason="")
+    if shared or len(pairs):
+        summary = (
+            f"split: {len(pairs)} near-duplicate pair(s) and {len(shared)} group(s) cross "
+            f"splits under strategy '{cfg.strategy}'"
+        )
+        if cfg.leakage == "fail":
+            raise UserError(f"{summary}; set split.leakage to 'drop' or 'warn' to go on")
+        if cfg.leakage == "warn":
+            log.warning("%s; the test numbers will be optimistic", summary)
+        else:
+            images, dropped = drop_leaks(images, distance)
+            log.warning("%s; dropped %d later-split copies", summary, len(dropped))
+        shared, pairs = leakage(images, distance)
+    return LeakageOutcome(images, dropped, *found, shared, pairs)
+
+
+def drop_leaks(images: pd.DataFrame, distance: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Remove the later-split side of every leak (val after train, test after both)."""
+    kept = images
+    dropped = []
+    for later in ("val", "test"):
+        earlier = kept[kept["split"].map(SPLITS.index) < SPLITS.index(later)]
+        shared = kept.index[(kept["split"] == later) & kept["group"].isin(earlier["group"])]
+        _, pairs = leakage(kept, distance)
+        paired = [
+            b
+            for a, b in zip(pairs["a"], pairs["b"], strict=True)
+            if kept.at[b, "split"] == later and a in earlier.index
+        ]
+        gone = sorted(set(shared) | set(paired))
+        dropped.append(kept.loc[gone].assign(reason="near_duplicate_in_earlier_split"))
+        kept = kept.drop(index=gone)
+    return kept, pd.concat(dropped)
+
+
+def with_image_paths(images: pd.DataFrame) -> pd.DataFrame:
+    """One flat folder per split and class; the source path keeps names unique."""
+    images = images.assign(
+        image=[
+            f"{s}/{c}/{src.removeprefix('images/').replace('/', '__')}"
+            for s, c, src in zip(images["split"], images["class"], images["source"], strict=True)
+        ],
+        order=images["split"].map(SPLITS.index),
+    )
+    return images.sort_values(["order", "class", "image"]).reset_index(drop=True)
+
+
+def split_metrics(images: pd.DataFrame) -> dict:
+    per_class = images.groupby(["split", "class"]).size()
+    class_counts = images.groupby("class").size()
+    group_sizes = images.groupby("group").size()
+    return {
+        "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
+        "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
+        "images_per_class": {
+            s: {c: int(per_class.get((s, c), 0)) for c in sorted(class_counts.index)}
+            for s in SPLITS
+        },
+        "images_with_near_duplicates": int(group_sizes[group_sizes > 1].sum())
+        if not images["has_id"].all()
+        else 0,
+        "class_imbalance_ratio": round(float(class_counts.max() / class_counts.min()), 4),
+    }

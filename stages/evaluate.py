@@ -9,12 +9,12 @@ Writes, all under ``metrics/``:
   probabilities): the data of both confusion-matrix plots;
 - ``roc/<class>.csv``: one-vs-rest ROC points per class;
 - ``test_grid.png``: test images with true and predicted class, misclassified first;
+- ``charts/*.png``: static training-curve, confusion-matrix and ROC charts for the report;
 - ``report.md``: the same, readable.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,14 +22,19 @@ import numpy as np
 import pandas as pd
 
 from lungct.artifacts import (
+    CONTRACT_FILE,
     METRICS_DIR,
     MODEL_FILE,
+    PROBABILITY_DECIMALS,
+    SPLIT_KEYS,
     SPLITS_DIR,
-    read_contract,
+    read_split_metrics,
     read_splits,
     split_images,
 )
 from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
+from lungct.charts import write_charts
+from lungct.contract import Contract
 from lungct.errors import UserError, run_stage
 from lungct.metrics import classification_metrics, roc_curves
 from lungct.params import Params, load_params
@@ -40,35 +45,14 @@ PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
 ROC_DIR = METRICS_DIR / "roc"
 GRID_FILE = METRICS_DIR / "test_grid.png"
 REPORT_FILE = METRICS_DIR / "report.md"
-SPLIT_METRICS = METRICS_DIR / "split.json"
-# What eval.json repeats from split.json, so that a leaky number cannot pass for an honest one.
-SPLIT_KEYS = (
-    "strategy",
-    "leakage",
-    "leaky",
-    "classes",
-    "groups_in_several_splits",
-    "cross_split_near_duplicate_pairs",
-    "found_cross_split_groups",
-    "found_cross_split_pairs",
-    "dropped",
-)
-
+CHARTS_DIR = METRICS_DIR / "charts"
+CURVES_DIR = METRICS_DIR / "train/plots/metrics"  # DVCLive's per-epoch curves (train stage)
 log = logging.getLogger("evaluate")
 
 
-def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the split stage first: dvc repro)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg}); rerun the split stage") from None
-
-
 def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
-    contract = read_contract()
-    classes = contract["classes"]
+    contract = Contract.read(CONTRACT_FILE)
+    classes = list(contract.classes)
     table = read_splits(splits_dir)
     split = read_split_metrics()
     paths, y_true = split_images(table, "test", classes, splits_dir)
@@ -77,10 +61,9 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
 
     from lungct.model import image_dataset, load_model
 
-    model = load_model(MODEL_FILE)
-    data = image_dataset(
-        paths, y_true, contract["image_size"], contract["channels"], params.evaluate.batch_size
-    )
+    model = contract.check_model(load_model(MODEL_FILE), MODEL_FILE, CONTRACT_FILE)
+    prep = contract.prep
+    data = image_dataset(paths, y_true, prep.image_size, prep.channels, params.evaluate.batch_size)
     probabilities = model.predict(data, verbose=0).astype(np.float64)
     y_true = np.asarray(y_true)
     test = table[table["split"] == "test"]
@@ -104,16 +87,19 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         }
     )
     for i, name in enumerate(classes):
-        predictions[f"p_{name}"] = probabilities[:, i].round(6)
+        predictions[f"p_{name}"] = probabilities[:, i].round(PROBABILITY_DECIMALS)
 
     write_csv(PREDICTIONS_FILE, predictions)
+    curves = roc_curves(y_true, probabilities, classes)
     with atomic_dir(ROC_DIR) as tmp:
-        write_roc(tmp, roc_curves(y_true, probabilities, classes))
+        write_roc(tmp, curves)
     grid = image_grid(paths, predictions, classes, probabilities, params.evaluate.grid_images)
     with atomic_file(GRID_FILE) as tmp:
         grid.save(tmp, format="PNG")
+    with atomic_dir(CHARTS_DIR) as tmp:
+        charts = write_charts(tmp, CURVES_DIR, predictions, classes, curves)
     with atomic_file(REPORT_FILE) as tmp:
-        tmp.write_text(markdown_report(metrics, split), encoding="utf-8")
+        tmp.write_text(markdown_report(metrics, split, charts, CHARTS_DIR.name), encoding="utf-8")
     write_json(METRICS_FILE, metrics)  # last: its presence means the rest is complete
     log.info(
         "evaluate: test accuracy %.4f, balanced %.4f on %d images of %d groups (patients)%s",

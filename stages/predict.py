@@ -15,9 +15,6 @@ error, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -30,17 +27,15 @@ from lungct.atomic import atomic_file
 from lungct.errors import UserError, run_stage
 from lungct.inference import (
     Failure,
-    Prediction,
     Predictor,
     expand,
     predict_files,
     preprocess_pool,
 )
+from lungct.prediction_formats import FORMATS, render
 
-FORMATS = ("table", "csv", "json")
 MAX_WORKERS = 8
 POOL_MIN_FILES = 16  # below this, starting worker processes costs more than it saves
-DECIMALS = 6  # as metrics/predictions.csv
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -83,67 +78,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
-    """One flat record per row: file, level, frame, series_uid, images, predicted, p_<class>."""
-    out = []
-    for row in rows:
-        record = {
-            "file": row.file,
-            "level": row.level,
-            "frame": row.frame,
-            "series_uid": row.series_uid,
-            "images": row.images,
-            "predicted": row.predicted(classes),
-        }
-        for name, p in zip(classes, row.probabilities, strict=True):
-            record[f"p_{name}"] = round(float(p), DECIMALS)
-        out.append(record)
-    return out
-
-
-def render_csv(rows: list[Prediction], classes: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    columns = ["file", "level", "frame", "series_uid", "images", "predicted"]
-    writer = csv.DictWriter(
-        buffer, fieldnames=columns + [f"p_{c}" for c in classes], lineterminator="\n"
-    )
-    writer.writeheader()
-    for record in records(rows, classes):
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
-    return buffer.getvalue()
-
-
-def render_json(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> str:
-    document = {
-        "classes": list(classes),
-        "predictions": records(rows, classes),
-        "failures": [{"file": f.file, "reason": f.reason, "detail": f.detail} for f in failures],
-    }
-    return json.dumps(document, indent=2) + "\n"
-
-
-def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
-    """Aligned columns for people: file (a frame or a folder's series named after it),
-    predicted class, one probability column per class."""
-    header = ["file", "predicted", *classes]
-    lines = []
-    for row in rows:
-        name = row.file
-        if row.frame is not None:
-            name += f" [frame {row.frame}]"
-        if row.level == "series":
-            name += f" [series {row.series_uid}, {row.images} images]"
-        lines.append([name, row.predicted(classes), *(f"{p:.4f}" for p in row.probabilities)])
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        first = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-        rest = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
-        return "  ".join(first + rest).rstrip()
-
-    return "\n".join([fmt(header), *(fmt(line) for line in lines)]) + "\n"
-
-
 def predict(argv: Sequence[str] | None = None) -> int:
     """Run the command; return the exit status (0 all predicted, 1 some files failed)."""
     args = parse_args(argv)
@@ -162,13 +96,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
         rows, failures = predict_files(
             predictor, args.paths, args.batch_size, on_failure=report, pool=pool
         )
-    classes = predictor.classes
-    if args.format == "csv":
-        text = render_csv(rows, classes)
-    elif args.format == "json":
-        text = render_json(rows, classes, failures)
-    else:
-        text = render_table(rows, classes)
+    text = render(args.format, rows, predictor.classes, failures)
     if args.output is not None:
         try:
             with atomic_file(args.output) as tmp:

@@ -21,6 +21,7 @@ from lungct.artifacts import (
     split_images,
 )
 from lungct.atomic import atomic_file, write_json
+from lungct.contract import Contract
 from lungct.errors import UserError, run_stage
 from lungct.params import Params, load_params
 
@@ -28,24 +29,6 @@ METRICS_FILE = METRICS_DIR / "train.json"
 LIVE_DIR = METRICS_DIR / "train"
 
 log = logging.getLogger("train")
-
-
-def preprocessing_contract(params: Params, classes: list[str]) -> dict:
-    """What evaluate, predict and the app need to feed the model exactly as in training."""
-    return {
-        "classes": classes,
-        "image_size": params.convert.image_size,
-        "channels": len(params.convert.windows),
-        "windows": [w.model_dump() for w in params.convert.windows],
-        "file_window": params.convert.file_window,
-        "input": "float32 pixel values 0..255 (the model rescales to 0..1)",
-        "preprocessing": [
-            "DICOM stored values -> float32 -> padding pixels to air -> HU (slope, intercept)",
-            "HU -> window -> [0, 1] -> uint8, one channel per window",
-            "exported images: grayscale (alpha on black), repeated per window channel",
-            "aspect-preserving resize with black padding to image_size",
-        ],
-    }
 
 
 def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
@@ -106,7 +89,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
 
     with atomic_file(MODEL_FILE) as tmp:
         save_model(model, tmp)
-    write_json(CONTRACT_FILE, preprocessing_contract(params, classes))
+    Contract.from_params(params, classes).write(CONTRACT_FILE)
     best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
     metrics = {
         "restored_best_weights": bool(cfg.early_stopping_patience),

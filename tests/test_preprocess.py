@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungct.errors import SkippedFile, UserError
+from lungct.contract import Preprocessing
+from lungct.errors import SkippedFile
 from lungct.preprocess import (
-    Preprocessing,
     dicom_images,
     exported_image,
     model_images,
@@ -125,26 +125,6 @@ def test_neither_dicom_nor_image_is_not_image(tmp_path):
     with pytest.raises(SkippedFile) as skip:
         model_images(broken, prep)
     assert skip.value.reason == "unreadable_image"
-
-
-def test_contract_round_trip_and_errors():
-    contract = {
-        "classes": ["a", "b"],
-        "image_size": 64,
-        "channels": 3,
-        "windows": THREE_WINDOWS,
-        "file_window": True,
-    }
-    prep = Preprocessing.from_contract(contract)
-    assert prep == Preprocessing(
-        ((-600.0, 1500.0), (50.0, 350.0), (400.0, 1800.0)), file_window=True, image_size=64
-    )
-    with pytest.raises(UserError, match="missing key.*file_window"):
-        Preprocessing.from_contract({k: v for k, v in contract.items() if k != "file_window"})
-    with pytest.raises(UserError, match="channels 1 but 3 window"):
-        Preprocessing.from_contract({**contract, "channels": 1})
-    with pytest.raises(UserError, match="positive width"):
-        Preprocessing.from_contract({**contract, "windows": [{"center": 0, "width": 0}] * 3})
 
 
 def test_model_input_is_float32_nhwc():

@@ -25,8 +25,8 @@ def test_cnn_shape_and_named_blocks(tiny):
     assert tiny.train.head in names
 
 
-def test_seeds_recipe_without_augmentation_builds(tiny_raw):
-    """Every transform off (the seeds' recipe): no augmentation block, not a crash."""
+def test_baseline_recipe_without_augmentation_builds(tiny_raw):
+    """Every transform off (the baseline CNN's recipe): no augmentation block, not a crash."""
     from lungct.model import build_cnn
     from lungct.params import merge, parse_params
 

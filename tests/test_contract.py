@@ -1,0 +1,91 @@
+"""The model contract (models/labels.json): written from params, read back validated,
+checked against the model it belongs to."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lungct.contract import Contract, Preprocessing
+from lungct.errors import UserError
+from lungct.params import load_params, merge, parse_params
+
+THREE_WINDOWS = [
+    {"center": -600, "width": 1500},
+    {"center": 50, "width": 350},
+    {"center": 400, "width": 1800},
+]
+
+
+def contract_dict(**changes) -> dict:
+    data = {
+        "classes": ["a", "b"],
+        "image_size": 64,
+        "channels": 3,
+        "windows": THREE_WINDOWS,
+        "file_window": True,
+    }
+    data.update(changes)
+    return data
+
+
+def test_from_params_writes_what_read_returns(tmp_path):
+    raw = merge(
+        load_params().model_dump(), {"convert": {"windows": THREE_WINDOWS, "image_size": 96}}
+    )
+    params = parse_params(raw)
+    contract = Contract.from_params(params, ["benign", "malignant", "normal"])
+    path = tmp_path / "labels.json"
+    contract.write(path)
+    assert Contract.read(path) == contract
+    assert contract.input_shape == (96, 96, 3)
+    written = json.loads(path.read_text())
+    # The keys the model's users (and people) read; windows as {center, width} floats.
+    assert written["classes"] == ["benign", "malignant", "normal"]
+    assert written["windows"][1] == {"center": 50.0, "width": 350.0}
+    assert written["channels"] == 3 and written["image_size"] == 96
+    assert written["file_window"] is False and written["preprocessing"]
+
+
+def test_from_dict_validates():
+    contract = Contract.from_dict(contract_dict())
+    assert contract.prep == Preprocessing(
+        ((-600.0, 1500.0), (50.0, 350.0), (400.0, 1800.0)), file_window=True, image_size=64
+    )
+    bad = {
+        "missing key.*file_window": {
+            k: v for k, v in contract_dict().items() if k != "file_window"
+        },
+        "channels 1 but 3 window": contract_dict(channels=1),
+        "positive width": contract_dict(windows=[{"center": 0, "width": 0}] * 3),
+        "finite": contract_dict(windows=[{"center": float("nan"), "width": 10}] * 3),
+        "two or more distinct": contract_dict(classes=["a", "a"]),
+        "image_size, channels integers": contract_dict(image_size="64"),
+        "file_window must be": contract_dict(file_window="yes"),
+        "not a model contract": ["a", "b"],
+    }
+    for message, data in bad.items():
+        with pytest.raises(UserError, match=message):
+            Contract.from_dict(data, "x.json")
+
+
+def test_read_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        Contract.read(tmp_path / "none.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{", encoding="utf-8")
+    with pytest.raises(UserError, match="not a readable model contract") as err:
+        Contract.read(broken)
+    assert "\n" not in str(err.value)
+
+
+def test_check_model_names_the_mismatch():
+    contract = Contract.from_dict(contract_dict())
+    good = SimpleNamespace(input_shape=(None, 64, 64, 3), output_shape=(None, 2))
+    assert contract.check_model(good, "m.keras") is good
+    for shape, outputs in [((None, 64, 64, 1), 2), ((None, 64, 64, 3), 3)]:
+        model = SimpleNamespace(input_shape=shape, output_shape=(None, outputs))
+        with pytest.raises(UserError, match="m.keras: takes"):
+            contract.check_model(model, "m.keras")
