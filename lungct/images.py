@@ -1,4 +1,4 @@
-"""8-bit image helpers shared by convert and (later) predict: decoding to grayscale,
+"""8-bit image helpers shared by convert, predict and the app: decoding to grayscale,
 resizing, PNG writing."""
 
 from __future__ import annotations

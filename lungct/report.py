@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from lungct.artifacts import SPLITS
+from lungct.atomic import atomic_file
+
 TILE = 128
+# The split stage's sample grid (metrics/split_samples.png): tiles, class-name column.
+SAMPLES_PER_CLASS = 6
+SAMPLE_TILE = 96
+SAMPLE_LABEL_WIDTH = 110
 CAPTION = 30
 COLUMNS = 6
 
@@ -41,8 +49,17 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def markdown_report(metrics: dict, split: dict) -> str:
-    """The metrics table, confusion matrix, dataset and split summary, and caveats."""
+def markdown_report(
+    metrics: dict,
+    split: dict,
+    charts: Sequence[tuple[str, str]] = (),
+    charts_dir: str = "charts",
+) -> str:
+    """The metrics table, confusion matrix, charts, dataset and split summary, and caveats.
+
+    ``charts``: ``(title, file name)`` of each PNG in ``charts_dir`` (a link relative to the
+    report), as :func:`lungct.charts.write_charts` returns them; no section when empty.
+    """
     classes = list(metrics["per_class"])
     lines = ["# Test-set evaluation", ""]
     if split.get("leaky"):
@@ -105,6 +122,14 @@ def markdown_report(metrics: dict, split: dict) -> str:
         ["actual \\ predicted", *classes],
         [[a, *(metrics["confusion"][a][p] for p in classes)] for a in classes],
     )
+    if charts:
+        lines += ["", "## Charts", ""]
+        lines += [
+            "Static copies of the headline plots, readable offline (`dvc plots show` draws "
+            "them interactively).",
+        ]
+        for title, name in charts:
+            lines += ["", f"![{title}]({charts_dir}/{name})"]
     lines += ["", "## Dataset and split", ""]
     lines += _table(
         ["split", "images", "groups", *classes],
@@ -115,7 +140,7 @@ def markdown_report(metrics: dict, split: dict) -> str:
                 split["groups"][s],
                 *(split["images_per_class"][s].get(c, 0) for c in classes),
             ]
-            for s in ("train", "val", "test")
+            for s in SPLITS
         ],
     )
     lines += [
@@ -174,3 +199,27 @@ def write_roc(folder: Path, curves: dict) -> None:
         pd.DataFrame(
             {"fpr": fpr.round(6), "tpr": tpr.round(6), "threshold": threshold.round(6)}
         ).to_csv(folder / f"{name}.csv", index=False, lineterminator="\n")
+
+
+def write_samples(images: pd.DataFrame, splits_dir: Path, target: Path) -> None:
+    """A grid of sample training images, one row per class and one group per column, as
+    the notebook projects show."""
+    train = images[images["split"] == "train"]
+    classes = sorted(train["class"].unique())
+    label_w = SAMPLE_LABEL_WIDTH
+    grid = Image.new(
+        "L", (label_w + SAMPLES_PER_CLASS * SAMPLE_TILE, len(classes) * SAMPLE_TILE), 0
+    )
+    draw = ImageDraw.Draw(grid)
+    for row, name in enumerate(classes):
+        draw.text((6, row * SAMPLE_TILE + SAMPLE_TILE // 2 - 6), name, fill=255)
+        # One image from each of the first groups: different patients, not one patient's slices.
+        samples = train[train["class"] == name].drop_duplicates("group")["image"]
+        for col, image in enumerate(samples[:SAMPLES_PER_CLASS]):
+            with Image.open(splits_dir / image) as tile:
+                small = tile.convert("L").resize(
+                    (SAMPLE_TILE - 4, SAMPLE_TILE - 4), Image.Resampling.BILINEAR
+                )
+            grid.paste(small, (label_w + col * SAMPLE_TILE + 2, row * SAMPLE_TILE + 2))
+    with atomic_file(target) as tmp:
+        grid.save(tmp, format="PNG")

@@ -37,14 +37,13 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.fileset import FileSet
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     BasicTextSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -56,9 +55,8 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from pydicom.valuerep import format_number_as_ds
 
-from lungct.phantom import ct_slice_dataset
+from lungct.phantom.dicom_writer import ct_slice_dataset, decimal_string, file_meta
 
 __all__ = [
     "BUILDERS",
@@ -178,8 +176,8 @@ def _ct(
     series: str = "",
     thickness: float = SLICE_THICKNESS,
 ) -> Dataset:
-    """A CT Image Storage dataset (via :func:`lungct.phantom.ct_slice_dataset`) holding exactly
-    the integer ``stored`` values (int16 or uint16) and the given rescale."""
+    """A CT Image Storage dataset (via :func:`lungct.phantom.dicom_writer.ct_slice_dataset`)
+    holding exactly the integer ``stored`` values (int16 or uint16) and the given rescale."""
     rows, cols = stored.shape
     ds = ct_slice_dataset(
         np.zeros((rows, cols), dtype=np.float32),
@@ -429,19 +427,17 @@ def _series(
         )
         if "y_shift" in s:
             x, y, z = _position(ds)
-            ds.ImagePositionPatient = [_ds(x), _ds(y + s["y_shift"]), _ds(z)]
+            ds.ImagePositionPatient = [
+                decimal_string(x),
+                decimal_string(y + s["y_shift"]),
+                decimal_string(z),
+            ]
         path = _save(ds, folder / s["name"])
         paths.append(path)
         dss.append(ds)
         stored_all.append(stored)
         hu_all.append(hu)
     return paths, dss, stored_all, hu_all
-
-
-def _ds(value: float) -> str:
-    """Decimal String as lungct.phantom writes it (integers without a decimal point)."""
-    v = round(float(value), 6) + 0.0
-    return str(int(v)) if v == int(v) else format_number_as_ds(v)
 
 
 def _sort_key(ds: Dataset) -> tuple[float, int]:
@@ -623,7 +619,7 @@ def series_gantry_tilt(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Ex
     ]
     paths, dss, stored, hu = _series(folder, "series_gantry_tilt", patient_id, slices)
     for ds, path in zip(dss, paths, strict=True):
-        ds.GantryDetectorTilt = _ds(GANTRY_TILT)
+        ds.GantryDetectorTilt = decimal_string(GANTRY_TILT)
         _save(ds, path)
     return _series_expect(paths, dss, stored, hu, patient_id, tilt=GANTRY_TILT)
 
@@ -642,15 +638,6 @@ def ct_localizer(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Expect:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]  # coronal projection
     return _single(ds, folder / "ct_localizer.dcm", stored, hu, patient_id, reason="localizer")
-
-
-def _meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta
 
 
 def _patient_study(ds: Dataset, key: str, patient_id: str) -> None:
@@ -678,7 +665,7 @@ def sr_document(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Expect:
     key = "sr_document"
     sop = _uid(key, patient_id, "instance")
     ds = Dataset()
-    ds.file_meta = _meta(BasicTextSRStorage, sop)
+    ds.file_meta = file_meta(BasicTextSRStorage, sop)
     _patient_study(ds, key, patient_id)
     ds.SOPClassUID = BasicTextSRStorage
     ds.SOPInstanceUID = sop
@@ -721,7 +708,7 @@ def secondary_capture(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Exp
     key = "secondary_capture"
     sop = _uid(key, patient_id, "instance")
     ds = Dataset()
-    ds.file_meta = _meta(SecondaryCaptureImageStorage, sop)
+    ds.file_meta = file_meta(SecondaryCaptureImageStorage, sop)
     _patient_study(ds, key, patient_id)
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = sop
@@ -959,7 +946,7 @@ def _enhanced(
     stored = np.stack([_stored_from_hu(hu[i], b) for i, b in enumerate(frame_intercepts)])
     sop = _uid(key, patient_id, "instance")
     ds = Dataset()
-    ds.file_meta = _meta(sop_class, sop)
+    ds.file_meta = file_meta(sop_class, sop)
     _patient_study(ds, key, patient_id)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop
@@ -1003,8 +990,8 @@ def _enhanced(
     shared.PixelMeasuresSequence = Sequence(
         [
             _item(
-                PixelSpacing=[_ds(PIXEL_SPACING), _ds(PIXEL_SPACING)],
-                SliceThickness=_ds(SLICE_THICKNESS),
+                PixelSpacing=[decimal_string(PIXEL_SPACING), decimal_string(PIXEL_SPACING)],
+                SliceThickness=decimal_string(SLICE_THICKNESS),
             )
         ]
     )
@@ -1013,7 +1000,13 @@ def _enhanced(
     )
     if not per_frame_rescale:
         shared.PixelValueTransformationSequence = Sequence(
-            [_item(RescaleIntercept=_ds(intercepts[0]), RescaleSlope="1", RescaleType="HU")]
+            [
+                _item(
+                    RescaleIntercept=decimal_string(intercepts[0]),
+                    RescaleSlope="1",
+                    RescaleType="HU",
+                )
+            ]
         )
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
 
@@ -1034,11 +1027,17 @@ def _enhanced(
             ]
         )
         frame.PlanePositionSequence = Sequence(
-            [_item(ImagePositionPatient=[_ds(x), _ds(y), _ds(z)])]
+            [_item(ImagePositionPatient=[decimal_string(x), decimal_string(y), decimal_string(z)])]
         )
         if per_frame_rescale:
             frame.PixelValueTransformationSequence = Sequence(
-                [_item(RescaleIntercept=_ds(intercepts[i]), RescaleSlope="1", RescaleType="HU")]
+                [
+                    _item(
+                        RescaleIntercept=decimal_string(intercepts[i]),
+                        RescaleSlope="1",
+                        RescaleType="HU",
+                    )
+                ]
             )
             frame.CTImageFrameTypeSequence = Sequence(
                 [_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"])]
