@@ -27,7 +27,7 @@ One run, in a temporary project folder, with the project's own stages as subproc
 
 Prints one table row per (task, split, recipe) with test accuracy, balanced
 accuracy (with the patient/group bootstrap 95 % interval) and group-level balanced
-accuracy from ``metrics/eval.json``, and writes all eval.json files to ``--out``.
+accuracy from ``metrics/eval_details.json``, and writes all of them to ``--out``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tasks", default="binary,default")
     parser.add_argument("--splits", default="grouped,official")
-    parser.add_argument("--out", type=Path, default=None, help="write all eval.json here")
+    parser.add_argument("--out", type=Path, default=None, help="write every eval_details.json here")
     args = parser.parse_args(argv)
     if not args.data.exists():
         sys.exit(f"{args.data}: not found (pass --data PATH to the Chest CT-Scan zip or folder)")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     train = {} if recipe == "default" else BASELINE_RECIPE
                     write_params(project, merge(split_params, {"train": train}))
                     seconds = stage("train", project) + stage("evaluate", project)
-                    ev = read_metrics(project, "eval.json")
+                    ev = read_metrics(project, "eval_details.json")
                     print(row(task, split, recipe, ev, seconds), flush=True)
                     results.append(
                         {

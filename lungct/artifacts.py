@@ -51,6 +51,8 @@ MODEL_FILE = Path("models/model.keras")
 CONTRACT_FILE = Path("models/labels.json")
 METRICS_DIR = Path("metrics")
 SPLIT_METRICS = METRICS_DIR / "split.json"
+TRAIN_LIVE_DIR = METRICS_DIR / "train"  # DVCLive's folder of the train stage
+CURVES_DIR = TRAIN_LIVE_DIR / "plots" / "metrics"  # its per-epoch curves: <side>/<metric>.tsv
 
 PROBABILITY_DECIMALS = 6  # in predictions.csv and predict's outputs
 SPLITS = ("train", "val", "test")  # the splits of data/splits, in this order

@@ -141,6 +141,43 @@ def roc_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]
     return curves
 
 
+HEADLINE = (
+    "accuracy",
+    "balanced_accuracy",
+    "ci_low",
+    "ci_high",
+    "macro_f1",
+    "roc_auc",
+    "loss",
+    "ece",
+    "leaky",
+)
+
+
+def headline(metrics: dict) -> dict:
+    """The figures a user compares across experiments (``metrics/eval.json``, DVC's declared
+    metrics, so that ``dvc metrics show`` fits 120 columns), from the full record
+    :func:`classification_metrics` gives with the split's ``leaky`` flag added by evaluate.
+
+    ``ci_low``/``ci_high``: the 95 % group-bootstrap interval of ``balanced_accuracy``
+    (``None`` without bootstrap); ``ece``: the calibration error.
+    """
+    interval = metrics.get("ci95", {}).get("balanced_accuracy", {})
+    figures = {
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "ci_low": interval.get("low"),
+        "ci_high": interval.get("high"),
+        "macro_f1": metrics["macro_f1"],
+        "roc_auc": metrics["roc_auc"],
+        "loss": metrics["loss"],
+        "ece": metrics["calibration"]["ece"],
+        "leaky": bool(metrics.get("split", {}).get("leaky")),
+    }
+    assert tuple(figures) == HEADLINE
+    return figures
+
+
 def classification_metrics(
     y_true: np.ndarray,
     probabilities: np.ndarray,

@@ -2,9 +2,11 @@
 
 Writes, all under ``metrics/``:
 
-- ``eval.json``: image-level, cancer-vs-normal, calibration and patient-level
-  metrics, patient-bootstrap intervals, and the split the test set came from
-  (keys in the README);
+- ``eval.json``: the headline figures (DVC's declared metrics: accuracy, balanced
+  accuracy and its interval, macro F1, ROC AUC, loss, ECE, leaky);
+- ``eval_details.json``: everything: image-level, cancer-vs-normal, calibration and
+  patient-level metrics, patient-bootstrap intervals, and the split the test set came
+  from (keys in docs/outputs.md);
 - ``predictions.csv``: one row per test image (group, actual, predicted, class
   probabilities): the data of both confusion-matrix plots;
 - ``roc/<class>.csv``: one-vs-rest ROC points per class;
@@ -23,6 +25,7 @@ import pandas as pd
 
 from lungct.artifacts import (
     CONTRACT_FILE,
+    CURVES_DIR,
     METRICS_DIR,
     MODEL_FILE,
     PROBABILITY_DECIMALS,
@@ -36,17 +39,17 @@ from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
 from lungct.charts import write_charts
 from lungct.contract import Contract
 from lungct.errors import UserError, run_stage
-from lungct.metrics import classification_metrics, roc_curves
+from lungct.metrics import classification_metrics, headline, roc_curves
 from lungct.params import Params, load_params
 from lungct.report import image_grid, markdown_report, write_roc
 
-METRICS_FILE = METRICS_DIR / "eval.json"
+METRICS_FILE = METRICS_DIR / "eval.json"  # the headline figures: DVC's declared metrics
+DETAILS_FILE = METRICS_DIR / "eval_details.json"  # everything measured, for report.md and people
 PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
 ROC_DIR = METRICS_DIR / "roc"
 GRID_FILE = METRICS_DIR / "test_grid.png"
 REPORT_FILE = METRICS_DIR / "report.md"
 CHARTS_DIR = METRICS_DIR / "charts"
-CURVES_DIR = METRICS_DIR / "train/plots/metrics"  # DVCLive's per-epoch curves (train stage)
 log = logging.getLogger("evaluate")
 
 
@@ -100,7 +103,8 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         charts = write_charts(tmp, CURVES_DIR, predictions, classes, curves)
     with atomic_file(REPORT_FILE) as tmp:
         tmp.write_text(markdown_report(metrics, split, charts, CHARTS_DIR.name), encoding="utf-8")
-    write_json(METRICS_FILE, metrics)  # last: its presence means the rest is complete
+    write_json(DETAILS_FILE, metrics)
+    write_json(METRICS_FILE, headline(metrics))  # last: its presence means the rest is complete
     log.info(
         "evaluate: test accuracy %.4f, balanced %.4f on %d images of %d groups (patients)%s",
         metrics["accuracy"],

@@ -17,6 +17,7 @@ from lungct.artifacts import (
     MODEL_FILE,
     SPLITS_DIR,
     SPLITS_TABLE,
+    TRAIN_LIVE_DIR,
     read_splits,
     split_images,
 )
@@ -26,7 +27,6 @@ from lungct.errors import UserError, run_stage
 from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "train.json"
-LIVE_DIR = METRICS_DIR / "train"
 
 log = logging.getLogger("train")
 
@@ -116,7 +116,7 @@ def fit(model, train_data, val_data, epochs: int, weights, callbacks: list) -> d
 
     # dvcyaml=False: the plots are declared in dvc.yaml; Live's own summary file is
     # dropped below because metrics/train.json is the stage's metrics file.
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+    with Live(str(TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         history = model.fit(
             train_data,
             validation_data=val_data,
@@ -126,7 +126,7 @@ def fit(model, train_data, val_data, epochs: int, weights, callbacks: list) -> d
             callbacks=[*callbacks, DVCLiveCallback(live=live)],
             verbose=2,
         ).history
-    (LIVE_DIR / "metrics.json").unlink(missing_ok=True)
+    (TRAIN_LIVE_DIR / "metrics.json").unlink(missing_ok=True)
     return history
 
 

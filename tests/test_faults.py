@@ -56,7 +56,7 @@ KILLS = [
     ("train", "train.json"),
     ("evaluate", "eval.json"),
 ]
-METRICS = ("convert.json", "split.json", "train.json", "eval.json")
+METRICS = ("convert.json", "split.json", "train.json", "eval.json", "eval_details.json")
 
 
 @pytest.fixture

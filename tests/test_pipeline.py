@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lungct.metrics import HEADLINE
 from lungct.params import merge
 from tests.conftest import TINY
 from tests.dvc_project import dvc, dvc_json, dvc_project, git, ran_stages, write_params
@@ -34,7 +35,7 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
     assert train["epochs"] == 1 and train["train_images"] == 6
     assert 0.0 <= train["val_accuracy"] <= 1.0 and train["loss"] > 0
 
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    evaluation = json.loads((repo / "metrics/eval_details.json").read_text())
     assert evaluation["images"] == 6 and evaluation["groups"] == 3
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["loss"] > 0
     assert set(evaluation["per_class"]) == {"benign", "malignant", "normal"}
@@ -42,7 +43,12 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
     assert evaluation["group_level"]["groups"] == 3
     assert evaluation["ci95"]["resamples"] == 1000
     assert evaluation["split"]["strategy"] == "grouped" and evaluation["split"]["leaky"] is False
-    json.loads((repo / "metrics/eval.json").read_text(), parse_constant=_no_nan)
+    json.loads((repo / "metrics/eval_details.json").read_text(), parse_constant=_no_nan)
+    headline = json.loads((repo / "metrics/eval.json").read_text(), parse_constant=_no_nan)
+    assert sorted(headline) == sorted(HEADLINE)
+    assert headline["balanced_accuracy"] == evaluation["balanced_accuracy"]
+    assert headline["ci_low"] == evaluation["ci95"]["balanced_accuracy"]["low"]
+    assert headline["ece"] == evaluation["calibration"]["ece"] and headline["leaky"] is False
     report = (repo / "metrics/report.md").read_text()
     assert "| balanced accuracy |" in report and "Slices are not patients" in report
     assert (repo / "metrics/test_grid.png").stat().st_size > 0
@@ -62,6 +68,14 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
 
 def _no_nan(token: str) -> None:
     raise AssertionError(f"eval.json holds {token}")
+
+
+def test_metrics_show_fits_120_columns(repo: Path):
+    """Only the headline figures are declared metrics: `dvc metrics show` is one narrow row."""
+    shown = dvc("metrics", "show", cwd=repo, stdout_only=True)
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[1].startswith("metrics/eval.json"), shown
+    assert max(len(line) for line in lines) <= 120, shown
 
 
 def test_second_repro_runs_nothing(repo: Path):
@@ -84,13 +98,14 @@ def test_metrics_diff_between_branches(repo: Path):
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "two epochs", cwd=repo)
     diff = dvc_json("metrics", "diff", "main", cwd=repo)
-    assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    assert set(diff) == {"metrics/eval.json"}  # the one declared metrics file
+    # Any committed summary can still be compared by naming it.
+    details = dvc_json("metrics", "diff", "main", "--targets", "metrics/train.json", cwd=repo)
+    assert details["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
     params_diff = dvc_json("params", "diff", "main", cwd=repo)
     assert params_diff["params.yaml"]["train.epochs"]["new"] == 2
-    # A second epoch moves the weights: the test loss and calibration change; nested keys
-    # come out flattened, as a reviewer reads them.
-    assert {"loss", "calibration.brier"} <= set(diff["metrics/eval.json"])
-    assert "split.strategy" not in diff["metrics/eval.json"]
+    # A second epoch moves the weights: the test loss and calibration change.
+    assert {"loss", "ece"} <= set(diff["metrics/eval.json"])
     plots = dvc_json("plots", "diff", "main", "--split", cwd=repo)["data"]
     for plot in ("loss", "accuracy", "confusion", "confusion_normalized"):
         assert plot in plots, sorted(plots)

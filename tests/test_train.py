@@ -66,6 +66,7 @@ def test_same_params_same_metrics_and_predictions(splits_ready):
                 for name in (
                     "metrics/train.json",
                     "metrics/eval.json",
+                    "metrics/eval_details.json",
                     "metrics/predictions.csv",
                     "models/model.keras",  # one DVC hash for one training (no save time inside)
                 )
