@@ -39,6 +39,7 @@ GRADCAM_CAVEAT = (
     "a nodule or a tumour, it can highlight normal anatomy or the black padding, and a "
     "bright area is not a finding."
 )
+REJECTED = "Rejected: not a CT slice or image this app can read."
 NOT_A_DEVICE = (
     "A research model trained on this project's data, for checking the pipeline. "
     "Not a medical device; not for diagnosis."
@@ -168,12 +169,13 @@ def main() -> None:
     in_use: set[str] = set()
     for upload in uploads or []:
         st.divider()
-        st.subheader(upload.name)
+        # File names and reasons (which can quote the file's own attributes) are the
+        # uploader's text: shown as plain text, never as markdown (links, images, HTML).
+        st.text(upload.name)
         result = analyse(predictor, upload.getvalue(), in_use)
         if isinstance(result, str):
-            st.error(
-                f"{upload.name}: rejected, not a CT slice or image this app can read: {result}"
-            )
+            st.error(REJECTED)
+            st.text(f"{upload.name}: {result}")
             continue
         show_upload(upload.file_id, result, predictor)
     analysed = st.session_state.get("analysed", {})

@@ -6,11 +6,12 @@ All paths are relative to the project root, where DVC runs every stage.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from lungct.errors import UserError
+from lungct.errors import UserError, first_line
 
 RAW_DIR = Path("data/raw")
 RAW_LABELS = "labels.csv"  # PatientID -> label, written by download for DICOM sources
@@ -26,7 +27,11 @@ MANIFEST_COLUMNS = [
     "detail",
     "patient_id",
     "label",
+    "label_source",
+    "readers",
+    "score",
     "series_uid",
+    "slice_key",
     "instance_number",
     "frame",
     "slice_position",
@@ -42,11 +47,13 @@ MANIFEST_COLUMNS = [
     "columns",
     "mode",
     "official_split",
+    "crop_center",
     "phash",
     "layout",
 ]
 SPLITS_DIR = Path("data/splits")
 SPLITS_TABLE = "splits.csv"
+SPLITS_COLUMNS = ("image", "class", "split", "group", "source")  # written by split
 MODEL_FILE = Path("models/model.keras")
 CONTRACT_FILE = Path("models/labels.json")
 METRICS_DIR = Path("metrics")
@@ -70,19 +77,31 @@ SPLIT_KEYS = (
 )
 
 
-def _read_table(path: Path, producer: str) -> pd.DataFrame:
+def _read_table(path: Path, producer: str, columns: Sequence[str]) -> pd.DataFrame:
+    """A table a stage wrote; empty, garbled or without its columns: one line, not a
+    traceback (the file was damaged or comes from an older version)."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the {producer} stage first: dvc repro)") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{path}: not a readable table ({first_line(exc)}); rerun the {producer} stage"
+        ) from None
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}; rerun the {producer} stage"
+        )
+    return table
 
 
 def read_manifest(converted: Path = CONVERTED_DIR) -> pd.DataFrame:
-    return _read_table(converted / MANIFEST, "convert")
+    return _read_table(converted / MANIFEST, "convert", MANIFEST_COLUMNS)
 
 
 def read_splits(splits_dir: Path = SPLITS_DIR) -> pd.DataFrame:
-    return _read_table(splits_dir / SPLITS_TABLE, "split")
+    return _read_table(splits_dir / SPLITS_TABLE, "split", SPLITS_COLUMNS)
 
 
 def split_images(
@@ -97,7 +116,11 @@ def split_images(
     unknown = sorted(set(rows["class"]) - set(index))
     if unknown:
         raise UserError(f"{source}: {split} split has classes the model does not know: {unknown}")
-    return [str(splits_dir / image) for image in rows["image"]], [index[c] for c in rows["class"]]
+    paths = [splits_dir / image for image in rows["image"]]
+    absent = next((path for path in paths if not path.is_file()), None)
+    if absent is not None:
+        raise UserError(f"{source}: lists {absent}, which is not there; rerun the split stage")
+    return [str(path) for path in paths], [index[c] for c in rows["class"]]
 
 
 def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
@@ -116,6 +139,8 @@ def read_labels(raw: Path) -> dict[str, str]:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the download stage first)") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable table ({first_line(exc)})") from None
     missing = {"PatientID", "label"} - set(table.columns)
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")

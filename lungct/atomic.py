@@ -7,18 +7,22 @@ Everything is written under a temporary sibling name and moved into place with
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from lungct.errors import UserError
+
 
 def _clear_stale(target: Path) -> None:
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -48,18 +52,44 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.replace(tmp, target)
 
 
+def check_replaceable(target: Path) -> None:
+    """Raise :class:`UserError` unless ``target`` is a new path or a regular file: a file
+    write never replaces a folder, a symbolic link (nor writes through it), a FIFO, a
+    socket or a device with a regular file."""
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new path (or one whose parent cannot be made: the write says so)
+    if stat.S_ISREG(mode):
+        return
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((words for test, words in kinds if test(mode)), "a device")
+    raise UserError(f"{target}: is {kind}; give a new path or a regular file to replace")
+
+
 @contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temporary path (same suffix) that replaces ``target`` when the block succeeds."""
+    """Yield a temporary path (same suffix) that replaces ``target`` when the block succeeds.
+
+    ``target`` must be a new path or a regular file (:func:`check_replaceable`), checked
+    before and again just before the move; on any failure the temporary file is removed.
+    """
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(target)
     tmp = _tmp_sibling(target, target.suffix)  # keep the suffix: Keras checks it
     try:
         yield tmp
+        check_replaceable(target)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, target)
 
 
 def write_json(path: Path, obj: object) -> None:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from lungct.artifacts import CONTRACT_FILE
 from lungct.atomic import write_json
-from lungct.errors import UserError
+from lungct.errors import SkippedFile, UserError
+from lungct.limits import MAX_IMAGE_BYTES
 from lungct.params import Params
+from lungct.windowing import is_window
 
 # What the model takes, and how raw files become it (for a person reading labels.json).
 MODEL_INPUT = "float32 pixel values 0..255 (the model rescales to 0..1)"
@@ -48,20 +50,40 @@ class _ConvertLike(Protocol):
     windows: Sequence[_WindowLike]
     file_window: bool
     image_size: int
+    max_image_bytes: int
+    context_slices: int
+    crop: str
+    crop_mm: float
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How raw files become model inputs: CT windows in HU (center, width), whether the
-    first channel takes the file's own window, and the side of the square input."""
+    first channel takes the file's own window, and the side of the square input.
+
+    ``max_image_bytes`` is the largest declared image decoded (:mod:`lungct.limits`): the
+    convert stage takes it from params, predict and the app use the default. It guards the
+    machine, not the model, so it is not part of the contract (nor of equality)."""
 
     windows: tuple[tuple[float, float], ...]
     file_window: bool
     image_size: int
+    max_image_bytes: int = field(default=MAX_IMAGE_BYTES, compare=False)
+    # 2.5-D: neighbours on each side stacked as channels (each times the windows)
+    context_slices: int = 0
+    # "lesion": trained on crop_mm squares around annotated lesions (convert only: a raw
+    # file carries no annotation, so predict and the app say so and use the whole slice)
+    crop: str = "none"
+    crop_mm: float = 0.0
 
     @property
     def channels(self) -> int:
-        return len(self.windows)
+        return len(self.windows) * self.depth
+
+    @property
+    def depth(self) -> int:
+        """Slices stacked per example: the slice and its neighbours."""
+        return 2 * self.context_slices + 1
 
     @classmethod
     def from_params(cls, params: _ConvertLike) -> Preprocessing:
@@ -71,14 +93,29 @@ class Preprocessing:
             windows=tuple((float(w.center), float(w.width)) for w in params.windows),
             file_window=bool(params.file_window),
             image_size=int(params.image_size),
+            max_image_bytes=int(params.max_image_bytes),
+            context_slices=int(params.context_slices),
+            crop=str(params.crop),
+            crop_mm=float(params.crop_mm) if params.crop != "none" else 0.0,
         )
 
     def windows_for(self, frame: _FrameLike) -> list[tuple[float, float]]:
         """The windows of one frame: the configured ones, the first replaced by the file's
-        own Window Center/Width when ``file_window`` is on and the file has one."""
+        own Window Center/Width when ``file_window`` is on and the file has one.
+
+        A file window that is there but is no window (not a number, infinite, width not
+        positive) skips the file (``bad_window``): the first channel was asked to be the
+        file's own window, and this file's is damaged."""
         windows = list(self.windows)
         if self.file_window and frame.window is not None:
-            windows[0] = frame.window
+            center, width = frame.window
+            if not is_window(center, width):
+                raise SkippedFile(
+                    "bad_window",
+                    f"the file's Window Center/Width {center:g}/{width:g} is not a window "
+                    "(file_window: true)",
+                )
+            windows[0] = (center, width)
         return windows
 
 
@@ -106,6 +143,8 @@ class Contract:
             "channels": prep.channels,
             "windows": [{"center": c, "width": w} for c, w in prep.windows],
             "file_window": prep.file_window,
+            "context_slices": prep.context_slices,
+            "crop": {"kind": prep.crop, "mm": prep.crop_mm},
             "input": MODEL_INPUT,
             "preprocessing": list(PREPROCESSING_STEPS),
         }
@@ -159,13 +198,37 @@ class Contract:
         finite = all(abs(v) < float("inf") for window in windows for v in window)
         if not windows or not finite or any(not width > 0 for _, width in windows):
             raise bad("windows must be one or more finite windows of positive width")
-        if channels != len(windows):
-            raise bad(f"channels {channels} but {len(windows)} window(s)")
+        # Added later: a contract without them is of a model of single whole slices.
+        context = data.get("context_slices", 0)
+        crop = data.get("crop", {"kind": "none", "mm": 0.0})
+        if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 8:
+            raise bad("context_slices must be an integer from 0 to 8")
+        if (
+            not isinstance(crop, dict)
+            or crop.get("kind") not in ("none", "lesion")
+            or isinstance(crop.get("mm"), bool)
+            or not isinstance(crop.get("mm"), (int, float))
+            or not 0 <= crop["mm"] < float("inf")
+        ):
+            raise bad("crop must be {kind: none | lesion, mm: a number}")
+        depth = 2 * context + 1
+        if channels != len(windows) * depth:
+            raise bad(
+                f"channels {channels} but {len(windows)} window(s) x {depth} slice(s) "
+                f"(context_slices {context})"
+            )
         if size < 1:
             raise bad(f"image_size {size}")
         if not isinstance(data["file_window"], bool):
             raise bad("file_window must be true or false")
-        prep = Preprocessing(windows=windows, file_window=data["file_window"], image_size=size)
+        prep = Preprocessing(
+            windows=windows,
+            file_window=data["file_window"],
+            image_size=size,
+            context_slices=context,
+            crop=crop["kind"],
+            crop_mm=float(crop["mm"]),
+        )
         return cls(tuple(classes), prep)
 
     def check_model(self, model: Any, model_path: Path | str, source: Path | str = CONTRACT_FILE):

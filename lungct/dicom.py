@@ -9,33 +9,59 @@ done in float32: pydicom 3 returns int16/uint16 arrays, and under NumPy 2
 ``uint16 - 1024`` wraps around silently. MONOCHROME1 only says how to *display*
 values (C.7.6.3.1.2); it never changes HU, so nothing here inverts it.
 
-A file that is not a CT slice we can use raises :class:`SkippedFile` with a reason code.
+A file that is not a CT slice we can use raises :class:`SkippedFile` with a reason code,
+before anything is decoded where the header tells: every attribute the reader uses must
+be well formed (``bad_attribute``, ``bad_rescale``, ``bad_lut``), and the declared image
+size must pass :mod:`lungct.limits` (``too_large``). Deflated files are inflated once,
+counting bytes, before pydicom inflates them whole; large elements are read only when
+needed (``defer_size``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (
+    UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
     LegacyConvertedEnhancedCTImageStorage,
     MediaStorageDirectoryStorage,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from lungct.errors import SkippedFile, first_line
+from lungct.errors import SkippedFile, describe, first_line
+from lungct.limits import MAX_EXPANSION, MAX_IMAGE_BYTES, allowed_bytes, check_size, size_text
 
 AIR_HU = -1000.0
 CT_SOP_CLASSES = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
 PREAMBLE = 128
 PREFIX = b"DICM"  # after the preamble, in every Part 10 file
+DEFER_BYTES = 64 * 1024  # elements larger than this are read from the file only when used
+CHUNK_BYTES = 2**20  # inflating a deflated file, a chunk at a time
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+BITS_ALLOCATED = (1, 8, 16, 32, 64)  # what pixel data decoders know (PS3.5 8.1.1)
+# pydicom's own warnings on odd values repeat what a reason code says, on many lines.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -51,7 +77,26 @@ class CTFrame:
     rescale_type: str  # "HU" unless the file says otherwise
     transfer_syntax: str
     gantry_tilt: float | None  # degrees, when the file records it
-    window: tuple[float, float] | None  # the file's own first Window Center/Width
+    # The file's own first Window Center/Width as found (NaN where not a number); checked
+    # where it is used (Preprocessing.windows_for, file_window).
+    window: tuple[float, float] | None
+    geometry: FrameGeometry | None = None  # where the slice lies (crops, annotations)
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where one frame lies in the patient, and what identifies it: what annotation files
+    refer to (SOP Instance UID, positions in mm) and what pixel <-> world conversions
+    need. Read from the header alone by :func:`read_geometry`."""
+
+    key: str  # SOPInstanceUID, or "<SOPInstanceUID>#<frame>" for a frame of a multi-frame file
+    series_uid: str
+    patient_id: str
+    frame: int
+    position: float | None  # mm along the slice normal
+    origin: tuple[float, float, float] | None  # ImagePositionPatient
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6)
+    spacing: tuple[float, float] | None  # PixelSpacing: (between rows, between columns)
 
 
 def padding_mask(
@@ -105,39 +150,181 @@ def slice_position(position: object, orientation: object) -> float | None:
     if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
         return None
     normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return float(np.dot(normal, np.asarray(position, dtype=float)))
+    value = float(np.dot(normal, np.asarray(position, dtype=float)))
+    return value if math.isfinite(value) else None
 
 
-def _first(value: object) -> float | None:
-    """First value of a possibly multi-valued DS element."""
-    if value is None or value == "":
+# --------------------------------------------------------------------------------------------
+# Attributes: every value the reader uses is checked before it is used
+# --------------------------------------------------------------------------------------------
+def _show(value: object) -> str:
+    text = repr(value) if isinstance(value, (str, bytes)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _value(ds: Dataset | None, keyword: str, reason: str = "bad_attribute") -> object:
+    """The value of ``keyword``, None when absent or empty; one that pydicom cannot convert
+    (``abc`` in a decimal string) is skipped with ``reason``."""
+    if ds is None or keyword not in ds:
         return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return float(value[0]) if len(value) else None
-    return float(value)
+    try:
+        value = ds[keyword].value
+    except Exception as exc:  # pydicom converts on access
+        raise SkippedFile(reason, f"{keyword}: {first_line(exc)}") from None
+    if value is None or (isinstance(value, (str, bytes, list, MultiValue)) and len(value) == 0):
+        return None
+    return value
 
 
-def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
-    seq = ds.get(sequence) if ds is not None else None
-    return seq[0] if seq else None
+def _numbers(value: object, keyword: str, count: int, reason: str = "bad_attribute") -> list[float]:
+    """Exactly ``count`` finite numbers, or :class:`SkippedFile` naming the attribute."""
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        numbers = [float(v) for v in values]  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        numbers = []
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        what = "a finite number" if count == 1 else f"{count} finite numbers"
+        raise SkippedFile(reason, f"{keyword} {_show(value)} is not {what}")
+    return numbers
 
 
-def _frame_attribute(ds: Dataset, index: int, sequence: str, keyword: str) -> object:
-    """An attribute of an enhanced multi-frame object: per-frame group first, then shared."""
+def _number(ds: Dataset | None, keyword: str, reason: str = "bad_attribute") -> float | None:
+    value = _value(ds, keyword, reason)
+    return None if value is None else _numbers(value, keyword, 1, reason)[0]
+
+
+def _integer(
+    ds: Dataset,
+    keyword: str,
+    low: int,
+    high: int | None = None,
+    default: int | None = None,
+    required: bool = False,
+) -> int | None:
+    """An integer attribute in ``[low, high]``; ``default`` when absent (unless required)."""
+    value = _value(ds, keyword)
+    if value is None:
+        if required:
+            raise SkippedFile("bad_attribute", f"{keyword} is missing")
+        return default
+    number = _numbers(value, keyword, 1)[0]
+    if number != int(number) or number < low or (high is not None and number > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise SkippedFile("bad_attribute", f"{keyword} {_show(value)} is not an integer {bounds}")
+    return int(number)
+
+
+def _first(value: object) -> float:
+    """First value of a possibly multi-valued DS element; NaN when it is not a number."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def _window(center_in: Dataset | None, width_in: Dataset | None) -> tuple[float, float] | None:
+    """The file's first Window Center/Width as found (NaN where it is not a number), None
+    without one: it is checked only where it is used (``file_window``)."""
+    try:
+        center = _value(center_in, "WindowCenter")
+        width = _value(width_in, "WindowWidth")
+    except SkippedFile:
+        return (math.nan, math.nan)
+    if center is None or width is None:
+        return None
+    return _first(center), _first(width)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The pixel data a header declares (PS3.3 C.7.6.3 Image Pixel, C.7.6.6 Multi-frame)."""
+
+    rows: int
+    columns: int
+    frames: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of decoded pixel data: what decoding would allocate (one sample a pixel)."""
+        return (self.rows * self.columns * self.frames * self.bits_allocated + 7) // 8
+
+    def __str__(self) -> str:
+        frames = f"{self.frames} frames of " if self.frames > 1 else ""
+        return f"{frames}{self.rows} x {self.columns} pixels of {self.bits_allocated} bits"
+
+
+def _layout(ds: Dataset) -> _Layout:
+    rows = _integer(ds, "Rows", 1, required=True)
+    columns = _integer(ds, "Columns", 1, required=True)
+    bits = _integer(ds, "BitsAllocated", 1, 64, required=True)
+    if bits not in BITS_ALLOCATED:
+        raise SkippedFile("bad_attribute", f"BitsAllocated {bits} is not one of 1, 8, 16, 32, 64")
+    samples = _integer(ds, "SamplesPerPixel", 1, default=1)
+    if samples != 1:
+        raise SkippedFile("not_grayscale", f"SamplesPerPixel {samples}")
+    frames = _integer(ds, "NumberOfFrames", 1, default=1)
+    bits_stored = _integer(ds, "BitsStored", 1, bits, default=bits)
+    signed = _integer(ds, "PixelRepresentation", 0, 1, default=0) == 1
+    assert rows and columns and bits and frames and bits_stored  # required or defaulted
+    return _Layout(rows, columns, frames, bits, bits_stored, signed)
+
+
+def _frame_item(ds: Dataset, index: int, sequence: str, keyword: str) -> Dataset | None:
+    """Where an attribute of an enhanced multi-frame object is: the frame's own functional
+    group first, then the shared one; None when neither has it."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     groups = [per_frame[index] if per_frame and index < len(per_frame) else None]
-    groups.append(_item(ds, "SharedFunctionalGroupsSequence"))
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    groups.append(shared[0] if shared else None)
     for group in groups:
-        item = _item(group, sequence)
+        seq = group.get(sequence) if group is not None else None
+        item = seq[0] if seq else None
         if item is not None and keyword in item:
-            return item.get(keyword)
+            return item
     return None
 
 
+def _check_lut(ds: Dataset) -> None:
+    """A Modality LUT Sequence pydicom can apply: a descriptor of 3 integers (entries, first
+    mapped value, 8 or 16 bits) and at least as many entries of LUT Data (PS3.3 C.11.1.1)."""
+    seq = ds.get("ModalityLUTSequence")
+    item = seq[0] if seq else None
+    if item is None:
+        raise SkippedFile("bad_lut", "empty Modality LUT Sequence")
+    descriptor = _value(item, "LUTDescriptor", "bad_lut")
+    data = _value(item, "LUTData", "bad_lut")
+    entries, _, bits = (int(v) for v in _numbers(descriptor, "LUTDescriptor", 3, "bad_lut"))
+    entries = entries or 2**16
+    if bits not in (8, 16):
+        raise SkippedFile("bad_lut", f"LUTDescriptor: {bits} bits (8 or 16)")
+    if data is None:
+        raise SkippedFile("bad_lut", "no LUT Data")
+    length = len(data) // 2 if isinstance(data, bytes) else len(data)  # type: ignore[arg-type]
+    if length < entries:
+        raise SkippedFile("bad_lut", f"LUT Data has {length} entries, LUTDescriptor says {entries}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
 def has_dicom_prefix(path: Path) -> bool:
     """A DICOM Part 10 file: a 128-byte preamble, then ``DICM`` (PS3.10 7.1)."""
     with Path(path).open("rb") as stream:
         return stream.read(PREAMBLE + len(PREFIX))[PREAMBLE:] == PREFIX
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom warns at length about odd values; a skipped file's reason says it once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _check_preamble(path: Path) -> None:
@@ -146,10 +333,10 @@ def _check_preamble(path: Path) -> None:
     if has_dicom_prefix(path):
         return
     try:  # a dataset without the Part 10 header, or not DICOM at all?
-        with warnings.catch_warnings():  # forced reads of non-DICOM bytes warn at length
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-            looks_dicom = "SOPClassUID" in ds or "Modality" in ds
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=DEFER_BYTES)
+        looks_dicom = "SOPClassUID" in ds or "Modality" in ds
+    except MemoryError:
+        raise
     except Exception:
         looks_dicom = False
     if looks_dicom:
@@ -157,10 +344,87 @@ def _check_preamble(path: Path) -> None:
     raise SkippedFile("not_dicom")
 
 
-def _decoder_problem(ds: Dataset) -> str | None:
+def _file_meta(stream: BinaryIO) -> tuple[int, str]:
+    """Where the data set starts, after the File Meta group (explicit VR little endian,
+    PS3.10 7.1), and the Transfer Syntax UID the group names ("" without one)."""
+    stream.seek(PREAMBLE + len(PREFIX))
+    syntax = ""
+    while True:
+        start = stream.tell()
+        head = stream.read(8)  # tag, VR, and a 2-byte length or 2 reserved bytes
+        if len(head) < 8 or head[:2] != b"\x02\x00":
+            return start, syntax
+        if head[4:6].decode("latin-1") in EXPLICIT_VR_LENGTH_32:  # PS3.5 7.1.2
+            length = int.from_bytes(stream.read(4), "little")
+        else:
+            length = int.from_bytes(head[6:8], "little")
+        if head[2:4] == b"\x10\x00":  # (0002,0010) Transfer Syntax UID
+            syntax = stream.read(min(length, 64)).rstrip(b"\0 ").decode("ascii", "replace")
+            length -= min(length, 64)
+        stream.seek(length, 1)
+
+
+def _check_deflated(path: Path, file_bytes: int, limit: int) -> bool:
+    """Whether the file is Deflated Explicit VR Little Endian, having checked what it
+    inflates to: pydicom inflates the whole data set at once, even to read the header, so
+    it is inflated here first a chunk at a time, counting, and refused past the limits."""
+    with path.open("rb") as stream:
+        start, syntax = _file_meta(stream)
+        if syntax != DeflatedExplicitVRLittleEndian:
+            return False
+        allowed = allowed_bytes(file_bytes, limit)
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        stream.seek(start)
+        while (chunk := stream.read(CHUNK_BYTES)) and not inflate.eof:
+            while chunk:
+                try:
+                    inflated += len(inflate.decompress(chunk, CHUNK_BYTES))
+                except zlib.error as exc:
+                    raise SkippedFile(
+                        "unreadable", f"deflated data set: {first_line(exc)}"
+                    ) from None
+                if inflated > allowed:
+                    raise SkippedFile(
+                        "too_large",
+                        f"the deflated data set inflates to over {size_text(allowed)} from a "
+                        f"file of {size_text(file_bytes)} (convert.max_image_bytes, or "
+                        f"{MAX_EXPANSION} times the file: a decompression bomb)",
+                    )
+                chunk = inflate.unconsumed_tail
+    return True
+
+
+def _read(path: Path, deflated: bool) -> Dataset:
+    """The data set, large elements left in the file until used (a deflated one is in
+    memory already, and checked)."""
+    try:
+        return pydicom.dcmread(path, defer_size=None if deflated else DEFER_BYTES)
+    except InvalidDicomError as exc:
+        raise SkippedFile("not_dicom", first_line(exc)) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # a header cut short or garbled
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except MemoryError:
+            raise
+        except Exception:
+            raise SkippedFile("unreadable", describe(exc)) from None
+        raise SkippedFile("truncated_pixel_data", describe(exc)) from None
+
+
+def _decoder_problem(syntax: UID | None) -> str | None:
     """Why this file's pixel data cannot be decoded here, naming what would decode it."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is None or not syntax.is_compressed:
+    if syntax is None:
+        return None
+    try:
+        known, compressed = syntax.is_transfer_syntax, syntax.is_compressed
+    except ValueError:  # a private or made-up UID
+        known, compressed = False, False
+    if not known:
+        return f"{syntax}: not a transfer syntax pydicom knows"
+    if not compressed:
         return None
     try:
         decoder = get_decoder(syntax)
@@ -172,37 +436,98 @@ def _decoder_problem(ds: Dataset) -> str | None:
     return f"{syntax.name} ({syntax}) needs {needs}"
 
 
-def _native_length_short(ds: Dataset) -> bool:
-    """Native (uncompressed) pixel data shorter than Rows x Columns x frames x bytes."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed:
-        return False
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    expected = (
-        int(ds.Rows)
-        * int(ds.Columns)
-        * frames
-        * int(ds.get("SamplesPerPixel", 1))
-        * int(ds.BitsAllocated)
-        // 8
-    )
-    return len(ds.PixelData) < expected
+def _check_native(ds: Dataset, layout: _Layout, file_bytes: int, limit: int) -> None:
+    """Native (uncompressed) pixel data holds what the header declares, and no more than
+    the limit (a deferred element is read whole when used)."""
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    if elem.value is None and hasattr(elem, "value_tell"):  # deferred: still in the file
+        length = int(elem.length)
+        present = max(0, min(length, file_bytes - int(elem.value_tell)))
+    else:
+        length = present = len(elem.value or b"")
+    check_size(length, length, limit, f"a pixel data element of {length} bytes")
+    if present < layout.nbytes:
+        raise SkippedFile(
+            "truncated_pixel_data",
+            f"{present} bytes of pixel data for {layout} ({layout.nbytes} bytes)",
+        )
 
 
-def read_ct(path: Path) -> list[CTFrame]:
-    """Read one CT file (single-frame, Enhanced CT or Legacy Converted Enhanced CT)
-    into HU frames; raise :class:`SkippedFile` with a reason code otherwise."""
-    _check_preamble(path)
+def _j2k_shape(frame: bytes) -> tuple[int, int, int] | None:
+    """Rows, columns and components of a JPEG 2000 codestream (SIZ, ISO 15444-1 A.5.1)."""
+    start = frame.find(b"\xff\x4f\xff\x51")  # SOC, then SIZ
+    siz = frame[start + 4 : start + 42] if start >= 0 else b""
+    if len(siz) < 38:
+        return None
+    x, y, x0, y0 = (int.from_bytes(siz[i : i + 4], "big") for i in (4, 8, 12, 16))
+    return y - y0, x - x0, int.from_bytes(siz[36:38], "big")
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def _jpeg_shape(frame: bytes) -> tuple[int, int, int] | None:
+    """Rows, columns and components of a JPEG or JPEG-LS frame (its SOF marker segment)."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(frame) and frame[i] == 0xFF:
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            sof = frame[i + 4 : i + 10]  # precision, height, width, components
+            if len(sof) < 6:
+                return None
+            return int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big"), sof[5]
+        i += 2 + int.from_bytes(frame[i + 2 : i + 4], "big")
+    return None
+
+
+def _check_codestreams(ds: Dataset, syntax: UID, layout: _Layout) -> None:
+    """Each compressed frame declares the Rows x Columns of the header: decoders allocate
+    what the codestream says, whatever the header says."""
+    if syntax in JPEG2000TransferSyntaxes:
+        shape_of, name = _j2k_shape, "JPEG 2000"
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        shape_of, name = _jpeg_shape, "JPEG"
+    else:
+        return  # RLE decodes into Rows x Columns
+    want = (layout.rows, layout.columns, 1)
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise SkippedFile("not_dicom", first_line(exc)) from None
-    except Exception as exc:  # a header cut short or garbled
-        try:
-            pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            raise SkippedFile("unreadable", f"{type(exc).__name__}: {exc}") from None
-        raise SkippedFile("truncated_pixel_data", f"{type(exc).__name__}: {exc}") from None
+        frames = generate_frames(ds.PixelData, number_of_frames=layout.frames)
+        for number, frame in enumerate(frames, 1):
+            shape = shape_of(frame)
+            if shape != want:
+                found = " x ".join(map(str, shape)) if shape else f"no {name} header"
+                raise SkippedFile(
+                    "unreadable_pixels",
+                    f"frame {number}: {found}, but Rows x Columns x Samples say "
+                    f"{' x '.join(map(str, want))}",
+                )
+    except (SkippedFile, MemoryError):
+        raise
+    except Exception as exc:  # fragments that do not parse
+        raise SkippedFile("unreadable_pixels", describe(exc)) from None
+
+
+def read_ct(path: Path, max_bytes: int = MAX_IMAGE_BYTES, frame_bytes: int = 0) -> list[CTFrame]:
+    """Read one CT file (single-frame, Enhanced CT or Legacy Converted Enhanced CT)
+    into HU frames; raise :class:`SkippedFile` with a reason code otherwise.
+
+    ``max_bytes``: the largest declared image to decode (``convert.max_image_bytes``).
+    ``frame_bytes``: what each frame becomes besides its pixels (a model image): 100 000
+    frames of 1 x 1 pixels declare little, but make 100 000 model images."""
+    path = Path(path)
+    with _quiet():
+        _check_preamble(path)
+        return _read_ct(path, max_bytes, frame_bytes)
+
+
+def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
+    file_bytes = path.stat().st_size
+    ds = _read(path, _check_deflated(path, file_bytes, max_bytes))
     media = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if media == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise SkippedFile("dicomdir")
@@ -210,81 +535,154 @@ def read_ct(path: Path) -> list[CTFrame]:
     if sop_class not in CT_SOP_CLASSES:
         name = getattr(sop_class, "name", None) or str(sop_class or "missing")
         raise SkippedFile("not_ct", f"SOP class {name}")
-    if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+    image_type = ds.get("ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else image_type
+    if "LOCALIZER" in [str(v).upper() for v in image_type]:
         raise SkippedFile("localizer")
     if "PixelData" not in ds:
         raise SkippedFile("no_pixel_data")
-    problem = _decoder_problem(ds)
+    layout = _layout(ds)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    problem = _decoder_problem(syntax)
     if problem:
         raise SkippedFile("no_decoder", problem)
-    if _native_length_short(ds):
-        raise SkippedFile("truncated_pixel_data", f"{len(ds.PixelData)} bytes of pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise SkippedFile("not_grayscale", f"SamplesPerPixel {ds.SamplesPerPixel}")
+    if layout.frames * frame_bytes > layout.nbytes:
+        what = f"{layout} ({layout.frames} model images of {size_text(frame_bytes)})"
+        check_size(layout.frames * frame_bytes, file_bytes, max_bytes, what)
+    check_size(layout.nbytes, file_bytes, max_bytes, str(layout))
+    if syntax is not None and syntax.is_compressed:
+        _check_codestreams(ds, syntax, layout)
+    else:
+        _check_native(ds, layout, file_bytes, max_bytes)
     try:
         stored = ds.pixel_array
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise SkippedFile("unreadable_pixels", f"{type(exc).__name__}: {exc}") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    stored = stored.reshape(frames, int(ds.Rows), int(ds.Columns))
-    return [_frame(ds, stored[i], i) for i in range(frames)]
-
-
-def _frame(ds: Dataset, stored: np.ndarray, index: int) -> CTFrame:
-    mask = padding_mask(
-        stored,
-        ds.get("PixelPaddingValue"),
-        ds.get("PixelPaddingRangeLimit"),
-        bits_stored=int(ds.get("BitsStored", 16)),
-        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+        raise SkippedFile("unreadable_pixels", describe(exc)) from None
+    if stored.size != layout.frames * layout.rows * layout.columns:
+        raise SkippedFile("unreadable_pixels", f"decoded {stored.shape}, expected {layout}")
+    stored = stored.reshape(layout.frames, layout.rows, layout.columns)
+    padding = (
+        _integer(ds, "PixelPaddingValue", -(2**31), 2**32 - 1),
+        _integer(ds, "PixelPaddingRangeLimit", -(2**31), 2**32 - 1),
     )
-    if ds.SOPClassUID != CTImageStorage:  # enhanced objects: functional groups
-        slope = _frame_attribute(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _frame_attribute(
-            ds, index, "PixelValueTransformationSequence", "RescaleIntercept"
-        )
-        rescale_type = _frame_attribute(
-            ds, index, "PixelValueTransformationSequence", "RescaleType"
-        )
-        position = _frame_attribute(ds, index, "PlanePositionSequence", "ImagePositionPatient")
-        orientation = _frame_attribute(
-            ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"
-        )
-        center = _frame_attribute(ds, index, "FrameVOILUTSequence", "WindowCenter")
-        width = _frame_attribute(ds, index, "FrameVOILUTSequence", "WindowWidth")
-        if slope is None and intercept is None:  # some writers keep the top-level module
-            slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    else:
-        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-        rescale_type = ds.get("RescaleType")
-        position = ds.get("ImagePositionPatient")
-        orientation = ds.get("ImageOrientationPatient")
-        center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    return [_frame(ds, stored[i], i, layout, padding) for i in range(layout.frames)]
+
+
+def _frame(
+    ds: Dataset,
+    stored: np.ndarray,
+    index: int,
+    layout: _Layout,
+    padding: tuple[int | None, int | None],
+) -> CTFrame:
+    mask = padding_mask(stored, *padding, bits_stored=layout.bits_stored, signed=layout.signed)
+    enhanced = ds.SOPClassUID != CTImageStorage
+
+    def where(sequence: str, keyword: str) -> Dataset | None:
+        """The item holding ``keyword`` for this frame (functional groups, PS3.3 C.7.6.16)."""
+        return _frame_item(ds, index, sequence, keyword) if enhanced else ds
+
+    transform = "PixelValueTransformationSequence"
+    slope_in, intercept_in = where(transform, "RescaleSlope"), where(transform, "RescaleIntercept")
+    if slope_in is None and intercept_in is None:  # some writers keep the top-level module
+        slope_in = intercept_in = ds
+    slope = _number(slope_in, "RescaleSlope", "bad_rescale")
+    intercept = _number(intercept_in, "RescaleIntercept", "bad_rescale")
+    rescale_type = _value(where(transform, "RescaleType"), "RescaleType")
+    geometry = _geometry(ds, index, layout.frames)
+    window = _window(
+        where("FrameVOILUTSequence", "WindowCenter"), where("FrameVOILUTSequence", "WindowWidth")
+    )
     if "ModalityLUTSequence" in ds and slope is None:
         # A lookup table instead of a linear rescale (PS3.3 C.11.1); pydicom applies it.
+        _check_lut(ds)
         hu = apply_modality_lut(stored, ds).astype(np.float32)
         if mask is not None:
             hu[mask] = AIR_HU
         rescale_type = rescale_type or ds.ModalityLUTSequence[0].get("ModalityLUTType")
     else:
-        hu = stored_to_hu(
-            stored,
-            float(slope) if slope is not None else 1.0,
-            float(intercept) if intercept is not None else 0.0,
-            mask,
-        )
-    instance = ds.get("InstanceNumber")
-    tilt = ds.get("GantryDetectorTilt")
-    c, w = _first(center), _first(width)
+        slope = 1.0 if slope is None else slope
+        intercept = 0.0 if intercept is None else intercept
+        if slope == 0:
+            raise SkippedFile("bad_rescale", "RescaleSlope 0 maps every pixel to one value")
+        # Stored values fit in BitsAllocated bits: past float32 the HU would be infinite.
+        if abs(slope) * 2.0**layout.bits_allocated + abs(intercept) >= FLOAT32_MAX:
+            raise SkippedFile(
+                "bad_rescale",
+                f"RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: HU overflow",
+            )
+        hu = stored_to_hu(stored, slope, intercept, mask)
+    instance = _integer(ds, "InstanceNumber", -(2**31), 2**31 - 1)
+    tilt = _number(ds, "GantryDetectorTilt")
     return CTFrame(
         hu=hu,
         patient_id=str(ds.get("PatientID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),
-        instance_number=int(instance) if instance not in (None, "") else None,
+        instance_number=instance,
         frame=index,
-        slice_position=slice_position(position, orientation),
+        slice_position=geometry.position,
         rescale_type=str(rescale_type) if rescale_type else "HU",
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        gantry_tilt=float(tilt) if tilt not in (None, "") else None,
-        window=(c, w) if c is not None and w is not None and w > 0 else None,
+        gantry_tilt=tilt,
+        window=window,
+        geometry=geometry,
     )
+
+
+def _geometry(ds: Dataset, index: int, frames: int) -> FrameGeometry:
+    """Frame ``index``'s identity and geometry, from the top level or, in the enhanced
+    objects, its functional groups; a malformed value is ``bad_attribute``."""
+    enhanced = ds.get("SOPClassUID") != CTImageStorage
+
+    def where(sequence: str, keyword: str) -> Dataset | None:
+        return _frame_item(ds, index, sequence, keyword) if enhanced else ds
+
+    position = _value(
+        where("PlanePositionSequence", "ImagePositionPatient"), "ImagePositionPatient"
+    )
+    orientation = _value(
+        where("PlaneOrientationSequence", "ImageOrientationPatient"), "ImageOrientationPatient"
+    )
+    spacing = _value(where("PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing")
+    if position is not None:
+        position = tuple(_numbers(position, "ImagePositionPatient", 3))
+    if orientation is not None:
+        orientation = tuple(_numbers(orientation, "ImageOrientationPatient", 6))
+    try:
+        spacing = tuple(_numbers(spacing, "PixelSpacing", 2)) if spacing is not None else None
+    except SkippedFile:  # the reader does not need it; crops and annotations say so
+        spacing = None
+    if spacing is not None and not all(0 < s < 1e4 for s in spacing):
+        spacing = None
+    sop = str(ds.get("SOPInstanceUID", ""))
+    return FrameGeometry(
+        key=f"{sop}#{index}" if frames > 1 else sop,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        frame=index,
+        position=slice_position(position, orientation),
+        origin=position,
+        orientation=orientation,
+        spacing=spacing,
+    )
+
+
+def read_geometry(path: Path) -> list[FrameGeometry]:
+    """The geometry of every frame of a CT file, from its header alone (no pixel data is
+    read or decoded); :class:`SkippedFile` when it is not a CT file with a usable header
+    (the full read, :func:`read_ct`, then says exactly why)."""
+    path = Path(path)
+    with _quiet():
+        _check_preamble(path)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise SkippedFile("unreadable", describe(exc)) from None
+        if ds.get("SOPClassUID") not in CT_SOP_CLASSES:
+            raise SkippedFile("not_ct")
+        frames = _integer(ds, "NumberOfFrames", 1, 2**31 - 1) or 1
+        return [_geometry(ds, i, frames) for i in range(frames)]

@@ -3,12 +3,19 @@ resizing, PNG writing."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
-from lungct.errors import SkippedFile
+from lungct.errors import SkippedFile, describe
+from lungct.limits import MAX_IMAGE_BYTES, check_size
+
+# read_image checks an image's declared size against lungct.limits before decoding it, the
+# rule DICOM follows too; Pillow's own check (a warning, then an error, at pixel counts of
+# its own) would be a second, different limit.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -52,24 +59,53 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return np.asarray(Image.alpha_composite(black, rgba).convert("L"), dtype=np.uint8)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.int64)
+        values = np.asarray(image)  # uint16 or int32, not a wider copy
         return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
     if image.mode == "F":
         return np.clip(np.asarray(image, dtype=np.float32), 0, 255).round().astype(np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_image(path: Path) -> tuple[np.ndarray, str]:
+def declared_bytes(image: Image.Image) -> int:
+    """What decoding an opened (not yet loaded) image would allocate: width x height x
+    bytes per pixel of its mode."""
+    try:
+        mode = ImageMode.getmode(image.mode)
+        per_pixel = len(mode.bands) * np.dtype(mode.typestr).itemsize
+    except (KeyError, TypeError):
+        per_pixel = 4
+    width, height = image.size
+    return width * height * per_pixel
+
+
+def read_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[np.ndarray, str]:
     """Decode a PNG/JPG/... file to 8-bit grayscale; return it and the original mode.
 
-    Raises :class:`SkippedFile` (``not_image`` or ``unreadable_image``) for files PIL
-    cannot identify or decode.
+    Raises :class:`SkippedFile`: ``not_image`` for files PIL cannot identify,
+    ``too_large`` for an image whose declared size fails :mod:`lungct.limits` (checked from
+    the header, before decoding), ``unreadable_image`` for one PIL cannot decode.
     """
+    path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_grayscale(image), image.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the reason says it
+            return _decode(path, max_bytes)
     except UnidentifiedImageError:
         raise SkippedFile("not_image") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
-        raise SkippedFile("unreadable_image", f"{type(exc).__name__}: {exc}") from None
+    except (SkippedFile, MemoryError):
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own check, should it be back on
+        raise SkippedFile("too_large", describe(exc)) from None
+    except Exception as exc:  # truncated or corrupt image data; a plugin's odd error
+        raise SkippedFile("unreadable_image", describe(exc)) from None
+
+
+def _decode(path: Path, max_bytes: int) -> tuple[np.ndarray, str]:
+    with Image.open(path) as image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise SkippedFile("unreadable_image", f"{width} x {height} pixels")
+        what = f"a {width} x {height} {image.mode} image"
+        check_size(declared_bytes(image), path.stat().st_size, max_bytes, what)
+        image.load()
+        return to_grayscale(image), image.mode

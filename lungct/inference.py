@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -28,8 +29,8 @@ import numpy as np
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.contract import Contract, Preprocessing
-from lungct.errors import SkippedFile, UserError, describe, first_line
-from lungct.preprocess import model_images, model_input
+from lungct.errors import UserError, first_line
+from lungct.preprocess import file_problem, model_images, model_input
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
 
@@ -174,24 +175,56 @@ class Prediction:
 
 def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Failure]:
     """Each argument: a file, or a folder walked recursively (sorted; hidden files and
-    folders left out). Yields (file, index of its folder argument or None), or a
-    :class:`Failure` for an argument that does not exist."""
+    folders left out; links to folders not followed). Yields (file, index of its folder
+    argument or None), or a :class:`Failure` for an argument that does not exist and for
+    anything that is not a regular file (a FIFO, socket or device: never opened, a read
+    would block; a link to a folder inside a folder argument; a broken link)."""
+
+    def kind(path: Path) -> tuple[str, str] | None:
+        """None for a regular file (through links); else (reason, detail)."""
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            if path.is_symlink():
+                return "not_found", "a broken symbolic link"
+            return "not_found", "no such file or folder"
+        except OSError as exc:
+            return "unreadable", exc.strerror or type(exc).__name__
+        if stat.S_ISREG(mode):
+            return None
+        if stat.S_ISDIR(mode):
+            return "not_a_file", "a link to a folder (not followed)"
+        what = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
+        return "not_a_file", f"{what or 'a device'}, not a regular file"
+
     for index, arg in enumerate(paths):
         path = Path(arg)
         if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
-                if file.is_file() and not hidden:
-                    yield file, index
-        elif path.is_file():
-            yield path, None
+            entries: list[tuple[Path, tuple[str, str] | None]] = []
+            todo = [path]
+            while todo:  # no recursion: a deep tree cannot overflow the stack
+                folder = todo.pop()
+                try:
+                    with os.scandir(folder) as found:
+                        children = [e for e in found if not e.name.startswith(".")]
+                except OSError as exc:  # a folder it may not read: reported, the rest go on
+                    entries.append((folder, ("unreadable", exc.strerror or type(exc).__name__)))
+                    continue
+                for entry in children:
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(Path(entry.path))
+                    else:
+                        entries.append((Path(entry.path), kind(Path(entry.path))))
+            for file, problem in sorted(entries, key=lambda item: item[0]):
+                yield (file, index) if problem is None else Failure(str(file), *problem)
         else:
-            yield Failure(str(path), "not_found", "no such file or folder")
+            problem = kind(path)
+            yield (path, None) if problem is None else Failure(str(path), *problem)
 
 
 # What reading one file gives: (pixels, frame of a multi-frame file, series UID) per image,
 # or the (reason, detail) it failed with. Plain data, so it crosses process boundaries.
-_Images = list[tuple[np.ndarray, int | None, str]]
+_Images = list[tuple[np.ndarray, int | None, str, float | None]]  # + slice position
 _Read = tuple[_Images, tuple[str, str] | None]
 
 
@@ -199,18 +232,23 @@ def read_file(path: Path | str, prep: Preprocessing) -> _Read:
     """One input file -> its model images, or why it has none (never raises for a bad file)."""
     try:
         images = model_images(Path(path), prep)
-    except SkippedFile as skip:
-        return [], (skip.reason, skip.detail)
-    except Exception as exc:  # a reader bug on one odd file must not stop the rest
-        return [], ("unreadable", describe(exc))
+    except Exception as exc:  # one odd file must not stop the rest (lungct.preprocess)
+        return [], file_problem(exc)
     multi = len(images) > 1
     out: _Images = []
     for image in images:
         frame = image.frame
         if frame is None:  # an exported image
-            out.append((image.pixels, None, ""))
+            out.append((image.pixels, None, "", None))
         else:
-            out.append((image.pixels, frame.frame if multi else None, frame.series_uid))
+            out.append(
+                (
+                    image.pixels,
+                    frame.frame if multi else None,
+                    frame.series_uid,
+                    frame.slice_position,
+                )
+            )
     return out, None
 
 
@@ -305,19 +343,84 @@ def predict_files(
             item.probabilities.append(p)
         batch.clear()
 
+    def push(item: _Item, pixels: np.ndarray) -> None:
+        batch.append((item, pixels))
+        if len(batch) >= batch_size:
+            flush()
+
+    # 2.5-D models: a folder's images wait until the folder is read, then each DICOM slice
+    # is stacked with its neighbours in its series (a file given alone is its own).
+    held: list[tuple[_Item, np.ndarray, str, float | None]] = []
+
+    def release() -> None:
+        for (item, *_), pixels in zip(held, restack(held, predictor.prep), strict=True):
+            push(item, pixels)
+        held.clear()
+
     for item, (images, problem) in _read_all(entries(), predictor.prep, pool):
         if problem is not None:
             fail(Failure(str(item.file), *problem))
             continue
+        if held and held[-1][0].folder != item.folder:
+            release()
         done.append(item)
-        for pixels, frame, series_uid in images:
+        for pixels, frame, series_uid, position in images:
             item.frames.append((frame, series_uid))
-            batch.append((item, pixels))
-            if len(batch) >= batch_size:
-                flush()
+            if predictor.prep.context_slices and item.folder is not None:
+                held.append((item, pixels, series_uid, position))
+            else:
+                push(item, pixels)
+    release()
     if batch:
         flush()
     return _rows(done, [str(p) for p in paths]), failures
+
+
+def input_notes(prep: Preprocessing, paths: Sequence[Path | str]) -> list[str]:
+    """What a person should know about how this model sees the inputs given: a 2.5-D
+    model's lone files, a lesion-crop model's whole slices."""
+    notes = []
+    if prep.context_slices and any(not Path(p).is_dir() for p in paths):
+        notes.append(
+            f"the model stacks {prep.context_slices} neighbouring slice(s) on each side; a "
+            "file given alone has no series around it, so its own slice stands in for its "
+            "neighbours (give the series folder to use the real ones)"
+        )
+    if prep.crop == "lesion":
+        notes.append(
+            f"the model was trained on {prep.crop_mm:g} mm crops around annotated lesions; "
+            "a raw file carries no annotation, so it sees whole slices, which it was not "
+            "trained on: treat its output with caution"
+        )
+    return notes
+
+
+def restack(
+    held: Sequence[tuple[object, np.ndarray, str, float | None]], prep: Preprocessing
+) -> list[np.ndarray]:
+    """The images of one folder, each DICOM slice stacked with its ``context_slices``
+    neighbours on each side in its series, by position along the slice normal (the series
+    ends repeat the edge slice), as convert stacks them; others unchanged."""
+    k = prep.context_slices
+    out = [pixels for _, pixels, _, _ in held]
+    if not k:
+        return out
+    windows = len(prep.windows)
+
+    def alone(pixels: np.ndarray) -> np.ndarray:  # the slice's own window channels
+        return pixels[..., :windows]
+
+    series: dict[str, list[int]] = {}
+    for i, (_, _, uid, position) in enumerate(held):
+        if uid and position is not None:
+            series.setdefault(uid, []).append(i)
+    for members in series.values():
+        members.sort(key=lambda i: held[i][3])
+        last = len(members) - 1
+        for rank, i in enumerate(members):
+            near = [members[min(max(rank + d, 0), last)] for d in range(-k, k + 1)]
+            out[i] = np.concatenate([alone(held[j][1]) for j in near], axis=-1)
+    return out
 
 
 def _image_rows(item: _Item) -> list[Prediction]:

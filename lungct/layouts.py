@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from lungct.annotations import DATASETS
+from lungct.annotations import detect as detect_annotated
 from lungct.dicom import has_dicom_prefix
 from lungct.errors import UserError
 from lungct.params import SYNTHETIC_CLASSES
 
-LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan")
+LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan", *DATASETS)
 IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
 CHEST_CTSCAN_SPLITS = {"train", "valid", "test"}
 CHEST_CTSCAN_CLASSES = (
@@ -48,6 +50,9 @@ def detect_layout(root: Path) -> str:
             for child in folder.iterdir()
         ):
             return "chest-ctscan"
+    annotated = detect_annotated(root)  # before the DICOM probe: these are DICOM trees too
+    if annotated is not None:
+        return annotated
     probes = 0
     for path in root.rglob("*"):
         if path.is_file():
@@ -78,8 +83,12 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
         if len(parts) >= 3 and parts[-3].lower() in CHEST_CTSCAN_SPLITS:
             return parts[-2], parts[-3].lower()
         return None
+    if layout in DATASETS:  # labelled slice by slice by their annotations
+        return None
     return (parts[0], "") if len(parts) >= 2 else None  # dicom: class subfolders
 
+
+DROPPED = ""  # a class mapping's value for raw labels left out of the split
 
 # Raw label -> class, per layout. Chest CT-Scan train/valid folders carry TNM suffixes
 # (adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib): a key matches the label or its part
@@ -106,6 +115,31 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
             "normal cases": "without_cancer",
         },
     },
+    # LIDC-IDRI slices (docs/annotations.md): a median malignancy of exactly 3 is left out.
+    "lidc": {
+        "default": {
+            "malignant": "malignant",
+            "benign": "benign",
+            "normal": "normal",
+            "indeterminate": DROPPED,
+        },
+        "binary": {
+            "malignant": "with_cancer",
+            "benign": "without_cancer",
+            "normal": "without_cancer",
+            "indeterminate": DROPPED,
+        },
+    },
+    "luna16": {"default": {"nodule": "nodule", "normal": "normal"}},
+    # Lung-PET-CT-Dx: the histology letters of the tumour boxes (every box is a cancer).
+    "lung-pet-ct-dx": {
+        "default": {
+            "a": "adenocarcinoma",
+            "b": "small_cell",
+            "e": "large_cell",
+            "g": "squamous",
+        },
+    },
     "chest-ctscan": {
         "default": {
             "adenocarcinoma": "adenocarcinoma",
@@ -124,10 +158,17 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
 
 
 def class_mapping(layout: str, classes: str | dict[str, str]) -> dict[str, str]:
-    """The raw-label -> class mapping for a layout: a preset name or the user's own mapping."""
+    """The raw-label -> class mapping for a layout: a preset name or the user's own mapping
+    (a raw label mapped to ``""`` is left out of the split, :data:`DROPPED`)."""
     if isinstance(classes, dict):
         return {raw.lower(): name for raw, name in classes.items()}
-    return CLASS_PRESETS[layout][classes]
+    presets = CLASS_PRESETS[layout]
+    if classes not in presets:
+        raise UserError(
+            f"split.classes: layout '{layout}' has no '{classes}' preset "
+            f"({', '.join(presets)}; or give a mapping of raw labels to classes)"
+        )
+    return presets[classes]
 
 
 def map_labels(labels: list[str], mapping: dict[str, str]) -> list[str]:

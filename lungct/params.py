@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import re
+import reprlib
+import stat
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +22,21 @@ from lungct.errors import UserError, first_line
 
 PARAMS_FILE = Path("params.yaml")
 URL_SCHEMES = ("http", "https", "file")  # what data.url may be
+# params.yaml is recorded in dvc.lock and DVC's run cache: credentials go elsewhere.
+URL_CREDENTIALS_HINT = (
+    "params are recorded in dvc.lock; give credentials in ~/.netrc (or $NETRC), or in "
+    "LUNGCT_URL_USER and LUNGCT_URL_PASSWORD, or LUNGCT_URL_TOKEN (docs/data.md)"
+)
+# Query parameters named like these hold secrets (signed URLs, API keys).
+_SECRET_QUERY = re.compile(r"token|secret|passw|pwd|key|sig|credential|auth|session", re.I)
+MAX_DEPTH = 32  # nesting of params.yaml; its schema needs 4
+MAX_INT = 2**63 - 1  # any integer in params
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding (keras.utils.set_random_seed) takes no more
+# owner/dataset or owner/dataset/versions/N: Kaggle's user and dataset slugs
+KAGGLE_HANDLE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,49}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}(/versions/[1-9][0-9]{0,8})?",
+    re.ASCII,
+)
 # The raw labels of the built-in synthetic cohort (class_balance keys, the dicom presets).
 SYNTHETIC_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
@@ -26,12 +44,86 @@ ClassName = Literal[SYNTHETIC_CLASSES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+def _printable(text: str) -> str:
+    """Control characters (newlines included) shown escaped: a message stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _quote(value: str, limit: int = 80) -> str:
+    """A user's text in a one-line message: quoted, control characters escaped, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "..." + text[0]
+
+
+def redact(url: str) -> str:
+    """``url`` fit for messages, logs and SOURCE.json: without its query string and
+    fragment (they may hold tokens), anything up to an ``@`` shown as ``***``, control
+    characters escaped. Never raises, whatever the text."""
+    text = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text)
+    head = scheme.group(0) if scheme else ""
+    rest = text[len(head) :]
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return _printable(head + rest)
+
+
+def url_secret(url: str) -> str | None:
+    """Why ``url`` holds a secret that params.yaml must not (a user or password, a query
+    parameter named like a token), or None. The message never shows the secret."""
+    text = re.split(r"[?#]", url, maxsplit=1)[0]
+    authority = text.split("//", 1)[1] if "//" in text else text
+    if "@" in authority.split("/", 1)[0] or ("//" not in text and "@" in text):
+        return f"holds a user name or password ({redact(url)}); {URL_CREDENTIALS_HINT}"
+    query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+    for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if _SECRET_QUERY.search(name):
+            return (
+                f"its query parameter {_quote(name, 40)} looks like a credential; "
+                f"{URL_CREDENTIALS_HINT}"
+            )
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be downloaded from (one line, never showing a secret), or None."""
+    if not url:
+        return "a url source needs data.url (an http, https or file URL)"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "contains a space or a control character (percent-encode it)"
+    if secret := url_secret(url):
+        return secret
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # worded here: urllib's message can quote the URL
+        if "IPv6" in str(exc):
+            return f"{_quote(redact(url))}: the host has an unclosed '[' or a stray ']'"
+        if "Port" in str(exc):
+            return f"{_quote(redact(url))}: the port is not a number from 1 to 65535"
+        return f"{_quote(redact(url))}: the host is not valid"
+    scheme = parts.scheme.lower()
+    if scheme not in URL_SCHEMES:
+        return f"{_quote(redact(url))} is not an http, https or file URL"
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return f"{_quote(redact(url))}: a file URL names a file on this machine (file:///path)"
+        if not parts.path:
+            return f"{_quote(redact(url))}: names no file"
+        return None
+    if not parts.hostname:
+        return f"{_quote(redact(url))}: has no host name"
+    if port == 0:
+        return f"{_quote(redact(url))}: the port is not a number from 1 to 65535"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class BaseParams(_Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class SyntheticParams(_Section):
@@ -40,7 +132,23 @@ class SyntheticParams(_Section):
     patients: Annotated[int, Field(ge=3)]
     slices: Annotated[int, Field(ge=1, le=512)]
     image_size: Annotated[int, Field(ge=32, le=1024)]
-    class_balance: dict[ClassName, Annotated[float, Field(gt=0)]]
+    class_balance: dict[ClassName, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
+    # The form real datasets come in: labels (labels.csv by PatientID), lidc (reader XML),
+    # luna16 (annotations.csv; luna16-mhd: MetaImage volumes), voc (Lung-PET-CT-Dx boxes).
+    # (lungct.phantom.ANNOTATION_FORMS; literal here: the phantom imports this module.)
+    annotations: Literal["labels", "lidc", "luna16", "luna16-mhd", "voc"]
+    # How the DICOM files are stored (all lossless): the codecs path of the reader.
+    transfer_syntax: Literal[
+        "explicit",
+        "implicit",
+        "deflated",
+        "big-endian",
+        "rle",
+        "jpeg-lossless",
+        "jpeg-lossless-p14",
+        "jpeg-ls",
+        "jpeg2000",
+    ]
 
     @model_validator(mode="after")
     def _enough_patients(self) -> SyntheticParams:
@@ -53,6 +161,8 @@ class SyntheticParams(_Section):
                 f"patients: {self.patients} is too few for {len(self.class_balance)} classes "
                 f"in three splits (need at least {need})"
             )
+        if self.annotations == "luna16-mhd" and self.transfer_syntax != "explicit":
+            raise ValueError("transfer_syntax: luna16-mhd writes MetaImage volumes, no DICOM")
         return self
 
 
@@ -60,7 +170,9 @@ class DataParams(_Section):
     """Where the raw data comes from. Only the keys of the chosen source are used."""
 
     source: Literal["synthetic", "kaggle", "url", "path"]
-    layout: Literal["auto", "dicom", "iqothnccd", "chest-ctscan"]
+    layout: Literal[
+        "auto", "dicom", "iqothnccd", "chest-ctscan", "lidc", "luna16", "lung-pet-ct-dx"
+    ]
     kaggle_handle: str
     url: str
     sha256: str
@@ -71,27 +183,40 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _source_is_complete(self) -> DataParams:
-        if self.source == "kaggle" and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.kaggle_handle):
+        # Whatever the source: the whole data section is recorded in dvc.lock.
+        if secret := url_secret(self.url):
+            raise ValueError(f"url: {secret}")
+        if self.source == "kaggle" and not KAGGLE_HANDLE.fullmatch(self.kaggle_handle):
             raise ValueError(
-                f"kaggle_handle: '{self.kaggle_handle}' is not a Kaggle dataset handle "
-                "(owner/dataset)"
+                f"kaggle_handle: {_quote(self.kaggle_handle)} is not a Kaggle dataset handle "
+                "(owner/dataset or owner/dataset/versions/N; letters, digits, - and _)"
             )
         if self.source == "url":
-            scheme = self.url.split(":", 1)[0].lower() if ":" in self.url else ""
-            if scheme not in URL_SCHEMES:
-                raise ValueError(f"url: '{self.url}' is not an http, https or file URL")
+            if problem := url_problem(self.url):
+                raise ValueError(f"url: {problem}")
             if not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
                 raise ValueError("sha256: a url source needs the archive's sha256 (64 hex digits)")
         if self.source == "path" and not self.path:
             raise ValueError("path: a path source needs a folder or archive path")
+        if self.source == "path" and "\x00" in self.path:
+            raise ValueError("path: contains a NUL character")
         return self
 
 
 class WindowParams(_Section):
-    """A CT window in Hounsfield units."""
+    """A CT window in Hounsfield units: a finite center, a finite positive width."""
 
-    center: float
-    width: Annotated[float, Field(gt=0)]
+    center: Annotated[float, Field(allow_inf_nan=False)]
+    width: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class AnnotationParams(_Section):
+    """Slice labels of the annotated layouts (docs/annotations.md)."""
+
+    # LIDC-IDRI: a slice is benign/malignant/indeterminate when this many readers mark it.
+    min_readers: Annotated[int, Field(ge=1, le=4)]
+    # A slice is normal only when no annotation lies within this many mm of it.
+    margin_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
 
 
 class ConvertParams(_Section):
@@ -103,6 +228,17 @@ class ConvertParams(_Section):
     workers: Annotated[int, Field(ge=0, le=256)]  # processes; 0 = one per CPU core
     # Fail the stage when more than this share of the input files is skipped.
     max_skipped_fraction: Annotated[float, Field(ge=0, le=1)]
+    # Skip (too_large) an image whose declared size would decode to more bytes than this
+    # (decompression bombs; see lungct/limits.py). Predict and the app use the same default.
+    max_image_bytes: Annotated[int, Field(gt=0)]
+    # 2.5-D input: each example stacks its slice with this many neighbours on each side
+    # (in series order) as channels, times the windows.
+    context_slices: Annotated[int, Field(ge=0, le=8)]
+    # "lesion": a square of crop_mm around the annotated lesion (normal slices: a point in
+    # the lungs chosen from base.seed), resampled to image_size. Annotated layouts only.
+    crop: Literal["none", "lesion"]
+    crop_mm: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+    annotations: AnnotationParams
 
     @model_validator(mode="after")
     def _png_channels(self) -> ConvertParams:
@@ -110,6 +246,13 @@ class ConvertParams(_Section):
             raise ValueError(
                 "windows: give 1 window (grayscale) or 3 (one channel each); "
                 "a 2-channel PNG would be read as gray + alpha"
+            )
+        channels = len(self.windows) * (2 * self.context_slices + 1)
+        if channels not in (1, 3):
+            raise ValueError(
+                f"context_slices: {self.context_slices} with {len(self.windows)} window(s) "
+                f"gives {channels} channels; the converted PNGs hold 1 or 3 (use "
+                "context_slices 1 with one window, or 0)"
             )
         return self
 
@@ -202,8 +345,12 @@ class Params(_Section):
         return self
 
 
+_SHORT = reprlib.Repr()  # bounded: an aliased YAML structure can be huge
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 3, 3, 50
+
+
 def _describe(err: dict) -> str:
-    key = ".".join(str(part) for part in err["loc"])
+    key = ".".join(_printable(str(part)) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if err["type"] == "missing":
@@ -212,7 +359,9 @@ def _describe(err: dict) -> str:
         # Our validators word their message as "<key relative to the section>: <problem>".
         msg = err["msg"].removeprefix("Value error, ")
         return f"{key}.{msg}" if key else msg
-    got = repr(err["input"])
+    got = _SHORT.repr(err["input"])
+    if "@" in got or "?" in got:  # what a URL with credentials or a token holds: not shown
+        return f"{key}: {err['msg'].lower()}"
     got = got if len(got) <= 60 else got[:57] + "..."
     return f"{key}: {err['msg'].lower()} (got {got})"
 
@@ -229,10 +378,109 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _LongInt:
+    """An integer in params.yaml with more digits than Python reads (4300, see
+    ``sys.set_int_max_str_digits``); :func:`parse_params` reports it by key."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``, stricter: a key given twice in one mapping and nesting deeper
+    than ``MAX_DEPTH`` are errors naming the line; a value YAML resolves but Python cannot
+    build (``2024-13-01``) is a YAML error with its line, not a traceback."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, _printable(first_line(exc)), node.start_mark
+            ) from None
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if isinstance(node, yaml.MappingNode):
+            first: dict[object, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader names it
+                    continue
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {_quote(str(key), 40)} "
+                        f"(first given at line {earlier.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):  # type: ignore[no-untyped-def]
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # too many digits for int()
+            return _LongInt(len(str(self.construct_scalar(node))))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = _printable(getattr(exc, "problem", None) or first_line(exc))
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+def _check_tree(raw: object, source: str) -> None:
+    """What the schema cannot say: nesting deeper than ``MAX_DEPTH`` and integers beyond
+    ``MAX_INT`` (Python reads any size; NumPy, TensorFlow and DVC do not), named by key."""
+    seen: set[int] = set()  # YAML aliases share objects: each is checked once
+    stack: list[tuple[object, tuple[object, ...]]] = [(raw, ())]
+    while stack:
+        value, path = stack.pop()
+        shown = ".".join(_printable(str(part)) for part in path[:6])
+        shown += ".." if len(path) > 6 else ""
+        if isinstance(value, _LongInt) or (
+            isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT
+        ):
+            raise UserError(f"{source}: {shown}: integer too large (at most {MAX_INT})")
+        if isinstance(value, dict | list) and id(value) not in seen:
+            seen.add(id(value))
+            if len(path) >= MAX_DEPTH:
+                raise UserError(f"{source}: {shown}: nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((item, (*path, key)) for key, item in items)
+
+
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
     """Validate an already-loaded params mapping; raise :class:`UserError` on the first problem."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    _check_tree(raw, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -240,11 +488,24 @@ def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml``."""
+    """Read and validate ``params.yaml``: a regular file of UTF-8 YAML (:class:`_Loader`)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read
+            raise UserError(f"{path}: not a regular file")
+        text = path.read_bytes().decode("utf-8")
+        loader = _Loader(text)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run stages from the project root)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        raise UserError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
     return parse_params(raw, str(path))

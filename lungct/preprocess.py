@@ -10,6 +10,10 @@ resized to ``image_size`` keeping their aspect ratio, padded with black.
 The result is exactly what the convert stage writes as PNG and what train and evaluate
 decode from it, so predicting on a raw file feeds the model the same pixels as the
 pipeline did. No I/O here beyond reading the one input file.
+
+:func:`file_problem` is the one rule for what goes wrong on one input file: every
+exception becomes a reason code and a detail (the convert manifest's skipped row, the
+failure line of predict and the app), except running out of memory.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from lungct.contract import Preprocessing
 from lungct.dicom import CTFrame, has_dicom_prefix, read_ct
-from lungct.errors import SkippedFile
+from lungct.errors import SkippedFile, describe
 from lungct.images import fit_square, read_image
 from lungct.windowing import window_channels
 
@@ -54,12 +58,13 @@ class ModelImage:
 def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     """A CT DICOM file -> one model image per frame; :class:`SkippedFile` otherwise."""
     images = []
-    for frame in read_ct(path):
+    model_image = prep.image_size**2 * prep.channels  # bytes: each frame makes one
+    for frame in read_ct(path, prep.max_image_bytes, model_image):
         windows = prep.windows_for(frame)
         pixels = window_channels(frame.hu, windows)
         images.append(
             ModelImage(
-                pixels=fit_square(pixels, prep.image_size),
+                pixels=repeat_slice(fit_square(pixels, prep.image_size), prep.depth),
                 unresized=pixels,
                 mode="HU",
                 frame=frame,
@@ -69,9 +74,17 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     return images
 
 
+def repeat_slice(pixels: np.ndarray, depth: int) -> np.ndarray:
+    """A slice as its own neighbours (2.5-D input, ``context_slices``): what a lone file or
+    an end of a series gets, the slice's channels repeated ``depth`` times."""
+    if depth == 1:
+        return pixels
+    return np.concatenate([pixels if pixels.ndim == 3 else pixels[..., None]] * depth, axis=-1)
+
+
 def exported_image(path: Path, prep: Preprocessing) -> ModelImage:
     """An exported PNG/JPG/... slice: deliberate grayscale, repeated once per window channel."""
-    gray, mode = read_image(path)
+    gray, mode = read_image(path, prep.max_image_bytes)
     pixels = gray if prep.channels == 1 else np.repeat(gray[..., None], prep.channels, axis=-1)
     return ModelImage(pixels=fit_square(pixels, prep.image_size), unresized=pixels, mode=mode)
 
@@ -89,11 +102,23 @@ def model_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
         if skip.reason != "not_image":
             raise
     try:
-        read_ct(path)  # raises: no Part 10 prefix; says why (empty, no_preamble, not_dicom)
+        read_ct(path, prep.max_image_bytes)  # raises: no Part 10 prefix; says why
     except SkippedFile as skip:
         if skip.reason != "not_dicom":
             raise
     raise SkippedFile("not_image", "neither a DICOM file nor an image format Pillow can read")
+
+
+def file_problem(exc: Exception) -> tuple[str, str]:
+    """Why one input file gave no image, as (reason code, detail): a :class:`SkippedFile`
+    keeps its own; anything else a reader let through is ``unreadable`` with the exception
+    in one line, so one odd file never stops the others. ``MemoryError`` is re-raised: it
+    is the machine's state, not the file's (KeyboardInterrupt is no ``Exception``)."""
+    if isinstance(exc, MemoryError):
+        raise exc
+    if isinstance(exc, SkippedFile):
+        return exc.reason, str(exc.detail)
+    return "unreadable", describe(exc)
 
 
 def model_input(images: Sequence[np.ndarray]) -> np.ndarray:

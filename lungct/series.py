@@ -34,8 +34,9 @@ def series_order(manifest: pd.DataFrame) -> pd.DataFrame:
         & (manifest["series_uid"].astype(object).fillna("") != "")
     ]
     for series, rows in done.groupby("series_uid"):
-        positions = rows["slice_position"]
-        if positions.notna().all():
+        # A position that is missing, not a number or infinite is no geometry.
+        positions = pd.to_numeric(rows["slice_position"], errors="coerce").astype(float)
+        if np.isfinite(positions.to_numpy()).all():
             order = rows.sort_values(["slice_position", "instance_number", "frame"]).index
             manifest.loc[rows.index, "position_source"] = "position"
             values = np.sort(positions.to_numpy(dtype=float))

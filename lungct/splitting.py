@@ -22,7 +22,7 @@ import pandas as pd
 
 from lungct.artifacts import SPLITS, read_manifest
 from lungct.errors import UserError
-from lungct.layouts import class_mapping, map_labels
+from lungct.layouts import DROPPED, class_mapping, map_labels
 from lungct.params import Params, SplitParams
 
 # The Chest CT-Scan folders of split.strategy: official, as this project's split names.
@@ -164,7 +164,13 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
     layout = rows["layout"].iloc[0]
     mapping = class_mapping(layout, params.classes)
     classes = map_labels(rows["label"].tolist(), mapping)
-    missing = sorted(set(mapping.values()) - set(classes))
+    kept = [c != DROPPED for c in classes]
+    if not all(kept):  # raw labels the mapping leaves out (LIDC-IDRI's indeterminate, say)
+        left_out = sorted(set(rows.loc[[not k for k in kept], "label"]))
+        log.info("split: %d image(s) left out by split.classes: %s", kept.count(False), left_out)
+        rows = rows[kept]
+        classes = [c for c in classes if c != DROPPED]
+    missing = sorted(set(mapping.values()) - set(classes) - {DROPPED})
     if missing:
         raise UserError(
             f"{converted}: no images of class(es) {missing} (split.classes: "

@@ -7,7 +7,20 @@ window ``[center - width/2, center + width/2]`` onto ``[0, 1]``, clipped.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def is_window(center: float, width: float) -> bool:
+    """A usable window: a finite center and a finite, positive width. NaN or infinity would
+    turn every pixel black or white without an error."""
+    return math.isfinite(center) and math.isfinite(width) and width > 0
+
+
+def _check(center: float, width: float) -> None:
+    if not is_window(center, width):
+        raise ValueError(f"window {center:g}/{width:g}: needs a finite center and a positive width")
 
 
 def window_unit(hu: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -16,13 +29,12 @@ def window_unit(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     Args:
         hu: Hounsfield units, any shape.
         center: window level in HU.
-        width: window width in HU; must be positive.
+        width: window width in HU; must be positive and finite.
 
     Returns:
         float32 array of the same shape, values in [0, 1].
     """
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
+    _check(center, width)
     low = center - width / 2.0
     unit = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
     return np.clip(unit, 0.0, 1.0, out=unit)
@@ -36,8 +48,7 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
 def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     """Window HU and quantize to an 8-bit grayscale image: ``to_uint8(window_unit(...))``,
     computed in one float32 buffer (the convert stage's hot loop)."""
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
+    _check(center, width)
     out = np.subtract(hu, np.float32(center - width / 2.0), dtype=np.float32)
     out *= np.float32(255.0)
     out /= np.float32(width)

@@ -25,13 +25,12 @@ from lungct.artifacts import (
     METRICS_DIR,
     RAW_DIR,
     RAW_LABELS,
-    input_files,
     read_labels,
     read_layout,
 )
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.contract import Preprocessing
-from lungct.conversion import Job, check_skips, convert_all, convert_metrics
+from lungct.conversion import Job, check_skips, convert_all, convert_metrics, plan
 from lungct.errors import UserError, run_stage
 from lungct.params import ConvertParams, load_params
 from lungct.series import series_order
@@ -41,23 +40,26 @@ METRICS_FILE = METRICS_DIR / "convert.json"
 log = logging.getLogger("convert")
 
 
-def convert(params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DIR) -> dict:
+def convert(
+    params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DIR, seed: int = 0
+) -> dict:
     if not raw.is_dir():
         raise UserError(f"{raw}: not found (run the download stage first)")
     layout = read_layout(raw)
     labels = read_labels(raw) if layout == "dicom" and (raw / RAW_LABELS).exists() else None
-    files = [p.relative_to(raw).as_posix() for p in input_files(raw)]
     workers = params.workers or os.cpu_count() or 1
+    work = plan(raw, layout, params, workers)
     with atomic_dir(out) as tmp:
-        job = Job(raw, tmp, layout, labels, Preprocessing.from_params(params))
-        rows = convert_all(files, job, workers)
+        prep = Preprocessing.from_params(params)
+        job = Job(raw, tmp, layout, labels, prep, work.slice_labels, seed)
+        rows = sorted(convert_all(work.units, job, workers), key=_file_order)
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         # Nullable integers: skipped rows have no size, and "512" must not become "512.0".
         integers = ["instance_number", "frame", "rows", "columns"]
         manifest[integers] = manifest[integers].astype("Int64")
         manifest = series_order(manifest)
         manifest["slice_index"] = manifest["slice_index"].astype("Int64")
-        check_skips(manifest, raw, len(files), params.max_skipped_fraction)
+        check_skips(manifest, raw, len(work.files), params.max_skipped_fraction)
         write_csv(tmp / MANIFEST, manifest[MANIFEST_COLUMNS])
     metrics = convert_metrics(manifest, layout)
     write_json(METRICS_FILE, metrics)
@@ -70,8 +72,15 @@ def convert(params: ConvertParams, raw: Path = RAW_DIR, out: Path = CONVERTED_DI
     return metrics
 
 
+def _file_order(row: dict) -> tuple:
+    """Manifest rows in input-file order, frames in order (units may be whole series)."""
+    frame = row.get("frame")
+    return (row["source"], -1 if frame is None or pd.isna(frame) else frame)
+
+
 def main() -> None:
-    convert(load_params().convert)
+    params = load_params()
+    convert(params.convert, seed=params.base.seed)
 
 
 if __name__ == "__main__":

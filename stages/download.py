@@ -26,17 +26,10 @@ import pandas as pd
 from lungct import phantom
 from lungct.artifacts import RAW_DIR, RAW_LABELS, RAW_SOURCE
 from lungct.atomic import atomic_dir, write_csv, write_json
-from lungct.errors import run_stage
+from lungct.errors import UserError, run_stage
 from lungct.layouts import detect_layout
-from lungct.params import DataParams, Params, load_params
-from lungct.sources import (
-    fetch_url,
-    kaggle_download,
-    redact,
-    sha256_file,
-    unpack_or_copy,
-    verify_sha256,
-)
+from lungct.params import DataParams, Params, load_params, redact
+from lungct.sources import fetch_url, kaggle_download, sha256_file, unpack_or_copy, verify_sha256
 
 log = logging.getLogger("download")
 
@@ -62,8 +55,11 @@ def write_synthetic(params: Params, dest: Path) -> dict:
         image_size=synthetic.image_size,
         class_balance=dict(synthetic.class_balance),
         seed=params.base.seed,
+        annotations=synthetic.annotations,
+        transfer_syntax=synthetic.transfer_syntax,
     )
-    write_csv(dest / RAW_LABELS, pd.DataFrame(rows, columns=["PatientID", "label"]))
+    if synthetic.annotations == "labels":  # the annotated forms label slices themselves
+        write_csv(dest / RAW_LABELS, pd.DataFrame(rows, columns=["PatientID", "label"]))
     # No clock here on purpose: same params, same bytes, no spurious downstream reruns.
     return {"generator": "lungct.phantom", "seed": params.base.seed, **synthetic.model_dump()}
 
@@ -72,8 +68,9 @@ def fetch_external(data: DataParams, dest: Path, scratch: Path) -> dict:
     """Fetch a url, kaggle or path source into ``dest``; return its provenance fields."""
     limits = {"max_bytes": data.max_bytes, "max_members": data.max_members, "progress": True}
     if data.source == "url":
-        archive = scratch / (Path(redact(data.url)).name or "archive")
-        actual = fetch_url(data.url, archive, progress=True)
+        name = Path(redact(data.url)).name[:100]  # archive errors name it
+        archive = scratch / (name if name.strip(".") else "archive")
+        actual = fetch_url(data.url, archive, max_bytes=data.max_bytes, progress=True)
         verify_sha256(redact(data.url), actual, data.sha256)  # before anything is extracted
         unpack_or_copy(archive, dest, **limits)
         return {"url": redact(data.url), "sha256": actual}
@@ -85,11 +82,21 @@ def fetch_external(data: DataParams, dest: Path, scratch: Path) -> dict:
     return {"path": str(path), **({"sha256": sha256_file(path)} if path.is_file() else {})}
 
 
+def detect_layout_of(data: DataParams, tmp: Path) -> str:
+    """The layout of what was fetched into ``tmp``; an error names the source, not ``tmp``."""
+    try:
+        return detect_layout(tmp)
+    except UserError as err:
+        where = {"url": redact(data.url), "kaggle": data.kaggle_handle}.get(data.source, data.path)
+        raise UserError(str(err).replace(str(tmp), where, 1)) from None
+
+
 def download(params: Params, out: Path = RAW_DIR) -> dict:
     data = params.data
     with atomic_dir(out) as tmp:
         if data.source == "synthetic":
-            origin, layout, detected = write_synthetic(params, tmp), "dicom", False
+            origin, detected = write_synthetic(params, tmp), False
+            layout = phantom.FORM_LAYOUTS[params.data.synthetic.annotations]
         else:
             # Scratch space for the archive, outside the tree; a killed run's leftovers
             # match the stale-temporary pattern that atomic_dir removes.
@@ -97,7 +104,7 @@ def download(params: Params, out: Path = RAW_DIR) -> dict:
                 origin = fetch_external(data, tmp, Path(scratch))
             origin["downloaded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             detected = data.layout == "auto"
-            layout = detect_layout(tmp) if detected else data.layout
+            layout = detect_layout_of(data, tmp) if detected else data.layout
         tree, files, size = tree_digest(tmp)
         source = {
             "source": data.source,

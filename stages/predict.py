@@ -23,12 +23,13 @@ from itertools import islice
 from pathlib import Path
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
-from lungct.atomic import atomic_file
+from lungct.atomic import atomic_file, check_replaceable
 from lungct.errors import UserError, run_stage
 from lungct.inference import (
     Failure,
     Predictor,
     expand,
+    input_notes,
     predict_files,
     preprocess_pool,
 )
@@ -59,7 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=FORMATS,
         help="output format (default: from the --output suffix .csv/.json, else table)",
     )
-    parser.add_argument("--output", type=Path, help="write here (atomically) instead of stdout")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write here (atomically) instead of stdout: a new path or a regular file",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     parser.add_argument(
         "--workers",
@@ -81,6 +86,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def predict(argv: Sequence[str] | None = None) -> int:
     """Run the command; return the exit status (0 all predicted, 1 some files failed)."""
     args = parse_args(argv)
+    if args.output is not None:  # a folder, link, FIFO or device there: one line, at once
+        check_replaceable(args.output)
     Predictor.check(args.model, args.labels)  # a missing model: one line, at once
     workers = args.workers
     if workers is None:
@@ -93,6 +100,8 @@ def predict(argv: Sequence[str] | None = None) -> int:
     # The pool first: its workers fork from this process before TensorFlow is imported.
     with preprocess_pool(workers) if workers else nullcontext() as pool:
         predictor = Predictor.load(args.model, args.labels)
+        for line in input_notes(predictor.prep, args.paths):
+            print(f"note: {line}", file=sys.stderr)
         rows, failures = predict_files(
             predictor, args.paths, args.batch_size, on_failure=report, pool=pool
         )

@@ -51,7 +51,8 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     )
 
     seed_everything(params.base.seed)
-    size, cfg, channels = params.convert.image_size, params.train, len(params.convert.windows)
+    contract = Contract.from_params(params, classes)  # what the model will take, and say
+    size, cfg, channels = contract.prep.image_size, params.train, contract.prep.channels
     train_x, train_y = split_images(table, "train", classes, splits_dir)
     val_x, val_y = split_images(table, "val", classes, splits_dir)
     strategy = distribution_strategy(cfg.strategy)
@@ -89,7 +90,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
 
     with atomic_file(MODEL_FILE) as tmp:
         save_model(model, tmp)
-    Contract.from_params(params, classes).write(CONTRACT_FILE)
+    contract.write(CONTRACT_FILE)
     best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
     metrics = {
         "restored_best_weights": bool(cfg.early_stopping_patience),

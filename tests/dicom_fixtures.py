@@ -11,7 +11,7 @@ Conventions
 * ``Expect.hu`` is the true HU of the pixel data wherever it is known, float32: ``(rows, cols)``
   for a single-frame file, ``(n, rows, cols)`` for a series (slice ``i`` is ``Expect.order[i]``)
   or a multi-frame file (frame ``i`` is frame number ``i + 1`` of the file).  It is also given for
-  some files that must be skipped (``no_preamble``, ``ct_localizer``, ``ct_jpeg_ls``), so a test
+  some files that must be skipped (``no_preamble``, ``ct_localizer``), so a test
   can tell what a lenient reader would have produced; ``Expect.reason`` alone says whether the
   file must convert (``""``) or be skipped with that reason code.
 * Padding (PS3.3 C.7.5.1.1.2) maps to air, -1000 HU, in ``Expect.hu``; ``Expect.padding_mask``
@@ -898,8 +898,8 @@ def ct_jpeg_ls(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Expect:
     """CT with Transfer Syntax JPEG-LS Lossless (1.2.840.10008.1.2.4.80, PS3.5 A.4.3) holding a
     genuine JPEG-LS codestream: the 64 x 64 signed 16-bit frame of pydicom's bundled
     ``MR_small_jpeg_ls_lossless.dcm``, the lossless encoding of ``MR_small.dcm``, re-wrapped in
-    a CT dataset with intercept -1024.  No JPEG-LS decoder is installed here, so reason
-    "no_decoder"; ``hu`` is what a decoder would give (``MR_small`` pixels - 1024)."""
+    a CT dataset with intercept -1024.  The pinned decoders (pyjpegls, python-gdcm) read it
+    exactly: ``hu`` is ``MR_small``'s pixels - 1024."""
     folder = _folder(folder)
     jls = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
     source = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
@@ -916,7 +916,6 @@ def ct_jpeg_ls(folder: Path, patient_id: str = DEFAULT_PATIENT_ID) -> Expect:
         stored,
         stored.astype(np.float64) - 1024.0,
         patient_id,
-        reason="no_decoder",
     )
 
 

@@ -77,10 +77,10 @@ def init_repo(repo: Path) -> None:
     git("config", "user.email", "test@example.com", cwd=repo)
 
 
-@functools.cache
-def dvc_project() -> Path:
-    """The tiny project after one committed ``dvc repro`` (every stage ran)."""
-    repo = Path(tempfile.mkdtemp(prefix="lungct-project-"))
+def new_project(override: dict, prefix: str = "lungct-project-") -> Path:
+    """A fresh copy of the project with ``override`` laid over params.yaml, after one
+    committed ``dvc repro`` (every stage ran); removed when the session ends."""
+    repo = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, repo, ignore_errors=True)
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
@@ -88,7 +88,7 @@ def dvc_project() -> Path:
         shutil.copytree(
             ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    write_params(repo, TINY)
+    write_params(repo, override)
     init_repo(repo)
     dvc("init", "-q", cwd=repo)
     dvc("config", "core.analytics", "false", cwd=repo)
@@ -99,6 +99,13 @@ def dvc_project() -> Path:
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "first run", cwd=repo)
     return repo
+
+
+@functools.cache
+def dvc_project() -> Path:
+    """The tiny project after one committed ``dvc repro`` (every stage ran), shared by
+    the session's tests."""
+    return new_project(TINY)
 
 
 def lock_outs(repo: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ from tests.dicom_fixtures import enhanced_ct, sr_document
 from tests.trained import stage_env, trained_project
 
 APP = ROOT / "app.py"
+REJECTED = "Rejected: not a CT slice or image this app can read."
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -78,10 +79,11 @@ def test_page_shows_model_view_probabilities_gradcam_and_rejects_non_images(
         ]
     ).run()
     assert not at.exception
-    errors = [e.value for e in at.error]
-    assert len(errors) == 2
-    assert errors[0].startswith("notes.txt: rejected") and "not_image" in errors[0]
-    assert errors[1].startswith("report.dcm: rejected") and "not_ct" in errors[1]
+    assert [e.value for e in at.error] == [REJECTED, REJECTED]
+    texts = [t.value for t in at.text]
+    assert texts[:2] == ["slice.png", "slice.dcm"]
+    assert texts[2] == "notes.txt" and texts[3].startswith("notes.txt: not_image")
+    assert texts[4] == "report.dcm" and texts[5].startswith("report.dcm: not_ct")
 
     classes = list(predictor.classes)
     for k, path in enumerate((png, dicom)):
@@ -96,6 +98,28 @@ def test_page_shows_model_view_probabilities_gradcam_and_rejects_non_images(
     assert sum(c.startswith("Grad-CAM for") for c in captions) == 2
     caveats = [c.value for c in at.caption if "not a lesion segmentation" in c.value]
     assert len(caveats) == 2
+
+
+HOSTILE_NAMES = [
+    "[click here](http://evil.example/phish)",
+    "![x](http://evil.example/track.png).dcm",
+    "<img src=x onerror=alert(1)>.png",
+    "**bold** :red[red] $x^2$ # heading",
+]
+
+
+def test_upload_names_are_plain_text_never_markdown(app_env):
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.file_uploader(key="uploads").set_value(
+        [(name, b"not an image", "text/plain") for name in HOSTILE_NAMES]
+    ).run()
+    assert not at.exception
+    texts = [t.value for t in at.text]
+    for name in HOSTILE_NAMES:
+        assert name in texts and f"{name}: not_image" in " ".join(texts)
+    markdown = [m.value for m in (*at.markdown, *at.error, *at.subheader, *at.caption)]
+    assert not any("evil.example" in m or "onerror" in m or "**bold**" in m for m in markdown)
+    assert [e.value for e in at.error] == [REJECTED] * len(HOSTILE_NAMES)
 
 
 def test_multiframe_upload_has_a_frame_slider_and_a_mean(app_env, tmp_path):

@@ -180,7 +180,7 @@ def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workd
     assert {float(rows.loc[rel(p), "gantry_tilt"]) for p in tilt.order} == {15.0}
     assert rows.loc[rel(expects["ct_rescale_type_not_hu"].path), "rescale_type"] == "US"
     jpeg_ls = rows.loc[rel(expects["ct_jpeg_ls"].path)]
-    assert jpeg_ls["reason"] == "no_decoder" and "pylibjpeg-libjpeg" in jpeg_ls["detail"]
+    assert jpeg_ls["status"] == "converted" and "1.2.840.10008.1.2.4.80" in jpeg_ls["transfer_syntax"]
     enhanced = manifest[manifest["source"] == rel(expects["enhanced_ct"].path)]
     assert sorted(enhanced["frame"].astype(int)) == [0, 1, 2]
     assert enhanced["output"].str.endswith((".f0001.png", ".f0002.png", ".f0003.png")).all()
@@ -215,3 +215,36 @@ def test_three_windows_give_one_channel_each_and_file_window_replaces_the_first(
     manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
     windows_used = dict(zip(manifest["source"], manifest["windows"], strict=True))
     assert windows_used[ds_path.relative_to(raw).as_posix()] == "40/350;50/350;-600/1500"
+
+
+def _failing_on(monkeypatch, odd, exc: BaseException) -> None:
+    """The CT reader raises ``exc`` on the file ``odd`` (set before the pool forks)."""
+    import lungct.conversion as conversion
+
+    real = conversion.read_ct
+
+    def reader(path, *args):
+        if path.resolve() == odd.resolve():
+            raise exc
+        return real(path, *args)
+
+    monkeypatch.setattr(conversion, "read_ct", reader)
+
+
+def test_any_exception_on_one_file_is_its_row_and_the_pool_goes_on(workdir, tiny, raw, monkeypatch):
+    odd = sorted(raw.rglob("*.dcm"))[0]
+    _failing_on(monkeypatch, odd, ZeroDivisionError("a reader bug\nsecond line"))
+    params = tiny.convert.model_copy(update={"workers": 2, "max_skipped_fraction": 0.1})
+    metrics = convert(params)
+    manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
+    row = manifest.set_index("source").loc[odd.relative_to(raw).as_posix()]
+    assert (row["status"], row["reason"]) == ("skipped", "unreadable")
+    assert row["detail"] == "ZeroDivisionError: a reader bug"
+    assert metrics["converted"] == 17 and metrics["skipped_by_reason"] == {"unreadable": 1}
+
+
+def test_running_out_of_memory_is_not_a_file_reason(workdir, tiny, raw, monkeypatch):
+    _failing_on(monkeypatch, sorted(raw.rglob("*.dcm"))[0], MemoryError())
+    with pytest.raises(MemoryError):
+        convert(tiny.convert.model_copy(update={"workers": 1}))
+    assert not (workdir / "data/converted").exists()

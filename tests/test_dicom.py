@@ -1,4 +1,5 @@
 import numpy as np
+import pydicom
 import pytest
 from pydicom import examples
 
@@ -99,15 +100,83 @@ def test_reader_follows_each_rule(tmp_path, name):
                 assert frame.gantry_tilt == expect.tilt
 
 
-def test_missing_decoder_names_the_syntax_and_the_package(tmp_path):
+def test_missing_decoder_names_the_syntax_and_the_package(tmp_path, monkeypatch):
+    """Without its decoder packages, a JPEG-LS file is ``no_decoder`` naming what to install
+    (test_codecs.py does the same for every compressed syntax)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
     expect = BUILDERS["ct_jpeg_ls"](tmp_path)
+    decoder = get_decoder(JPEGLSLossless)
+    gone = {label: ("pyjpegls",) for label in decoder.available_plugins}
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {**decoder._unavailable, **gone})
     with pytest.raises(SkippedFile) as err:
         read_ct(expect.path)
     assert err.value.reason == "no_decoder"
-    assert "JPEG-LS Lossless" in err.value.detail and "pylibjpeg-libjpeg" in err.value.detail
+    assert "JPEG-LS Lossless" in err.value.detail and "pyjpegls" in err.value.detail
 
 
 def test_monochrome1_is_not_inverted(tmp_path):
     expect = BUILDERS["ct_monochrome1"](tmp_path)
     [frame] = read_ct(expect.path)
     assert frame.hu.min() == pytest.approx(-1000.0, abs=5)  # air stays air, not bone
+
+
+# --------------------------------------------------------------------------------------------
+# Large elements are read lazily; deflated files; codestream headers
+# --------------------------------------------------------------------------------------------
+def test_pixel_data_over_the_defer_size_is_read_when_used_and_gives_the_same_hu(tmp_path):
+    from lungct.dicom import DEFER_BYTES
+    from lungct.phantom.dicom_writer import ct_slice_dataset
+
+    hu = np.round(np.linspace(-1000, 1000, 256 * 256)).reshape(256, 256).astype(np.float32)
+    ds = ct_slice_dataset(
+        hu,
+        patient_id="P",
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        sop_uid="1.2.3.4.5",
+        instance_number=1,
+        z_mm=0.0,
+        pixel_spacing_mm=1.0,
+        slice_thickness_mm=1.0,
+        padding_value=None,
+    )
+    assert len(ds.PixelData) > DEFER_BYTES  # deferred: read from the file by pixel_array
+    ds.save_as(tmp_path / "big.dcm", enforce_file_format=True)
+    [frame] = read_ct(tmp_path / "big.dcm")
+    np.testing.assert_array_equal(frame.hu, hu)
+
+
+def test_deflated_file_reads_as_the_plain_one(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    expect = BUILDERS["ct_basic"](tmp_path)
+    ds = pydicom.dcmread(expect.path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    [frame] = read_ct(tmp_path / "deflated.dcm")
+    np.testing.assert_array_equal(frame.hu, expect.hu)
+    assert frame.transfer_syntax == DeflatedExplicitVRLittleEndian
+
+
+def test_declared_size_over_the_limit_is_too_large_before_decoding(tmp_path, monkeypatch):
+    expect = BUILDERS["ct_basic"](tmp_path)  # 16 x 20 x 16 bits: 640 bytes
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(lambda ds: 1 / 0))
+    with pytest.raises(SkippedFile) as err:
+        read_ct(expect.path, max_bytes=639)
+    assert err.value.reason == "too_large" and "639 bytes" in err.value.detail
+
+
+def test_jpeg_frame_shape_comes_from_its_sof_marker():
+    import io
+
+    from PIL import Image
+
+    from lungct.dicom import _jpeg_shape
+
+    buffer = io.BytesIO()
+    Image.new("L", (40, 24)).save(buffer, format="JPEG")
+    assert _jpeg_shape(buffer.getvalue()) == (24, 40, 1)
+    assert _jpeg_shape(b"not a jpeg") is None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import http.server
 import io
 import json
+import os
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import requests
 from PIL import Image
 
 from lungct import phantom, sources
 from lungct.errors import UserError
 from lungct.params import parse_params
 from stages.download import download
+from tests.loopback import Server
 
 # --------------------------------------------------------------------------- synthetic
 
@@ -117,48 +119,26 @@ def make_targz(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class Server:
-    """A loopback HTTP server (127.0.0.1 only) serving in-memory files."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.truncate: set[str] = set()  # paths whose body is cut short (connection dropped)
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?", 1)[0]
-                body = outer.files.get(path)
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if path in outer.truncate else body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def add(self, path: str, body: bytes) -> tuple[str, str]:
-        self.files[path] = body
-        return f"{self.base}{path}", hashlib.sha256(body).hexdigest()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
     srv = Server()
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def other_server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(autouse=True)
+def no_credentials(tmp_path_factory, monkeypatch):
+    """No netrc file and no credential variables but those a test sets."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for name in ("NETRC", sources.TOKEN_ENV, sources.USER_ENV, sources.PASSWORD_ENV):
+        monkeypatch.delenv(name, raising=False)
 
 
 def with_data(tiny_raw: dict, **data: object):
@@ -231,12 +211,257 @@ def test_dropped_connection_leaves_previous_data_and_the_rerun_succeeds(
     assert download(params)["layout"] == "chest-ctscan"
 
 
-def test_credentials_never_recorded(workdir, tiny_raw, server):
+# --------------------------------------------------------------------------- credentials
+
+SECRET = "hunter2-s3cret"
+BASIC = "Basic " + base64.b64encode(f"reader:{SECRET}".encode()).decode()
+
+
+def assert_no_secret(workdir: Path, *texts: str, secret: str = SECRET) -> None:
+    """The secret is in no text given and in no file under the project folder."""
+    for text in texts:
+        assert secret not in text, text
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_env_credentials_reach_the_named_host_and_are_never_recorded(
+    workdir, tiny_raw, server, monkeypatch, caplog
+):
     url, digest = server.add("/c.zip", make_zip(chest_ctscan_tree()))
-    secret = url.replace("http://", "http://user:hunter2@") + "?token=hunter2"
-    source = download(with_data(tiny_raw, source="url", url=secret, sha256=digest))
-    assert source["url"] == url
-    assert "hunter2" not in (workdir / "data/raw/SOURCE.json").read_text()
+    server.required["/c.zip"] = BASIC
+    monkeypatch.setenv(sources.USER_ENV, "reader")
+    monkeypatch.setenv(sources.PASSWORD_ENV, SECRET)
+    source = download(with_data(tiny_raw, source="url", url=url + "?download=1", sha256=digest))
+    assert source["url"] == url  # the query string is not recorded either
+    assert server.authorizations("/c.zip") == [BASIC]
+    assert_no_secret(workdir, caplog.text, json.dumps(source))
+
+
+def test_bearer_token_from_the_environment(workdir, tiny_raw, server, monkeypatch):
+    url, digest = server.add("/t.zip", make_zip(chest_ctscan_tree()))
+    server.required["/t.zip"] = f"Bearer {SECRET}"
+    monkeypatch.setenv(sources.TOKEN_ENV, SECRET)
+    download(with_data(tiny_raw, source="url", url=url, sha256=digest))
+    assert server.authorizations("/t.zip") == [f"Bearer {SECRET}"]
+    assert_no_secret(workdir)
+
+
+def test_netrc_credentials(workdir, tiny_raw, server, monkeypatch):
+    url, digest = server.add("/n.zip", make_zip(chest_ctscan_tree()))
+    server.required["/n.zip"] = BASIC
+    netrc = Path.home() / "my-netrc"  # outside the project folder
+    netrc.write_text(
+        f"machine other.example login x password y\nmachine 127.0.0.1 login reader password {SECRET}\n"
+    )
+    monkeypatch.setenv("NETRC", str(netrc))
+    download(with_data(tiny_raw, source="url", url=url, sha256=digest))
+    assert server.authorizations("/n.zip") == [BASIC]
+    # and ~/.netrc when NETRC is not set
+    monkeypatch.delenv("NETRC")
+    (Path.home() / ".netrc").write_text(netrc.read_text())
+    download(with_data(tiny_raw, source="url", url=url, sha256=digest))
+    assert server.authorizations("/n.zip") == [BASIC, BASIC]
+    assert_no_secret(workdir)
+
+
+@pytest.mark.parametrize("target", ["other-port", "localhost"])
+def test_credentials_do_not_follow_a_redirect_to_another_host(
+    workdir, tiny_raw, server, other_server, monkeypatch, target
+):
+    body = make_zip(chest_ctscan_tree())
+    digest = hashlib.sha256(body).hexdigest()
+    if target == "other-port":
+        other_server.files["/moved.zip"] = body
+        destination, where = f"{other_server.base}/moved.zip", other_server
+    else:  # the same server under another host name
+        server.files["/moved.zip"] = body
+        destination, where = f"http://localhost:{server.port}/moved.zip", server
+    server.redirects["/a.zip"] = destination
+    server.redirects["/hop.zip"] = "/a.zip"  # a redirect on the named host keeps them
+    monkeypatch.setenv(sources.TOKEN_ENV, SECRET)
+    download(with_data(tiny_raw, source="url", url=f"{server.base}/hop.zip", sha256=digest))
+    assert server.authorizations("/hop.zip") == [f"Bearer {SECRET}"]
+    assert server.authorizations("/a.zip") == [f"Bearer {SECRET}"]
+    assert where.authorizations("/moved.zip") == [None]
+    assert_no_secret(workdir)
+
+
+@pytest.mark.parametrize(
+    ("named", "url", "send"),
+    [
+        ("https://data.example/a.zip", "https://data.example/b.zip", True),
+        ("https://data.example/a.zip", "https://DATA.example:443/b.zip", True),
+        ("https://data.example/a.zip", "http://data.example/a.zip", False),  # downgrade
+        ("https://data.example:8443/a", "http://data.example:8443/a", False),
+        ("http://data.example/a.zip", "https://data.example/a.zip", True),  # upgrade
+        ("http://data.example:8080/a", "https://data.example:8443/a", False),
+        ("https://data.example/a.zip", "https://cdn.example/a.zip", False),
+        ("https://data.example/a.zip", "https://data.example.evil/a.zip", False),
+        ("https://data.example/a.zip", "https://data.example:8443/a.zip", False),
+        ("https://data.example/a.zip", "ftp://data.example/a.zip", False),
+        ("https://data.example/a.zip", "https://data.example:abc/a.zip", False),
+    ],
+)
+def test_where_credentials_may_go(named, url, send):
+    assert sources.may_send_credentials(named, url) is send
+
+
+def test_session_decides_on_every_redirect():
+    """requests' own rule keeps the header on https -> http of one host, and adds netrc
+    entries of the host redirected to; the session's rule does neither."""
+    token = sources.Credentials("Bearer t", ("t",), "test")
+    session = sources._Session("https://data.example/a.zip", token)
+    first = session.prepare_request(requests.Request("GET", "https://data.example/a.zip"))
+    assert first.headers["Authorization"] == "Bearer t"
+    response = requests.Response()
+    response.request = first
+    for url, header in [
+        ("http://data.example/a.zip", None),
+        ("https://cdn.example/a.zip", None),
+        ("https://data.example/b.zip", "Bearer t"),
+    ]:
+        redirected = first.copy()
+        redirected.prepare_url(url, None)
+        session.rebuild_auth(redirected, response)
+        assert redirected.headers.get("Authorization") == header, url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://reader:{SECRET}@127.0.0.1:1/a.zip",
+        f"https://{SECRET}@data.example/a.zip",
+        f"https://reader:{SECRET}\\@data.example/a.zip",
+        f"ftp://reader:{SECRET}@data.example/a.zip",
+        f"https://data.example/a.zip?token={SECRET}",
+        f"https://data.example/a.zip?X-Amz-Signature={SECRET}&x=1",
+    ],
+    ids=["user-password", "token-as-user", "backslash", "ftp", "query-token", "signed-url"],
+)
+@pytest.mark.parametrize("source", ["url", "synthetic"])
+def test_a_url_with_a_secret_is_refused_without_showing_it(tiny_raw, url, source):
+    # Also when unused: the whole data section is recorded in dvc.lock.
+    with pytest.raises(UserError) as err:
+        with_data(tiny_raw, source=source, url=url, sha256="a" * 64)
+    message = str(err.value)
+    assert message.startswith("params.yaml: data.url: ") and "\n" not in message
+    assert SECRET not in message
+    assert "LUNGCT_URL_TOKEN" in message and "netrc" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://host/a.zip", "data.url: 'ftp://host/a.zip' is not an http"),
+        ("http://host:abc/a.zip", "the port is not a number"),
+        ("http://host:99999/a.zip", "the port is not a number"),
+        ("http://host:0/a.zip", "the port is not a number"),
+        ("http://[::1/a.zip", "unclosed '['"),
+        ("http:///a.zip", "has no host name"),
+        ("https://host/a b.zip", "a space or a control character"),
+        ("https://host/a\x1b[2J.zip", "a space or a control character"),
+        ("file://remote.example/a.zip", "a file on this machine"),
+        ("", "a url source needs data.url"),
+        ("a.zip", "is not an http"),
+    ],
+)
+def test_bad_urls_are_one_line(tiny_raw, url, message):
+    with pytest.raises(UserError) as err:
+        with_data(tiny_raw, source="url", url=url, sha256="a" * 64)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_url_source_needs_a_sha256(tiny_raw):
+    with pytest.raises(UserError, match="data.sha256: a url source needs"):
+        with_data(tiny_raw, source="url", url="https://host/a.zip", sha256="")
+
+
+def test_redact_never_raises_and_hides_secrets():
+    assert sources.redact("http://u:p@h:1/a.zip?t=s#f") == "http://***@h:1/a.zip"
+    assert sources.redact("http://[::1/a.zip") == "http://[::1/a.zip"
+    assert sources.redact("http://u:p/ss@h/a") == "http://***@h/a"
+    assert sources.redact("a\nb") == "a\\nb"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({sources.USER_ENV: "reader"}, "LUNGCT_URL_USER is set but LUNGCT_URL_PASSWORD is not"),
+        ({sources.PASSWORD_ENV: SECRET}, "LUNGCT_URL_PASSWORD is set but LUNGCT_URL_USER"),
+        ({sources.TOKEN_ENV: SECRET, sources.USER_ENV: "r"}, "both set"),
+        ({"NETRC": "/nonexistent/netrc"}, "NETRC: /nonexistent/netrc: not found"),
+    ],
+)
+def test_bad_credential_settings_are_one_line(workdir, server, monkeypatch, env, message):
+    url, _ = server.add("/x.zip", b"x")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as err:
+        sources.fetch_url(url, workdir / "x.zip", max_bytes=100)
+    assert message in str(err.value) and SECRET not in str(err.value)
+    assert server.seen == [] and not (workdir / "x.zip").exists()
+
+
+def test_broken_netrc_names_the_line_not_its_content(workdir, server, monkeypatch, tmp_path):
+    url, _ = server.add("/x.zip", b"x")
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login reader password {SECRET}\n{SECRET}-garbage x\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with pytest.raises(UserError) as err:
+        sources.fetch_url(url, workdir / "x.zip", max_bytes=100)
+    assert str(err.value) == f"{netrc}: not a valid netrc file (line 2)"
+
+
+def test_wrong_credentials_say_where_they_came_from(workdir, server, monkeypatch):
+    url, _ = server.add("/x.zip", b"x")
+    server.required["/x.zip"] = "Bearer right"
+    monkeypatch.setenv(sources.TOKEN_ENV, SECRET)
+    with pytest.raises(UserError) as err:
+        sources.fetch_url(url + "?download=1", workdir / "x.zip", max_bytes=100)
+    assert str(err.value) == (
+        f"{url}: HTTP 401 Unauthorized (credentials sent from LUNGCT_URL_TOKEN; see docs/data.md)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/loop.zip", "cannot download (more than 10 redirects)"),
+        ("/ftp.zip", "cannot download (redirected to a URL that is not http or https)"),
+        ("/bad-port.zip", "cannot download (redirected to an invalid URL)"),
+        ("/closed.zip", "cannot download (Connection refused)"),
+    ],
+)
+def test_network_failures_are_one_line_without_the_query(
+    workdir, server, other_server, path, message
+):
+    closed = other_server.base
+    other_server.close()
+    server.redirects.update(
+        {
+            "/loop.zip": "/loop.zip",
+            "/ftp.zip": "ftp://127.0.0.1/a.zip",
+            "/bad-port.zip": "http://127.0.0.1:abc/a.zip",
+            "/closed.zip": f"{closed}/a.zip?sig=1",
+        }
+    )
+    with pytest.raises(UserError) as err:
+        sources.fetch_url(f"{server.base}{path}?x=1", workdir / "x.zip", max_bytes=100)
+    assert str(err.value) == f"{server.base}{path}: {message}"
+    assert not (workdir / "x.zip").exists()
+
+
+def test_downloads_stop_at_max_bytes(workdir, server):
+    url, _ = server.add("/big.zip", bytes(5000))
+    with pytest.raises(UserError, match=r"5000 bytes exceed data.max_bytes \(4000\)"):
+        sources.fetch_url(url, workdir / "big.zip", max_bytes=4000)
+    server.unsized.add("/big.zip")  # no Content-Length: counted while streaming
+    with pytest.raises(UserError, match=r"more than data.max_bytes \(4000\)"):
+        sources.fetch_url(url, workdir / "big.zip", max_bytes=4000)
+    assert not (workdir / "big.zip").exists()
+    assert len(sources.fetch_url(url, workdir / "big.zip", max_bytes=5000)) == 64
 
 
 @pytest.mark.parametrize(
@@ -263,13 +488,6 @@ def test_bomb_over_the_params_limit(workdir, tiny_raw, server):
     with pytest.raises(UserError, match="zeros|limit|exceed"):
         download(with_data(tiny_raw, source="url", url=url, sha256=digest, max_bytes=1_000_000))
     assert not (workdir / "data/raw").exists()
-
-
-def test_only_http_https_and_file_urls(tiny_raw):
-    with pytest.raises(UserError, match="data.url: 'ftp://host/a.zip' is not an http"):
-        with_data(tiny_raw, source="url", url="ftp://host/a.zip", sha256="a" * 64)
-    with pytest.raises(UserError, match="data.sha256: a url source needs"):
-        with_data(tiny_raw, source="url", url="https://host/a.zip", sha256="")
 
 
 def test_file_url(workdir, tiny_raw, tmp_path):
@@ -303,6 +521,77 @@ def test_local_folder_and_archive(workdir, tiny_raw, tmp_path):
 def test_local_path_that_does_not_exist(workdir, tiny_raw, tmp_path):
     with pytest.raises(UserError, match=r"nowhere\.zip: not found"):
         download(with_data(tiny_raw, source="path", path=str(tmp_path / "nowhere.zip")))
+    assert not (workdir / "data/raw").exists()
+
+
+def dataset_folder(root: Path) -> Path:
+    folder = root / "dataset"
+    for name, data in chest_ctscan_tree().items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        lambda folder, outside: (folder / "Data/loop").symlink_to(".."),  # copies without end
+        lambda folder, outside: (folder / "Data/self").symlink_to(folder),
+        lambda folder, outside: (folder / "Data/test/normal/x.png").symlink_to(outside / "big"),
+        lambda folder, outside: (folder / "Data/more").symlink_to(outside),  # past the limits
+        lambda folder, outside: (folder / "Data/gone").symlink_to(outside / "nothing"),
+        lambda folder, outside: os.mkfifo(folder / "Data/pipe"),  # would block a copy
+    ],
+    ids=["link-to-parent", "link-to-top", "file-link", "folder-link", "broken-link", "fifo"],
+)
+def test_folder_links_and_special_files_are_refused_by_name(workdir, tiny_raw, tmp_path, link):
+    folder = dataset_folder(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(bytes(3_000_000))
+    link(folder, outside)
+    with pytest.raises(UserError) as err:
+        download(with_data(tiny_raw, source="path", path=str(folder), max_bytes=2_000_000))
+    text = str(err.value)
+    assert text.startswith(str(folder / "Data")) and "links are not followed" in text, text
+    assert not (workdir / "data/raw").exists() and list((workdir / "data").iterdir()) == []
+
+
+def test_folder_limits_count_exactly_what_is_copied(workdir, tiny_raw, tmp_path):
+    folder = dataset_folder(tmp_path)
+    files = len(chest_ctscan_tree())
+    size = sum(map(len, chest_ctscan_tree().values()))
+    folders = len({p for p in folder.rglob("*") if p.is_dir()})
+    with pytest.raises(UserError, match=f"over the limit data.max_members={files + folders - 1}"):
+        download(
+            with_data(tiny_raw, source="path", path=str(folder), max_members=files + folders - 1)
+        )
+    with pytest.raises(UserError, match=f"over the limit data.max_bytes={size - 1}"):
+        download(with_data(tiny_raw, source="path", path=str(folder), max_bytes=size - 1))
+    limits = {"max_members": files + folders, "max_bytes": size}
+    source = download(with_data(tiny_raw, source="path", path=str(folder), **limits))
+    assert (source["files"], source["bytes"]) == (files, size)
+
+
+def test_the_named_path_may_be_a_link(workdir, tiny_raw, tmp_path):
+    link = tmp_path / "current"
+    link.symlink_to(dataset_folder(tmp_path))
+    assert download(with_data(tiny_raw, source="path", path=str(link)))["layout"] == "chest-ctscan"
+
+
+def test_path_that_is_not_a_folder_or_file(workdir, tiny_raw, tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"pipe: is a FIFO, not a folder or an archive"):
+        download(with_data(tiny_raw, source="path", path=str(tmp_path / "pipe")))
+    with pytest.raises(UserError, match=r"/dev/null: is a device"):
+        download(with_data(tiny_raw, source="path", path="/dev/null"))
+
+
+@pytest.mark.parametrize("path", [".", "data"])
+def test_path_holding_the_output_is_refused(workdir, tiny_raw, path):
+    dataset_folder(workdir)
+    with pytest.raises(UserError, match="holds the folder the data is written to"):
+        download(with_data(tiny_raw, source="path", path=path))
     assert not (workdir / "data/raw").exists()
 
 
@@ -353,6 +642,33 @@ def test_kaggle_download_copies_the_dataset(workdir, tiny_raw, tmp_path, monkeyp
     assert source["files"] == len(iqothnccd_tree())
 
 
-def test_kaggle_handle_is_validated(tiny_raw):
-    with pytest.raises(UserError, match="data.kaggle_handle: 'not a handle'"):
-        with_data(tiny_raw, source="kaggle", kaggle_handle="not a handle")
+@pytest.mark.parametrize(
+    "handle",
+    [
+        "not a handle",
+        "../..",
+        "owner/..",
+        "../dataset",
+        "owner/dataset/..",
+        "owner/dataset/versions/x",
+        "owner/dataset/versions/0",
+        "owner/dataset/extra",
+        "owner//dataset",
+        "/owner/dataset",
+        "owner/dataset\n",
+        "owner/data.set",
+        "",
+    ],
+)
+def test_bad_kaggle_handles_are_refused(tiny_raw, handle):
+    with pytest.raises(UserError) as err:
+        with_data(tiny_raw, source="kaggle", kaggle_handle=handle)
+    text = str(err.value)
+    assert text.startswith("params.yaml: data.kaggle_handle: ") and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "handle", ["mohamedhanyyy/chest-ctscan-images", "a/iqothnccd", "Owner_1/set-2/versions/3"]
+)
+def test_kaggle_handles(tiny_raw, handle):
+    assert with_data(tiny_raw, source="kaggle", kaggle_handle=handle).data.kaggle_handle == handle

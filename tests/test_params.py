@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,118 @@ def test_unreadable_params_file(tmp_path):
         load_params(tmp_path / "params.yaml")
     with pytest.raises(UserError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------- hostile files
+
+PROJECT_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
+
+
+def refused(tmp_path, data: bytes) -> str:
+    (tmp_path / "params.yaml").write_bytes(data)
+    with pytest.raises(UserError) as err:
+        load_params(tmp_path / "params.yaml")
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 400, text
+    return text.removeprefix(f"{tmp_path / 'params.yaml'}: ")
+
+
+ALIASES = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n"
+    for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (PROJECT_TEXT.encode("utf-16"), "not UTF-8 text (byte 0 cannot be decoded)"),
+        (("# caf\u00e9\n" + PROJECT_TEXT).encode("latin-1"), "not UTF-8 text (byte 5"),
+        (b"x: " + b"[" * 10_000 + b"]" * 10_000 + b"\n", "nested deeper than 32 levels"),
+        (b"x: " + b"{a: " * 10_000 + b"1" + b"}" * 10_000, "nested deeper than 32 levels"),
+        (
+            PROJECT_TEXT.replace("seed: 42", "seed: " + "7" * 4301).encode(),
+            "base.seed: integer too large (at most 9223372036854775807)",
+        ),
+        (
+            PROJECT_TEXT.replace("  epochs:", "  epochs: 1" + "0" * 30 + "\n  x:").encode(),
+            "train.epochs: integer too large",
+        ),
+        (
+            PROJECT_TEXT.replace("seed: 42", "seed: 4294967296").encode(),
+            "base.seed: input should be less than or equal to 4294967295",
+        ),
+        (
+            (PROJECT_TEXT + "\nbase:\n  seed: 1\n").encode(),
+            f"line {PROJECT_TEXT.count(chr(10)) + 2}: duplicate key 'base' (first given at line 2)",
+        ),
+        (
+            PROJECT_TEXT.replace("seed: 42", "seed: 42\n  seed: 43").encode(),
+            "not valid YAML (line 4: duplicate key 'seed' (first given at line 3))",
+        ),
+        (PROJECT_TEXT.replace("seed: 42", "seed: 2024-13-01").encode(), "line 3: month must be"),
+        (b"!!python/object/apply:os.system ['echo hi']\n", "could not determine a constructor"),
+        (b"base: {seed: 1\x00}\n", "not valid YAML (unacceptable character #x0000"),
+        (b"", "expected a mapping of sections, got NoneType"),
+        (b"- base\n", "expected a mapping of sections, got list"),
+        (
+            (ALIASES + PROJECT_TEXT.replace("base:\n  seed: 42", "base: *i")).encode(),
+            "base: input should be a valid dictionary",
+        ),
+        (
+            PROJECT_TEXT.replace("malignant: 1.0", "malignant: .nan").encode(),
+            "data.synthetic.class_balance.malignant: input should be a finite number",
+        ),
+    ],
+    ids=[
+        "utf-16",
+        "latin-1",
+        "deep-list",
+        "deep-mapping",
+        "4301-digit-seed",
+        "huge-epochs",
+        "seed-over-32-bits",
+        "duplicate-section",
+        "duplicate-key",
+        "impossible-date",
+        "python-tag",
+        "nul-byte",
+        "empty",
+        "a-list",
+        "alias-bomb",
+        "nan-weight",
+    ],
+)
+def test_hostile_params_files_are_one_line(tmp_path, data, message):
+    assert message in refused(tmp_path, data)
+
+
+def test_params_file_that_is_not_a_regular_file(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(UserError, match="params.yaml: not a regular file"):
+        load_params(tmp_path / "params.yaml")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading it would block
+    with pytest.raises(UserError, match="fifo.yaml: not a regular file"):
+        load_params(fifo)
+
+
+def test_parse_params_checks_what_yaml_did_not_load():
+    """Overrides built in Python (tests, benchmarks) get the same checks."""
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    for override, message in [
+        ({"base": {"seed": 10**4000}}, "base.seed: integer too large"),
+        ({"train": {"filters": deep}}, "train.filters.0.0.0.0..: nested deeper than 32 levels"),
+    ]:
+        with pytest.raises(UserError, match=message.replace(".", r"\.")):
+            parse_params(merge(project_params(), override))
+
+
+def test_a_url_password_never_reaches_the_message(tmp_path):
+    text = PROJECT_TEXT.replace('url: ""', 'url: "ftp://reader:hunter2@host/a.zip"')
+    assert "hunter2" not in refused(tmp_path, text.encode())
+    text = PROJECT_TEXT.replace('url: ""', "url: [http://reader:hunter2@host/a.zip]")
+    message = refused(tmp_path, text.encode())
+    assert "data.url: input should be a valid string" in message and "hunter2" not in message

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungct.atomic import atomic_file, check_replaceable
 from lungct.errors import UserError
 from stages.predict import predict
 from tests.dicom_fixtures import enhanced_ct, sr_document, truncated_pixel_data
@@ -129,14 +132,15 @@ def test_bad_inputs_one_line_each_and_the_rest_still_run(project, tmp_path):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert sorted(lines[:-1]) == sorted(
-        [
-            f"{folder / 'notes.txt'}: not_image: neither a DICOM file nor an image format Pillow can read",
-            f"{sr}: not_ct: SOP class Basic Text SR Storage",
-            f"{truncated}: truncated_pixel_data: 440 bytes of pixel data",
-            f"{tmp_path / 'missing.dcm'}: not_found: no such file or folder",
-        ]
-    ), result.stderr
+    expected = [  # each line starts so; the detail may say more
+        f"{folder / 'notes.txt'}: not_image: neither a DICOM file nor an image format Pillow can read",
+        f"{sr}: not_ct: SOP class Basic Text SR Storage",
+        f"{truncated}: truncated_pixel_data: 440 bytes of pixel data",
+        f"{tmp_path / 'missing.dcm'}: not_found: no such file or folder",
+    ]
+    assert len(lines) == len(expected) + 1, result.stderr
+    for start, line in zip(sorted(expected), sorted(lines[:-1]), strict=True):
+        assert line.startswith(start), result.stderr
     assert lines[-1] == "predict: 4 input(s) failed, 1 image(s) predicted"
     table = result.stdout.splitlines()
     assert table[0].split()[:2] == ["file", "predicted"] and len(table) == 2
@@ -166,7 +170,7 @@ def test_model_and_labels_must_agree(project, tmp_path):
     with pytest.raises(UserError, match="rerun dvc repro"):
         predict([*args, "--labels", str(bad)])
     bad.write_text("{not json")
-    with pytest.raises(UserError, match="not a readable labels file"):
+    with pytest.raises(UserError, match="not a readable model contract"):
         predict([*args, "--labels", str(bad)])
     damaged = tmp_path / "model.keras"
     damaged.write_bytes((project / "models/model.keras").read_bytes()[:1000])
@@ -226,3 +230,70 @@ def test_reader_processes_give_the_same_rows_and_failures(project, tmp_path, cap
     for a, b in zip(alone["predictions"], pooled["predictions"], strict=True):
         assert a == pytest.approx(b, abs=TOLERANCE)
     assert sum(r["level"] == "series" for r in pooled["predictions"]) == 9  # TINY's patients
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "dangling-link", "fifo", "socket"])
+def test_output_is_a_new_path_or_a_regular_file(project, tmp_path, kind):
+    out = tmp_path / "out.csv"
+    kept = tmp_path / "kept.csv"
+    kept.write_text("mine\n")
+    if kind == "folder":
+        out.mkdir()
+    elif kind == "link":
+        out.symlink_to(kept)
+    elif kind == "dangling-link":
+        out.symlink_to(tmp_path / "nowhere.csv")
+    elif kind == "fifo":
+        os.mkfifo(out)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(out))
+        server.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = [str(project / "data/splits/test"), *model_args(project), "--output", str(out)]
+    words = {"folder": "a folder", "fifo": "a FIFO", "socket": "a socket"}
+    with pytest.raises(UserError, match=f"out.csv: is {words.get(kind, 'a symbolic link')}"):
+        predict(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left
+    assert kept.read_text() == "mine\n"
+
+
+def test_device_is_never_replaced():
+    # The check alone: a failure here must not go on to replace /dev/null.
+    with pytest.raises(UserError, match="/dev/null: is a device"):
+        check_replaceable(Path("/dev/null"))
+
+
+def test_replace_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def fail(src, dst):
+        raise IsADirectoryError(21, "Is a directory", str(dst))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(IsADirectoryError), atomic_file(tmp_path / "out.csv") as tmp:
+        tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fifos_and_links_in_inputs_are_reported_never_opened(project, tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    good = sorted((project / "data/splits/test").rglob("*.png"))[0]
+    (folder / "good.png").write_bytes(good.read_bytes())
+    os.mkfifo(folder / "pipe.dcm")  # opening it would block
+    os.mkfifo(tmp_path / "arg.dcm")
+    (folder / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "gone.png").symlink_to(tmp_path / "nothing.png")
+    (folder / "link.png").symlink_to(folder / "good.png")  # a link to a file is read
+    args = [str(folder), str(tmp_path / "arg.dcm"), *model_args(project), "--format", "csv"]
+    assert predict(args) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert sorted(lines[:-1]) == sorted(
+        [
+            f"{folder / 'elsewhere'}: not_a_file: a link to a folder (not followed)",
+            f"{folder / 'gone.png'}: not_found: a broken symbolic link",
+            f"{folder / 'pipe.dcm'}: not_a_file: a FIFO, not a regular file",
+            f"{tmp_path / 'arg.dcm'}: not_a_file: a FIFO, not a regular file",
+        ]
+    )
+    assert lines[-1] == "predict: 4 input(s) failed, 2 image(s) predicted"

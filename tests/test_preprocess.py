@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungct.contract import Preprocessing
+from lungct.contract import Contract, Preprocessing
 from lungct.errors import SkippedFile
 from lungct.preprocess import (
     dicom_images,
     exported_image,
+    file_problem,
     model_images,
     model_input,
 )
@@ -132,3 +133,38 @@ def test_model_input_is_float32_nhwc():
     x = model_input(gray)
     assert x.shape == (2, 4, 4, 1) and x.dtype == np.float32 and x[0, 0, 0, 0] == 7.0
     assert model_input([np.zeros((4, 4, 3), np.uint8)]).shape == (1, 4, 4, 3)
+
+
+def test_file_problem_is_the_one_rule_for_an_exception_on_a_file():
+    assert file_problem(SkippedFile("bad_rescale", "RescaleSlope nan")) == (
+        "bad_rescale",
+        "RescaleSlope nan",
+    )
+    assert file_problem(ZeroDivisionError("division by zero\nmore")) == (
+        "unreadable",
+        "ZeroDivisionError: division by zero",
+    )
+    with pytest.raises(MemoryError):  # the machine's state, not the file's
+        file_problem(MemoryError())
+
+
+def test_the_image_limit_is_not_part_of_the_contract():
+    """max_image_bytes guards the machine: the contract a model was trained with, and its
+    labels.json, are the same whatever the limit."""
+    small = Preprocessing(((-600.0, 1500.0),), False, 32, max_image_bytes=1000)
+    default = Preprocessing(((-600.0, 1500.0),), False, 32)
+    assert small == default
+    assert Contract(("a", "b"), small).to_dict() == Contract(("a", "b"), default).to_dict()
+    assert "max_image_bytes" not in Contract(("a", "b"), small).to_dict()
+
+
+def test_model_images_uses_the_limit_of_its_preprocessing(tmp_path):
+    path = tmp_path / "slice.png"
+    Image.new("L", (40, 20), 9).save(path)
+    with pytest.raises(SkippedFile) as skip:
+        model_images(path, Preprocessing(((-600.0, 1500.0),), False, 32, max_image_bytes=799))
+    assert skip.value.reason == "too_large"
+    ct = ct_basic(tmp_path)  # 640 bytes of pixel data
+    with pytest.raises(SkippedFile) as skip:
+        model_images(ct.path, Preprocessing(((-600.0, 1500.0),), False, 32, max_image_bytes=639))
+    assert skip.value.reason == "too_large"

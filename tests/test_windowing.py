@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lungct.windowing import to_uint8, window_uint8, window_unit
+from lungct.windowing import is_window, to_uint8, window_uint8, window_unit
 
 
 def test_lung_window_hand_computed():
@@ -21,6 +21,16 @@ def test_window_output_dtype_and_no_integer_wraparound():
 def test_zero_width_is_rejected():
     with pytest.raises(ValueError, match="positive"):
         window_unit(np.zeros(3), 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("center", "width"), [(float("nan"), 400), (40, float("nan")), (40, float("inf")), (np.inf, 1)]
+)
+def test_non_finite_window_is_rejected_not_black_or_white(center, width):
+    assert not is_window(center, width)
+    for window in (window_unit, window_uint8):
+        with pytest.raises(ValueError, match="finite"):
+            window(np.zeros(3, np.float32), center, width)
 
 
 def test_to_uint8_rounds():

@@ -31,6 +31,11 @@ Geometry and conventions
   ``malignant``: 15-30 mm lobulated soft-tissue nodule with spicules (sometimes a ground-glass
   halo).  ``normal``: vessels only.  Slice spacing is chosen per patient from a (real or, for
   normal patients, fictitious) nodule diameter so that a nodule spans most slices.
+* Annotated forms (``write_cohort(annotations=...)``): LIDC-IDRI reader XML
+  (:mod:`~lungct.phantom.lidc_xml`), LUNA16 ``annotations.csv`` with DICOM or MetaImage
+  volumes (:mod:`~lungct.phantom.luna16`), Lung-PET-CT-Dx VOC boxes
+  (:mod:`~lungct.phantom.voc`); any lossless transfer syntax
+  (:mod:`~lungct.phantom.transfer_syntaxes`).
 * Determinism: the same seed gives byte-identical files.  Every draw from a patient's rng
   happens in a fixed order (see :mod:`~lungct.phantom.patient`), so any change to the order of
   draws or of floating-point operations changes the cohort.
@@ -39,13 +44,22 @@ Geometry and conventions
 from __future__ import annotations
 
 from lungct.params import SYNTHETIC_CLASSES as CLASSES
-from lungct.phantom.cohort import assign_labels, patient_id, patient_rng, write_cohort
+from lungct.phantom.cohort import (
+    ANNOTATION_FORMS,
+    FORM_LAYOUTS,
+    assign_labels,
+    patient_id,
+    patient_rng,
+    write_cohort,
+)
 from lungct.phantom.dicom_writer import PADDING_VALUE, ct_slice_dataset
 from lungct.phantom.geometry import FOV_MM, fov_mask
 from lungct.phantom.patient import PhantomPatient, phantom_patient, phantom_slices_hu
 
 __all__ = [
+    "ANNOTATION_FORMS",
     "CLASSES",
+    "FORM_LAYOUTS",
     "FOV_MM",
     "PADDING_VALUE",
     "PhantomPatient",

@@ -22,10 +22,12 @@ __all__ = [
     "MALIGNANT_DIAMETER_MM",
     "Nodule",
     "Spicule",
+    "nodule_outline",
     "place_nodule",
     "render_nodule",
     "sample_diameters",
     "sample_nodule",
+    "section_radius",
 ]
 
 BENIGN_DIAMETER_MM = (6.0, 12.0)
@@ -170,6 +172,54 @@ def sample_nodule(
     )
 
 
+def _effective_dz(nodule: Nodule, z: float, thickness: float) -> tuple[float, float]:
+    """``(dz, dz_eff)``: the slice centre's offset from the nodule centre along z, and the
+    offset used for the cut (a slice of ``thickness`` sees the nodule a quarter thickness
+    nearer its centre)."""
+    dz = z - nodule.center[2]
+    return dz, max(abs(dz) - thickness / 4.0, 0.0)
+
+
+def section_radius(nodule: Nodule, z: float, thickness: float) -> float | None:
+    """Radius (mm) of the nodule body's cut by the slice at ``z``, before the lobulating
+    harmonics; None where the slice misses the body (spicules and halo aside).  Exactly
+    the radius :func:`render_nodule` paints."""
+    r = nodule.radius
+    _, dz_eff = _effective_dz(nodule, z, thickness)
+    if dz_eff >= r:
+        return None
+    return math.sqrt(r * r - dz_eff * dz_eff)
+
+
+def _section_harmonics(nodule: Nodule, dz: float) -> np.ndarray:
+    """The harmonics (k, amplitude, phase) of the cut ``dz`` from the centre: the phases
+    turn by ``twist`` along z."""
+    harm = nodule.harmonics.copy()
+    harm[:, 2] += nodule.twist * (dz / nodule.radius) * 2.0
+    return harm
+
+
+def nodule_outline(
+    nodule: Nodule, z: float, thickness: float, n_points: int = 64
+) -> np.ndarray | None:
+    """Boundary of the nodule body (halo and spicules aside) in the slice at ``z``: an
+    ``(n_points, 2)`` array of (x, y) mm at angles from +x towards +y (clockwise as the image is
+    displayed), starting at +x; None where the slice misses the body.  It is the zero level of the signed distance that
+    :func:`render_nodule` paints (before clipping to the lungs)."""
+    rz = section_radius(nodule, z, thickness)
+    if rz is None:
+        return None
+    dz, _ = _effective_dz(nodule, z, thickness)
+    theta = np.linspace(0.0, 2.0 * math.pi, int(n_points), endpoint=False)
+    radius = np.full_like(theta, rz)
+    pert = np.ones_like(theta)
+    for k, amp, phase in _section_harmonics(nodule, dz):
+        pert += amp * np.cos(int(k) * theta + phase)
+    radius = radius * pert
+    c = nodule.center
+    return np.stack([c[0] + radius * np.cos(theta), c[1] + radius * np.sin(theta)], axis=1)
+
+
 def render_nodule(
     img: np.ndarray,
     grid: Grid,
@@ -187,8 +237,7 @@ def render_nodule(
     """
     c, r = nodule.center, nodule.radius
     ps = grid.pixel_spacing
-    dz = z - c[2]
-    dz_eff = max(abs(dz) - thickness / 4.0, 0.0)
+    dz, dz_eff = _effective_dz(nodule, z, thickness)
     reach = r * 1.3 + 2.0
     win = grid.window(c[0] - reach, c[0] + reach, c[1] - reach, c[1] + reach)
     if win is not None and dz_eff < r * 1.25:
@@ -198,10 +247,9 @@ def render_nodule(
             rh = math.sqrt((r * 1.25) ** 2 - dz_eff**2)
             occ_h = occupancy(np.hypot(xs - c[0], ys - c[1]) - rh, ps) * clip
             paint(img, region, occ_h, nodule.halo_hu + 30.0 * tex[region])
-        if dz_eff < r:
-            rz = math.sqrt(r * r - dz_eff * dz_eff)
-            harm = nodule.harmonics.copy()
-            harm[:, 2] += nodule.twist * (dz / r) * 2.0
+        rz = section_radius(nodule, z, thickness)
+        if rz is not None:
+            harm = _section_harmonics(nodule, dz)
             sd = sd_radial(xs, ys, c[0], c[1], rz, rz, harmonics=harm)
             occ = occupancy(sd, ps) * clip
             paint(img, region, occ, nodule.hu + 8.0 * tex[region])

@@ -4,10 +4,16 @@ The steps, in the order they draw from the patient's rng: sample the anatomy, th
 (nodule diameter, slice spacing and positions), the vessels and the nodule (placed on a fixed
 reference grid, so the geometry does not depend on the image size), then the per-pixel random
 fields (lung texture, noise); last, each slice is rendered without further draws.
+
+The slice spacing is fitted to the nodule by default (the series spans about one nodule
+diameter, so the nodule shows in most slices); a given ``slice_spacing_mm`` (a clinical
+series, e.g. 1.25 or 2.5 mm) replaces it after the same draws, so the anatomy, vessels and
+nodule are those of the fitted series and only the slice positions differ.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +34,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "PhantomPatient",
     "check_render_args",
+    "check_slice_spacing",
     "phantom_patient",
     "phantom_slices_hu",
 ]
@@ -56,6 +63,9 @@ class PhantomPatient:
     nodule_diameter_mm: float | None
     nodule_center_mm: tuple[float, float, float] | None
     calcified: bool
+    # The nodule as rendered (centre, radius, harmonics, spicules, halo): what annotations
+    # need (see lungct.phantom.nodules.section_radius and nodule_outline).  None if normal.
+    nodule: Nodule | None = None
 
 
 @dataclass
@@ -87,12 +97,27 @@ def check_render_args(label: str, n_slices: int, size: int) -> None:
         raise ValueError(f"size must be >= {MIN_IMAGE_SIZE}, got {size}")
 
 
-def _sample_series(rng: np.random.Generator, label: str, n_slices: int) -> _Series:
-    """Slice spacing from a reference diameter (so that a nodule spans most slices), and the
-    series centre; slices are contiguous and z decreases from one slice to the next."""
+def check_slice_spacing(slice_spacing_mm: float | None) -> float | None:
+    """None, or a finite spacing in mm of at least 0.3 (the fitted series' minimum)."""
+    if slice_spacing_mm is None:
+        return None
+    spacing = float(slice_spacing_mm)
+    if not math.isfinite(spacing) or spacing < 0.3:
+        raise ValueError(f"slice_spacing_mm must be >= 0.3 mm, got {slice_spacing_mm}")
+    return spacing
+
+
+def _sample_series(
+    rng: np.random.Generator, label: str, n_slices: int, slice_spacing_mm: float | None = None
+) -> _Series:
+    """Slice spacing from a reference diameter (so that a nodule spans most slices), or
+    ``slice_spacing_mm`` when given (the same draws either way), and the series centre;
+    slices are contiguous and z decreases from one slice to the next."""
     diameter, reference = sample_diameters(rng, label)
     spacing = round(max(reference * rng.uniform(0.95, 1.2) / n_slices, 0.3), 3)
     z_center = round(-rng.uniform(80.0, 260.0), 1)
+    if slice_spacing_mm is not None:
+        spacing = float(slice_spacing_mm)
     offsets = (np.arange(n_slices) - (n_slices - 1) / 2.0) * spacing
     z_pos = np.round(z_center - offsets, 4)
     return _Series(diameter, spacing, z_center, z_pos)
@@ -146,15 +171,23 @@ def _render_slice(
 
 
 def phantom_patient(
-    rng: np.random.Generator, label: str, n_slices: int, size: int
+    rng: np.random.Generator,
+    label: str,
+    n_slices: int,
+    size: int,
+    slice_spacing_mm: float | None = None,
 ) -> PhantomPatient:
-    """Render one patient; see :class:`PhantomPatient`. Consumes ``rng`` deterministically."""
+    """Render one patient; see :class:`PhantomPatient`. Consumes ``rng`` deterministically.
+
+    ``slice_spacing_mm``: None fits the spacing to the nodule (the default series); a value
+    gives a clinical series of that spacing around the same anatomy and nodule."""
     check_render_args(label, n_slices, size)
+    slice_spacing_mm = check_slice_spacing(slice_spacing_mm)
     n_slices, size = int(n_slices), int(size)
     ps = FOV_MM / size
     grid = Grid(size, ps)
     anatomy = sample_anatomy(rng)
-    series = _sample_series(rng, label, n_slices)
+    series = _sample_series(rng, label, n_slices, slice_spacing_mm)
     static = StaticLayers(anatomy, grid)
     placement = placement_map(anatomy, grid, static, series.z_center)
     vessels = sample_vessels(rng, anatomy, placement, series.z_center)
@@ -191,6 +224,7 @@ def phantom_patient(
         ),
         nodule_center_mm=None if nodule is None else tuple(float(v) for v in nodule.center),
         calcified=False if nodule is None else nodule.calcified,
+        nodule=nodule,
     )
 
 

@@ -1,0 +1,172 @@
+"""LUNA16: ``annotations.csv`` (seriesuid, coordX, coordY, coordZ, diameter_mm; world
+millimetres, patient LPS as in DICOM) and the slice-label rule.
+
+A slice is ``nodule`` when its position along the normal is within ``diameter_mm / 2``
+of a nodule's centre (inclusive), ``normal`` when it is more than ``margin_mm`` from every
+nodule's centre, and skipped (``luna16_near_nodule``) in between. The nodule's position is
+its centre projected on the slice normal: ``coordZ`` for axial slices (all of LUNA16). A
+series absent from the CSV has no nodules: all its slices are normal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungct.annotations.model import (
+    EPS_MM,
+    Labelled,
+    Problem,
+    SliceLabel,
+    SliceRef,
+    by_series,
+    point_position,
+    skipped,
+    world_to_pixel,
+)
+from lungct.annotations.reasons import (
+    ANNOTATION_TOO_LARGE,
+    ANNOTATION_UNREADABLE,
+    LUNA16_NEAR_NODULE,
+    NO_POSITION,
+)
+from lungct.errors import first_line
+from lungct.limits import size_text
+
+NODULE, NORMAL = "nodule", "normal"
+LUNA16_LABELS = (NORMAL, NODULE)
+LUNA16_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+MAX_CSV_BYTES = 64 * 2**20  # the real file is 70 KiB
+
+
+@dataclass(frozen=True)
+class Nodule:
+    series_uid: str
+    x: float
+    y: float
+    z: float
+    diameter_mm: float
+    line: int  # in the CSV, counting the header as line 1
+
+
+class CsvError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_luna16_csv(
+    path: Path, max_bytes: int = MAX_CSV_BYTES
+) -> tuple[dict[str, list[Nodule]], dict[str, str]]:
+    """Nodules by series, and the series whose rows are bad (series -> detail).
+
+    :class:`CsvError` when the file as a whole cannot be used (unreadable, too large, no
+    LUNA16 header). Column names are matched exactly after stripping spaces and a BOM;
+    other columns are ignored."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise CsvError(
+                ANNOTATION_TOO_LARGE, f"{size_text(size)}, over the limit of {size_text(max_bytes)}"
+            )
+        content = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CsvError(ANNOTATION_UNREADABLE, first_line(exc)) from None
+    try:
+        rows = list(csv.reader(io.StringIO(content, newline="")))
+    except csv.Error as exc:
+        raise CsvError(ANNOTATION_UNREADABLE, f"not a CSV file: {first_line(exc)}") from None
+    header = [h.strip() for h in rows[0]] if rows else []
+    missing = [c for c in LUNA16_COLUMNS if c not in header]
+    if missing:
+        raise CsvError(ANNOTATION_UNREADABLE, f"no column {', '.join(missing)} in the header")
+    index = {c: header.index(c) for c in LUNA16_COLUMNS}
+    nodules: dict[str, list[Nodule]] = {}
+    bad: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = {c: row[i].strip() if i < len(row) else "" for c, i in index.items()}
+        series = cells["seriesuid"]
+        try:
+            x, y, z, d = (float(cells[c]) for c in LUNA16_COLUMNS[1:])
+        except ValueError:
+            x = y = z = d = math.nan
+        if not series:
+            raise CsvError(ANNOTATION_UNREADABLE, f"line {line}: no seriesuid")
+        if not all(math.isfinite(v) for v in (x, y, z, d)) or d <= 0:
+            bad.setdefault(
+                series,
+                f"line {line}: coordinates and a diameter > 0 must be numbers "
+                f"({', '.join(cells[c] or '-' for c in LUNA16_COLUMNS[1:])})",
+            )
+            continue
+        nodules.setdefault(series, []).append(Nodule(series, x, y, z, d, line))
+    return nodules, bad
+
+
+def luna16_labels(
+    csv_file: Path,
+    slices: Sequence[SliceRef],
+    margin_mm: float = 10.0,
+    max_file_bytes: int = MAX_CSV_BYTES,
+) -> Labelled:
+    """Label every slice given from LUNA16's ``annotations.csv``.
+
+    A CSV that cannot be used is a problem, and every slice is skipped with its reason; a
+    bad row (a coordinate that is not a number, a diameter of 0) is a problem for its
+    series only, whose slices are skipped with ``annotation_unreadable``."""
+    if not (math.isfinite(margin_mm) and margin_mm >= 0):
+        raise ValueError(f"margin_mm must be a finite number >= 0, not {margin_mm}")
+    source = str(csv_file)
+    try:
+        nodules, bad = read_luna16_csv(csv_file, max_file_bytes)
+    except CsvError as exc:
+        labels = {r.key: skipped(exc.reason, exc.detail, source) for r in slices}
+        return Labelled(labels, [Problem(csv_file, exc.reason, exc.detail)])
+    problems = [
+        Problem(csv_file, ANNOTATION_UNREADABLE, f"series {s}: {d}") for s, d in bad.items()
+    ]
+    labels: dict[str, SliceLabel] = {}
+    for series, refs in by_series(slices).items():
+        for ref in refs:
+            if series in bad:
+                labels[ref.key] = skipped(ANNOTATION_UNREADABLE, bad[series], source)
+            else:
+                labels[ref.key] = _label_slice(ref, nodules.get(series, []), margin_mm, source)
+    return Labelled(labels, problems)
+
+
+def _label_slice(ref: SliceRef, nodules: list[Nodule], margin_mm: float, source: str) -> SliceLabel:
+    if not nodules:
+        return SliceLabel(NORMAL, source=source, detail="the series has no nodule in the CSV")
+    if ref.position is None:
+        return skipped(NO_POSITION, "the slice has no position to compare", source)
+    distances = [
+        (abs(ref.position - point_position((n.x, n.y, n.z), ref)), -n.diameter_mm, n.line, n)
+        for n in nodules
+    ]
+    inside = [d for d in distances if d[0] <= d[3].diameter_mm / 2 + EPS_MM]
+    if inside:
+        distance, _, _, nodule = min(inside)  # the nearest centre; the largest on a tie
+        return SliceLabel(
+            NODULE,
+            source=source,
+            center=world_to_pixel((nodule.x, nodule.y, nodule.z), ref),
+            size_mm=nodule.diameter_mm,
+            detail=f"{distance:.2f} mm from the centre of a {nodule.diameter_mm:g} mm nodule "
+            f"(line {nodule.line})",
+        )
+    distance = min(d[0] for d in distances)
+    if distance <= margin_mm + EPS_MM:
+        return skipped(
+            LUNA16_NEAR_NODULE,
+            f"a nodule centre lies {distance:.2f} mm away (margin {margin_mm:g} mm)",
+            source,
+        )
+    return SliceLabel(NORMAL, source=source, detail=f"nearest nodule centre {distance:.2f} mm away")

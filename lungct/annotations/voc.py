@@ -1,0 +1,171 @@
+"""Lung-PET-CT-Dx: Pascal VOC boxes, ``Annotation/<patient>/<SOPInstanceUID>.xml``.
+
+Each file boxes the tumour on one CT slice (the file's stem is the slice's
+SOPInstanceUID); ``object/name`` is a letter for the histology: A adenocarcinoma, B small
+cell carcinoma, E large cell carcinoma, G squamous cell carcinoma. An annotated slice gets
+its letter as the raw label; the other slices of a patient with boxes are skipped
+(``voc_unannotated_slice``: not known to be normal), and so are all slices of a patient
+without any (``not_annotated``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungct.annotations.model import Labelled, Problem, SliceLabel, SliceRef, skipped
+from lungct.annotations.reasons import (
+    ANNOTATION_DUPLICATE,
+    ANNOTATION_UNKNOWN,
+    ANNOTATION_UNMATCHED,
+    ANNOTATION_UNREADABLE,
+    NOT_ANNOTATED,
+    VOC_CONFLICTING_LABELS,
+    VOC_UNANNOTATED_SLICE,
+    VOC_UNKNOWN_LABEL,
+)
+from lungct.annotations.xmlsafe import (
+    MAX_XML_BYTES,
+    AnnotationError,
+    child,
+    children,
+    local,
+    number,
+    read_xml,
+    text,
+)
+
+VOC_LETTERS = {
+    "A": "adenocarcinoma",
+    "B": "small cell carcinoma",
+    "E": "large cell carcinoma",
+    "G": "squamous cell carcinoma",
+}
+
+
+@dataclass(frozen=True)
+class Box:
+    name: str  # as written, stripped
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.xmin + self.xmax) / 2, (self.ymin + self.ymax) / 2
+
+    @property
+    def area(self) -> float:
+        return (self.xmax - self.xmin) * (self.ymax - self.ymin)
+
+
+def read_voc(path: Path, max_bytes: int = MAX_XML_BYTES) -> list[Box]:
+    """The boxes of one VOC file; :class:`AnnotationError` when it has none usable."""
+    root = read_xml(path, max_bytes)
+    if local(root.tag) != "annotation":
+        raise AnnotationError(
+            ANNOTATION_UNKNOWN, f"root element <{local(root.tag)}> is not a VOC annotation"
+        )
+    boxes = []
+    for i, obj in enumerate(children(root, "object"), start=1):
+        box = child(obj, "bndbox")
+        values = [number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        if None in values:
+            raise AnnotationError(ANNOTATION_UNREADABLE, f"object {i}: bndbox needs four numbers")
+        xmin, ymin, xmax, ymax = values  # type: ignore[misc]
+        if not (xmin < xmax and ymin < ymax):
+            raise AnnotationError(
+                ANNOTATION_UNREADABLE, f"object {i}: empty box {xmin:g},{ymin:g},{xmax:g},{ymax:g}"
+            )
+        boxes.append(Box(text(obj, "name"), xmin, ymin, xmax, ymax))
+    if not boxes:
+        raise AnnotationError(ANNOTATION_UNREADABLE, "no object with a box")
+    return boxes
+
+
+def voc_labels(
+    xml_files: Sequence[Path], slices: Sequence[SliceRef], max_file_bytes: int = MAX_XML_BYTES
+) -> Labelled:
+    """Label every slice given from Lung-PET-CT-Dx VOC files, matched by file stem to the
+    slice key (SOPInstanceUID). Files for no slice given are problems
+    (``annotation_unmatched``), as are unreadable ones."""
+    keys = {r.key for r in slices}
+    problems: list[Problem] = []
+    files: dict[str, Path] = {}
+    duplicates: dict[str, str] = {}
+    for path in sorted(xml_files, key=str):
+        uid = path.stem
+        if uid not in keys:
+            problems.append(Problem(path, ANNOTATION_UNMATCHED, f"no slice {uid} given"))
+        elif uid in files:
+            if not _same_content(path, files[uid], max_file_bytes):
+                detail = f"slice {uid} also annotated, differently, by {files[uid]}"
+                problems.append(Problem(path, ANNOTATION_DUPLICATE, detail))
+                duplicates[uid] = detail
+        else:
+            files[uid] = path
+    annotated_patients = {r.patient_id for r in slices if r.key in files}
+    labels: dict[str, SliceLabel] = {}
+    for ref in slices:
+        path = files.get(ref.key)
+        if path is None:
+            if ref.patient_id in annotated_patients:
+                labels[ref.key] = skipped(
+                    VOC_UNANNOTATED_SLICE,
+                    f"patient {ref.patient_id} has boxes on other slices, none on this one",
+                )
+            else:
+                labels[ref.key] = skipped(NOT_ANNOTATED, f"no VOC box for patient {ref.patient_id}")
+        elif ref.key in duplicates:
+            labels[ref.key] = skipped(ANNOTATION_DUPLICATE, duplicates[ref.key], str(path))
+        else:
+            labels[ref.key] = _label_slice(ref, path, max_file_bytes, problems)
+    return Labelled(labels, problems)
+
+
+def _same_content(a: Path, b: Path, max_bytes: int) -> bool:
+    """Two files of the same bytes (a copy); False when either cannot be read in full."""
+    try:
+        size = a.stat().st_size
+        if size != b.stat().st_size or size > max_bytes:
+            return False
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _label_slice(ref: SliceRef, path: Path, max_bytes: int, problems: list[Problem]) -> SliceLabel:
+    source = str(path)
+    try:
+        boxes = read_voc(path, max_bytes)
+    except AnnotationError as exc:
+        problems.append(Problem(path, exc.reason, exc.detail))
+        return skipped(exc.reason, exc.detail, source)
+    letters = {b.name.upper() for b in boxes}
+    unknown = sorted(letters - VOC_LETTERS.keys())
+    if unknown:
+        return skipped(
+            VOC_UNKNOWN_LABEL,
+            f"box named {', '.join(map(repr, unknown))}, not A, B, E or G",
+            source,
+        )
+    if len(letters) > 1:
+        return skipped(
+            VOC_CONFLICTING_LABELS, f"boxes named {', '.join(sorted(letters))} on one slice", source
+        )
+    box = max(boxes, key=lambda b: b.area)  # the largest box, when there are several
+    size = None
+    if ref.spacing is not None:
+        row_spacing, column_spacing = ref.spacing
+        size = max((box.xmax - box.xmin) * column_spacing, (box.ymax - box.ymin) * row_spacing)
+    [letter] = letters
+    return SliceLabel(
+        letter,
+        source=source,
+        center=box.center,
+        size_mm=size if size is None or math.isfinite(size) else None,
+        detail=f"{len(boxes)} box(es), {VOC_LETTERS[letter]}",
+    )
