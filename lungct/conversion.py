@@ -381,14 +381,25 @@ def convert_all(units: list[Unit], job: Job, workers: int) -> list[dict]:
         ) from None
 
 
-def check_skips(manifest: pd.DataFrame, raw: Path, files: int, max_fraction: float) -> None:
+def expected_skips(layout: str) -> frozenset[str]:
+    """Skip reasons that are outcomes, not failures of the data: what an annotation rule
+    says of a slice, and, in the annotated datasets, the images that are not CT slices
+    they ship beside them (Lung-PET-CT-Dx's PET series, LIDC-IDRI's radiographs)."""
+    if layout in ANNOTATED_LAYOUTS:
+        return (LABEL_REASONS - {"unlabeled"}) | {"not_ct", "localizer"}
+    return frozenset()
+
+
+def check_skips(
+    manifest: pd.DataFrame, raw: Path, files: int, max_fraction: float, layout: str = ""
+) -> None:
     """Fail when nothing converted, or when more than ``max_fraction`` of the files failed
-    (what an annotation rule says of a slice is an outcome, not a failure)."""
+    (:func:`expected_skips` do not count)."""
     converted = manifest["status"] == "converted"
     reasons = manifest.loc[~converted, "reason"].value_counts().to_dict()
     if not converted.any():
         raise UserError(f"{raw}: no file could be converted ({files} files; skipped: {reasons})")
-    failed = ~converted & ~manifest["reason"].isin(LABEL_REASONS - {"unlabeled"})
+    failed = ~converted & ~manifest["reason"].isin(expected_skips(layout))
     skipped = manifest.loc[failed, "source"].nunique()
     if skipped > max_fraction * files:
         first = manifest[failed].iloc[0]

@@ -59,7 +59,7 @@ def convert(
         manifest[integers] = manifest[integers].astype("Int64")
         manifest = series_order(manifest)
         manifest["slice_index"] = manifest["slice_index"].astype("Int64")
-        check_skips(manifest, raw, len(work.files), params.max_skipped_fraction)
+        check_skips(manifest, raw, len(work.files), params.max_skipped_fraction, layout)
         write_csv(tmp / MANIFEST, manifest[MANIFEST_COLUMNS])
     metrics = convert_metrics(manifest, layout)
     write_json(METRICS_FILE, metrics)

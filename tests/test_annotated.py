@@ -82,6 +82,19 @@ def test_each_form_is_labelled_slice_by_slice(workdir, tiny_raw, form):
             assert row.label_source.endswith(f"{row.slice_key}.xml")
 
 
+def test_non_ct_series_beside_annotated_ct_are_outcomes_not_failures(workdir, tiny_raw):
+    """Lung-PET-CT-Dx ships PET series beside the CT: skipped as not_ct, and (unlike a
+    broken file) not counted against convert.max_skipped_fraction."""
+    from tests.dicom_fixtures import mr_image
+
+    params = params_for(tiny_raw, "voc")
+    download(params)
+    for i in range(12):  # 12 of 108 files: over the 5 % a broken file may make
+        mr_image(Path("data/raw/PET") / f"{i}", patient_id=f"PET-{i}")
+    metrics = convert(params.convert, seed=params.base.seed)
+    assert metrics["skipped_by_reason"]["not_ct"] == 12
+
+
 def test_annotated_layouts_are_detected_from_a_folder(workdir, tiny_raw):
     for form in ("lidc", "luna16-mhd", "voc"):
         incoming = workdir / f"incoming-{form}"
