@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
@@ -271,8 +272,12 @@ def image_dataset(
             if cache_dir is None:
                 raise ValueError("a file cache needs cache_dir")
             os.makedirs(cache_dir, exist_ok=True)
+            # One file per dataset: train and val share the folder, and a second w+ open
+            # of one name would truncate the first map under it (SIGBUS on the next read).
+            fd, name = tempfile.mkstemp(prefix="images-", suffix=".npy", dir=cache_dir)
+            os.close(fd)
             out = np.lib.format.open_memmap(
-                os.path.join(cache_dir, "images.npy"),
+                name,
                 mode="w+",
                 dtype=np.uint8,
                 shape=(len(paths), *shape),
