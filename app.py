@@ -5,7 +5,9 @@
 Uses ``models/model.keras`` and ``models/labels.json`` (what ``dvc repro`` trains; the
 environment variables ``LUNGCT_MODEL`` and ``LUNGCT_LABELS`` point elsewhere) and the convert
 stage's own preprocessing (``lungct.preprocess``), so each upload reaches the model exactly as
-the training images did. Shows, per upload: the image as the model sees it, the probability
+the training images did. Shows what the model was trained on and its test figures (the model
+card ``models/card.json``, when it names this model), with a warning for a model of the
+built-in synthetic cohort; and per upload: the image as the model sees it, the probability
 of every class, and a Grad-CAM map with its caveat.
 
 The model is loaded once per process (``st.cache_resource``) and reloaded when its files
@@ -25,6 +27,7 @@ import pandas as pd
 import streamlit as st
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
+from lungct.card import read_card
 from lungct.errors import SkippedFile, UserError
 from lungct.inference import Predictor, Upload, predict_bytes
 
@@ -44,6 +47,22 @@ NOT_A_DEVICE = (
     "A research model trained on this project's data, for checking the pipeline. "
     "Not a medical device; not for diagnosis."
 )
+
+
+def test_figures() -> str:
+    """The model's test figures from its card, or why there are none."""
+    card, why = read_card(MODEL.parent / "card.json", MODEL)
+    if card is None:
+        return f"No test figures ({why.split(': ', 1)[-1]})."
+    test = card["test"]
+    interval = ""
+    if test.get("ci_low") is not None:
+        interval = f" (95 % interval {test['ci_low']:.2f}-{test['ci_high']:.2f})"
+    leaky = " on a LEAKY split" if test.get("leaky") else ""
+    return (
+        f"Test balanced accuracy {test['balanced_accuracy']:.3f}{interval} on "
+        f"{test['images']} images{leaky}."
+    )
 
 
 def stamp(*paths: Path) -> tuple:
@@ -155,11 +174,13 @@ def main() -> None:
         st.error(predictor)
         st.stop()
     prep = predictor.prep
+    if predictor.contract.warning:
+        st.warning(f"Not for real CT: {predictor.contract.warning}.")
     st.caption(
         f"Model `{MODEL}`: classes {', '.join(predictor.classes)}; input {prep.image_size} x "
         f"{prep.image_size}, {prep.channels} channel(s), windows "
         + ", ".join(f"{c:g}/{w:g} HU" for c, w in prep.windows)
-        + f". {NOT_A_DEVICE}"
+        + f"; {predictor.contract.describe_data()}. {test_figures()} {NOT_A_DEVICE}"
     )
     uploads = st.file_uploader(
         "CT slices: DICOM files (any name), PNG or JPG",

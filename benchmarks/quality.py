@@ -99,9 +99,7 @@ def row(task: str, split: str, recipe: str, ev: dict, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="the Chest CT-Scan zip or folder"
-    )
+    parser.add_argument("--data", type=Path, required=True, help="the Chest CT-Scan zip or folder")
     parser.add_argument("--tasks", default="binary,default")
     parser.add_argument("--splits", default="grouped,official")
     parser.add_argument("--out", type=Path, default=None, help="write every eval_details.json here")

@@ -150,6 +150,20 @@ def read_labels(raw: Path) -> dict[str, str]:
     return dict(zip(table["PatientID"], table["label"], strict=True))
 
 
+def read_source(raw: Path = RAW_DIR) -> dict:
+    """``data/raw/SOURCE.json``, the download record (where the data came from)."""
+    path = raw / RAW_SOURCE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the download stage first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON (rerun download)") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: not a download record (rerun download)")
+    return record
+
+
 def read_layout(raw: Path) -> str:
     path = raw / RAW_SOURCE
     try:

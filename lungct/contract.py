@@ -3,11 +3,12 @@
 :class:`Preprocessing` is how raw files become model inputs (windows, input size); the
 convert stage takes it from params, predict and the app from the contract.
 
-Train writes it beside the model (``models/labels.json``); evaluate, predict, the app and
-the benchmarks read it here, validated, and check it against the loaded model. Its keys:
-the class order of the model's outputs, the square input size, the channels (one per CT
-window), the windows in HU, whether the first window is the file's own, and a plain-words
-description of the preprocessing.
+Train writes it beside the model (``models/labels.json``); evaluate, export, predict, the
+app, the service and the benchmarks read it here, validated, and check it against the
+loaded model. Its keys: the class order of the model's outputs, the square input size, the
+channels (one per CT window), the windows in HU, whether the first window is the file's
+own, a plain-words description of the preprocessing, and what data the model was trained
+on (:class:`TrainingData`; absent from contracts written before it was recorded).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ PREPROCESSING_STEPS = (
 )
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 RETRAIN = "rerun dvc repro"
+SYNTHETIC_WARNING = (
+    "this model was trained on the built-in synthetic CT cohort (data.source: synthetic), "
+    "a check of the pipeline: it is not for real CT, and its classes mean nothing on a real scan"
+)
 
 
 class _WindowLike(Protocol):
@@ -120,20 +125,125 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class TrainingData:
+    """What a model was trained on, as train found it in ``data/raw/SOURCE.json`` (the
+    download record) and ``metrics/split.json``: where the data came from, its layout, the
+    class mapping, the split strategy, and the images per split. No local path and no
+    credential: ``dataset`` is the phantom and its seed, the Kaggle handle, the URL as the
+    download record keeps it (no query, no user), or the file or folder *name* of a path."""
+
+    source: str  # synthetic | kaggle | url | path (params data.source)
+    dataset: str
+    layout: str
+    tree_sha256: str  # of data/raw as downloaded
+    class_mapping: str  # split.classes: default | binary | custom
+    split_strategy: str  # grouped | official | random
+    leaky: bool  # the split lets patients or near duplicates cross (test figures optimistic)
+    images: tuple[tuple[str, int], ...] = ()  # (split, images) in split order
+
+    @classmethod
+    def from_records(cls, source: dict, split: dict) -> TrainingData:
+        """From the download record and the split stage's summary (plain dicts)."""
+        kind = str(source.get("source", "unknown"))
+        if kind == "synthetic":
+            dataset = f"{source.get('generator', 'lungct.phantom')}, seed {source.get('seed')}"
+        elif kind == "kaggle":
+            dataset = str(source.get("handle", ""))
+        elif kind == "url":
+            dataset = str(source.get("url", ""))
+        else:
+            dataset = Path(str(source.get("path", ""))).name
+        classes = split.get("classes", "default")
+        images = split.get("images") or {}
+        return cls(
+            source=kind,
+            dataset=dataset,
+            layout=str(source.get("layout", split.get("layout", "unknown"))),
+            tree_sha256=str(source.get("tree_sha256", "")),
+            class_mapping=classes if isinstance(classes, str) else "custom",
+            split_strategy=str(split.get("strategy", "unknown")),
+            leaky=bool(split.get("leaky", False)),
+            images=tuple((str(k), int(v)) for k, v in images.items()),
+        )
+
+    @property
+    def warning(self) -> str | None:
+        """What a user of the model must be told before trusting its output, or None."""
+        return SYNTHETIC_WARNING if self.source == "synthetic" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "dataset": self.dataset,
+            "layout": self.layout,
+            "tree_sha256": self.tree_sha256,
+            "class_mapping": self.class_mapping,
+            "split": {"strategy": self.split_strategy, "leaky": self.leaky},
+            "images": dict(self.images),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> TrainingData:
+        """Raises ValueError (the caller names the file) for anything that is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+            raise ValueError("data must be an object with a 'source'")
+        split = data.get("split", {})
+        images = data.get("images", {})
+        if not isinstance(split, dict) or not isinstance(images, dict):
+            raise ValueError("data.split and data.images must be objects")
+        texts = ("dataset", "layout", "tree_sha256", "class_mapping")
+        if not all(isinstance(data.get(key, ""), str) for key in texts) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in images.values()
+        ):
+            raise ValueError("data: dataset, layout, class_mapping are text; images counts")
+        return cls(
+            source=data["source"],
+            dataset=data.get("dataset", ""),
+            layout=data.get("layout", "unknown"),
+            tree_sha256=data.get("tree_sha256", ""),
+            class_mapping=data.get("class_mapping", "default"),
+            split_strategy=str(split.get("strategy", "unknown")),
+            leaky=bool(split.get("leaky", False)),
+            images=tuple((str(k), v) for k, v in images.items()),
+        )
+
+
+@dataclass(frozen=True)
 class Contract:
-    """Class order (the model's outputs) and the preprocessing of its input."""
+    """Class order (the model's outputs), the preprocessing of its input, and the data it
+    was trained on (None for a contract written before that was recorded)."""
 
     classes: tuple[str, ...]
     prep: Preprocessing
+    data: TrainingData | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """The line predict, the app and the service show with every answer, or None."""
+        return self.data.warning if self.data is not None else None
+
+    def describe_data(self) -> str:
+        """What the model was trained on, in one line for people."""
+        data = self.data
+        if data is None:
+            return "training data not recorded (a contract from before it was)"
+        split = f"split {data.split_strategy}" + (" (LEAKY)" if data.leaky else "")
+        return f"trained on {data.source} data ({data.dataset}; layout {data.layout}; {split})"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.prep.image_size, self.prep.image_size, self.prep.channels)
 
     @classmethod
-    def from_params(cls, params: Params, classes: list[str] | tuple[str, ...]) -> Contract:
-        """The contract of a model trained now: ``convert`` params and the train split's classes."""
-        return cls(tuple(classes), Preprocessing.from_params(params.convert))
+    def from_params(
+        cls,
+        params: Params,
+        classes: list[str] | tuple[str, ...],
+        data: TrainingData | None = None,
+    ) -> Contract:
+        """The contract of a model trained now: ``convert`` params, the train split's classes
+        and what the data was."""
+        return cls(tuple(classes), Preprocessing.from_params(params.convert), data)
 
     def to_dict(self) -> dict[str, Any]:
         prep = self.prep
@@ -147,6 +257,9 @@ class Contract:
             "crop": {"kind": prep.crop, "mm": prep.crop_mm},
             "input": MODEL_INPUT,
             "preprocessing": list(PREPROCESSING_STEPS),
+            **({"data": self.data.to_dict()} if self.data is not None else {}),
+            # for a person reading the file; readers derive it from data.source
+            **({"warning": self.warning} if self.warning else {}),
         }
 
     def write(self, path: Path = CONTRACT_FILE) -> None:
@@ -229,7 +342,14 @@ class Contract:
             crop=crop["kind"],
             crop_mm=float(crop["mm"]),
         )
-        return cls(tuple(classes), prep)
+        # Added later too: a contract without it says nothing of its training data.
+        trained_on = None
+        if "data" in data:
+            try:
+                trained_on = TrainingData.from_dict(data["data"])
+            except ValueError as exc:
+                raise bad(str(exc)) from None
+        return cls(tuple(classes), prep, trained_on)
 
     def check_model(self, model: Any, model_path: Path | str, source: Path | str = CONTRACT_FILE):
         """A loaded Keras model that takes this input and gives one output per class, or a

@@ -18,7 +18,7 @@ rule: a full disk stops the stage (one line, ``lungct.errors.run_stage``).
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from lungct.annotations import SliceLabel, read_metaimage
@@ -38,10 +36,10 @@ from lungct.contract import Preprocessing
 from lungct.crops import crop_box, crop_hu, lung_point
 from lungct.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.errors import UserError
-from lungct.images import fit_square, save_png
+from lungct.images import fit_square, phash, save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams
-from lungct.preprocess import exported_image, file_problem
+from lungct.preprocess import exported_image, file_problem, frame_channels
 from lungct.slice_labels import (
     ANNOTATED_LAYOUTS,
     LABEL_REASONS,
@@ -230,8 +228,8 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
         instance_number=frame.instance_number,
         frame=frame.frame,
         slice_position=frame.slice_position,
-        rows=int(frame.hu.shape[0]),
-        columns=int(frame.hu.shape[1]),
+        rows=frame.shape[0],
+        columns=frame.shape[1],
         mode="HU",
         transfer_syntax=frame.transfer_syntax,
         rescale_type=frame.rescale_type,
@@ -264,8 +262,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
             if neighbour is frame:
                 windows = slice_windows
             if box is None:
-                unresized = window_channels(neighbour.hu, slice_windows)
-                images.append((fit_square(unresized, job.prep.image_size), unresized))
+                images.append(_view(neighbour, slice_windows, job.prep.image_size, 2 * k + 1))
             else:
                 hu = crop_hu(neighbour.hu, box, job.prep.image_size)
                 pixels = window_channels(hu, slice_windows)
@@ -278,6 +275,31 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
     gray = centre if centre.ndim == 2 else centre[..., 0]
     suffix = f".f{frame.frame + 1:04d}" if count > 1 else ""
     return _finish(row, _stack([pixels for pixels, _ in images]), gray, suffix, job)
+
+
+# 2.5-D input: the views of the last few frames, each frame being its neighbours' too.
+_VIEWS: OrderedDict[int, tuple] = OrderedDict()
+
+
+def _view(
+    frame: CTFrame, windows: list[tuple[float, float]], size: int, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's (model image, unresized channels): windowed and resized once a frame,
+    though with ``context_slices`` it is a channel of ``keep`` images."""
+    if keep == 1:
+        unresized = frame_channels(frame, windows)
+        return fit_square(unresized, size), unresized
+    key = (tuple(windows), size)
+    hit = _VIEWS.get(id(frame))
+    if hit is not None and hit[0] is frame and hit[1] == key:
+        _VIEWS.move_to_end(id(frame))
+        return hit[2]
+    unresized = frame_channels(frame, windows)
+    view = fit_square(unresized, size), unresized
+    _VIEWS[id(frame)] = (frame, key, view)  # the frame itself: its id is not reused meanwhile
+    while len(_VIEWS) > keep:
+        _VIEWS.popitem(last=False)
+    return view
 
 
 def _crop_box(frame: CTFrame, job: Job, label: str) -> tuple[float, float, float, float] | None:
@@ -316,7 +338,7 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     save_png(job.out / output, pixels)
     return dict(
         row,
-        phash=str(imagehash.phash(Image.fromarray(gray))),
+        phash=phash(gray, pixels),  # pixels: a reduce() of gray it can start from
         output=output,
         status="converted",
     )

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,11 +65,31 @@ BITS_ALLOCATED = (1, 8, 16, 32, 64)  # what pixel data decoders know (PS3.5 8.1.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
+class _LazyHU:
+    """``CTFrame.hu``: the HU given when the frame was made, or, given None, computed from
+    ``CTFrame.stored`` the first time it is read. The reader gives None: convert's windows
+    are lookup tables on the stored values (:class:`StoredPixels`) and never need the
+    float32 image; crops and annotation rules read it, and get it then."""
+
+    def __get__(self, frame: CTFrame | None, owner: type | None = None) -> np.ndarray:
+        if frame is None:
+            raise AttributeError("hu")  # no default: the dataclass field stays required
+        hu = frame.__dict__.get("hu")
+        if hu is None:
+            if frame.stored is None:
+                raise ValueError("a CTFrame needs hu or stored pixels")
+            hu = frame.__dict__["hu"] = frame.stored.hu()
+        return hu
+
+    def __set__(self, frame: CTFrame, value: np.ndarray | None) -> None:
+        frame.__dict__["hu"] = value
+
+
 @dataclass(frozen=True)
 class CTFrame:
     """One CT slice in HU with what the manifest and the series sort need."""
 
-    hu: np.ndarray  # float32, rows x columns
+    hu: np.ndarray = _LazyHU()  # float32, rows x columns; None when made: from ``stored``
     patient_id: str
     series_uid: str
     instance_number: int | None
@@ -81,6 +102,13 @@ class CTFrame:
     # where it is used (Preprocessing.windows_for, file_window).
     window: tuple[float, float] | None
     geometry: FrameGeometry | None = None  # where the slice lies (crops, annotations)
+    stored: StoredPixels | None = None  # a linear rescale's stored values (HU on demand)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Rows and columns, without computing the HU."""
+        pixels = self.stored.values if self.stored is not None else self.hu
+        return int(pixels.shape[0]), int(pixels.shape[1])
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,66 @@ def stored_to_hu(
     hu += np.float32(intercept)
     if mask is not None:
         hu[mask] = AIR_HU
+    return hu
+
+
+@dataclass(frozen=True)
+class StoredPixels:
+    """One frame's stored values and the linear Modality LUT that makes them HU (PS3.3
+    C.11.1.1.2), padding (C.7.5.1.1.2) included.
+
+    HU is affine in the stored integer, so any CT window of it is a function of the stored
+    value: for 8- and 16-bit integers :func:`code_hu` gives the HU of every possible value,
+    by the float32 path itself (:meth:`hu`), and a window of that is a lookup table
+    (``lungct.preprocess.frame_channels``): the very pixels the float path gives, for one
+    table lookup per pixel.
+    """
+
+    values: np.ndarray  # rows x columns, as decoded (int16, uint16, ...)
+    slope: float
+    intercept: float
+    padding: tuple[int | None, int | None] = (None, None)  # Pixel Padding Value, Range Limit
+    bits_stored: int = 16
+    signed: bool = True
+
+    def hu(self) -> np.ndarray:
+        """The float32 HU: the reference path (padding mask, rescale, air)."""
+        mask = padding_mask(self.values, *self.padding, self.bits_stored, self.signed)
+        return stored_to_hu(self.values, self.slope, self.intercept, mask)
+
+    def codes(self) -> np.ndarray | None:
+        """The values as table indices (their bits read as uint8 or uint16; two's
+        complement puts negative values in the upper half), or None when no table applies:
+        wider than 16 bits, not integers, or not in this machine's byte order."""
+        dtype = self.values.dtype
+        if dtype.kind not in "iu" or dtype.itemsize > 2 or not dtype.isnative:
+            return None
+        return self.values.view(np.uint8 if dtype.itemsize == 1 else np.uint16)
+
+    @property
+    def rescale(self) -> tuple:
+        """What maps a stored value to HU, hashable: dtype, slope, intercept, padding, bits."""
+        padding = tuple(None if v is None else int(v) for v in self.padding)
+        return (
+            self.values.dtype.str,
+            self.slope,
+            self.intercept,
+            padding,
+            self.bits_stored,
+            self.signed,
+        )
+
+
+@lru_cache(maxsize=16)
+def code_hu(rescale: tuple) -> np.ndarray:
+    """The HU of every index of :meth:`StoredPixels.codes` under ``rescale``
+    (:attr:`StoredPixels.rescale`), computed by :meth:`StoredPixels.hu` itself: 65 536
+    float32 values for 16-bit data, 256 for 8-bit."""
+    dtype, slope, intercept, padding, bits_stored, signed = rescale
+    dtype = np.dtype(dtype)
+    codes = np.arange(2 ** (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}")
+    hu = StoredPixels(codes.view(dtype), slope, intercept, padding, bits_stored, signed).hu()
+    hu.flags.writeable = False  # shared by every frame with this rescale
     return hu
 
 
@@ -577,7 +665,6 @@ def _frame(
     layout: _Layout,
     padding: tuple[int | None, int | None],
 ) -> CTFrame:
-    mask = padding_mask(stored, *padding, bits_stored=layout.bits_stored, signed=layout.signed)
     enhanced = ds.SOPClassUID != CTImageStorage
 
     def where(sequence: str, keyword: str) -> Dataset | None:
@@ -599,9 +686,11 @@ def _frame(
         # A lookup table instead of a linear rescale (PS3.3 C.11.1); pydicom applies it.
         _check_lut(ds)
         hu = apply_modality_lut(stored, ds).astype(np.float32)
+        mask = padding_mask(stored, *padding, bits_stored=layout.bits_stored, signed=layout.signed)
         if mask is not None:
             hu[mask] = AIR_HU
         rescale_type = rescale_type or ds.ModalityLUTSequence[0].get("ModalityLUTType")
+        pixels = None
     else:
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
@@ -613,7 +702,9 @@ def _frame(
                 "bad_rescale",
                 f"RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: HU overflow",
             )
-        hu = stored_to_hu(stored, slope, intercept, mask)
+        # HU on demand (CTFrame.hu): a window is a lookup table on the stored values.
+        hu = None
+        pixels = StoredPixels(stored, slope, intercept, padding, layout.bits_stored, layout.signed)
     instance = _integer(ds, "InstanceNumber", -(2**31), 2**31 - 1)
     tilt = _number(ds, "GantryDetectorTilt")
     return CTFrame(
@@ -628,6 +719,7 @@ def _frame(
         gantry_tilt=tilt,
         window=window,
         geometry=geometry,
+        stored=pixels,
     )
 
 

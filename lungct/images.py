@@ -1,9 +1,11 @@
 """8-bit image helpers shared by convert, predict and the app: decoding to grayscale,
-resizing, PNG writing."""
+resizing, perceptual hashing, PNG writing."""
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,13 @@ Image.MAX_IMAGE_PIXELS = None
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 image (rows x cols, or rows x cols x channels) to ``size x size``,
-    keeping its aspect ratio and padding the short side with black, centred."""
+    keeping its aspect ratio and padding the short side with black, centred.
+
+    Shrinking by an integer factor (both sides multiples of the new ones: a 512 x 512 CT
+    slice to 128) takes the mean of each factor x factor block, in one pass (Pillow's
+    ``reduce``); any other factor is BILINEAR, as every resize was before issue 17
+    (docs/benchmarks.md, "Convert: the work after decoding").
+    """
     if image.ndim not in (2, 3):
         raise ValueError(f"expected a 2-D image or channels last, got shape {image.shape}")
     height, width = image.shape[:2]
@@ -28,21 +36,113 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
         return image
     scale = size / max(height, width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    resized = np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8
-    )
+    factor = width // new_w
+    source = Image.fromarray(image)
+    if factor >= 2 and (new_w * factor, new_h * factor) == (width, height):
+        resized = source.reduce(factor)
+    else:
+        resized = source.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    if (new_h, new_w) == (size, size):
+        return np.array(resized, dtype=np.uint8)  # a writable copy, as when padded
     out = np.zeros((size, size, *image.shape[2:]), dtype=np.uint8)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = resized
+    out[top : top + new_h, left : left + new_w] = np.asarray(resized)
     return out
 
 
+# pHash (imagehash.phash, its defaults): the 8 x 8 lowest DCT coefficients of a 32 x 32
+# LANCZOS thumbnail, each bit whether one is above their median.
+HASH_SIZE = 8
+HASH_IMAGE = 32
+# The thumbnail: Pillow first shrinks the image with reduce() by the integer factor that
+# leaves it at least this many times the thumbnail, then resamples with LANCZOS; a 512 x 512
+# slice becomes 128 x 128 (4 x 4 means), then 32 x 32. Under 256 pixels a side nothing is
+# reduced and the hash is imagehash.phash's, bit for bit (docs/benchmarks.md, "Convert: the
+# work after decoding").
+HASH_REDUCING_GAP = 4.0
+
+
+def phash(gray: np.ndarray, resized: np.ndarray | None = None) -> str:
+    """The 64-bit perceptual hash (16 hex digits) the split stage groups near duplicates
+    by: ``imagehash.phash`` of a 2-D uint8 image, with its thumbnail made by way of
+    ``reducing_gap`` (:data:`HASH_REDUCING_GAP`), about a sixth of the time on a 512 x 512
+    slice. The DCT (scipy's, imported here: predict and the app never hash), the median
+    and the bit order are imagehash's.
+
+    ``resized``: ``fit_square(gray, size)`` where the caller has it. When that was the
+    very ``reduce()`` the thumbnail starts with (a 512 x 512 slice to 128), the thumbnail
+    starts from it rather than reducing the slice a second time; the hash is the same.
+    """
+    height, width = gray.shape
+    # Pillow's reducing_gap rule: reduce by these factors first (1: no reduce).
+    fx = int(width / HASH_IMAGE / HASH_REDUCING_GAP) or 1
+    fy = int(height / HASH_IMAGE / HASH_REDUCING_GAP) or 1
+    source = gray
+    if (
+        resized is not None
+        and fx == fy > 1
+        and resized.shape == (height // fx, width // fx)
+        and height % fx == width % fx == 0
+    ):
+        source = resized  # fit_square reduced by fx too: its result is that first step
+    thumb = Image.fromarray(source).resize(
+        (HASH_IMAGE, HASH_IMAGE), Image.Resampling.LANCZOS, reducing_gap=HASH_REDUCING_GAP
+    )
+    import scipy.fftpack
+
+    pixels = np.asarray(thumb, dtype=np.float64)
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:HASH_SIZE, :HASH_SIZE]
+    middle = np.sort(dct, axis=None)[HASH_SIZE**2 // 2 - 1 : HASH_SIZE**2 // 2 + 1]
+    median = (middle[0] + middle[1]) / 2  # np.median's own arithmetic, without its overhead
+    return np.packbits(dct > median).tobytes().hex()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types (PS: ISO/IEC 15948 11.2.2) by channels: what Image.fromarray makes of
+# them (L, LA, RGB, RGBA), so the file decodes to the array that was written.
+PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+PNG_SUB_FILTER = 1
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 image (rows x cols, or rows x cols x 1-4 channels) as PNG file bytes.
+
+    Every row with the Sub filter (each byte minus the one a pixel to its left), zlib level
+    1 with the run-length strategy: on CT slices a third of Pillow's PNG time (level 1,
+    adaptive filters) for 5-10 % fewer bytes. Nothing but IHDR, IDAT and IEND: no time,
+    no gamma, so the same pixels give the same bytes (for a given zlib).
+    """
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 image, got {image.dtype} of shape {image.shape}")
+    height, width = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in PNG_COLOR_TYPES or height < 1 or width < 1:
+        raise ValueError(f"cannot write a PNG of shape {image.shape}")
+    rows = np.ascontiguousarray(image).reshape(height, width * channels)
+    filtered = np.empty((height, 1 + width * channels), dtype=np.uint8)
+    filtered[:, 0] = PNG_SUB_FILTER
+    filtered[:, 1 : 1 + channels] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, 1 + channels :])  # mod 256
+    deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
+    data = deflate.compress(filtered) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, PNG_COLOR_TYPES[channels], 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 image (grayscale, or 3 channels as RGB) as PNG; no timestamps, so the
-    same pixels give the same bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Level 1: a third of the default level's time for a few percent more bytes.
-    Image.fromarray(image).save(path, format="PNG", compress_level=1)
+    """Write a uint8 image (grayscale, or 3 channels as RGB) as PNG (:func:`png_bytes`),
+    making its folder if need be."""
+    data = png_bytes(image)
+    try:
+        path.write_bytes(data)
+    except FileNotFoundError:  # the folder, made only then: not a syscall per image
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:

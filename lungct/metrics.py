@@ -9,8 +9,12 @@ readers must be able to trust every key.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
+import imagehash
 import numpy as np
+from PIL import Image
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -274,3 +278,59 @@ def classification_metrics(
     if bootstrap:
         metrics["ci95"] = bootstrap_intervals(groups, y_true, y_pred, n_classes, bootstrap, seed)
     return metrics
+
+
+def image_phashes(paths: Sequence[str | Path]) -> np.ndarray:
+    """64-bit perceptual hashes (ImageHash pHash of the grayscale image) of image files, as
+    uint64: an independent look at what the model reads, for :func:`leak_sensitivity`."""
+    values = []
+    for path in paths:
+        with Image.open(path) as image:
+            values.append(int(str(imagehash.phash(image.convert("L"))), 16))
+    return np.array(values, dtype=np.uint64)
+
+
+def nearest_bits(test: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Per test image, the Hamming distance (bits) from its 64-bit perceptual hash to the
+    nearest of ``reference`` (uint64 arrays; compared a chunk of rows at a time)."""
+    nearest = np.full(len(test), 64, dtype=np.int64)  # no reference: as far as it gets
+    if len(reference):
+        for i in range(0, len(test), chunk):
+            bits = np.bitwise_count(test[i : i + chunk, None] ^ reference[None, :])
+            nearest[i : i + chunk] = bits.min(axis=1)
+    return nearest
+
+
+def leak_sensitivity(y_true: np.ndarray, probabilities: np.ndarray, distances: np.ndarray) -> dict:
+    """How much near neighbours in train/val lift the test score: accuracy and balanced
+    accuracy on the half of the test images farthest from any train/val image (by
+    ``distances``, pHash bits to the nearest), on the nearer half, and the count of test
+    images within 2 bits (near copies of a training image, to the model's eye).
+
+    The halves are exact: test images sorted by distance, farthest first, ties in test
+    order; the far half gets the odd image. A far-half score well below the full-test score
+    says the test set is partly remembered, not generalised to.
+    """
+    y_true, distances = np.asarray(y_true), np.asarray(distances)
+    y_pred = probabilities.argmax(axis=1)
+    order = np.lexsort((np.arange(len(distances)), -distances))  # farthest first, stable
+    cut = (len(order) + 1) // 2
+
+    def half(index: np.ndarray, bound: str) -> dict:
+        if len(index) == 0:
+            return {"images": 0, bound: None, "accuracy": None, "balanced_accuracy": None}
+        edge = distances[index].min() if bound == "min_bits" else distances[index].max()
+        return {
+            "images": int(len(index)),
+            bound: int(edge),
+            "accuracy": _r(accuracy_score(y_true[index], y_pred[index])),
+            "balanced_accuracy": _r(_balanced_accuracy(y_true[index], y_pred[index])),
+        }
+
+    return {
+        "distance": "pHash bits to the nearest train/val image (ImageHash, split PNGs)",
+        "median_bits": _r(np.median(distances)) if len(distances) else None,
+        "within_2_bits": int((distances <= 2).sum()),
+        "far_half": half(order[:cut], "min_bits"),
+        "near_half": half(order[cut:], "max_bits"),
+    }

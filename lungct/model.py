@@ -29,6 +29,64 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+@keras.saving.register_keras_serializable(package="lungct")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras' ``BatchNormalization``, computed by TensorFlow's fused kernel.
+
+    Keras 3 computes batch norm from a dozen element-wise ops (``tf.nn.moments``, then
+    ``tf.nn.batch_normalization``), each a pass over the feature map, and as many again in
+    the gradient; on a CPU that cost the default CNN as much as its convolutions
+    (docs/benchmarks.md). ``tf.compat.v1.nn.fused_batch_norm`` is one op forward and one
+    backward (oneDNN's batch norm on the CPU). Same weights, same maths: the moving
+    variance is Keras' (the biased batch variance), the layer's config is Keras', and a
+    model saved with it loads in safe mode (the class is registered). Inputs it cannot
+    take (a mask, renorm, synchronized, not 4-D with channels last) go to Keras' own code.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        rank = len(inputs.shape)
+        return (
+            mask is None
+            and rank == 4
+            and self.axis in (-1, rank - 1)
+            and not self.renorm
+            and not self.synchronized
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32) if inputs.dtype == tf.float64 else inputs
+        channels = x.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones((channels,))
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros((channels,))
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
+            # The kernel returns the unbiased variance (n / (n - 1)) for the moving average;
+            # Keras averages the biased one, which the kernel normalized with.
+            n = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + variance * (1.0 - momentum)
+            )
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                scale,
+                offset,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
+        return tf.cast(y, self.compute_dtype)
+
+
 # How the last feature map becomes a vector: the baseline CNN flattens it; a global max keeps
 # "is there a nodule anywhere" with far fewer weights.
 _HEADS = {
@@ -70,6 +128,34 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo: native bfloat16 maths
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 maths natively (AVX512_BF16 or AMX), as Linux reports
+    it; False where it cannot tell. Without them oneDNN runs bfloat16 convolutions 0.6x as
+    fast as float32 (AVX-512) or not at all (AVX2 only): docs/benchmarks.md."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in BFLOAT16_CPU_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def compute_dtype(precision: str) -> str:
+    """``train.precision`` as a Keras dtype policy: ``auto`` is ``mixed_bfloat16`` on a CPU
+    with native bfloat16 maths and no GPU (2x and more the float32 speed there), else
+    ``float32``."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU") or not cpu_has_bfloat16():
+        return "float32"
+    return "mixed_bfloat16"
+
+
 def class_weights(labels: list[int], n_classes: int) -> dict[int, float]:
     """Balanced weights, ``n / (n_classes * count)``, for the classes present in ``labels``
     (as scikit-learn's ``compute_class_weight("balanced")``)."""
@@ -96,25 +182,37 @@ def build_cnn(
     inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
     augment = augmentation(params.augment, seed)
     x = augment(inputs) if augment is not None else inputs
+    # train.precision: the blocks and the dense layer compute in it (bfloat16 with
+    # mixed_bfloat16; the weights stay float32); the softmax is float32 whatever it is.
+    dtype = compute_dtype(params.precision)
     if params.backbone == "cnn":
-        x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+        x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=dtype)(x)
         for i, width in enumerate(params.filters, start=1):
             x = layers.Conv2D(
-                width, 3, padding="same", use_bias=not params.batch_norm, name=f"conv{i}"
+                width,
+                3,
+                padding="same",
+                use_bias=not params.batch_norm,
+                name=f"conv{i}",
+                dtype=dtype,
             )(x)
             if params.batch_norm:
                 # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
                 # moving statistics must settle within an epoch or two, or validation (and
-                # early stopping on it) sees a model that predicts one class.
-                x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-            x = layers.ReLU(name=f"relu{i}")(x)
-            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = _HEADS[params.head](name=params.head)(x)
-    else:
+                # early stopping on it) sees a model that predicts one class. Fused: one
+                # op, not a dozen (Keras' own layer made training 1.7x slower on a CPU).
+                x = FusedBatchNormalization(momentum=0.9, name=f"bn{i}", dtype=dtype)(x)
+            x = layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
+            x = layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
+        x = _HEADS[params.head](name=params.head, dtype=dtype)(x)
+    else:  # keras.applications: float32 (train.precision is for the blocks)
+        dtype = "float32"
         x = backbone(params.backbone, params.pretrained, x)
-    x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
-    x = layers.Dropout(params.dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    x = layers.Dense(params.dense_units, activation="relu", name="dense", dtype=dtype)(x)
+    x = layers.Dropout(params.dropout, name="dropout", dtype=dtype)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities", dtype="float32")(
+        x
+    )
     model = keras.Model(inputs, outputs, name="lung_ct_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
@@ -198,8 +296,130 @@ def save_model(model: keras.Model, path: os.PathLike) -> None:
             archive.writestr(fixed, data)
 
 
-def load_model(path: os.PathLike) -> keras.Model:
-    """Load a trained model in Keras safe mode (no arbitrary code from the file).
+def _chain(model: keras.Model) -> list[keras.Layer] | None:
+    """The layers of a functional model that is one chain (each layer called once, on the
+    previous one's output, the last one's output the model's), input layer left out; else
+    None."""
+    if isinstance(model, keras.Sequential) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    chain = model.layers
+    if not chain or not isinstance(chain[0], keras.layers.InputLayer):
+        return None
+    for previous, layer in zip(chain, chain[1:], strict=False):
+        if len(layer._inbound_nodes) != 1 or layer.input is not previous.output:
+            return None
+    return chain[1:] if chain[-1].output is model.outputs[0] else None
+
+
+def _bn_affine(bn: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """Batch norm at inference as ``x * scale + shift`` per channel (float64)."""
+    mean = bn.moving_mean.numpy().astype(np.float64)
+    variance = bn.moving_variance.numpy().astype(np.float64)
+    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
+    beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    return scale, beta - mean * scale
+
+
+def _foldable(conv: keras.Layer, bn: keras.Layer, pooled: bool) -> bool:
+    """A plain channels-last Conv2D (no activation), then a channels-last batch norm; when a
+    max pool lies between them, every scale must be >= 0 (then the pool commutes with it)."""
+    if type(conv) is not layers.Conv2D or not isinstance(bn, layers.BatchNormalization):
+        return False
+    if bn.renorm or bn.axis not in (-1, 3) or conv.data_format != "channels_last":
+        return False
+    if keras.activations.serialize(conv.activation) != "linear":
+        return False
+    return not pooled or bool((_bn_affine(bn)[0] >= 0).all())
+
+
+def _folded_conv(conv: layers.Conv2D, bn: layers.BatchNormalization) -> tuple[layers.Conv2D, list]:
+    """A Conv2D with a bias (same name) computing ``bn(conv(x))`` at inference, and its weights."""
+    scale, shift = _bn_affine(bn)
+    kernel = conv.kernel.numpy().astype(np.float64) * scale  # the output channel is last
+    bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else 0.0
+    config = {**conv.get_config(), "use_bias": True, "dtype": "float32"}
+    folded = layers.Conv2D.from_config(config)
+    return folded, [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
+
+
+_AUGMENTATION = (
+    layers.RandomFlip,
+    layers.RandomRotation,
+    layers.RandomZoom,
+    layers.RandomTranslation,
+)
+
+
+def _is_augmentation(layer: keras.Layer) -> bool:
+    """The ``augment`` block: identity at inference."""
+    return isinstance(layer, keras.Sequential) and all(
+        isinstance(x, _AUGMENTATION) for x in layer.layers
+    )
+
+
+def _float32_copy(layer: keras.Layer) -> tuple[keras.Layer, list]:
+    """A copy of ``layer`` (same name and config) computing in float32, and the weights to
+    give it once built (a ``mixed_bfloat16`` layer's weights are float32 already)."""
+    return type(layer).from_config({**layer.get_config(), "dtype": "float32"}), layer.get_weights()
+
+
+def inference_model(model: keras.Model, fold: bool = True) -> keras.Model:
+    """A float32 copy of ``model`` for inference, with (``fold``) each batch norm folded
+    into the convolution before it: ``conv`` then ``bn`` becomes one ``conv`` with a bias,
+    whose kernel is scaled per output channel by ``gamma / sqrt(moving_variance +
+    epsilon)`` and whose bias takes the shift: no pass over the feature map for the batch
+    norm, and oneDNN fuses the bias and the ReLU into the convolution.
+
+    Every layer is a copy computing in float32 (a ``train.precision: mixed_bfloat16``
+    model runs in float32 here), with the model's weights copied: the model itself is left
+    untouched. The folded convolutions keep their names (``conv1``, ...), so Grad-CAM finds
+    them; the augmentation block (identity at inference) is left out. A max pool between
+    the convolution and the batch norm (``conv``, ``pool``, ``bn``) is folded too when
+    every scale is >= 0 (a max commutes with it), and kept otherwise. Outputs equal the
+    float32 model's at inference within float rounding (tests/test_fold.py: 1e-5); the
+    copy is not for training (no batch norm left). A model that is not one chain of
+    layers (the keras.applications backbones) is returned as it is.
+    """
+    chain = _chain(model)
+    if chain is None:
+        return model
+    first = model.layers[0]
+    inputs = keras.Input(
+        batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype, name=first.name
+    )
+    x, weights, i = inputs, [], 0
+    while i < len(chain):
+        layer, after = chain[i], chain[i + 1 : i + 3]
+        pool = after[0] if after and type(after[0]) is layers.MaxPooling2D else None
+        if fold and after and _foldable(layer, after[0], pooled=False):
+            bn, step = after[0], 2
+        elif fold and pool and len(after) == 2 and _foldable(layer, after[1], pooled=True):
+            bn, step = after[1], 3
+        else:
+            if not _is_augmentation(layer):
+                copy, values = _float32_copy(layer)
+                x = copy(x)
+                weights.append((copy, values))
+            i += 1
+            continue
+        conv, values = _folded_conv(layer, bn)
+        x = conv(x)
+        weights.append((conv, values))
+        if step == 3:
+            x = _float32_copy(pool)[0](x)
+        i += step
+    folded = keras.Model(inputs, x, name=model.name)
+    for layer, values in weights:
+        layer.set_weights(values)
+    return folded
+
+
+def load_model(path: os.PathLike, fold: bool = True) -> keras.Model:
+    """Load a trained model in Keras safe mode (no arbitrary code from the file), for
+    inference: with ``fold`` (the default), the float32 copy with batch norm folded into
+    the convolutions (:func:`inference_model`; the file stays the trained model).
+    ``fold=False`` gives the model as it was saved (to train on, or to compare).
 
     A missing, truncated or foreign file is a :class:`UserError` naming it.
     """
@@ -210,11 +430,12 @@ def load_model(path: os.PathLike) -> keras.Model:
             f"{path}: not a Keras model file (truncated or damaged?); rebuild it: dvc repro"
         )
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # a damaged member, or code that safe mode refuses
         raise UserError(
             f"{path}: cannot load the model ({first_line(exc)}); rebuild it: dvc repro"
         ) from None
+    return inference_model(model) if fold else model
 
 
 def decode_images(

@@ -266,9 +266,15 @@ class SplitParams(_Section):
     # A preset ("default": the layout's own classes; "binary": with/without cancer)
     # or a mapping of raw labels (folder names) to classes.
     classes: Literal["default", "binary"] | dict[str, str]
-    # Images without a PatientID are grouped by perceptual hash: images whose pHash
-    # differ in at most this many of 64 bits (and their chains) form one group.
+    # Images without a PatientID: "phash" groups near duplicates of the original image
+    # (pHash within near_duplicate_distance bits, chains included); "patient_likely" groups
+    # likely patients (lungct.grouping, docs/splitting.md), with the thresholds below.
+    grouping: Literal["phash", "patient_likely"]
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
+    view_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # pHash of the model's view
+    duplicate_similarity: Annotated[float, Field(ge=-1, le=1)]  # thumbnail correlation
+    patient_distance: Annotated[int, Field(ge=1, le=64)]  # view pHash bits, one patient
+    patient_similarity: Annotated[float, Field(ge=-1, lt=1)]  # thumbnail correlation, one patient
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
 
@@ -315,6 +321,11 @@ class TrainParams(_Section):
     cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
     # "auto": MirroredStrategy over all GPUs when there are several, else the default.
     strategy: Literal["auto", "default", "mirrored"]
+    # What the conv blocks train in: float32, or bfloat16 with float32 weights (Keras'
+    # mixed_bfloat16: 2x and more the speed where the CPU has bfloat16 instructions,
+    # AVX512_BF16 or AMX; 0.6x, or failing, where it has not); "auto": mixed_bfloat16 on
+    # such a CPU without a GPU, else float32. Inference (evaluate, predict) is float32.
+    precision: Literal["auto", "float32", "mixed_bfloat16"]
 
 
 class EvaluateParams(_Section):

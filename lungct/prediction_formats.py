@@ -48,13 +48,18 @@ def render_csv(rows: list[Prediction], classes: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def render_json(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> str:
-    document = {
+def document(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> dict:
+    """The JSON answer: the classes, one record per row, one per failure (the predict
+    command's ``--format json`` and the service's ``POST /predict``)."""
+    return {
         "classes": list(classes),
         "predictions": records(rows, classes),
         "failures": [{"file": f.file, "reason": f.reason, "detail": f.detail} for f in failures],
     }
-    return json.dumps(document, indent=2) + "\n"
+
+
+def render_json(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> str:
+    return json.dumps(document(rows, classes, failures), indent=2) + "\n"
 
 
 def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from lungct.contract import Preprocessing
-from lungct.dicom import CTFrame, has_dicom_prefix, read_ct
+from lungct.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
 from lungct.errors import SkippedFile, describe
 from lungct.images import fit_square, read_image
-from lungct.windowing import window_channels
+from lungct.windowing import window_channels, window_lookup, window_uint8
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     model_image = prep.image_size**2 * prep.channels  # bytes: each frame makes one
     for frame in read_ct(path, prep.max_image_bytes, model_image):
         windows = prep.windows_for(frame)
-        pixels = window_channels(frame.hu, windows)
+        pixels = frame_channels(frame, windows)
         images.append(
             ModelImage(
                 pixels=repeat_slice(fit_square(pixels, prep.image_size), prep.depth),
@@ -72,6 +73,29 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
             )
         )
     return images
+
+
+def frame_channels(frame: CTFrame, windows: list[tuple[float, float]]) -> np.ndarray:
+    """A CT frame's 8-bit channels, one per window: ``window_channels`` of its HU, computed
+    as a table lookup on the stored values where the file has a linear rescale of 8- or
+    16-bit integers (the tables are built by that float path, so the pixels are the same;
+    ``lungct.dicom.StoredPixels``), on the HU otherwise (a Modality LUT Sequence, a
+    MetaImage volume, 32-bit values)."""
+    stored = frame.stored
+    codes = stored.codes() if stored is not None else None
+    if codes is None:
+        return window_channels(frame.hu, windows)
+    rescale = stored.rescale
+    return window_lookup(codes, [window_table(rescale, float(c), float(w)) for c, w in windows])
+
+
+@lru_cache(maxsize=64)
+def window_table(rescale: tuple, center: float, width: float) -> np.ndarray:
+    """``window_uint8`` of the HU of every stored value (``lungct.dicom.code_hu``): the
+    window as a lookup table, built once per rescale and window in a process."""
+    table = window_uint8(code_hu(rescale), center, width)
+    table.flags.writeable = False  # shared by every frame with this rescale and window
+    return table
 
 
 def repeat_slice(pixels: np.ndarray, depth: int) -> np.ndarray:

@@ -94,12 +94,22 @@ def markdown_report(
     lines += _table(["metric", "value", "95 % interval (patient bootstrap)"], rows)
     lines += [
         "",
-        f"{metrics['images']} test images from {metrics['groups']} patients or "
-        "near-duplicate groups.",
-        "",
-        "## Per class",
+        f"{metrics['images']} test images from {metrics['groups']} patients (likely "
+        "patients or near-duplicate groups, for images without ids).",
         "",
     ]
+    leak = metrics.get("leak_sensitivity")
+    if leak and leak["far_half"]["images"]:
+        far = leak["far_half"]
+        lines += [
+            f"Leak sensitivity: balanced accuracy {_fmt(far['balanced_accuracy'])} on the "
+            f"{far['images']} test images farthest from train and val (at least "
+            f"{far['min_bits']} pHash bits from the nearest), "
+            f"{_fmt(metrics['balanced_accuracy'])} on all; {leak['within_2_bits']} test images "
+            "lie within 2 bits of a train or val image.",
+            "",
+        ]
+    lines += ["## Per class", ""]
     lines += _table(
         ["class", "precision", "recall (sensitivity)", "specificity", "F1", "ROC AUC", "support"],
         [

@@ -1,7 +1,8 @@
 """Leakage-free splitting: whole groups (patients) go to one split, stratified by class.
 
-A group is a patient (DICOM PatientID) or, for images without ids, a set of near
-duplicates (perceptual hash within ``split.near_duplicate_distance`` bits, chains
+A group is a patient (DICOM PatientID) or, for images without ids, a likely patient
+(``split.grouping: patient_likely``, :mod:`lungct.grouping`) or a set of near duplicates
+(``phash``: perceptual hash within ``split.near_duplicate_distance`` bits, chains
 included). ``split.strategy``: ``grouped`` (whole groups, stratified by class, seeded),
 ``official`` (the dataset's own train/valid/test folders), ``random`` (image by image:
 the notebook protocol, leaky, for comparison only). Then the leakage gate counts groups
@@ -22,6 +23,14 @@ import pandas as pd
 
 from lungct.artifacts import SPLITS, read_manifest
 from lungct.errors import UserError
+from lungct.grouping import (
+    Evidence,
+    Rule,
+    duplicate_pairs,
+    hash_values,
+    likely_patients,
+    read_evidence,
+)
 from lungct.layouts import DROPPED, class_mapping, map_labels
 from lungct.params import Params, SplitParams
 
@@ -128,13 +137,34 @@ def close_pairs(
     return pairs
 
 
-def leakage_pairs(table: pd.DataFrame, distance: int) -> pd.DataFrame:
+def near_duplicate_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, cfg: SplitParams
+) -> list[tuple[int, int]]:
+    """Position pairs (i in left, j in right) of near duplicates among images without ids,
+    as ``split.grouping`` defines them: pHash within ``near_duplicate_distance`` bits
+    (``phash``), or :func:`lungct.grouping.duplicate_pairs` (``patient_likely``)."""
+    if cfg.grouping == "phash":
+        return close_pairs(
+            left["phash"].tolist(), right["phash"].tolist(), cfg.near_duplicate_distance
+        )
+    return duplicate_pairs(_evidence(left), _evidence(right), Rule.of(cfg))
+
+
+def _evidence(table: pd.DataFrame) -> Evidence:
+    return Evidence(
+        hash_values(table["phash"].tolist()),
+        hash_values(table["view_phash"].tolist()),
+        np.stack(table["thumb"].tolist()),
+    )
+
+
+def leakage_pairs(table: pd.DataFrame, cfg: SplitParams) -> pd.DataFrame:
     """Near-duplicate image pairs that sit in two different splits.
 
     Images with a patient id are compared by exact content (``content`` column): a
     perceptual hash cannot tell one patient's CT slice from another's (on the phantom,
     34 pairs of different patients' slices share a pHash). Images without ids are
-    compared by pHash within ``distance`` bits, as they were grouped.
+    compared as they were grouped (:func:`near_duplicate_pairs`).
     Returns columns ``a``, ``b`` (row labels of ``table``, ``a`` in the earlier split).
     """
     order = {name: i for i, name in enumerate(SPLITS)}
@@ -150,7 +180,7 @@ def leakage_pairs(table: pd.DataFrame, distance: int) -> pd.DataFrame:
         right = anonymous[anonymous["split"] == second]
         if left.empty or right.empty:
             continue
-        for i, j in close_pairs(left["phash"].tolist(), right["phash"].tolist(), distance):
+        for i, j in near_duplicate_pairs(left, right, cfg):
             found.add((left.index[i], right.index[j]))
     return pd.DataFrame(sorted(found), columns=["a", "b"])
 
@@ -177,10 +207,27 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             f"{params.classes if isinstance(params.classes, str) else 'custom'}); "
             f"the data has {sorted(set(classes))}"
         )
-    # Patients where the data has ids; near-duplicate groups where it has none.
-    components = near_duplicate_components(rows["phash"].tolist(), params.near_duplicate_distance)
+    # Patients where the data has ids; likely patients or near-duplicate groups where it has none.
+    anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
+    view_phash, thumb = [""] * len(rows), [None] * len(rows)
+    if params.grouping == "patient_likely":
+        outputs = rows["output"].to_numpy()
+        evidence = read_evidence(
+            rows["phash"].to_numpy()[anonymous].tolist(),
+            [converted / outputs[i] for i in anonymous],
+        )
+        components = np.arange(len(rows))
+        components[anonymous] = anonymous[likely_patients(evidence, Rule.of(params))]
+        for k, i in enumerate(anonymous):
+            view_phash[i], thumb[i] = f"{evidence.view[k]:016x}", evidence.thumb[k]
+        name = "likely-patient"
+    else:
+        components = near_duplicate_components(
+            rows["phash"].tolist(), params.near_duplicate_distance
+        )
+        name = "near-duplicates"
     groups = [
-        patient if patient else f"near-duplicates-{component:05d}"
+        patient if patient else f"{name}-{component:05d}"
         for patient, component in zip(rows["patient_id"], components, strict=True)
     ]
     table = pd.DataFrame(
@@ -190,6 +237,8 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             "group": groups,
             "has_id": (rows["patient_id"] != "").to_numpy(),
             "phash": rows["phash"].to_numpy(),
+            "view_phash": view_phash,  # patient_likely: the evidence the gate compares
+            "thumb": thumb,
             "official": rows["official_split"].to_numpy(),
             # Identical pixels give identical PNG bytes (same encoder, no timestamps).
             "content": [
@@ -226,9 +275,9 @@ def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
     return images["group"].map(by_group)
 
 
-def leakage(images: pd.DataFrame, distance: int) -> tuple[list[str], pd.DataFrame]:
+def leakage(images: pd.DataFrame, cfg: SplitParams) -> tuple[list[str], pd.DataFrame]:
     """Groups found in several splits, and near-duplicate pairs across splits."""
-    return groups_in_several_splits(images), leakage_pairs(images, distance)
+    return groups_in_several_splits(images), leakage_pairs(images, cfg)
 
 
 @dataclass
@@ -246,8 +295,7 @@ class LeakageOutcome:
 def apply_leakage_policy(images: pd.DataFrame, cfg: SplitParams) -> LeakageOutcome:
     """The leakage gate: ``fail`` raises, ``warn`` logs and keeps the leak, ``drop``
     removes the later-split side of every leak (:func:`drop_leaks`)."""
-    distance = cfg.near_duplicate_distance
-    shared, pairs = leakage(images, distance)
+    shared, pairs = leakage(images, cfg)
     found = len(shared), len(pairs)
     dropped = images.iloc[:0].assign(reason="")
     if shared or len(pairs):
@@ -260,20 +308,20 @@ def apply_leakage_policy(images: pd.DataFrame, cfg: SplitParams) -> LeakageOutco
         if cfg.leakage == "warn":
             log.warning("%s; the test numbers will be optimistic", summary)
         else:
-            images, dropped = drop_leaks(images, distance)
+            images, dropped = drop_leaks(images, cfg)
             log.warning("%s; dropped %d later-split copies", summary, len(dropped))
-        shared, pairs = leakage(images, distance)
+        shared, pairs = leakage(images, cfg)
     return LeakageOutcome(images, dropped, *found, shared, pairs)
 
 
-def drop_leaks(images: pd.DataFrame, distance: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def drop_leaks(images: pd.DataFrame, cfg: SplitParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Remove the later-split side of every leak (val after train, test after both)."""
     kept = images
     dropped = []
     for later in ("val", "test"):
         earlier = kept[kept["split"].map(SPLITS.index) < SPLITS.index(later)]
         shared = kept.index[(kept["split"] == later) & kept["group"].isin(earlier["group"])]
-        _, pairs = leakage(kept, distance)
+        _, pairs = leakage(kept, cfg)
         paired = [
             b
             for a, b in zip(pairs["a"], pairs["b"], strict=True)
@@ -311,5 +359,6 @@ def split_metrics(images: pd.DataFrame) -> dict:
         "images_with_near_duplicates": int(group_sizes[group_sizes > 1].sum())
         if not images["has_id"].all()
         else 0,
+        "largest_group": int(group_sizes.max()),
         "class_imbalance_ratio": round(float(class_counts.max() / class_counts.min()), 4),
     }

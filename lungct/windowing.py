@@ -1,5 +1,8 @@
 """CT windowing: Hounsfield units to model-ready intensities. Pure functions on arrays.
 
+:func:`window_uint8` is the definition; :func:`window_lookup` applies it as a lookup table
+on stored values (a DICOM frame's HU are affine in them, ``lungct.dicom.StoredPixels``).
+
 This is not the display VOI LUT of PS3.3 C.11.2.1.2 (which maps to a display range
 and uses ``center - 0.5`` / ``width - 1``); a CNN wants a plain linear map of the
 window ``[center - width/2, center + width/2]`` onto ``[0, 1]``, clipped.
@@ -63,3 +66,13 @@ def window_channels(hu: np.ndarray, windows: list[tuple[float, float]]) -> np.nd
     if len(windows) == 1:
         return window_uint8(hu, *windows[0])
     return np.stack([window_uint8(hu, c, w) for c, w in windows], axis=-1)
+
+
+def window_lookup(codes: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
+    """:func:`window_channels` as table lookups: ``codes`` are a frame's stored values as
+    uint8 or uint16 indices, each table the window's uint8 for every index
+    (``lungct.preprocess.window_table``). One gather per pixel and window instead of the
+    float32 rescale and window; the same pixels."""
+    if len(tables) == 1:
+        return np.take(tables[0], codes)
+    return np.stack([np.take(table, codes) for table in tables], axis=-1)

@@ -12,7 +12,10 @@ Writes, all under ``metrics/``:
 - ``roc/<class>.csv``: one-vs-rest ROC points per class;
 - ``test_grid.png``: test images with true and predicted class, misclassified first;
 - ``charts/*.png``: static training-curve, confusion-matrix and ROC charts for the report;
-- ``report.md``: the same, readable.
+- ``report.md``: the same, readable;
+
+and ``models/card.json``, the model card (``lungct.card``): the headline figures with the
+sha256 of the model they belong to and what it was trained on, for whoever serves it.
 """
 
 from __future__ import annotations
@@ -36,10 +39,18 @@ from lungct.artifacts import (
     split_images,
 )
 from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
+from lungct.card import CARD_FILE, write_card
 from lungct.charts import write_charts
 from lungct.contract import Contract
 from lungct.errors import UserError, run_stage
-from lungct.metrics import classification_metrics, headline, roc_curves
+from lungct.metrics import (
+    classification_metrics,
+    headline,
+    image_phashes,
+    leak_sensitivity,
+    nearest_bits,
+    roc_curves,
+)
 from lungct.params import Params, load_params
 from lungct.report import image_grid, markdown_report, write_roc
 
@@ -80,6 +91,9 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         seed=params.base.seed,
     )
     metrics["split"] = {key: split.get(key) for key in SPLIT_KEYS}
+    seen = [splits_dir / image for image in table.loc[table["split"] != "test", "image"]]
+    distances = nearest_bits(image_phashes(paths), image_phashes(seen))
+    metrics["leak_sensitivity"] = leak_sensitivity(y_true, probabilities, distances)
 
     predictions = pd.DataFrame(
         {
@@ -104,7 +118,9 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     with atomic_file(REPORT_FILE) as tmp:
         tmp.write_text(markdown_report(metrics, split, charts, CHARTS_DIR.name), encoding="utf-8")
     write_json(DETAILS_FILE, metrics)
-    write_json(METRICS_FILE, headline(metrics))  # last: its presence means the rest is complete
+    figures = headline(metrics)
+    write_card(CARD_FILE, MODEL_FILE, contract, figures, metrics["images"], metrics["groups"])
+    write_json(METRICS_FILE, figures)  # last: its presence means the rest is complete
     log.info(
         "evaluate: test accuracy %.4f, balanced %.4f on %d images of %d groups (patients)%s",
         metrics["accuracy"],

@@ -2,6 +2,7 @@
 trained model, preprocessed exactly as the pipeline preprocessed its training images.
 
     python -m stages.predict PATH [PATH ...] [--format table|csv|json] [--output FILE]
+    python -m stages.predict PATH [PATH ...] --format dicom-sr --output DIR
 
 Not a DVC stage: it reads ``models/model.keras`` and ``models/labels.json`` (``--model``,
 ``--labels``) and runs the convert stage's own code on each file (``lungct.preprocess``)
@@ -9,7 +10,9 @@ with the windows, channels and input size the contract records. Folders are walk
 recursively; a folder's DICOM series also get a series row (the mean of their slices'
 probabilities). A file that cannot be predicted gets one line on stderr (file: reason)
 and the rest still run; the exit status is 1 when any failed, 2 for a usage or model
-error, 0 otherwise.
+error, 0 otherwise. ``--format dicom-sr`` writes one DICOM Structured Report per series or
+DICOM image into the folder ``--output`` (``lungct.dicom_sr``). A model trained on the
+built-in synthetic cohort says so on stderr (``warning: ...``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.atomic import atomic_file, check_replaceable
+from lungct.dicom_sr import check_output_dir, write_reports
 from lungct.errors import UserError, run_stage
 from lungct.inference import (
     Failure,
@@ -34,6 +38,8 @@ from lungct.inference import (
     preprocess_pool,
 )
 from lungct.prediction_formats import FORMATS, render
+
+DICOM_SR = "dicom-sr"  # one DICOM Structured Report per series or image, into a folder
 
 MAX_WORKERS = 8
 POOL_MIN_FILES = 16  # below this, starting worker processes costs more than it saves
@@ -57,13 +63,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--format",
-        choices=FORMATS,
-        help="output format (default: from the --output suffix .csv/.json, else table)",
+        choices=(*FORMATS, DICOM_SR),
+        help="output format (default: from the --output suffix .csv/.json, else table); "
+        f"{DICOM_SR}: DICOM Structured Reports into the folder --output",
     )
     parser.add_argument(
         "--output",
         type=Path,
-        help="write here (atomically) instead of stdout: a new path or a regular file",
+        help="write here (atomically) instead of stdout: a new path or a regular file "
+        f"({DICOM_SR}: a new or empty folder)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     parser.add_argument(
@@ -80,13 +88,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.format is None:
         suffix = args.output.suffix.lower() if args.output else ""
         args.format = {".csv": "csv", ".json": "json"}.get(suffix, "table")
+    if args.format == DICOM_SR and args.output is None:
+        parser.error(f"--format {DICOM_SR} needs --output DIR (a new or empty folder)")
     return args
 
 
 def predict(argv: Sequence[str] | None = None) -> int:
     """Run the command; return the exit status (0 all predicted, 1 some files failed)."""
     args = parse_args(argv)
-    if args.output is not None:  # a folder, link, FIFO or device there: one line, at once
+    if args.format == DICOM_SR:  # a file, a link or a folder holding anything: refused
+        check_output_dir(args.output)
+    elif args.output is not None:  # a folder, link, FIFO or device there: one line, at once
         check_replaceable(args.output)
     Predictor.check(args.model, args.labels)  # a missing model: one line, at once
     workers = args.workers
@@ -100,20 +112,27 @@ def predict(argv: Sequence[str] | None = None) -> int:
     # The pool first: its workers fork from this process before TensorFlow is imported.
     with preprocess_pool(workers) if workers else nullcontext() as pool:
         predictor = Predictor.load(args.model, args.labels)
+        if predictor.contract.warning:
+            print(f"warning: {predictor.contract.warning}", file=sys.stderr)
         for line in input_notes(predictor.prep, args.paths):
             print(f"note: {line}", file=sys.stderr)
         rows, failures = predict_files(
             predictor, args.paths, args.batch_size, on_failure=report, pool=pool
         )
-    text = render(args.format, rows, predictor.classes, failures)
-    if args.output is not None:
+    if args.format == DICOM_SR:  # the SRs' paths on stdout; what got none on stderr
+        written, skipped = write_reports(args.output, rows, predictor.contract, args.model)
+        for skip in skipped:
+            print(f"note: {skip}", file=sys.stderr)
+        sys.stdout.write("".join(f"{path}\n" for path in written))
+    elif args.output is not None:
+        text = render(args.format, rows, predictor.classes, failures)
         try:
             with atomic_file(args.output) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(render(args.format, rows, predictor.classes, failures))
     if failures:
         images = sum(r.level == "image" for r in rows)
         print(

@@ -1,8 +1,9 @@
 """split: converted slices -> ``data/splits/{train,val,test}/<class>/``, without leakage.
 
-Raw labels become classes (``split.classes``); images are grouped (patients, or near
-duplicates for images without ids), assigned to splits by ``split.strategy``, and the
-leakage gate applies ``split.leakage`` (all in ``lungct.splitting``).
+Raw labels become classes (``split.classes``); images are grouped (patients, or likely
+patients or near duplicates for images without ids, ``split.grouping``), assigned to
+splits by ``split.strategy``, and the leakage gate applies ``split.leakage`` (all in
+``lungct.splitting``).
 
 Writes the split images, ``data/splits/splits.csv`` (image, class, split, group,
 source), ``data/splits/dropped.csv`` (copies the gate dropped), ``metrics/split.json``
@@ -56,6 +57,7 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
         leakage=cfg.leakage,
         layout=layout,
         classes=cfg.classes if isinstance(cfg.classes, str) else "custom",
+        grouping=cfg.grouping,
         near_duplicate_distance=cfg.near_duplicate_distance,
         groups_spanning_classes=len(group_classes(images)[1]),
         found_cross_split_groups=gate.found_groups,

@@ -1,7 +1,8 @@
 """train: fit the CNN on ``data/splits/{train,val}`` and save it with its preprocessing contract.
 
 Writes ``models/model.keras``, ``models/labels.json`` (class order, input size,
-channels, window, preprocessing), ``metrics/train.json`` and per-epoch curves in
+channels, window, preprocessing, and what the data was: ``data/raw/SOURCE.json`` and
+``metrics/split.json``), ``metrics/train.json`` and per-epoch curves in
 ``metrics/train/plots/metrics/`` (DVCLive).
 """
 
@@ -15,14 +16,19 @@ from lungct.artifacts import (
     CONTRACT_FILE,
     METRICS_DIR,
     MODEL_FILE,
+    RAW_DIR,
+    RAW_SOURCE,
+    SPLIT_METRICS,
     SPLITS_DIR,
     SPLITS_TABLE,
     TRAIN_LIVE_DIR,
+    read_source,
+    read_split_metrics,
     read_splits,
     split_images,
 )
 from lungct.atomic import atomic_file, write_json
-from lungct.contract import Contract
+from lungct.contract import Contract, TrainingData
 from lungct.errors import UserError, run_stage
 from lungct.params import Params, load_params
 
@@ -51,7 +57,8 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     )
 
     seed_everything(params.base.seed)
-    contract = Contract.from_params(params, classes)  # what the model will take, and say
+    # what the model will take, and say it was trained on
+    contract = Contract.from_params(params, classes, training_data(splits_dir))
     size, cfg, channels = contract.prep.image_size, params.train, contract.prep.channels
     train_x, train_y = split_images(table, "train", classes, splits_dir)
     val_x, val_y = split_images(table, "val", classes, splits_dir)
@@ -108,6 +115,17 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     }
     write_json(METRICS_FILE, metrics)
     return metrics
+
+
+def training_data(splits_dir: Path) -> TrainingData | None:
+    """What the data was, from the download record and the split summary (dvc.yaml deps of
+    train); None, with a log line, where a scratch run has neither (the contract then says
+    its training data was not recorded)."""
+    if splits_dir != SPLITS_DIR or not (RAW_DIR / RAW_SOURCE).is_file():
+        log.warning("train: no data/raw/SOURCE.json: the contract records no training data")
+        return None
+    split = read_split_metrics() if SPLIT_METRICS.is_file() else {}
+    return TrainingData.from_records(read_source(RAW_DIR), split)
 
 
 def fit(model, train_data, val_data, epochs: int, weights, callbacks: list) -> dict:

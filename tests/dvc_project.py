@@ -23,7 +23,8 @@ import yaml
 from lungct.params import merge
 from tests.conftest import ROOT, TINY, project_params
 
-STAGES = ("download", "convert", "split", "train", "evaluate")
+# in the order DVC runs them
+STAGES = ("download", "convert", "split", "train", "evaluate", "export")
 
 
 def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:

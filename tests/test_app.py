@@ -70,6 +70,11 @@ def test_page_shows_model_view_probabilities_gradcam_and_rejects_non_images(
     sr = sr_document(tmp_path).path
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception and not at.error
+    # A model of the synthetic cohort says so; the caption has its data and test figures.
+    (warning,) = at.warning
+    assert "Not for real CT" in warning.value and "synthetic" in warning.value
+    caption = at.caption[0].value
+    assert "trained on synthetic data" in caption and "Test balanced accuracy" in caption
     at.file_uploader(key="uploads").set_value(
         [
             ("slice.png", png.read_bytes(), "image/png"),

@@ -89,3 +89,27 @@ def test_check_model_names_the_mismatch():
         model = SimpleNamespace(input_shape=shape, output_shape=(None, outputs))
         with pytest.raises(UserError, match="m.keras: takes"):
             contract.check_model(model, "m.keras")
+
+
+def test_training_data_round_trips_and_old_contracts_still_load(tmp_path):
+    from lungct.contract import SYNTHETIC_WARNING, TrainingData
+
+    old = Contract.from_dict(contract_dict())  # written before the data was recorded
+    assert old.data is None and old.warning is None
+    assert "not recorded" in old.describe_data()
+    source = {"source": "synthetic", "generator": "lungct.phantom", "seed": 42, "layout": "dicom"}
+    split = {"classes": "default", "strategy": "grouped", "leaky": False, "images": {"test": 6}}
+    data = TrainingData.from_records(source, split)
+    contract = Contract(old.classes, old.prep, data)
+    path = tmp_path / "labels.json"
+    contract.write(path)
+    assert Contract.read(path) == contract
+    written = json.loads(path.read_text())
+    assert written["data"]["dataset"] == "lungct.phantom, seed 42"
+    assert written["warning"] == SYNTHETIC_WARNING == contract.warning
+    # A local path is named by its last part only; a real source has no warning.
+    path_source = {"source": "path", "path": "/home/someone/data/chest.zip", "layout": "dicom"}
+    real = TrainingData.from_records(path_source, split)
+    assert real.dataset == "chest.zip" and real.warning is None
+    with pytest.raises(UserError, match="data must be an object"):
+        Contract.from_dict(contract_dict(data="synthetic"), "x.json")

@@ -180,7 +180,9 @@ def test_every_rule_lands_in_the_manifest_with_its_reason_and_series_flags(workd
     assert {float(rows.loc[rel(p), "gantry_tilt"]) for p in tilt.order} == {15.0}
     assert rows.loc[rel(expects["ct_rescale_type_not_hu"].path), "rescale_type"] == "US"
     jpeg_ls = rows.loc[rel(expects["ct_jpeg_ls"].path)]
-    assert jpeg_ls["status"] == "converted" and "1.2.840.10008.1.2.4.80" in jpeg_ls["transfer_syntax"]
+    assert (
+        jpeg_ls["status"] == "converted" and "1.2.840.10008.1.2.4.80" in jpeg_ls["transfer_syntax"]
+    )
     enhanced = manifest[manifest["source"] == rel(expects["enhanced_ct"].path)]
     assert sorted(enhanced["frame"].astype(int)) == [0, 1, 2]
     assert enhanced["output"].str.endswith((".f0001.png", ".f0002.png", ".f0003.png")).all()

@@ -1,7 +1,11 @@
+import io
+
+import imagehash
 import numpy as np
+import pytest
 from PIL import Image
 
-from lungct.images import fit_square, save_png
+from lungct.images import fit_square, phash, png_bytes, save_png
 
 
 def test_fit_square_keeps_aspect_and_pads_black():
@@ -23,3 +27,84 @@ def test_png_roundtrip_and_stable_bytes(tmp_path):
     save_png(tmp_path / "y.png", image)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "x.png")), image)
     assert (tmp_path / "a" / "x.png").read_bytes() == (tmp_path / "y.png").read_bytes()
+
+
+def smooth(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A uint8 image with structure at several scales (what a hash and a resize see)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize(shape[1::-1], Image.Resampling.BICUBIC))
+    noise = rng.integers(-20, 21, shape[:2])
+    image = np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8)
+    return image if len(shape) == 2 else np.repeat(image[..., None], shape[2], axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (512, 384), (256, 256, 3), (1024, 512)])
+def test_fit_square_by_an_integer_factor_is_the_block_mean(shape):
+    """512 x 512 -> 128: each pixel the mean of its 4 x 4 block, rounded half up (Pillow's
+    reduce), then the black padding as before (issue 17; BILINEAR before)."""
+    image = smooth(shape)
+    out = fit_square(image, 128)
+    factor = max(shape[:2]) // 128
+    rows, cols = shape[0] // factor, shape[1] // factor
+    blocks = image.reshape(rows, factor, cols, factor, *shape[2:]).astype(int).sum(axis=(1, 3))
+    mean = ((blocks + factor * factor // 2) // (factor * factor)).astype(np.uint8)
+    top, left = (128 - rows) // 2, (128 - cols) // 2
+    assert out.shape == (128, 128, *shape[2:])
+    assert np.array_equal(out[top : top + rows, left : left + cols], mean)
+    assert out.sum() == mean.astype(int).sum()  # the rest is black
+
+
+@pytest.mark.parametrize("shape", [(500, 500), (577, 800), (100, 60), (64, 64)])
+def test_fit_square_by_any_other_factor_is_bilinear(shape):
+    image = smooth(shape)
+    scale = 128 / max(shape)
+    size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
+    bilinear = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    out = fit_square(image, 128)
+    top, left = (128 - size[1]) // 2, (128 - size[0]) // 2
+    assert np.array_equal(out[top : top + size[1], left : left + size[0]], bilinear)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (128, 128), (200, 255), (255, 64), (100, 250)])
+def test_phash_is_imagehash_under_256_pixels_a_side(shape):
+    for seed in range(5):
+        image = smooth(shape, seed)
+        assert phash(image) == str(imagehash.phash(Image.fromarray(image)))
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (600, 800), (256, 300)])
+def test_phash_of_a_larger_image_starts_from_pillows_reduce(shape):
+    """imagehash.phash of the image reduced by the factor that leaves it 4 times the 32 x 32
+    thumbnail or more (Pillow's reducing_gap): a 512 x 512 slice's 4 x 4 block means."""
+    image = smooth(shape)
+    fx, fy = max(1, shape[1] // 128), max(1, shape[0] // 128)
+    reduced = Image.fromarray(image).reduce((fx, fy))
+    assert phash(image) == str(imagehash.phash(reduced))
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (1024, 1024), (512, 384), (520, 520), (128, 128)])
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_phash_from_the_model_image_is_the_same(shape, size):
+    image = smooth(shape)
+    assert phash(image, fit_square(image, size)) == phash(image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (128, 128), (3, 4, 3), (9, 2, 2), (4, 4, 4)])
+def test_png_decodes_to_the_array_in_its_fromarray_mode(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data = png_bytes(image)
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert decoded.mode == Image.fromarray(image).mode
+        assert np.array_equal(np.asarray(decoded), image)
+    assert png_bytes(image.copy()) == data
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((4, 4), np.float32), np.zeros((4, 4, 5), np.uint8), np.zeros((0, 4), np.uint8)],
+)
+def test_png_refuses_what_it_cannot_write(image):
+    with pytest.raises(ValueError):
+        png_bytes(image)

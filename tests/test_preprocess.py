@@ -10,17 +10,21 @@ import pytest
 from PIL import Image
 
 from lungct.contract import Contract, Preprocessing
+from lungct.dicom import CTFrame, StoredPixels, read_ct
 from lungct.errors import SkippedFile
 from lungct.preprocess import (
     dicom_images,
     exported_image,
     file_problem,
+    frame_channels,
     model_images,
     model_input,
 )
+from lungct.windowing import window_channels
 from stages.convert import convert
 from stages.download import download
 from tests.dicom_fixtures import (
+    BUILDERS,
     ct_basic,
     ct_modality_lut_sequence,
     enhanced_ct,
@@ -168,3 +172,91 @@ def test_model_images_uses_the_limit_of_its_preprocessing(tmp_path):
     with pytest.raises(SkippedFile) as skip:
         model_images(ct.path, Preprocessing(((-600.0, 1500.0),), False, 32, max_image_bytes=639))
     assert skip.value.reason == "too_large"
+
+
+# ------------------------------------------------------------ windows as lookup tables (issue 17)
+# frame_channels looks a frame's stored values up in a table per window, built by the float
+# path (StoredPixels.hu, then window_uint8) on every possible stored value; the pixels must
+# be the float path's exactly, whatever the file.
+WINDOW_SETS = [
+    [(-600.0, 1500.0)],
+    [(w["center"], w["width"]) for w in THREE_WINDOWS],
+    [(40.0, 1.0)],  # a step: every value is 0 or 255
+    [(-1000.5, 0.37), (7.25, 3333.3)],
+]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_lookup_gives_the_float_paths_pixels_for_every_reader_rule(tmp_path, name):
+    expect = BUILDERS[name](tmp_path)
+    if expect.reason:
+        return
+    for path in expect.paths or [expect.path]:
+        for frame in read_ct(path):
+            for windows in WINDOW_SETS:
+                fast = frame_channels(frame, windows)
+                assert np.array_equal(fast, window_channels(frame.hu, windows)), (path, windows)
+            if frame.stored is not None:  # a linear rescale: HU only on demand
+                np.testing.assert_array_equal(frame.hu, frame.stored.hu())
+
+
+def ct_frame(stored: StoredPixels) -> CTFrame:
+    return CTFrame(
+        hu=None,
+        patient_id="P",
+        series_uid="S",
+        instance_number=1,
+        frame=0,
+        slice_position=None,
+        rescale_type="HU",
+        transfer_syntax="",
+        gantry_tilt=None,
+        window=None,
+        stored=stored,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int8", "uint8"])
+@pytest.mark.parametrize(
+    ("slope", "intercept", "padding"),
+    [
+        (1.0, -1024.0, (None, None)),
+        (1.0, -1024.0, (-2000, None)),
+        (0.37, -1024.3, (63536, None)),  # -2000 encoded as unsigned
+        (2.5, 7.0, (-100, 100)),  # a padding range
+        (-1.0, 0.0, (120, 3)),  # the limit below the value
+    ],
+)
+def test_lookup_covers_every_stored_value(dtype, slope, intercept, padding):
+    dtype = np.dtype(dtype)
+    every = np.arange(2 ** (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}").view(dtype)
+    values = np.random.default_rng(0).permutation(every).reshape(-1, 256)
+    bits = 8 * dtype.itemsize
+    stored = StoredPixels(values, slope, intercept, padding, bits, dtype.kind == "i")
+    frame = ct_frame(stored)
+    assert stored.codes() is not None and frame.__dict__["hu"] is None
+    for windows in WINDOW_SETS:
+        fast = frame_channels(frame, windows)
+        assert frame.__dict__["hu"] is None  # the lookup never needed the HU
+        assert np.array_equal(fast, window_channels(stored.hu(), windows)), windows
+    assert frame.shape == values.shape and frame.__dict__["hu"] is None
+
+
+def test_values_no_table_fits_take_the_float_path():
+    values = np.arange(-70000, 70000, 7, dtype=np.int32).reshape(-1, 100)
+    stored = StoredPixels(values, 1.0, -1024.0, (None, None), 32, True)
+    assert stored.codes() is None
+    frame = ct_frame(stored)
+    windows = WINDOW_SETS[1]
+    assert np.array_equal(frame_channels(frame, windows), window_channels(stored.hu(), windows))
+    swapped = StoredPixels(values.astype(">i2"), 1.0, 0.0)  # not this machine's byte order
+    assert swapped.codes() is None
+
+
+def test_reader_computes_hu_only_when_asked(tmp_path):
+    expect = ct_basic(tmp_path)
+    [frame] = read_ct(expect.path)
+    assert frame.__dict__["hu"] is None and frame.stored is not None
+    assert frame.shape == expect.hu.shape and frame.__dict__["hu"] is None
+    np.testing.assert_array_equal(frame.hu, expect.hu)
+    assert frame.hu is frame.hu  # computed once

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from lungct.windowing import is_window, to_uint8, window_uint8, window_unit
+from lungct.windowing import (
+    is_window,
+    to_uint8,
+    window_channels,
+    window_lookup,
+    window_uint8,
+    window_unit,
+)
 
 
 def test_lung_window_hand_computed():
@@ -44,3 +51,19 @@ def test_fast_path_equals_the_definition(center, width):
     slow = to_uint8(window_unit(hu, center, width))
     assert np.abs(fast.astype(int) - slow).max() <= 1  # float rounding at exact .5 only
     assert (fast != slow).mean() < 1e-3
+
+
+def test_lookup_of_a_window_table_is_the_window():
+    """A window applied as a table indexed by stored value (issue 17): the table is
+    window_uint8 of each value's HU, so a lookup gives window_channels of the HU."""
+    codes = np.random.default_rng(0).integers(0, 2**16, (64, 48), dtype=np.uint16)
+    hu_of_code = (np.arange(2**16, dtype=np.uint16).view(np.int16) * 0.5 - 1024.25).astype(
+        np.float32
+    )
+    windows = [(-600.0, 1500.0), (50.0, 350.0), (400.0, 1800.0)]
+    tables = [window_uint8(hu_of_code, c, w) for c, w in windows]
+    hu = hu_of_code[codes]
+    assert np.array_equal(window_lookup(codes, tables[:1]), window_channels(hu, windows[:1]))
+    lookup = window_lookup(codes, tables)
+    assert lookup.shape == (64, 48, 3) and lookup.dtype == np.uint8
+    assert np.array_equal(lookup, window_channels(hu, windows))

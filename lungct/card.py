@@ -1,0 +1,65 @@
+"""The model card, ``models/card.json``: what a trained model is, for whoever serves it.
+
+Written by evaluate (train runs before the test split is scored, so the contract
+``models/labels.json`` cannot hold the test figures; and a DVC output has one stage, so
+evaluate cannot add them to it). It holds the sha256 of the model file it scored, the
+contract's classes and training data, the headline test figures of ``metrics/eval.json``
+with the test split's size, and the contract's warning. Readers (the service, the app)
+show its figures only for the model they describe: ``metrics/eval.json`` is committed to
+git and can belong to another model than the one in the workspace or on a server; the
+card travels with the model (``models/``) and names it by content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lungct.atomic import write_json
+from lungct.contract import Contract
+
+CARD_FILE = Path("models/card.json")
+INTENDED_USE = (
+    "research and pipeline checks; not a medical device, not for diagnosis; slice-level "
+    "figures on the test split named here, not a clinical validation"
+)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_card(
+    path: Path, model: Path, contract: Contract, headline: dict, images: int, groups: int
+) -> dict:
+    card = {
+        "model_sha256": sha256_file(model),
+        "classes": list(contract.classes),
+        "data": contract.data.to_dict() if contract.data is not None else None,
+        "test": {**headline, "images": images, "groups": groups},
+        "intended_use": INTENDED_USE,
+        "warning": contract.warning,
+    }
+    write_json(path, card)
+    return card
+
+
+def read_card(path: Path, model: Path, sha256: str | None = None) -> tuple[dict | None, str]:
+    """The card of ``model`` (or of the model whose sha256 is given: the one an export was
+    made from), or None and why not (no card, unreadable, another model's)."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path}: not found (evaluate writes it: dvc repro)"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, f"{path}: not a readable model card (rerun dvc repro)"
+    if not isinstance(card, dict) or not isinstance(card.get("test"), dict):
+        return None, f"{path}: not a model card (rerun dvc repro)"
+    if card.get("model_sha256") != (sha256 or sha256_file(Path(model))):
+        return None, f"{path}: describes another model than {model} (rerun dvc repro)"
+    return card, ""

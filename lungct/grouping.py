@@ -1,0 +1,259 @@
+"""Likely patients among images without a PatientID (``split.grouping: patient_likely``).
+
+Exported slices (PNG/JPG datasets) carry no patient id, and a perceptual hash of the
+original image alone (``split.grouping: phash``) both misses neighbouring slices of one
+patient (6-10 bits apart) and chains unrelated images whose hashes happen to be close.
+This rule weighs three kinds of evidence per pair of images:
+
+- ``phash``: the 64-bit pHash of the original image (the convert manifest), before the
+  resize and padding: the same picture, re-exported at another size or window;
+- ``view``: the pHash of the model's view (the converted PNG): the original's crop and
+  aspect ratio, which one export of one patient shares, show in it as the padding and
+  the place of the body in the model's square. The original's size itself adds
+  nothing: on the Chest CT-Scan copy, 813 of the 836 pairs of images of one size are
+  near duplicates anyway, and 470 of the 1283 near-duplicate pairs differ in size (one
+  slice exported at two resolutions);
+- ``thumb``: the Pearson correlation of 16 x 16 thumbnails of the model's view: the
+  layout of body, lungs and mediastinum, brightness and contrast taken out.
+
+Two images are **near duplicates** when their views are within
+``view_duplicate_distance`` bits (the model sees the same picture), or when their
+originals are within ``near_duplicate_distance`` bits *and* their thumbnails agree
+(``duplicate_similarity``): two kinds of evidence, because the hash of the original
+alone links different patients (on the Chest CT-Scan copy, 4 pairs 4 bits apart are
+visibly different patients, 2 of them filed under different classes; their thumbnails
+correlate at 0.76-0.90, the other 1259 such pairs at 0.905 and above). Near duplicates
+always share a group, chains included; the leakage gate checks exactly this relation
+(:func:`duplicate_pairs`).
+
+Groups of near duplicates then merge into **likely patients** by average linkage
+(UPGMA): two groups merge while the *mean*, over all their image pairs, of
+
+    max(view bits / patient_distance, (1 - correlation) / (1 - patient_similarity))
+
+is at most 1. The ``max`` asks both the view hash and the thumbnails to agree; the mean
+over all pairs is the guard against chaining: A ~ B ~ C with A and C unrelated merges
+only if the group stays close on average, which single linkage (connected components)
+never asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+THUMB = 16  # side of the thumbnail whose correlation is the similarity evidence
+CELLS = 1 << 22  # pairwise comparisons held at a time (a block of rows x n)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rule compares, one row per image."""
+
+    phash: np.ndarray  # uint64: pHash of the original image
+    view: np.ndarray  # uint64: pHash of the model's view
+    thumb: np.ndarray  # float32 (n, THUMB**2): centred, unit-norm thumbnail of the view
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Evidence:
+        index = np.asarray(index, dtype=np.int64)
+        return Evidence(self.phash[index], self.view[index], self.thumb[index])
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The thresholds of the rule (``split`` params of the same names)."""
+
+    near_duplicate_distance: int
+    view_duplicate_distance: int
+    duplicate_similarity: float
+    patient_distance: int
+    patient_similarity: float
+
+    @classmethod
+    def of(cls, params: object) -> Rule:
+        """The rule of a ``SplitParams`` (or anything with these attributes)."""
+        return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+
+
+def hash_values(phashes: Sequence[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+
+
+def view_evidence(image: Image.Image) -> tuple[str, np.ndarray]:
+    """The pHash and the thumbnail of one model view, in grayscale (luma: the one channel
+    of an exported image, repeated; evaluate's leak sensitivity hashes the same way)."""
+    gray = image.convert("L")
+    thumb = np.asarray(gray.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.float32)
+    thumb = thumb.ravel() - thumb.mean()
+    norm = float(np.linalg.norm(thumb))
+    return str(imagehash.phash(gray)), thumb / norm if norm > 0 else thumb
+
+
+def read_evidence(phashes: Sequence[str], views: Sequence[Path]) -> Evidence:
+    """The evidence of images: their original pHash (manifest) and their model view's
+    pHash and thumbnail, read from the converted PNGs."""
+    hashes, thumbs = [], []
+    for path in views:
+        with Image.open(path) as image:
+            digest, thumb = view_evidence(image)
+        hashes.append(digest)
+        thumbs.append(thumb)
+    return Evidence(
+        hash_values(phashes),
+        hash_values(hashes),
+        np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB), np.float32),
+    )
+
+
+def _blocks(n: int, width: int) -> list[np.ndarray]:
+    """Row indices in blocks of at most CELLS / width rows."""
+    rows = max(1, CELLS // max(width, 1))
+    return [np.arange(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+def _bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(a[:, None] ^ b[None, :])
+
+
+def duplicate_pairs(left: Evidence, right: Evidence, rule: Rule) -> list[tuple[int, int]]:
+    """Index pairs (i in left, j in right) of near duplicates (module docstring)."""
+    pairs: list[tuple[int, int]] = []
+    for block in _blocks(len(left), len(right)):
+        part, start = left.subset(block), int(block[0])
+        view = _bits(part.view, right.view) <= rule.view_duplicate_distance
+        rows, cols = np.nonzero(
+            ~view & (_bits(part.phash, right.phash) <= rule.near_duplicate_distance)
+        )
+        similar = np.einsum("ij,ij->i", part.thumb[rows], right.thumb[cols])
+        view[rows, cols] = similar >= rule.duplicate_similarity
+        rows, cols = np.nonzero(view)
+        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
+    return pairs
+
+
+def _distance(a: Evidence, b: Evidence, rule: Rule) -> np.ndarray:
+    """Pairwise patient distance: <= 1 when both the view hash and the thumbnails agree."""
+    view = _bits(a.view, b.view) / rule.patient_distance
+    thumb = np.clip(1.0 - a.thumb @ b.thumb.T, 0.0, None) / (1.0 - rule.patient_similarity)
+    return np.maximum(view, thumb)
+
+
+def _components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+    if not pairs:
+        return np.arange(n)
+    rows, cols = np.array(pairs, dtype=np.int64).T
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def average_linkage(distance: np.ndarray, sizes: np.ndarray, limit: float) -> np.ndarray:
+    """Average linkage (UPGMA) of clusters, stopped at ``limit``.
+
+    ``distance``: the clusters' mean pairwise image distances (k x k); ``sizes``: their
+    image counts. Two clusters merge while the mean distance over all image pairs between
+    them is at most ``limit``, closest first. Returns a label per cluster (the lowest
+    cluster index of its merged cluster). The nearest-neighbour-chain algorithm: the same
+    merges as the greedy closest-first order (average linkage is reducible), O(k^2).
+    """
+    k = len(sizes)
+    mean = np.array(distance, dtype=np.float64)
+    np.fill_diagonal(mean, np.inf)
+    size = np.array(sizes, dtype=np.float64)
+    label = np.arange(k)
+    active = np.ones(k, dtype=bool)  # still merging
+    chain: list[int] = []
+    while True:
+        if not chain:
+            open_ = np.nonzero(active)[0]
+            if len(open_) < 2:
+                break
+            chain.append(int(open_[0]))
+        a = chain[-1]
+        row = np.where(active, mean[a], np.inf)
+        b = int(np.argmin(row))
+        if row[b] > limit:  # a merges with nothing: later merges only move others away
+            active[a] = False
+            chain.pop()
+            continue
+        if len(chain) > 1 and row[chain[-2]] <= row[b]:
+            b = chain[-2]
+        if len(chain) > 1 and b == chain[-2]:
+            chain.pop()
+            chain.pop()
+            keep, gone = min(a, b), max(a, b)
+            merged = (size[a] * mean[a] + size[b] * mean[b]) / (size[a] + size[b])
+            mean[keep], mean[:, keep] = merged, merged
+            mean[keep, keep] = np.inf
+            mean[gone], mean[:, gone] = np.inf, np.inf
+            size[keep] += size[gone]
+            active[gone] = False
+            label[label == gone] = keep
+        else:
+            chain.append(b)
+    return label
+
+
+def likely_patients(evidence: Evidence, rule: Rule) -> np.ndarray:
+    """Per image, the index of the first image of its likely patient (module docstring)."""
+    n = len(evidence)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    duplicates = _components(n, duplicate_pairs(evidence, evidence, rule))
+    # Only images with some pair within the patient distance can end up together:
+    # average linkage runs within each connected part of that graph, not over all images.
+    close: list[tuple[int, int]] = []
+    for block in _blocks(n, n):
+        rows, cols = np.nonzero(_distance(evidence.subset(block), evidence, rule) <= 1.0)
+        close.extend(zip((rows + int(block[0])).tolist(), cols.tolist(), strict=True))
+    close += [(i, j) for i, j in enumerate(duplicates.tolist())]
+    parts = _components(n, close)
+    labels = duplicates.copy()  # a part of one group of near duplicates stays as it is
+    order = np.argsort(parts, kind="stable")
+    starts = np.flatnonzero(np.diff(parts[order], prepend=-1))
+    offset = n  # labels of different parts must not meet
+    for members in np.split(order, starts[1:]):
+        _, cluster = np.unique(duplicates[members], return_inverse=True)
+        k = int(cluster.max()) + 1
+        if k == 1:
+            continue
+        one_hot = np.zeros((k, len(members)))
+        one_hot[cluster, np.arange(len(members))] = 1.0
+        sizes = one_hot.sum(axis=1)
+        sub = evidence.subset(members)
+        sums = one_hot @ _distance(sub, sub, rule) @ one_hot.T
+        merged = average_linkage(sums / np.outer(sizes, sizes), sizes, 1.0)
+        labels[members] = offset + merged[cluster]
+        offset += k
+    # The first image of each group names it, whatever the order of the parts.
+    first = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+    return np.array([first[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def pairwise_scores(predicted: Sequence, truth: Sequence) -> tuple[float, float]:
+    """Pairwise precision and recall of a grouping against the true patients: of the
+    image pairs it puts together, the share of one patient; of the pairs of one patient,
+    the share it puts together (1.0 where there is nothing to count)."""
+    if len(predicted) == 0:
+        return 1.0, 1.0
+    _, p = np.unique(np.asarray(predicted), return_inverse=True)
+    _, t = np.unique(np.asarray(truth), return_inverse=True)
+    joint = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
+    np.add.at(joint, (p, t), 1)
+
+    def pairs(counts: np.ndarray) -> int:
+        return int((counts * (counts - 1) // 2).sum())
+
+    together, same, both = pairs(joint.sum(axis=1)), pairs(joint.sum(axis=0)), pairs(joint)
+    return (both / together if together else 1.0, both / same if same else 1.0)
