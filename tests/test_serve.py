@@ -284,7 +284,22 @@ def test_concurrent_requests_give_the_sequential_answers(server, project):
     sequential = [post(server, r)[2] for r in requests]
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(lambda r: post(server, r)[2], requests * 2))
-    assert concurrent == sequential * 2
+    # Same rows; probabilities equal within 1e-5 (a batch of other requests' images may
+    # take another oneDNN kernel than a batch of one: the last printed digit can move).
+    assert len(concurrent) == len(sequential) * 2
+    for got, want in zip(concurrent, sequential * 2, strict=True):
+        assert _without_p(got) == _without_p(want)
+        for a, b in zip(got["predictions"], want["predictions"], strict=True):
+            for key in a:
+                if key.startswith("p_"):
+                    assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
+
+
+def _without_p(document: dict) -> dict:
+    rows = [
+        {k: v for k, v in row.items() if not k.startswith("p_")} for row in document["predictions"]
+    ]
+    return {**document, "predictions": rows}
 
 
 def test_one_log_line_per_request_without_file_names(server, project):
