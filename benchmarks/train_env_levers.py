@@ -22,6 +22,7 @@ and precision, are in ``benchmarks.train_speed --levers``):
 * project: ``build_cnn``, default settings (the baseline of the ratios);
 * ``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's own (Eigen) kernels instead of oneDNN;
 * inter-op threads 1 (ops one at a time; intra-op parallel), and intra-op threads 1;
+* the project in float32 (``train.precision: float32``), and with inter-op threads 1;
 * ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN limited to AVX2 (what an AVX2-only CPU runs), float32;
 * ``ONEDNN_MAX_CPU_ISA=AVX512_CORE`` with ``train.precision: mixed_bfloat16``: bfloat16
   on AVX-512 without the bfloat16 instructions (what ``precision: auto`` avoids);
@@ -56,9 +57,10 @@ from lungct.params import load_params
 from benchmarks.train_speed import reference_model
 params = load_params()
 train = params.train.model_copy(update=config.get("train", {}))
-seed_everything(params.base.seed)
-if not config.get("determinism", True):
-    tf.config.experimental.disable_op_determinism()
+if config.get("determinism", True):
+    seed_everything(params.base.seed)
+else:
+    keras.utils.set_random_seed(params.base.seed)
 build = reference_model if config.get("reference") else build_cnn
 model = build(128, 1, 3, train, params.base.seed)
 if config.get("jit"):
@@ -83,6 +85,8 @@ CONTENDERS: dict[str, dict] = {
     "TF_ENABLE_ONEDNN_OPTS=0": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "inter-op threads 1": {"inter": 1},
     "intra-op threads 1": {"intra": 1},
+    "project, float32": {"train": {"precision": "float32"}},
+    "project, float32, inter-op threads 1": {"train": {"precision": "float32"}, "inter": 1},
     "ONEDNN_MAX_CPU_ISA=AVX2, float32": {
         "env": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
         "train": {"precision": "float32"},
