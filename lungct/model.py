@@ -35,7 +35,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     Keras 3 computes batch norm from a dozen element-wise ops (``tf.nn.moments``, then
     ``tf.nn.batch_normalization``), each a pass over the feature map, and as many again in
-    the gradient; on a CPU that cost the default CNN as much as its convolutions
+    the gradient: on the CPU, a third of the default CNN's training time
     (docs/benchmarks.md). ``tf.compat.v1.nn.fused_batch_norm`` is one op forward and one
     backward (oneDNN's batch norm on the CPU). Same weights, same maths: the moving
     variance is Keras' (the biased batch variance), the layer's config is Keras', and a
@@ -200,7 +200,7 @@ def build_cnn(
                 # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
                 # moving statistics must settle within an epoch or two, or validation (and
                 # early stopping on it) sees a model that predicts one class. Fused: one
-                # op, not a dozen (Keras' own layer made training 1.7x slower on a CPU).
+                # op, not a dozen (Keras' own layer trained 1.4x slower on the CPU).
                 x = FusedBatchNormalization(momentum=0.9, name=f"bn{i}", dtype=dtype)(x)
             x = layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
