@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -49,6 +48,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from benchmarks.host import stage
 from lungct.grouping import pairwise_scores
 from lungct.params import Params, merge, parse_params
 from lungct.phantom.cohort import assign_labels, patient_rng
@@ -172,19 +172,6 @@ def known_identity(patients: int, slices: int, seed: int, params: Params) -> lis
             for rule, score in score_rules(Path("data/converted"), truth, params).items():
                 rows.append({"variant": variant, "rule": rule, **score})
     return rows
-
-
-def stage(name: str, project: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        sys.exit(f"stage {name} failed:\n{result.stderr[-2000:]}")
 
 
 def leaks_within(splits: Path, bits: int = 2) -> tuple[int, int]:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 import os
 import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load1() -> float:
@@ -26,3 +32,20 @@ def machine(tensorflow: bool = True) -> str:
 
         line += f", TensorFlow {tf.__version__}, Keras {keras.__version__}"
     return line
+
+
+def stage(name: str, project: Path) -> float:
+    """Run one stage in ``project`` as dvc would; return its wall time; exit with its
+    message on failure."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        sys.exit(f"stage {name} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start

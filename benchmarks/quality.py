@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
+from benchmarks.host import stage
 from lungct.params import merge, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,22 +58,6 @@ SPLITS = {
     "grouped": {"strategy": "grouped", "leakage": "fail"},
     "official": {"strategy": "official", "leakage": "drop"},
 }
-
-
-def stage(name: str, project: Path) -> float:
-    """Run one stage as dvc would; return its wall time; exit with its message on failure."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        sys.exit(f"stage {name} failed:\n{result.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def write_params(project: Path, params: dict) -> None:
