@@ -203,20 +203,22 @@ def test_interrupted_s3_push_resumes(
     add_s3_remote(project, s3)
     kill_after = 3  # objects stored before `dvc push` is SIGKILLed
     lock = threading.Lock()
-    state = {"stored": 0, "push": None}
+    state = {"stored": 0, "push": None, "refusing": False, "last_refusal": 0.0}
     put_object = S3Backend.put_object
 
     def killing_put_object(self, *args, **kwargs):
         # Runs in the server's request threads: the object is stored, then the
-        # client dies before its response, and anything else it has in flight fails.
+        # client dies before its response. Requests it sent before dying may still be
+        # read by the server afterwards; they fail until the test says otherwise.
         with lock:
-            push = state["push"]
-            if push is not None and state["stored"] >= kill_after:
+            if state["refusing"]:
+                state["last_refusal"] = time.monotonic()
                 raise RuntimeError("dvc push was killed")
             key = put_object(self, *args, **kwargs)
             state["stored"] += 1
-            if push is not None and state["stored"] == kill_after:
-                push.send_signal(signal.SIGKILL)
+            if state["push"] is not None and state["stored"] == kill_after:
+                state["refusing"] = True
+                state["push"].send_signal(signal.SIGKILL)
             return key
 
     monkeypatch.setattr(S3Backend, "put_object", killing_put_object)
@@ -231,8 +233,14 @@ def test_interrupted_s3_push_resumes(
         )
     output, _ = state["push"].communicate(timeout=300)
     assert state["push"].returncode == -signal.SIGKILL, output
-    with lock:
-        state["push"] = None
+    # Drain: the dead client's last requests are refused until none has come for 1 s.
+    while True:
+        with lock:
+            quiet = time.monotonic() - state["last_refusal"]
+            if quiet > 1.0:
+                state["push"], state["refusing"] = None, False
+                break
+        time.sleep(0.2)
     landed = s3.objects()
     assert len(landed) == kill_after, landed
     assert cloud_status(project) != {}
