@@ -53,8 +53,9 @@ MANIFEST_COLUMNS = [
 ]
 SPLITS_DIR = Path("data/splits")
 SPLITS_TABLE = "splits.csv"
-SPLITS_COLUMNS = ("image", "class", "split", "group", "source")  # written by split
+SPLITS_COLUMNS = ("image", "class", "split", "group", "source", "fold")  # written by split
 MODEL_FILE = Path("models/model.keras")
+FOLDS_DIR = Path("models/folds")  # the cv stage's fold models (split.folds)
 CONTRACT_FILE = Path("models/labels.json")
 METRICS_DIR = Path("metrics")
 SPLIT_METRICS = METRICS_DIR / "split.json"
@@ -108,14 +109,51 @@ def split_images(
     table: pd.DataFrame, split: str, classes: list[str], splits_dir: Path = SPLITS_DIR
 ) -> tuple[list[str], list[int]]:
     """Image paths and class indices (in ``classes`` order) of one split of ``splits.csv``."""
-    rows = table[table["split"] == split]
+    return _images(table[table["split"] == split], f"the {split} split", classes, splits_dir)
+
+
+def train_classes(table: pd.DataFrame, splits_dir: Path = SPLITS_DIR) -> list[str]:
+    """The classes a model learns: those of the train split, sorted (the output order)."""
+    classes = sorted(table.loc[table["split"] == "train", "class"].unique())
+    if len(classes) < 2:
+        raise UserError(
+            f"{splits_dir / SPLITS_TABLE}: training needs at least two classes, got {classes}"
+        )
+    return classes
+
+
+def fold_images(
+    table: pd.DataFrame, fold: int, classes: list[str], splits_dir: Path = SPLITS_DIR
+) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
+    """Cross-validation fold ``fold`` of ``splits.csv``: (train, val) as
+    :func:`split_images` gives them; train is every other fold of the train and val images."""
+    folds = pd.to_numeric(table["fold"], errors="coerce")
+    pool = table[(table["split"] != "test") & (folds > 0)]
+    held_out = folds[pool.index] == fold
+    return (
+        _images(pool[~held_out], f"the training images of fold {fold}", classes, splits_dir),
+        _images(pool[held_out], f"fold {fold}", classes, splits_dir),
+    )
+
+
+def table_folds(table: pd.DataFrame, splits_dir: Path = SPLITS_DIR) -> list[int]:
+    """The cross-validation folds ``splits.csv`` holds (1..k), [] when it has none."""
+    folds = pd.to_numeric(table["fold"], errors="coerce")
+    if folds.isna().any() or (folds < 0).any() or (folds != folds.round()).any():
+        raise UserError(f"{splits_dir / SPLITS_TABLE}: column fold must hold whole numbers >= 0")
+    return sorted(int(f) for f in folds.unique() if f > 0)
+
+
+def _images(
+    rows: pd.DataFrame, what: str, classes: list[str], splits_dir: Path
+) -> tuple[list[str], list[int]]:
     source = splits_dir / SPLITS_TABLE
     if rows.empty:
-        raise UserError(f"{source}: the {split} split is empty")
+        raise UserError(f"{source}: {what} is empty")
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(rows["class"]) - set(index))
     if unknown:
-        raise UserError(f"{source}: {split} split has classes the model does not know: {unknown}")
+        raise UserError(f"{source}: {what} has classes the model does not know: {unknown}")
     paths = [splits_dir / image for image in rows["image"]]
     absent = next((path for path in paths if not path.is_file()), None)
     if absent is not None:

@@ -9,7 +9,8 @@ The gradient is taken of the log-probability of the class (the model ends in a s
 the log undoes its saturation, so a confident prediction still gets a map). Works for the
 project's CNN (``train.backbone: cnn``, the last ``Conv2D`` is a layer of the model) and
 for the keras.applications backbones (the last ``Conv2D`` inside the nested backbone);
-any other structure raises :class:`GradCamUnavailable`.
+and for a fold ensemble (``train.ensemble``: the map is the mean of each member's map of
+the ensemble's log-probability); any other structure raises :class:`GradCamUnavailable`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ class GradCam:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
+        from lungct.model import ensemble_members
+
+        members = ensemble_members(model)
+        if members:
+            self._forward = self._ensemble(members)
+            self.layer_name = f"{_last_conv(members[0])[0].name} of each of {len(members)} members"
+            return
         conv, nested = _last_conv(model)
         self.layer_name = conv.name if nested is None else f"{nested.name}/{conv.name}"
         if nested is None:
@@ -49,6 +57,22 @@ class GradCam:
         else:
             self._forward = self._chain(model, nested, conv)
             self._check(model)
+
+    @staticmethod
+    def _ensemble(members: list[keras.Model]):
+        """Each member's last conv maps, and the ensemble's output (the mean of theirs)."""
+        features = []
+        for member in members:
+            conv, nested = _last_conv(member)
+            if nested is not None:
+                raise GradCamUnavailable(f"ensemble member {member.name!r} has a nested backbone")
+            features.append(keras.Model(member.inputs, [conv.output, member.output]))
+
+        def forward(x: tf.Tensor, training: bool = False) -> tuple[list, tf.Tensor]:
+            pairs = [f(x, training=training) for f in features]
+            return [maps for maps, _ in pairs], tf.add_n([p for _, p in pairs]) / len(pairs)
+
+        return forward
 
     @staticmethod
     def _chain(model: keras.Model, nested: keras.Model, conv: keras.Layer):
@@ -86,9 +110,12 @@ class GradCam:
         with tf.GradientTape() as tape:
             maps, probabilities = self._forward(x, training=False)
             score = tf.math.log(probabilities[:, class_index] + 1e-12)
-        grads = tape.gradient(score, maps)
-        weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per feature map
-        cam = tf.nn.relu(tf.reduce_sum(maps * weights[:, None, None, :], axis=-1))[0].numpy()
+        members = maps if isinstance(maps, list) else [maps]
+        cams = []
+        for member_maps, grads in zip(members, tape.gradient(score, members), strict=True):
+            weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per feature map
+            cams.append(tf.nn.relu(tf.reduce_sum(member_maps * weights[:, None, None, :], axis=-1)))
+        cam = (tf.add_n(cams) / len(cams))[0].numpy()
         height, width = image.shape[:2]
         cam = np.asarray(
             Image.fromarray(cam.astype(np.float32)).resize(

@@ -296,6 +296,39 @@ def save_model(model: keras.Model, path: os.PathLike) -> None:
             archive.writestr(fixed, data)
 
 
+ENSEMBLE_NAME = "lung_ct_ensemble"
+
+
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One Keras model averaging ``members`` (same input, softmax outputs): one input, the
+    members side by side (``member1``, ...), their mean as the output ``probabilities``.
+    Saved and loaded like any model, so evaluate, predict, the app, export and Grad-CAM
+    take it as it is. The members are uncompiled views of the given models' layers."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs two or more members")
+    first = members[0].inputs[0]
+    inputs = keras.Input(shape=first.shape[1:], dtype=first.dtype, name="image")
+    outputs = []
+    for i, member in enumerate(members, start=1):
+        view = keras.Model(member.inputs[0], member.outputs[0], name=f"member{i}")
+        outputs.append(view(inputs))
+    mean = layers.Average(name="probabilities", dtype="float32")(outputs)
+    return keras.Model(inputs, mean, name=ENSEMBLE_NAME)
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The members of a model :func:`ensemble` built (in order); [] for any other model."""
+    inner = model.layers[1:-1]
+    if (
+        model.name != ENSEMBLE_NAME
+        or len(model.layers) < 4
+        or not isinstance(model.layers[-1], layers.Average)
+        or not all(isinstance(m, keras.Model) for m in inner)
+    ):
+        return []
+    return list(inner)
+
+
 def _chain(model: keras.Model) -> list[keras.Layer] | None:
     """The layers of a functional model that is one chain (each layer called once, on the
     previous one's output, the last one's output the model's), input layer left out; else
@@ -379,8 +412,12 @@ def inference_model(model: keras.Model, fold: bool = True) -> keras.Model:
     every scale is >= 0 (a max commutes with it), and kept otherwise. Outputs equal the
     float32 model's at inference within float rounding (tests/test_fold.py: 1e-5); the
     copy is not for training (no batch norm left). A model that is not one chain of
-    layers (the keras.applications backbones) is returned as it is.
+    layers (the keras.applications backbones) is returned as it is; an :func:`ensemble`
+    gets each member's copy.
     """
+    members = ensemble_members(model)
+    if members:
+        return ensemble([inference_model(member, fold) for member in members])
     chain = _chain(model)
     if chain is None:
         return model

@@ -277,9 +277,14 @@ class SplitParams(_Section):
     patient_similarity: Annotated[float, Field(ge=-1, lt=1)]  # thumbnail correlation, one patient
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
+    # Cross-validation: k grouped, class-stratified folds over the train and val images
+    # (the test split untouched), one model per fold in the cv stage; 0 = off.
+    folds: Annotated[int, Field(ge=0, le=20)]
 
     @model_validator(mode="after")
     def _leaves_train(self) -> SplitParams:
+        if self.folds == 1:
+            raise ValueError("folds: 0 (off) or at least 2")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 "test_fraction: val_fraction + test_fraction must stay below 0.9 to leave a train "
@@ -319,13 +324,19 @@ class TrainParams(_Section):
     early_stopping_patience: Annotated[int, Field(ge=0)]
     lr_schedule: Literal["constant", "cosine"]
     cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
-    # "auto": MirroredStrategy over all GPUs when there are several, else the default.
-    strategy: Literal["auto", "default", "mirrored"]
+    # "auto": MirroredStrategy over all GPUs when there are several, else the default;
+    # "multi_worker": MultiWorkerMirroredStrategy over the machines of TF_CONFIG
+    # (lungct.distributed; only the chief writes outputs).
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"]
     # What the conv blocks train in: float32, or bfloat16 with float32 weights (Keras'
     # mixed_bfloat16: 2x and more the speed where the CPU has bfloat16 instructions,
     # AVX512_BF16 or AMX; 0.6x, or failing, where it has not); "auto": mixed_bfloat16 on
     # such a CPU without a GPU, else float32. Inference (evaluate, predict) is float32.
     precision: Literal["auto", "float32", "mixed_bfloat16"]
+    # true: the saved model is the cv stage's fold models averaged (one input, the mean
+    # of their softmaxes; needs split.folds); false: one model fitted on train, early
+    # stopping on val.
+    ensemble: bool
 
 
 class EvaluateParams(_Section):
@@ -352,6 +363,11 @@ class Params(_Section):
                 f"convert.image_size: {self.convert.image_size} is too small for "
                 f"{len(self.train.filters)} pooling blocks (train.filters); "
                 f"need at least {smallest}"
+            )
+        if self.train.ensemble and not self.split.folds:
+            raise ValueError(
+                "train.ensemble: averages the cross-validation fold models; set split.folds "
+                "(2 or more) too"
             )
         return self
 

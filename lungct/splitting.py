@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,6 +274,43 @@ def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
         )
     by_group = split_groups(classes, cfg.val_fraction, cfg.test_fraction, params.base.seed)
     return images["group"].map(by_group)
+
+
+NO_FOLD = 0  # the fold of test images, and of every image when cross-validation is off
+
+
+def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
+    """The cross-validation fold (1..``folds``) of every train and val image, whole groups
+    per fold, stratified by class (scikit-learn's ``StratifiedGroupKFold``, shuffled from
+    ``seed``); :data:`NO_FOLD` for test images, and for all when ``folds`` is 0."""
+    result = pd.Series(NO_FOLD, index=images.index, dtype=int)
+    if not folds:
+        return result
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = images[images["split"] != "test"]
+    n_groups = pool["group"].nunique()
+    if n_groups < folds:
+        raise UserError(
+            f"split.folds: {folds} folds need at least {folds} groups (patients) in train and "
+            f"val; there are {n_groups}"
+        )
+    per_class = pool.groupby("class")["group"].nunique()
+    thin = per_class[per_class < folds]
+    if len(thin):
+        log.warning(
+            "split: class(es) %s have fewer groups than split.folds (%d): some folds "
+            "validate without them",
+            dict(thin),
+            folds,
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thin-class warning, said above in our words
+        parts = splitter.split(np.zeros(len(pool)), pool["class"], pool["group"])
+        for fold, (_, held_out) in enumerate(parts, start=1):
+            result.loc[pool.index[held_out]] = fold
+    return result
 
 
 def leakage(images: pd.DataFrame, cfg: SplitParams) -> tuple[list[str], pd.DataFrame]:

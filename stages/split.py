@@ -6,7 +6,7 @@ splits by ``split.strategy``, and the leakage gate applies ``split.leakage`` (al
 ``lungct.splitting``).
 
 Writes the split images, ``data/splits/splits.csv`` (image, class, split, group,
-source), ``data/splits/dropped.csv`` (copies the gate dropped), ``metrics/split.json``
+source, and the cross-validation fold), ``data/splits/dropped.csv`` (copies the gate dropped), ``metrics/split.json``
 and ``metrics/split_samples.png`` (sample training images per class).
 """
 
@@ -16,7 +16,14 @@ import logging
 import shutil
 from pathlib import Path
 
-from lungct.artifacts import CONVERTED_DIR, METRICS_DIR, SPLITS, SPLITS_DIR, SPLITS_TABLE
+from lungct.artifacts import (
+    CONVERTED_DIR,
+    METRICS_DIR,
+    SPLITS,
+    SPLITS_COLUMNS,
+    SPLITS_DIR,
+    SPLITS_TABLE,
+)
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.errors import run_stage
 from lungct.params import Params, load_params
@@ -24,6 +31,7 @@ from lungct.report import write_samples
 from lungct.splitting import (
     apply_leakage_policy,
     assign,
+    assign_folds,
     group_classes,
     read_converted,
     split_metrics,
@@ -43,11 +51,12 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
     images["split"] = assign(images, params, layout)
     gate = apply_leakage_policy(images, cfg)
     images = with_image_paths(gate.images)
+    images["fold"] = assign_folds(images, cfg.folds, params.base.seed)
     with atomic_dir(out) as tmp:
         for src, dst in zip(images["source"], images["image"], strict=True):
             (tmp / dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(converted / src, tmp / dst)
-        write_csv(tmp / SPLITS_TABLE, images[["image", "class", "split", "group", "source"]])
+        write_csv(tmp / SPLITS_TABLE, images[list(SPLITS_COLUMNS)])
         write_csv(
             tmp / DROPPED_TABLE, gate.dropped[["source", "class", "split", "group", "reason"]]
         )
@@ -58,6 +67,7 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
         layout=layout,
         classes=cfg.classes if isinstance(cfg.classes, str) else "custom",
         grouping=cfg.grouping,
+        folds=cfg.folds,
         near_duplicate_distance=cfg.near_duplicate_distance,
         groups_spanning_classes=len(group_classes(images)[1]),
         found_cross_split_groups=gate.found_groups,

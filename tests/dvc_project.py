@@ -24,7 +24,7 @@ from lungct.params import merge
 from tests.conftest import ROOT, TINY, project_params
 
 # in the order DVC runs them
-STAGES = ("download", "convert", "split", "train", "evaluate", "export")
+STAGES = ("download", "convert", "split", "cv", "train", "evaluate", "export")
 
 
 def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -98,3 +98,12 @@ def test_every_dep_exists():
         for dep in stage["deps"]:
             if dep.split("/")[0] in PACKAGES:
                 assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"
+
+
+def test_cv_stage_reads_every_train_key_but_ensemble():
+    """The cv stage lists train's keys one by one (so that ``train.ensemble`` alone refits
+    nothing): a new train key must be added there too."""
+    from lungct.params import TrainParams
+
+    listed = {p.removeprefix("train.") for p in stages()["cv"]["params"] if p.startswith("train.")}
+    assert listed == set(TrainParams.model_fields) - {"ensemble"}

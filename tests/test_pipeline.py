@@ -84,7 +84,7 @@ def test_second_repro_runs_nothing(repo: Path):
 
 def test_train_param_reruns_only_train_evaluate_and_export(repo: Path):
     write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
-    assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate", "export"]
+    assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]
     git("checkout", "-q", "--", ".", cwd=repo)  # params, dvc.lock, metrics
     dvc("checkout", "-q", cwd=repo)
     assert dvc_json("status", cwd=repo) == {}
@@ -94,7 +94,7 @@ def test_metrics_diff_between_branches(repo: Path):
     git("checkout", "-q", "-b", "more-epochs", cwd=repo)
     # Patience 0: the second epoch's weights are kept even when val loss got worse.
     write_params(repo, merge(TINY, {"train": {"epochs": 2, "early_stopping_patience": 0}}))
-    assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate", "export"]
+    assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "two epochs", cwd=repo)
     diff = dvc_json("metrics", "diff", "main", cwd=repo)

@@ -176,7 +176,7 @@ def test_s3_remote_round_trip_and_experiments(tmp_path: Path, project: Path, s3:
     # An experiment: its git ref to origin, its data and model to the S3 remote.
     baseline = lock_outs(project)
     output = dvc("exp", "run", "-n", "lr-high", "-S", "train.lr=0.01", cwd=project)
-    assert ran_stages(output) == ["train", "evaluate", "export"], output
+    assert ran_stages(output) == ["cv", "train", "evaluate", "export"], output
     experiment = lock_outs(project)
     assert experiment["models/model.keras"] != baseline["models/model.keras"]
     dvc("exp", "push", "origin", "lr-high", cwd=project, env=CREDENTIALS)

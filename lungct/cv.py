@@ -1,0 +1,163 @@
+"""Cross-validation (``split.folds``) and the fold ensemble (``train.ensemble``).
+
+The split stage gives every train and val image a fold (whole groups, stratified by
+class; :func:`lungct.splitting.assign_folds`). Here one model is fitted per fold, on
+the other folds, with early stopping on its own fold, by the train stage's recipe
+(:func:`lungct.training.fit_model`), and scored on that fold: the validation figures by
+which recipes are compared, never the test split. The fold models are kept, so that
+``train.ensemble`` can average them into the one model that evaluate, predict, the
+app and Grad-CAM use (:func:`lungct.model.ensemble`).
+
+TensorFlow is imported only where a model is fitted or loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungct.artifacts import FOLDS_DIR, SPLITS_DIR, fold_images, table_folds, train_classes
+from lungct.contract import Contract
+from lungct.errors import UserError
+from lungct.metrics import classification_metrics
+from lungct.params import Params
+
+log = logging.getLogger("cv")
+
+FOLDS_FILE = "folds.json"  # in FOLDS_DIR: the folds, their classes and model files
+SCORES = ("balanced_accuracy", "macro_f1", "loss")  # per fold; their means are metrics/cv.json
+
+
+def fold_model_file(fold: int) -> str:
+    return f"fold{fold}.keras"
+
+
+def cross_validate(
+    params: Params,
+    table: pd.DataFrame,
+    out: Path = FOLDS_DIR,
+    live_dir: Path | None = None,
+    splits_dir: Path = SPLITS_DIR,
+) -> dict:
+    """Fit and score one model per fold of ``table`` (``splits.csv``), saving each into
+    ``out`` (written by the caller's atomic folder). Returns ``metrics/cv_details.json``'s
+    content: per-fold scores, their mean and standard deviation. No folds: ``{"folds": 0}``."""
+    folds = table_folds(table, splits_dir)
+    record: dict = {"folds": len(folds), "classes": [], "models": []}
+    if not folds:
+        (out / FOLDS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        return {"folds": 0}
+    if folds != list(range(1, len(folds) + 1)) or len(folds) != params.split.folds:
+        raise UserError(
+            f"{splits_dir}: splits.csv has folds {folds}, params split.folds is "
+            f"{params.split.folds}; rerun the split stage"
+        )
+
+    from lungct.model import inference_model, save_model
+    from lungct.training import fit_model
+
+    classes = train_classes(table, splits_dir)
+    contract = Contract.from_params(params, classes, None)
+    rows = []
+    for fold in folds:
+        train, val = fold_images(table, fold, classes, splits_dir)
+        fitted = fit_model(
+            params.train,
+            contract,
+            params.base.seed,
+            train,
+            val,
+            live_dir=None if live_dir is None else live_dir / f"fold{fold}",
+            name=f"cv fold {fold}/{len(folds)}",
+        )
+        model_file = out / fold_model_file(fold)
+        save_model(fitted.model, model_file)
+        probabilities = _predict(inference_model(fitted.model), contract, val[0], params)
+        scores = classification_metrics(np.asarray(val[1]), probabilities, classes)
+        row = {
+            "fold": fold,
+            "train_images": len(train[0]),
+            "val_images": len(val[0]),
+            "val_groups": int(table.loc[_fold_rows(table, fold), "group"].nunique()),
+            **{key: scores[key] for key in SCORES},
+            "accuracy": scores["accuracy"],
+            "epochs": len(fitted.history["loss"]),
+            "best_epoch": fitted.best_epoch,
+        }
+        log.info(
+            "cv fold %d/%d: balanced accuracy %.3f, macro F1 %.3f, loss %.4f (%d images)",
+            fold,
+            len(folds),
+            row["balanced_accuracy"],
+            row["macro_f1"],
+            row["loss"],
+            row["val_images"],
+        )
+        rows.append(row)
+        record["models"].append(model_file.name)
+    record["classes"] = classes
+    (out / FOLDS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return summary(rows)
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per-fold rows with the mean and (population) standard deviation of each score."""
+    details: dict = {"folds": len(rows), "per_fold": rows}
+    for key in (*SCORES, "accuracy"):
+        values = np.array([row[key] for row in rows], dtype=float)
+        details[key] = {
+            "mean": round(float(values.mean()), 6),
+            "std": round(float(values.std()), 6),
+        }
+    return details
+
+
+def headline(details: dict) -> dict:
+    """``metrics/cv.json``, the declared metric: the mean of each fold score (the same key
+    names as ``metrics/eval.json``, so ``dvc metrics show`` stays one narrow table);
+    empty without cross-validation."""
+    return {key: details[key]["mean"] for key in SCORES} if details.get("folds") else {}
+
+
+def _fold_rows(table: pd.DataFrame, fold: int) -> pd.Series:
+    return pd.to_numeric(table["fold"], errors="coerce") == fold
+
+
+def _predict(model, contract: Contract, paths: list[str], params: Params) -> np.ndarray:
+    from lungct.model import image_dataset
+
+    prep = contract.prep
+    labels = [0] * len(paths)
+    data = image_dataset(paths, labels, prep.image_size, prep.channels, params.evaluate.batch_size)
+    return model.predict(data, verbose=0).astype(np.float64)
+
+
+def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
+    """The fold models of ``folds_dir`` averaged into one Keras model; a
+    :class:`UserError` naming the folder when they are missing or were trained on
+    other classes than ``contract``."""
+    from lungct.model import ensemble, load_model
+
+    path = folds_dir / FOLDS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        names, classes = list(record["models"]), list(record["classes"])
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the cv stage first: dvc repro)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a folds record ({exc}); rerun the cv stage") from None
+    if not names:
+        raise UserError(f"{path}: no fold models; train.ensemble needs split.folds >= 2")
+    if classes != list(contract.classes):
+        raise UserError(
+            f"{path}: fold models were trained on classes {classes}, the split has "
+            f"{list(contract.classes)}; rerun the cv stage"
+        )
+    members = [load_model(folds_dir / name, fold=False) for name in names]
+    for name, member in zip(names, members, strict=True):
+        contract.check_model(member, folds_dir / name, path)
+    return ensemble(members)

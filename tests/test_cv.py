@@ -1,0 +1,168 @@
+"""Cross-validation folds (split stage), the cv stage, and the fold ensemble (train stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lungct.errors import UserError
+from lungct.params import merge, parse_params
+from lungct.splitting import NO_FOLD, assign_folds
+from stages.convert import convert
+from stages.download import download
+from stages.split import split
+
+
+def images_table(groups_per_class: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Groups of 1-4 images, three classes, a test split; as the split stage holds them."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in ("a", "b", "c"):
+        for g in range(groups_per_class):
+            split = "test" if g < 2 else "train" if g % 3 else "val"
+            rows += [
+                {"class": name, "group": f"{name}{g}", "split": split}
+                for _ in range(rng.integers(1, 5))
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_folds_keep_groups_whole_stratified_and_test_untouched():
+    images = images_table()
+    folds = assign_folds(images, 3, seed=7)
+    assert (folds[images["split"] == "test"] == NO_FOLD).all()
+    pool = images[images["split"] != "test"].assign(fold=folds)
+    assert set(pool["fold"]) == {1, 2, 3}
+    assert (pool.groupby("group")["fold"].nunique() == 1).all()  # whole groups
+    # Stratified: every class in every fold, in about equal numbers of groups.
+    groups = pool.drop_duplicates("group").groupby(["class", "fold"]).size().unstack()
+    assert groups.notna().all().all() and (groups.max(axis=1) - groups.min(axis=1) <= 2).all()
+    assert folds.equals(assign_folds(images, 3, seed=7))  # seeded
+    assert not folds.equals(assign_folds(images, 3, seed=8))
+    assert (assign_folds(images, 0, seed=7) == NO_FOLD).all()
+
+
+def test_too_many_folds_is_one_line():
+    images = images_table(groups_per_class=3)  # 1 train/val group per class
+    with pytest.raises(UserError, match=r"split.folds: 5 folds need at least 5 groups"):
+        assign_folds(images, 5, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"split": {"folds": 1}}, "split.folds: 0 (off) or at least 2"),
+        ({"split": {"folds": 21}}, "split.folds"),
+        ({"train": {"ensemble": True}}, "train.ensemble: averages the cross-validation"),
+    ],
+)
+def test_fold_params_are_checked(tiny_raw, override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_params(merge(tiny_raw, override))
+
+
+@pytest.fixture
+def folded(workdir: Path, tiny_raw: dict):
+    """The tiny project split into two folds (9 patients: 2 per class in train+val)."""
+    raw = merge(tiny_raw, {"split": {"folds": 2}})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    download(params)
+    convert(params.convert)
+    split(params)
+    return workdir, raw
+
+
+def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
+    from lungct.artifacts import read_splits
+    from lungct.cv import FOLDS_FILE
+    from stages.cv import cv
+    from stages.train import train
+
+    workdir, raw = folded
+    table = read_splits(workdir / "data/splits")
+    pool = table[table["split"] != "test"]
+    assert set(pool["fold"]) == {"1", "2"} and set(table.loc[table["split"] == "test", "fold"]) == {
+        "0"
+    }
+    details = cv(parse_params(raw))
+    assert details["folds"] == 2 and [row["fold"] for row in details["per_fold"]] == [1, 2]
+    assert sum(row["val_images"] for row in details["per_fold"]) == len(pool)
+    for row in details["per_fold"]:
+        assert row["train_images"] + row["val_images"] == len(pool)
+    headline = json.loads((workdir / "metrics/cv.json").read_text())
+    assert set(headline) == {"balanced_accuracy", "macro_f1", "loss"}
+    scores = [row["balanced_accuracy"] for row in details["per_fold"]]
+    assert headline["balanced_accuracy"] == pytest.approx(np.mean(scores), abs=1e-6)
+    assert json.loads((workdir / "metrics/cv_details.json").read_text()) == details
+    record = json.loads((workdir / "models/folds" / FOLDS_FILE).read_text())
+    assert record["models"] == ["fold1.keras", "fold2.keras"]
+    assert (workdir / "metrics/cv/fold2/plots/metrics/eval/loss.tsv").is_file()
+
+    # The ensemble: one model, the mean of the fold models' softmaxes.
+    from lungct.gradcam import GradCam
+    from lungct.model import ensemble_members, load_model
+
+    ensemble_params = parse_params(merge(raw, {"train": {"ensemble": True}}))
+    assert train(ensemble_params)["members"] == 2
+    saved = load_model(workdir / "models/model.keras", fold=False)
+    assert len(ensemble_members(saved)) == 2
+    x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
+    members = [load_model(workdir / "models/folds" / name, fold=False) for name in record["models"]]
+    mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(saved.predict(x, verbose=0), mean, atol=1e-6)
+    # For inference: each member in float32 with batch norm folded (as a lone model is).
+    folded_model = load_model(workdir / "models/model.keras")
+    assert len(ensemble_members(folded_model)) == 2
+    inference = [load_model(workdir / "models/folds" / name) for name in record["models"]]
+    mean = np.mean([m.predict(x, verbose=0) for m in inference], axis=0)
+    np.testing.assert_allclose(folded_model.predict(x, verbose=0), mean, atol=1e-6)
+    cam = GradCam(folded_model)(x[0], 1)
+    assert cam.shape == (32, 32) and cam.min() >= 0.0 and cam.max() <= 1.0
+    assert "of each of 2 members" in GradCam(folded_model).layer_name
+
+
+def test_cv_off_trains_nothing_and_writes_an_empty_metric(workdir, tiny_raw):
+    from stages.cv import cv
+
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
+    params = parse_params(tiny_raw)
+    download(params)
+    convert(params.convert)
+    split(params)
+    assert cv(params) == {"folds": 0}
+    assert json.loads((workdir / "metrics/cv.json").read_text()) == {}
+    assert json.loads((workdir / "models/folds/folds.json").read_text())["models"] == []
+
+
+def test_ensemble_without_fold_models_is_one_line(folded):
+    from stages.train import train
+
+    workdir, raw = folded
+    (workdir / "models/folds").mkdir(parents=True)  # as the cv stage leaves it with folds 0
+    record = {"folds": 0, "classes": [], "models": []}
+    (workdir / "models/folds/folds.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"models/folds/folds.json: no fold models"):
+        train(parse_params(merge(raw, {"train": {"ensemble": True}})))
+
+
+def test_ensemble_evaluates_and_exports(folded):
+    """evaluate and export (SavedModel, ONNX, checked against Keras) take the ensemble."""
+    from stages.cv import cv
+    from stages.evaluate import evaluate
+    from stages.export import export
+    from stages.train import train
+
+    workdir, raw = folded
+    params = parse_params(merge(raw, {"train": {"ensemble": True}}))
+    cv(params)
+    train(params)
+    metrics = json.loads(json.dumps(evaluate(params)))
+    assert metrics["images"] == 6
+    export()
+    assert (workdir / "models/export").is_dir()
