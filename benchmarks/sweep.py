@@ -1,0 +1,179 @@
+"""A recipe search driven by cross-validation only, then one test evaluation per seed.
+
+Run from the repository root::
+
+    python -m benchmarks.sweep --data path/to/chest-ctscan-images.zip
+                               [--folds 3] [--recipes default,augment,...]
+                               [--seeds 42,43,44] [--out sweep.json]
+
+In a temporary project folder, with the project's own stages as subprocesses (exactly as
+``dvc repro`` runs them) and ``params.yaml`` = the repo's params with ``data.source:
+path`` and ``data.path: --data``:
+
+1. download, convert, and split (``split.folds: --folds``) once, with ``--task`` and
+   ``--split``;
+2. **search**: for each recipe of :data:`RECIPES` (``train`` overrides of the repo's
+   params), the cv stage only: per-fold validation balanced accuracy, macro F1 and loss
+   on the train+val images; the test split is never read. One table row per recipe with
+   the mean and standard deviation over the folds and the wall time of the run;
+3. **choice**: the recipe with the highest mean validation balanced accuracy (ties: the
+   lower mean loss);
+4. **test, once per seed**: for each of ``--seeds`` (``base.seed``: the split, the
+   weights and the shuffling all change), split, train and evaluate the chosen recipe
+   (and, with ``--ensemble``, the cross-validation ensemble of that seed too), and print
+   the test balanced accuracy with its patient-bootstrap 95 % interval, then the mean and
+   standard deviation over the seeds.
+
+Everything lands in ``--out`` (JSON). Figures and cost on the 2-core machine:
+docs/benchmarks.md (Recipe search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.host import machine, stage
+from benchmarks.quality import SPLITS, read_metrics, write_params
+from lungct.params import merge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MILD_AUGMENT = {"flip": False, "rotation": 0.03, "zoom": 0.1, "translation": 0.05}
+# train overrides of the repo's params; one change each from the default, then a combination.
+RECIPES = {
+    "default": {},
+    "augment": {"augment": MILD_AUGMENT},
+    "cosine30": {"epochs": 30, "lr_schedule": "cosine", "early_stopping_patience": 8},
+    "wide4": {"filters": [32, 64, 128, 256]},
+    "avg_head": {"head": "global_average"},
+    "augment_cosine30": {
+        "augment": MILD_AUGMENT,
+        "epochs": 30,
+        "lr_schedule": "cosine",
+        "early_stopping_patience": 8,
+    },
+}
+
+
+def search_row(name: str, details: dict, seconds: float) -> str:
+    ba, f1, loss = (details[k] for k in ("balanced_accuracy", "macro_f1", "loss"))
+    epochs = [row["epochs"] for row in details["per_fold"]]
+    return (
+        f"| {name} | {ba['mean']:.3f} +- {ba['std']:.3f} | {f1['mean']:.3f} +- {f1['std']:.3f} | "
+        f"{loss['mean']:.3f} | {min(epochs)}-{max(epochs)} | {seconds / 60:.1f} min |"
+    )
+
+
+def test_row(seed: int, model: str, ev: dict, seconds: float) -> str:
+    ci = ev.get("ci95", {}).get("balanced_accuracy", {})
+    return (
+        f"| {seed} | {model} | {ev['images']} ({ev['groups']}) | {ev['balanced_accuracy']:.3f} "
+        f"({ci.get('low', float('nan')):.2f}-{ci.get('high', float('nan')):.2f}) | "
+        f"{ev['macro_f1']:.3f} | {seconds / 60:.1f} min |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the Chest CT-Scan zip or folder")
+    parser.add_argument("--task", default="default", help="split.classes: default | binary")
+    parser.add_argument("--split", default="grouped", choices=sorted(SPLITS))
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--choose", default=None, help="skip the search: test this recipe")
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--ensemble", action="store_true", help="also test the fold ensemble")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        sys.exit(f"{args.data}: not found (pass --data PATH to the Chest CT-Scan zip or folder)")
+    unknown = sorted(set(args.recipes.split(",")) - set(RECIPES))
+    if unknown or (args.choose and args.choose not in RECIPES):
+        sys.exit(f"--recipes/--choose: unknown recipe(s) {unknown or args.choose}")
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = merge(
+        base,
+        {
+            "data": {"source": "path", "path": str(args.data.resolve())},
+            "split": {"classes": args.task, "folds": args.folds, **SPLITS[args.split]},
+        },
+    )
+    out: dict = {"machine": machine(), "task": args.task, "split": args.split, "folds": args.folds}
+    print(f"# {out['machine']}; task {args.task}, split {args.split}, {args.folds} folds")
+    with tempfile.TemporaryDirectory(prefix="lungct-sweep-") as tmp:
+        project = Path(tmp)
+        write_params(project, base)
+        for name in ("download", "convert", "split"):
+            stage(name, project)
+
+        chosen = args.choose
+        if chosen is None:
+            print("| recipe | val balanced accuracy | val macro F1 | val loss | epochs | time |")
+            print("|---|---|---|---|---|---|")
+            search = {}
+            for name in args.recipes.split(","):
+                write_params(project, merge(base, {"train": RECIPES[name]}))
+                seconds = stage("cv", project)
+                details = read_metrics(project, "cv_details.json")
+                search[name] = {"seconds": seconds, "cv": details}
+                print(search_row(name, details, seconds), flush=True)
+            out["search"] = search
+            chosen = max(
+                search,
+                key=lambda n: (
+                    search[n]["cv"]["balanced_accuracy"]["mean"],
+                    -search[n]["cv"]["loss"]["mean"],
+                ),
+            )
+        out["chosen"] = chosen
+        print(f"\nchosen by cross-validation: {chosen} {RECIPES[chosen]}\n")
+
+        print(
+            "| seed | model | test images (groups) | balanced accuracy (95 % CI) | macro F1 | time |"
+        )
+        print("|---|---|---|---|---|---|")
+        tests = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            params = merge(base, {"base": {"seed": seed}, "train": RECIPES[chosen]})
+            write_params(project, params)
+            start = time.perf_counter()
+            stage("split", project)
+            stage("train", project)
+            stage("evaluate", project)
+            ev = read_metrics(project, "eval_details.json")
+            tests.append({"seed": seed, "model": "single", "eval": ev})
+            print(test_row(seed, "single", ev, time.perf_counter() - start), flush=True)
+            if args.ensemble:
+                start = time.perf_counter()
+                stage("cv", project)
+                write_params(project, merge(params, {"train": {"ensemble": True}}))
+                stage("train", project)
+                stage("evaluate", project)
+                ev = read_metrics(project, "eval_details.json")
+                tests.append({"seed": seed, "model": "ensemble", "eval": ev})
+                print(test_row(seed, "ensemble", ev, time.perf_counter() - start), flush=True)
+        out["test"] = tests
+        for model in sorted({t["model"] for t in tests}):
+            values = np.array(
+                [t["eval"]["balanced_accuracy"] for t in tests if t["model"] == model]
+            )
+            print(
+                f"\n{model}: test balanced accuracy over {len(values)} seeds: "
+                f"{values.mean():.3f} +- {values.std():.3f} (mean +- sd)"
+            )
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
