@@ -57,7 +57,7 @@ def cross_validate(
             f"{params.split.folds}; rerun the split stage"
         )
 
-    from lungct.model import inference_model, save_model
+    from lungct.model import inference_model, save_model, tta_model
     from lungct.training import fit_model
 
     classes = train_classes(table, splits_dir)
@@ -76,8 +76,13 @@ def cross_validate(
         )
         model_file = out / fold_model_file(fold)
         save_model(fitted.model, model_file)
-        probabilities = _predict(inference_model(fitted.model), contract, val[0], params)
-        scores = classification_metrics(np.asarray(val[1]), probabilities, classes)
+        model = inference_model(fitted.model)
+        scores = classification_metrics(
+            np.asarray(val[1]), _predict(model, contract, val[0], params), classes
+        )
+        shifted = classification_metrics(
+            np.asarray(val[1]), _predict(tta_model(model), contract, val[0], params), classes
+        )
         row = {
             "fold": fold,
             "train_images": len(train[0]),
@@ -87,6 +92,7 @@ def cross_validate(
             "accuracy": scores["accuracy"],
             "epochs": len(fitted.history["loss"]),
             "best_epoch": fitted.best_epoch,
+            "tta": {key: shifted[key] for key in SCORES},
         }
         log.info(
             "cv fold %d/%d: balanced accuracy %.3f, macro F1 %.3f, loss %.4f (%d images)",
@@ -105,14 +111,17 @@ def cross_validate(
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per-fold rows with the mean and (population) standard deviation of each score."""
+    """Per-fold rows with the mean and (population) standard deviation of each score, and
+    of each score with test-time augmentation (``tta``)."""
+
+    def spread(values: list) -> dict:
+        array = np.array(values, dtype=float)
+        return {"mean": round(float(array.mean()), 6), "std": round(float(array.std()), 6)}
+
     details: dict = {"folds": len(rows), "per_fold": rows}
     for key in (*SCORES, "accuracy"):
-        values = np.array([row[key] for row in rows], dtype=float)
-        details[key] = {
-            "mean": round(float(values.mean()), 6),
-            "std": round(float(values.std()), 6),
-        }
+        details[key] = spread([row[key] for row in rows])
+    details["tta"] = {key: spread([row["tta"][key] for row in rows]) for key in SCORES}
     return details
 
 

@@ -53,7 +53,11 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, model: Path = MODEL_FILE, labels: Path = CONTRACT_FILE, quiet: bool = True
+        cls,
+        model: Path = MODEL_FILE,
+        labels: Path = CONTRACT_FILE,
+        quiet: bool = True,
+        tta: bool = False,
     ) -> Predictor:
         """Read the contract, then load the model (Keras safe mode) and check they agree.
         The model is the float32 inference copy, batch norm folded into the convolutions
@@ -62,6 +66,8 @@ class Predictor:
 
         ``quiet``: TensorFlow's native start-up lines (CUDA probing on a machine without a
         GPU) are kept off stderr, which then holds only what the caller reports.
+        ``tta``: the mean over test-time views (``lungct.model.tta_model``), as evaluate
+        with ``evaluate.tta``.
         """
         contract = cls.check(model, labels)
         model = Path(model)
@@ -77,6 +83,10 @@ class Predictor:
                 f"{model}: cannot load the model ({first_line(exc)}); rerun dvc repro"
             ) from None
         contract.check_model(keras_model, model, labels)
+        if tta:
+            from lungct.model import tta_model
+
+            keras_model = tta_model(keras_model)
         return cls(keras_model, contract)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:

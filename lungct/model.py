@@ -296,6 +296,51 @@ def save_model(model: keras.Model, path: os.PathLike) -> None:
             archive.writestr(fixed, data)
 
 
+# Test-time augmentation (evaluate.tta, predict --tta): the image and four copies shifted
+# by this fraction of its side, up, down, left and right (5 px at 128), the uncovered
+# border black as convert pads; no flips (a mirrored chest is not a chest).
+TTA_SHIFT = 0.04
+
+
+class Shift(layers.Layer):
+    """Move the image ``dy`` pixels down and ``dx`` right; the uncovered border is 0."""
+
+    def __init__(self, dy: int, dx: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.dy, self.dx = int(dy), int(dx)
+
+    def call(self, x):
+        d = max(abs(self.dy), abs(self.dx))
+        if not d:
+            return x
+        height, width = x.shape[1], x.shape[2]
+        padded = keras.ops.pad(x, [[0, 0], [d, d], [d, d], [0, 0]])
+        top, left = d - self.dy, d - self.dx
+        return padded[:, top : top + height, left : left + width, :]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dy": self.dy, "dx": self.dx}
+
+
+def tta_shifts(image_size: int) -> list[tuple[int, int]]:
+    """The (dy, dx) of each test-time view: none, then down, up, right, left."""
+    d = max(1, round(TTA_SHIFT * image_size))
+    return [(0, 0), (d, 0), (-d, 0), (0, d), (0, -d)]
+
+
+def tta_model(model: keras.Model) -> keras.Model:
+    """``model`` averaged over the test-time views of its input (:func:`tta_shifts`): one
+    input, one output, the same weights; for inference only (not saved)."""
+    source = model.inputs[0]
+    inputs = keras.Input(shape=source.shape[1:], dtype=source.dtype, name="image")
+    views = [
+        model(Shift(dy, dx, name=f"shift_{i}")(inputs))
+        for i, (dy, dx) in enumerate(tta_shifts(source.shape[1]))
+    ]
+    mean = layers.Average(name="probabilities", dtype="float32")(views)
+    return keras.Model(inputs, mean, name=f"{model.name}_tta")
+
+
 ENSEMBLE_NAME = "lung_ct_ensemble"
 
 

@@ -344,6 +344,9 @@ class EvaluateParams(_Section):
     # Patient-level resamples for the 95 % intervals of accuracy and balanced accuracy; 0 = none.
     bootstrap: Annotated[int, Field(ge=0, le=100_000)]
     grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
+    # Test-time augmentation: the mean over the image and four slightly shifted copies
+    # (lungct.model.tta_model); the cv stage reports fold scores with and without it.
+    tta: bool
 
 
 class Params(_Section):

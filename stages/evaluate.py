@@ -73,9 +73,11 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     if not MODEL_FILE.exists():
         raise UserError(f"{MODEL_FILE}: not found (run the train stage first: dvc repro)")
 
-    from lungct.model import image_dataset, load_model
+    from lungct.model import image_dataset, load_model, tta_model
 
     model = contract.check_model(load_model(MODEL_FILE), MODEL_FILE, CONTRACT_FILE)
+    if params.evaluate.tta:
+        model = tta_model(model)
     prep = contract.prep
     data = image_dataset(paths, y_true, prep.image_size, prep.channels, params.evaluate.batch_size)
     probabilities = model.predict(data, verbose=0).astype(np.float64)

@@ -75,6 +75,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: the mean over the image and four shifted copies "
+        "(as evaluate with evaluate.tta)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help="processes reading files while the model runs; 0: none (default: one per core, "
@@ -111,7 +117,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
 
     # The pool first: its workers fork from this process before TensorFlow is imported.
     with preprocess_pool(workers) if workers else nullcontext() as pool:
-        predictor = Predictor.load(args.model, args.labels)
+        predictor = Predictor.load(args.model, args.labels, tta=args.tta)
         if predictor.contract.warning:
             print(f"warning: {predictor.contract.warning}", file=sys.stderr)
         for line in input_notes(predictor.prep, args.paths):

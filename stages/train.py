@@ -3,7 +3,8 @@
 Writes ``models/model.keras``, ``models/labels.json`` (class order, input size,
 channels, window, preprocessing, and what the data was: ``data/raw/SOURCE.json`` and
 ``metrics/split.json``), ``metrics/train.json`` and per-epoch curves in
-``metrics/train/plots/metrics/`` (DVCLive).
+``metrics/train/plots/metrics/`` (DVCLive). With ``train.ensemble``, the saved model is
+instead the cv stage's fold models averaged (``models/folds/``).
 """
 
 from __future__ import annotations
@@ -13,42 +14,45 @@ from pathlib import Path
 
 from lungct.artifacts import (
     CONTRACT_FILE,
+    CURVES_DIR,
+    FOLDS_DIR,
     METRICS_DIR,
     MODEL_FILE,
     RAW_DIR,
     RAW_SOURCE,
     SPLIT_METRICS,
     SPLITS_DIR,
-    SPLITS_TABLE,
     TRAIN_LIVE_DIR,
     read_source,
     read_split_metrics,
     read_splits,
     split_images,
+    train_classes,
 )
 from lungct.atomic import atomic_file, write_json
 from lungct.contract import Contract, TrainingData
-from lungct.errors import UserError, run_stage
+from lungct.errors import run_stage
 from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "train.json"
+ENSEMBLE_CURVES = "An ensemble of the cv stage's fold models: per-fold curves in metrics/cv/.\n"
 
 log = logging.getLogger("train")
 
 
-def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
+def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS_DIR) -> dict:
     table = read_splits(splits_dir)
-    classes = sorted(table.loc[table["split"] == "train", "class"].unique())
-    if len(classes) < 2:
-        raise UserError(
-            f"{splits_dir / SPLITS_TABLE}: training needs at least two classes, got {classes}"
-        )
+    classes = train_classes(table, splits_dir)
 
     from lungct.model import save_model
-    from lungct.training import fit_model
 
     # what the model will take, and say it was trained on
     contract = Contract.from_params(params, classes, training_data(splits_dir))
+    if params.train.ensemble:
+        return train_ensemble(contract, folds_dir)
+
+    from lungct.training import fit_model
+
     train_set = split_images(table, "train", classes, splits_dir)
     val_set = split_images(table, "val", classes, splits_dir)
     fitted = fit_model(
@@ -61,6 +65,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     contract.write(CONTRACT_FILE)
     best = fitted.best_epoch - 1
     metrics = {
+        "members": 1,
         "restored_best_weights": bool(params.train.early_stopping_patience),
         "replicas": fitted.replicas,
         "epochs": len(history["loss"]),
@@ -75,6 +80,24 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         "val_images": len(val_set[0]),
     }
     write_json(METRICS_FILE, metrics)
+    return metrics
+
+
+def train_ensemble(contract: Contract, folds_dir: Path) -> dict:
+    """The cv stage's fold models averaged into the saved model (``train.ensemble``); their
+    curves and scores are the cv stage's (metrics/cv/, metrics/cv_details.json)."""
+    from lungct.cv import fold_ensemble
+    from lungct.model import save_model
+
+    model = fold_ensemble(contract, folds_dir)
+    with atomic_file(MODEL_FILE) as tmp:
+        save_model(model, tmp)
+    contract.write(CONTRACT_FILE)
+    CURVES_DIR.mkdir(parents=True, exist_ok=True)
+    (CURVES_DIR / "README.md").write_text(ENSEMBLE_CURVES, encoding="utf-8")
+    metrics = {"members": len(model.layers) - 2, "parameters": int(model.count_params())}
+    write_json(METRICS_FILE, metrics)
+    log.info("train: an ensemble of %d fold models from %s", metrics["members"], folds_dir)
     return metrics
 
 

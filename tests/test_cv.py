@@ -95,6 +95,10 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
     assert sum(row["val_images"] for row in details["per_fold"]) == len(pool)
     for row in details["per_fold"]:
         assert row["train_images"] + row["val_images"] == len(pool)
+        assert set(row["tta"]) == {"balanced_accuracy", "macro_f1", "loss"}
+    assert details["tta"]["loss"]["mean"] == pytest.approx(
+        np.mean([row["tta"]["loss"] for row in details["per_fold"]]), abs=1e-6
+    )
     headline = json.loads((workdir / "metrics/cv.json").read_text())
     assert set(headline) == {"balanced_accuracy", "macro_f1", "loss"}
     scores = [row["balanced_accuracy"] for row in details["per_fold"]]
@@ -162,8 +166,14 @@ def test_ensemble_evaluates_and_exports(folded):
     params = parse_params(merge(raw, {"train": {"ensemble": True}}))
     cv(params)
     train(params)
-    metrics = json.loads(json.dumps(evaluate(params)))
+    metrics = evaluate(params)
     assert metrics["images"] == 6
+    plain = pd.read_csv(workdir / "metrics/predictions.csv")
+    shifted = evaluate(
+        parse_params(merge(raw, {"train": {"ensemble": True}, "evaluate": {"tta": True}}))
+    )
+    assert shifted["images"] == 6 and shifted["loss"] != metrics["loss"]  # evaluate.tta is used
+    assert not pd.read_csv(workdir / "metrics/predictions.csv").equals(plain)
     export()
     assert (workdir / "models/export").is_dir()
 
