@@ -24,6 +24,11 @@ from lungct.params import Params, load_params
 CV_METRICS = METRICS_DIR / "cv.json"
 CV_DETAILS = METRICS_DIR / "cv_details.json"
 CV_LIVE_DIR = METRICS_DIR / "cv"
+# Always there, so that git keeps the folder (a DVC output) even without folds.
+CV_LIVE_NOTE = (
+    "Per-epoch curves of each cross-validation fold (DVCLive): "
+    "fold<k>/plots/metrics/{train,eval}/<metric>.tsv; none with split.folds: 0.\n"
+)
 
 log = logging.getLogger("cv")
 
@@ -34,6 +39,7 @@ def cv(params: Params) -> dict:
     table = read_splits(SPLITS_DIR)
     shutil.rmtree(CV_LIVE_DIR, ignore_errors=True)
     CV_LIVE_DIR.mkdir(parents=True)
+    (CV_LIVE_DIR / "README.md").write_text(CV_LIVE_NOTE, encoding="utf-8")
     with atomic_dir(FOLDS_DIR) as tmp:
         details = cross_validate(params, table, tmp, live_dir=CV_LIVE_DIR)
     write_json(CV_DETAILS, details)

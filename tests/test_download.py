@@ -248,10 +248,12 @@ def test_bearer_token_from_the_environment(workdir, tiny_raw, server, monkeypatc
     assert_no_secret(workdir)
 
 
-def test_netrc_credentials(workdir, tiny_raw, server, monkeypatch):
+def test_netrc_credentials(workdir, tiny_raw, server, monkeypatch, tmp_path_factory):
     url, digest = server.add("/n.zip", make_zip(chest_ctscan_tree()))
     server.required["/n.zip"] = BASIC
-    netrc = Path.home() / "my-netrc"  # outside the project folder
+    home = tmp_path_factory.mktemp("home")  # a home of this test's own, not the user's
+    monkeypatch.setenv("HOME", str(home))
+    netrc = home / "my-netrc"  # outside the project folder
     netrc.write_text(
         f"machine other.example login x password y\nmachine 127.0.0.1 login reader password {SECRET}\n"
     )

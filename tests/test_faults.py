@@ -52,12 +52,21 @@ KILLS = [
     ("convert", "converted"),
     ("convert", "convert.json"),
     ("split", "splits"),
+    ("cv", "folds"),
     ("train", "model.keras"),
     ("train", "train.json"),
     ("evaluate", "eval.json"),
     ("export", "export"),  # after evaluate: DVC runs them in dvc.yaml order
 ]
-METRICS = ("convert.json", "split.json", "train.json", "eval.json", "eval_details.json")
+METRICS = (
+    "convert.json",
+    "split.json",
+    "cv.json",
+    "cv_details.json",
+    "train.json",
+    "eval.json",
+    "eval_details.json",
+)
 
 
 @pytest.fixture
