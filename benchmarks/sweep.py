@@ -10,12 +10,14 @@ In a temporary project folder, with the project's own stages as subprocesses (ex
 ``dvc repro`` runs them) and ``params.yaml`` = the repo's params with ``data.source:
 path`` and ``data.path: --data``:
 
-1. download, convert, and split (``split.folds: --folds``) once, with ``--task`` and
-   ``--split``;
-2. **search**: for each recipe of :data:`RECIPES` (``train`` overrides of the repo's
-   params), the cv stage only: per-fold validation balanced accuracy, macro F1 and loss
-   on the train+val images; the test split is never read. One table row per recipe with
-   the mean and standard deviation over the folds and the wall time of the run;
+1. download once; convert and split (``split.folds: --folds``, ``--task``, ``--split``)
+   once per input size;
+2. **search**: for each recipe of :data:`RECIPES` (overrides of the repo's ``train``
+   params, or of ``convert.image_size``), the cv stage only: per-fold validation balanced
+   accuracy, macro F1 and loss on the train+val images; the test split is never read.
+   One table row per recipe with the mean and standard deviation over the folds and the
+   wall time of the run (convert and split included where the input size changed; a new
+   input size regroups the images, so its folds differ a little);
 3. **choice**: the recipe with the highest mean validation balanced accuracy (ties: the
    lower mean loss);
 4. **test, once per seed**: for each of ``--seeds`` (``base.seed``: the split, the
@@ -47,19 +49,18 @@ from lungct.params import merge
 ROOT = Path(__file__).resolve().parents[1]
 
 MILD_AUGMENT = {"flip": False, "rotation": 0.03, "zoom": 0.1, "translation": 0.05}
-# train overrides of the repo's params; one change each from the default, then a combination.
+COSINE30 = {"epochs": 30, "lr_schedule": "cosine", "early_stopping_patience": 8}
+# Overrides of the repo's params (train, or convert: the input size); one change each from
+# the default, then combinations.
 RECIPES = {
     "default": {},
-    "augment": {"augment": MILD_AUGMENT},
-    "cosine30": {"epochs": 30, "lr_schedule": "cosine", "early_stopping_patience": 8},
-    "wide4": {"filters": [32, 64, 128, 256]},
-    "avg_head": {"head": "global_average"},
-    "augment_cosine30": {
-        "augment": MILD_AUGMENT,
-        "epochs": 30,
-        "lr_schedule": "cosine",
-        "early_stopping_patience": 8,
-    },
+    "augment": {"train": {"augment": MILD_AUGMENT}},
+    "cosine30": {"train": COSINE30},
+    "wide4": {"train": {"filters": [32, 64, 128, 256]}},
+    "avg_head": {"train": {"head": "global_average"}},
+    "augment_cosine30": {"train": {"augment": MILD_AUGMENT, **COSINE30}},
+    "size192": {"convert": {"image_size": 192}},
+    "size192_wide4": {"convert": {"image_size": 192}, "train": {"filters": [32, 64, 128, 256]}},
 }
 
 
@@ -112,17 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lungct-sweep-") as tmp:
         project = Path(tmp)
         write_params(project, base)
-        for name in ("download", "convert", "split"):
-            stage(name, project)
+        stage("download", project)
 
         chosen = args.choose
         if chosen is None:
             print("| recipe | val balanced accuracy | val macro F1 | val loss | epochs | time |")
             print("|---|---|---|---|---|---|")
             search = {}
+            converted = None  # the convert params data/ was made with
             for name in args.recipes.split(","):
-                write_params(project, merge(base, {"train": RECIPES[name]}))
-                seconds = stage("cv", project)
+                params = merge(base, RECIPES[name])
+                write_params(project, params)
+                start = time.perf_counter()
+                if params["convert"] != converted:
+                    stage("convert", project)
+                    stage("split", project)
+                    converted = params["convert"]
+                stage("cv", project)
+                seconds = time.perf_counter() - start  # with convert + split where they reran
                 details = read_metrics(project, "cv_details.json")
                 search[name] = {"seconds": seconds, "cv": details}
                 print(search_row(name, details, seconds), flush=True)
@@ -143,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         tests = []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            params = merge(base, {"base": {"seed": seed}, "train": RECIPES[chosen]})
+            params = merge(merge(base, {"base": {"seed": seed}}), RECIPES[chosen])
             write_params(project, params)
             start = time.perf_counter()
+            stage("convert", project)
             stage("split", project)
             stage("train", project)
             stage("evaluate", project)
