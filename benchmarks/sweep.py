@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("|---|---|---|---|---|---|")
         tests = []
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",") if s]:  # --seeds "": search only
             params = merge(merge(base, {"base": {"seed": seed}}), RECIPES[chosen])
             write_params(project, params)
             start = time.perf_counter()
