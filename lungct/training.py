@@ -55,7 +55,12 @@ def fit_model(
 ) -> Fitted:
     """Fit ``build_cnn`` on ``train`` (paths, class indices), validating (and stopping
     early) on ``val``; everything seeded from ``seed``, so the same inputs give the same
-    weights on one machine. ``live_dir``: per-epoch curves written there by DVCLive."""
+    weights on one machine. ``live_dir``: per-epoch curves written there by DVCLive.
+    ``train.strategy: multi_worker``: the cluster's own loop (:mod:`lungct.distributed`)."""
+    if cfg.strategy == "multi_worker":
+        from lungct.distributed import fit_multi_worker
+
+        return fit_multi_worker(cfg, contract, seed, train, val, live_dir, name)
     seed_everything(seed)
     size, channels = contract.prep.image_size, contract.prep.channels
     n_classes = len(contract.classes)

@@ -4,7 +4,8 @@ Writes ``models/model.keras``, ``models/labels.json`` (class order, input size,
 channels, window, preprocessing, and what the data was: ``data/raw/SOURCE.json`` and
 ``metrics/split.json``), ``metrics/train.json`` and per-epoch curves in
 ``metrics/train/plots/metrics/`` (DVCLive). With ``train.ensemble``, the saved model is
-instead the cv stage's fold models averaged (``models/folds/``).
+instead the cv stage's fold models averaged (``models/folds/``). With ``train.strategy:
+multi_worker`` every worker of ``TF_CONFIG`` runs this stage and only the chief writes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lungct.artifacts import (
 )
 from lungct.atomic import atomic_file, write_json
 from lungct.contract import Contract, TrainingData
+from lungct.distributed import is_chief
 from lungct.errors import run_stage
 from lungct.params import Params, load_params
 
@@ -53,16 +55,15 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
 
     from lungct.training import fit_model
 
+    # train.strategy multi_worker: every worker trains, only the chief writes outputs
+    chief = params.train.strategy != "multi_worker" or is_chief()
     train_set = split_images(table, "train", classes, splits_dir)
     val_set = split_images(table, "val", classes, splits_dir)
+    live_dir = TRAIN_LIVE_DIR if chief else None
     fitted = fit_model(
-        params.train, contract, params.base.seed, train_set, val_set, live_dir=TRAIN_LIVE_DIR
+        params.train, contract, params.base.seed, train_set, val_set, live_dir=live_dir
     )
     model, history = fitted.model, fitted.history
-
-    with atomic_file(MODEL_FILE) as tmp:
-        save_model(model, tmp)
-    contract.write(CONTRACT_FILE)
     best = fitted.best_epoch - 1
     metrics = {
         "members": 1,
@@ -79,6 +80,12 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
         "train_images": len(train_set[0]),
         "val_images": len(val_set[0]),
     }
+    if not chief:
+        log.info("train: done; the chief writes the model and metrics, this worker nothing")
+        return metrics
+    with atomic_file(MODEL_FILE) as tmp:
+        save_model(model, tmp)
+    contract.write(CONTRACT_FILE)
     write_json(METRICS_FILE, metrics)
     return metrics
 
