@@ -59,6 +59,7 @@ RECIPES = {
     "wide4": {"train": {"filters": [32, 64, 128, 256]}},
     "avg_head": {"train": {"head": "global_average"}},
     "augment_cosine30": {"train": {"augment": MILD_AUGMENT, **COSINE30}},
+    "wide4_cosine30": {"train": {"filters": [32, 64, 128, 256], **COSINE30}},
     "size192": {"convert": {"image_size": 192}},
     "size192_wide4": {"convert": {"image_size": 192}, "train": {"filters": [32, 64, 128, 256]}},
 }
