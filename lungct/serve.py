@@ -182,6 +182,11 @@ class MicroBatcher:
                 job.done.set()
 
 
+# A body declared over the limit is still read (not kept) up to this many times the
+# limit before the 413 answer; a larger one is refused at once and the connection closed.
+DRAIN_FACTOR = 4
+
+
 class _Refused(Exception):
     """A request refused before any work: HTTP status and one line."""
 
@@ -389,6 +394,11 @@ def create_app(service: Service) -> Any:
         length = request.headers.get("content-length", "")
         over = f"the request is over the limit of {size_text(limits.max_upload_bytes)}"
         if length.isdigit() and int(length) > limits.max_upload_bytes:
+            if int(length) <= DRAIN_FACTOR * limits.max_upload_bytes:
+                # Read (and drop) a body not far over the limit, so that a client that
+                # sends it all before reading gets this answer, not a reset connection.
+                async for _ in request.stream():
+                    pass
             raise _Refused(413, over)
         parser = MultiPartParser(
             request.headers, body(request), max_files=limits.max_files, max_fields=16

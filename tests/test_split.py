@@ -17,7 +17,7 @@ def test_split_by_patient_writes_tree_table_and_proof(workdir, tiny):
     convert(tiny.convert)
     metrics = split(tiny)
     table = pd.read_csv(workdir / "data/splits/splits.csv", keep_default_na=False)
-    assert list(table.columns) == ["image", "class", "split", "group", "source"]
+    assert list(table.columns) == ["image", "class", "split", "group", "source", "fold"]
     assert len(table) == 18
     assert (table.groupby("group")["split"].nunique() == 1).all()
     for image, name, part, source in zip(
