@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from benchmarks.host import machine, stage
-from benchmarks.quality import SPLITS, read_metrics, write_params
+from benchmarks.quality import SPLITS, balanced_accuracy_text, read_metrics, write_params
 from lungct.params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,8 @@ def search_row(name: str, details: dict, seconds: float) -> str:
 
 
 def test_row(seed: int, model: str, ev: dict, seconds: float) -> str:
-    ci = ev.get("ci95", {}).get("balanced_accuracy", {})
     return (
-        f"| {seed} | {model} | {ev['images']} ({ev['groups']}) | {ev['balanced_accuracy']:.3f} "
-        f"({ci.get('low', float('nan')):.2f}-{ci.get('high', float('nan')):.2f}) | "
+        f"| {seed} | {model} | {ev['images']} ({ev['groups']}) | {balanced_accuracy_text(ev)} | "
         f"{ev['macro_f1']:.3f} | {seconds / 60:.1f} min |"
     )
 
