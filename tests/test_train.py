@@ -113,7 +113,8 @@ def test_cosine_schedule_decays_to_zero(tiny):
     schedule = learning_rate(tiny.train.model_copy(update={"lr_schedule": "cosine"}), 10)
     assert float(schedule(0)) == pytest.approx(tiny.train.lr)
     assert float(schedule(tiny.train.epochs * 10)) == pytest.approx(0.0, abs=1e-9)
-    assert learning_rate(tiny.train, 10) == tiny.train.lr
+    constant = tiny.train.model_copy(update={"lr_schedule": "constant"})
+    assert learning_rate(constant, 10) == tiny.train.lr
 
 
 MIRRORED = """
