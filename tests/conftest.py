@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,23 @@ TINY = {
         "augment": {"flip": True, "rotation": 0.03, "zoom": 0.1, "translation": 0.05},
     },
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's shared folder (``tests.dvc_project.SHARED_ENV``), made by the process that
+    starts the workers (pytest-xdist's controller, or pytest alone) before they start: they
+    inherit its environment."""
+    from tests.dvc_project import SHARED_ENV
+
+    if not hasattr(config, "workerinput"):
+        os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="lungct-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests.dvc_project import SHARED_ENV
+
+    if not hasattr(config, "workerinput") and os.environ.get(SHARED_ENV):
+        shutil.rmtree(os.environ.pop(SHARED_ENV), ignore_errors=True)
 
 
 def project_params() -> dict:

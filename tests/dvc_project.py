@@ -1,14 +1,18 @@
 """A tiny copy of this project as its own git + DVC repository, and the commands to drive it.
 
-``dvc_project()`` builds it once per test session: the real ``dvc.yaml``, ``lungct/``
+``dvc_project()`` builds it once per test run: the real ``dvc.yaml``, ``lungct/``
 and ``stages/``, ``params.yaml`` with the tiny overrides (``tests.conftest.TINY``),
-``dvc repro`` run and committed on ``main``. Tests that change it must put it back
-(``main`` checked out, ``dvc checkout``); tests that need a scratch copy clone it.
+``dvc repro`` run and committed on ``main``. Under pytest-xdist the first worker that
+needs it builds it in the run's shared folder (``SHARED_ENV``, made by ``tests/conftest.py``)
+while the others wait, and every worker process works on a copy of its own. Tests that
+change it must put it back (``main`` checked out, ``dvc checkout``); tests that need a
+scratch copy clone it.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import json
 import os
@@ -22,6 +26,9 @@ import yaml
 
 from lungct.params import merge
 from tests.conftest import ROOT, TINY, project_params
+
+# A folder every test process of one pytest run shares (tests/conftest.py makes it).
+SHARED_ENV = "LUNGCT_TEST_SHARED"
 
 # in the order DVC runs them
 STAGES = ("download", "convert", "split", "cv", "train", "evaluate", "export")
@@ -78,11 +85,21 @@ def init_repo(repo: Path) -> None:
     git("config", "user.email", "test@example.com", cwd=repo)
 
 
-def new_project(override: dict, prefix: str = "lungct-project-") -> Path:
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed when this process ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def new_project(override: dict, prefix: str = "lungct-project-", repo: Path | None = None) -> Path:
     """A fresh copy of the project with ``override`` laid over params.yaml, after one
-    committed ``dvc repro`` (every stage ran); removed when the session ends."""
-    repo = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, repo, ignore_errors=True)
+    committed ``dvc repro`` (every stage ran); in ``repo`` (a new folder) if given, else in
+    a temporary folder removed when the session ends."""
+    if repo is None:
+        repo = scratch_dir(prefix)
+    else:
+        repo.mkdir()
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
     for package in ("lungct", "stages"):
@@ -92,6 +109,7 @@ def new_project(override: dict, prefix: str = "lungct-project-") -> Path:
     write_params(repo, override)
     init_repo(repo)
     dvc("init", "-q", cwd=repo)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # over the one `dvc init` wrote
     dvc("config", "core.analytics", "false", cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "project", cwd=repo)
@@ -102,11 +120,33 @@ def new_project(override: dict, prefix: str = "lungct-project-") -> Path:
     return repo
 
 
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a built project, its DVC cache included, without DVC's scratch state
+    (``.dvc/tmp``: locks, hash database, queue) or a local remote (``.dvc/config.local``)."""
+
+    def skip(folder: str, names: list[str]) -> list[str]:
+        return ["tmp", "config.local"] if Path(folder) == source / ".dvc" else []
+
+    shutil.copytree(source, target, symlinks=True, ignore=skip)
+    return target
+
+
 @functools.cache
 def dvc_project() -> Path:
     """The tiny project after one committed ``dvc repro`` (every stage ran), shared by
-    the session's tests."""
-    return new_project(TINY)
+    this process's tests: built once per run, copied once per process."""
+    shared = os.environ.get(SHARED_ENV)
+    if not shared:  # not under this suite's conftest (a script importing this module)
+        return new_project(TINY)
+    built = Path(shared) / "tiny-project"
+    with open(Path(shared) / "tiny-project.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds, the others wait for it
+        if not built.exists():
+            building = Path(shared) / "tiny-project.building"
+            shutil.rmtree(building, ignore_errors=True)  # a build that failed before
+            new_project(TINY, repo=building)
+            building.rename(built)
+    return copy_project(built, scratch_dir("lungct-project-") / "project")
 
 
 def lock_outs(repo: Path) -> dict[str, str]:

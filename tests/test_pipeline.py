@@ -84,6 +84,21 @@ def test_second_repro_runs_nothing(repo: Path):
     assert ran_stages(dvc("repro", cwd=repo)) == []
 
 
+def test_python_bytecode_beside_the_code_leaves_the_pipeline_up_to_date(repo: Path):
+    # Python writes __pycache__/*.pyc into lungct/ when it imports it (unless
+    # PYTHONDONTWRITEBYTECODE is set); their bytes carry the source's mtime, so hashed
+    # with the directory dependencies they made every fresh clone rerun every stage.
+    caches = [repo / "lungct" / folder / "__pycache__" for folder in ("phantom", "annotations")]
+    try:
+        for cache in caches:
+            cache.mkdir(exist_ok=True)
+            (cache / "written_by_this_test.cpython-311.pyc").write_bytes(b"\x00" * 16)
+        assert dvc_json("status", cwd=repo) == {}
+    finally:
+        for cache in caches:
+            (cache / "written_by_this_test.cpython-311.pyc").unlink(missing_ok=True)
+
+
 def test_train_param_reruns_only_train_evaluate_and_export(repo: Path):
     write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
     assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]

@@ -1,0 +1,153 @@
+"""The whole, before and after (issue 17, item 4): the default ``dvc repro`` from a fresh
+clone, and the test suite, at two revisions of this repository, in one sitting.
+
+Run from the repository root::
+
+    python -m benchmarks.whole [--before a071c1a] [--after HEAD] [--rounds 1]
+                               [--no-tests] [--no-repro]
+
+Each revision is cloned (``git clone`` of this repository, then ``git checkout REV``)
+into a temporary folder, so what is measured is what a user gets from a fresh clone:
+no data, no DVC cache, no ``__pycache__``. In each round, for each revision (their order
+turns from round to round, so both see the same moments of a shared machine's load):
+
+* ``dvc repro`` in a new clone: wall time, the stages it ran, and whether the clone's
+  ``dvc.lock`` and metrics came out as committed (``git status --porcelain``);
+* the test suite in another new clone, with the revision's own ``pytest`` options
+  (``pyproject.toml``: serial before ``pytest-xdist``, ``-n auto`` after): wall time and
+  the counts of its summary line.
+
+Both revisions run with this interpreter and its packages (``requirements.txt`` only
+grew between the two revisions named by default; the pins they share are equal). The
+default ``--before`` is the last commit of 2026-11-23, the state issue 17 measured
+("today about 3 and 4 minutes": ``dvc repro`` 2 min 48 s, 330 tests in 3 min 45 s).
+Figures: docs/benchmarks.md (Pipeline and test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.host import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE = "a071c1a"  # 2026-11-23 18:02: the repository when issue 17 was filed
+SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)")
+
+
+def environment() -> dict[str, str]:
+    """This interpreter first on PATH (dvc.yaml says ``python``); no DVC analytics."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def clone(rev: str, parent: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix=f"{rev[:12]}-", dir=parent))
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True)
+    subprocess.run(
+        ["git", "-c", "advice.detachedHead=false", "checkout", "-q", rev], cwd=target, check=True
+    )
+    return target
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=environment(), capture_output=True, text=True)
+    return time.perf_counter() - start, result
+
+
+def repro(rev: str, parent: Path) -> dict:
+    repo = clone(rev, parent)
+    seconds, result = timed([sys.executable, "-m", "dvc", "repro"], repo)
+    output = result.stdout + result.stderr
+    changed = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True
+    ).stdout.split("\n")
+    return {
+        "seconds": seconds,
+        "ok": result.returncode == 0,
+        "stages": re.findall(r"Running stage '(\w+)'", output),
+        "changed": [line[3:] for line in changed if line.strip()],
+        "tail": output[-1500:] if result.returncode else "",
+    }
+
+
+def tests(rev: str, parent: Path) -> dict:
+    repo = clone(rev, parent)
+    seconds, result = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], repo)
+    last = (result.stdout.strip().splitlines() or [""])[-1]
+    counts = {kind.rstrip("s"): int(n) for n, kind in SUMMARY.findall(last)}
+    return {"seconds": seconds, "ok": result.returncode == 0, "counts": counts, "summary": last}
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default=BEFORE)
+    parser.add_argument("--after", default="HEAD")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-tests", action="store_true")
+    parser.add_argument("--no-repro", action="store_true")
+    args = parser.parse_args(argv)
+    revs = {}
+    for name in (args.before, args.after):
+        found = subprocess.run(
+            ["git", "rev-parse", "--short=12", f"{name}^{{commit}}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if found.returncode:
+            sys.exit(f"{name}: not a commit of this repository")
+        revs[name] = found.stdout.strip()
+    print(f"# {machine()}")
+    print(f"# before {args.before} ({revs[args.before]}), after {args.after} ({revs[args.after]})")
+    kinds = [k for k, off in (("repro", args.no_repro), ("tests", args.no_tests)) if not off]
+    results: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="lungct-whole-") as tmp:
+        for r in range(args.rounds):
+            order = [args.before, args.after] if r % 2 == 0 else [args.after, args.before]
+            for kind in kinds:
+                for name in order:
+                    run = (repro if kind == "repro" else tests)(revs[name], Path(tmp))
+                    results.setdefault((kind, name), []).append(run)
+                    detail = (
+                        f"stages {','.join(run['stages'])}; changed {run['changed'] or 'nothing'}"
+                        if kind == "repro"
+                        else run["summary"]
+                    )
+                    status = "" if run["ok"] else " FAILED"
+                    print(
+                        f"round {r + 1} {kind} {name}: {minutes(run['seconds'])}{status}; {detail}"
+                    )
+                    if run.get("tail"):
+                        print(run["tail"])
+    print()
+    print("| what | before | after | after / before |")
+    print("|---|---|---|---|")
+    for kind in kinds:
+        before = statistics.median(run["seconds"] for run in results[(kind, args.before)])
+        after = statistics.median(run["seconds"] for run in results[(kind, args.after)])
+        label = "default `dvc repro`, fresh clone" if kind == "repro" else "test suite"
+        if kind == "tests":
+            count = {n: results[(kind, n)][-1]["counts"].get("passed", 0) for n in revs}
+            label += f" ({count[args.before]} -> {count[args.after]} tests passed)"
+        print(f"| {label} | {minutes(before)} | {minutes(after)} | {after / before:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
