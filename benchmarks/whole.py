@@ -4,15 +4,17 @@ clone, and the test suite, at two revisions of this repository, in one sitting.
 Run from the repository root::
 
     python -m benchmarks.whole [--before a071c1a] [--after HEAD] [--rounds 1]
-                               [--no-tests] [--no-repro]
+                               [--no-tests] [--no-repro] [--set KEY=VALUE ...]
 
 Each revision is cloned (``git clone`` of this repository, then ``git checkout REV``)
 into a temporary folder, so what is measured is what a user gets from a fresh clone:
 no data, no DVC cache, no ``__pycache__``. In each round, for each revision (their order
 turns from round to round, so both see the same moments of a shared machine's load):
 
-* ``dvc repro`` in a new clone: wall time, the stages it ran, and whether the clone's
-  ``dvc.lock`` and metrics came out as committed (``git status --porcelain``);
+* ``dvc repro`` in a new clone: wall time, each stage's wall time (a ``python`` first on
+  PATH that times the commands of ``dvc.yaml``), and whether the clone's ``dvc.lock``
+  and metrics came out as committed (``git status --porcelain``); ``--set`` changes the
+  after revision's params first (the same recipe as before, say);
 * the test suite in another new clone, with the revision's own ``pytest`` options
   (``pyproject.toml``: serial before ``pytest-xdist``, ``-n auto`` after): wall time and
   the counts of its summary line.
@@ -36,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from benchmarks.host import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +47,49 @@ BEFORE = "a071c1a"  # 2026-11-23 18:02: the repository when issue 17 was filed
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)")
 
 
-def environment() -> dict[str, str]:
-    """This interpreter first on PATH (dvc.yaml says ``python``); no DVC analytics."""
+# A ``python`` first on PATH for ``dvc repro`` (dvc.yaml says ``python -m stages.<name>``):
+# it runs this interpreter and logs each command's start and end, so the stages are timed
+# inside the one ``dvc repro`` that runs them.
+TIMING_SHIM = """#!/bin/sh
+start=$(date +%s.%N)
+"{python}" "$@"
+status=$?
+echo "$* $start $(date +%s.%N)" >> "{log}"
+exit $status
+"""
+
+
+def environment(shim: Path | None = None) -> dict[str, str]:
+    """This interpreter (or ``shim``, a folder holding the timing ``python``) first on
+    PATH; no DVC analytics."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    first = shim if shim is not None else Path(sys.executable).parent
+    env["PATH"] = (
+        f"{first}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    )
     env.pop("PYTHONPATH", None)
     return env
+
+
+def timing_shim(folder: Path) -> tuple[Path, Path]:
+    """A folder with the timing ``python`` and the log it appends to."""
+    folder.mkdir()
+    log = folder / "times.log"
+    script = folder / "python"
+    script.write_text(TIMING_SHIM.format(python=sys.executable, log=log))
+    script.chmod(0o755)
+    return folder, log
+
+
+def stage_times(log: Path) -> dict[str, float]:
+    """Seconds per stage from the shim's log (``-m stages.<name> <start> <end>``)."""
+    times: dict[str, float] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        found = re.search(r"-m stages\.(\w+)\b.* ([\d.]+) ([\d.]+)$", line)
+        if found:
+            name, start, end = found.group(1), float(found.group(2)), float(found.group(3))
+            times[name] = times.get(name, 0.0) + end - start
+    return times
 
 
 def clone(rev: str, parent: Path) -> Path:
@@ -60,15 +101,34 @@ def clone(rev: str, parent: Path) -> Path:
     return target
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def timed(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, env=environment(), capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=env or environment(), capture_output=True, text=True)
     return time.perf_counter() - start, result
 
 
-def repro(rev: str, parent: Path) -> dict:
+def set_params(repo: Path, settings: list[str]) -> None:
+    """``key.sub=value`` (a YAML value) over the clone's params.yaml."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        if last not in node:
+            sys.exit(f"--set {setting}: no key {key} in params.yaml")
+        node[last] = yaml.safe_load(value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def repro(rev: str, parent: Path, settings: list[str] = ()) -> dict:
     repo = clone(rev, parent)
-    seconds, result = timed([sys.executable, "-m", "dvc", "repro"], repo)
+    set_params(repo, list(settings))
+    shim, log = timing_shim(Path(tempfile.mkdtemp(dir=parent)) / "shim")
+    seconds, result = timed([sys.executable, "-m", "dvc", "repro"], repo, environment(shim))
     output = result.stdout + result.stderr
     changed = subprocess.run(
         ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True
@@ -77,7 +137,8 @@ def repro(rev: str, parent: Path) -> dict:
         "seconds": seconds,
         "ok": result.returncode == 0,
         "stages": re.findall(r"Running stage '(\w+)'", output),
-        "changed": [line[3:] for line in changed if line.strip()],
+        "stage_seconds": stage_times(log),
+        "changed": [line[3:] for line in changed if line.strip() and line[3:] != "params.yaml"],
         "tail": output[-1500:] if result.returncode else "",
     }
 
@@ -101,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-tests", action="store_true")
     parser.add_argument("--no-repro", action="store_true")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params.yaml value for the after revision's dvc repro (repeatable)",
+    )
     args = parser.parse_args(argv)
     revs = {}
     for name in (args.before, args.after):
@@ -122,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
             order = [args.before, args.after] if r % 2 == 0 else [args.after, args.before]
             for kind in kinds:
                 for name in order:
-                    run = (repro if kind == "repro" else tests)(revs[name], Path(tmp))
+                    if kind == "repro":
+                        settings = args.set if name == args.after else []
+                        run = repro(revs[name], Path(tmp), settings)
+                    else:
+                        run = tests(revs[name], Path(tmp))
                     results.setdefault((kind, name), []).append(run)
                     detail = (
-                        f"stages {','.join(run['stages'])}; changed {run['changed'] or 'nothing'}"
+                        ", ".join(f"{k} {v:.1f} s" for k, v in run["stage_seconds"].items())
+                        + f"; changed {run['changed'] or 'nothing'}"
                         if kind == "repro"
                         else run["summary"]
                     )
@@ -146,6 +219,24 @@ def main(argv: list[str] | None = None) -> int:
             count = {n: results[(kind, n)][-1]["counts"].get("passed", 0) for n in revs}
             label += f" ({count[args.before]} -> {count[args.after]} tests passed)"
         print(f"| {label} | {minutes(before)} | {minutes(after)} | {after / before:.2f} |")
+        if kind == "repro":
+            names = list(
+                dict.fromkeys(
+                    name
+                    for rev in (args.before, args.after)
+                    for run in results[(kind, rev)]
+                    for name in run["stage_seconds"]
+                )
+            )
+            for name in names:
+                before_s, after_s = (
+                    statistics.median(
+                        run["stage_seconds"].get(name, 0.0) for run in results[(kind, rev)]
+                    )
+                    for rev in (args.before, args.after)
+                )
+                ratio = f"{after_s / before_s:.2f}" if before_s else "(new)"
+                print(f"| stage {name} | {before_s:.1f} s | {after_s:.1f} s | {ratio} |")
     return 0
 
 

@@ -34,6 +34,8 @@ PREPROCESSING_STEPS = (
     "exported images: grayscale (alpha on black), repeated per window channel",
     "aspect-preserving resize with black padding to image_size",
 )
+FRAMING_STEP = "framing body: cropped to the body's bounding box before the resize"
+FRAMINGS = ("image", "body")
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 RETRAIN = "rerun dvc repro"
 SYNTHETIC_WARNING = (
@@ -59,6 +61,7 @@ class _ConvertLike(Protocol):
     context_slices: int
     crop: str
     crop_mm: float
+    framing: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Preprocessing:
     # file carries no annotation, so predict and the app say so and use the whole slice)
     crop: str = "none"
     crop_mm: float = 0.0
+    # "body": each image cropped to the body's bounding box before the resize
+    # (lungct.images.body_box); "image": the whole image
+    framing: str = "image"
 
     @property
     def channels(self) -> int:
@@ -102,6 +108,7 @@ class Preprocessing:
             context_slices=int(params.context_slices),
             crop=str(params.crop),
             crop_mm=float(params.crop_mm) if params.crop != "none" else 0.0,
+            framing=str(params.framing),
         )
 
     def windows_for(self, frame: _FrameLike) -> list[tuple[float, float]]:
@@ -255,8 +262,13 @@ class Contract:
             "file_window": prep.file_window,
             "context_slices": prep.context_slices,
             "crop": {"kind": prep.crop, "mm": prep.crop_mm},
+            "framing": prep.framing,
             "input": MODEL_INPUT,
-            "preprocessing": list(PREPROCESSING_STEPS),
+            "preprocessing": [
+                *PREPROCESSING_STEPS[:-1],
+                *([FRAMING_STEP] if prep.framing == "body" else []),
+                PREPROCESSING_STEPS[-1],
+            ],
             **({"data": self.data.to_dict()} if self.data is not None else {}),
             # for a person reading the file; readers derive it from data.source
             **({"warning": self.warning} if self.warning else {}),
@@ -314,6 +326,9 @@ class Contract:
         # Added later: a contract without them is of a model of single whole slices.
         context = data.get("context_slices", 0)
         crop = data.get("crop", {"kind": "none", "mm": 0.0})
+        framing = data.get("framing", "image")
+        if framing not in FRAMINGS:
+            raise bad(f"framing must be one of {', '.join(FRAMINGS)}")
         if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 8:
             raise bad("context_slices must be an integer from 0 to 8")
         if (
@@ -341,6 +356,7 @@ class Contract:
             context_slices=context,
             crop=crop["kind"],
             crop_mm=float(crop["mm"]),
+            framing=framing,
         )
         # Added later too: a contract without it says nothing of its training data.
         trained_on = None

@@ -36,10 +36,10 @@ from lungct.contract import Preprocessing
 from lungct.crops import crop_box, crop_hu, lung_point
 from lungct.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.errors import UserError
-from lungct.images import fit_square, phash, save_png
+from lungct.images import phash, save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams
-from lungct.preprocess import exported_image, file_problem, frame_channels
+from lungct.preprocess import exported_image, file_problem, frame_channels, model_view
 from lungct.slice_labels import (
     ANNOTATED_LAYOUTS,
     LABEL_REASONS,
@@ -262,7 +262,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
             if neighbour is frame:
                 windows = slice_windows
             if box is None:
-                images.append(_view(neighbour, slice_windows, job.prep.image_size, 2 * k + 1))
+                images.append(_view(neighbour, slice_windows, job.prep, 2 * k + 1))
             else:
                 hu = crop_hu(neighbour.hu, box, job.prep.image_size)
                 pixels = window_channels(hu, slice_windows)
@@ -282,20 +282,20 @@ _VIEWS: OrderedDict[int, tuple] = OrderedDict()
 
 
 def _view(
-    frame: CTFrame, windows: list[tuple[float, float]], size: int, keep: int
+    frame: CTFrame, windows: list[tuple[float, float]], prep: Preprocessing, keep: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """A frame's (model image, unresized channels): windowed and resized once a frame,
     though with ``context_slices`` it is a channel of ``keep`` images."""
     if keep == 1:
         unresized = frame_channels(frame, windows)
-        return fit_square(unresized, size), unresized
-    key = (tuple(windows), size)
+        return model_view(unresized, prep), unresized
+    key = (tuple(windows), prep.image_size)
     hit = _VIEWS.get(id(frame))
     if hit is not None and hit[0] is frame and hit[1] == key:
         _VIEWS.move_to_end(id(frame))
         return hit[2]
     unresized = frame_channels(frame, windows)
-    view = fit_square(unresized, size), unresized
+    view = model_view(unresized, prep), unresized
     _VIEWS[id(frame)] = (frame, key, view)  # the frame itself: its id is not reused meanwhile
     while len(_VIEWS) > keep:
         _VIEWS.popitem(last=False)
@@ -336,9 +336,11 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     # Near duplicates are found (split stage) on what the model sees, before resizing.
     output = f"images/{row['source']}{suffix}.png"
     save_png(job.out / output, pixels)
+    # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
+    resized = pixels if job.prep.framing == "image" else None
     return dict(
         row,
-        phash=phash(gray, pixels),  # pixels: a reduce() of gray it can start from
+        phash=phash(gray, resized),  # resized: a reduce() of gray it can start from
         output=output,
         status="converted",
     )

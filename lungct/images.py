@@ -50,6 +50,57 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+# Framing (convert.framing: body): pixels brighter than this are the body. In a CT
+# rendering with a lung window air is near 0 and soft tissue above 100; exports differ.
+BODY_LEVEL = 40
+# The body is found on a copy at most this many pixels a side (every k-th pixel).
+BODY_SEARCH_SIDE = 256
+# A largest bright region under this share of the image is no body: nothing is cropped.
+BODY_MIN_SHARE = 0.01
+
+
+def body_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The bounding box (top, bottom, left, right; bottom and right exclusive) of the body
+    in a 2-D uint8 image: the largest connected region brighter than :data:`BODY_LEVEL`,
+    after a morphological opening that cuts thin bridges (the CT table, a line of text);
+    None when that region covers under :data:`BODY_MIN_SHARE` of the image.
+
+    Exports of one dataset frame the chest differently (tight crops, wide margins with the
+    table): cropping to this box before the resize shows the model the body at one scale
+    (docs/benchmarks.md, "Framing")."""
+    if gray.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {gray.shape}")
+    from scipy import ndimage  # imported here: only convert.framing: body needs it
+
+    step = max(1, -(-max(gray.shape) // BODY_SEARCH_SIDE))
+    bright = ndimage.binary_opening(gray[::step, ::step] > BODY_LEVEL, iterations=2)
+    labels, count = ndimage.label(bright)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = int(np.argmax(sizes))
+    if sizes[largest] < BODY_MIN_SHARE * bright.size:
+        return None
+    rows, cols = ndimage.find_objects(labels)[largest]
+    height, width = gray.shape
+    return (
+        rows.start * step,
+        min(height, rows.stop * step),
+        cols.start * step,
+        min(width, cols.stop * step),
+    )
+
+
+def frame_to_body(image: np.ndarray) -> np.ndarray:
+    """``image`` (2-D, or channels last) cropped to :func:`body_box` of its first channel;
+    unchanged when no body is found."""
+    box = body_box(image if image.ndim == 2 else image[..., 0])
+    if box is None:
+        return image
+    top, bottom, left, right = box
+    return image[top:bottom, left:right]
+
+
 # pHash (imagehash.phash, its defaults): the 8 x 8 lowest DCT coefficients of a 32 x 32
 # LANCZOS thumbnail, each bit whether one is above their median.
 HASH_SIZE = 8

@@ -238,6 +238,9 @@ class ConvertParams(_Section):
     # the lungs chosen from base.seed), resampled to image_size. Annotated layouts only.
     crop: Literal["none", "lesion"]
     crop_mm: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+    # "body": crop each image to the body's bounding box before the resize (exports that
+    # frame the chest differently); "image": the whole image.
+    framing: Literal["image", "body"]
     annotations: AnnotationParams
 
     @model_validator(mode="after")
@@ -253,6 +256,11 @@ class ConvertParams(_Section):
                 f"context_slices: {self.context_slices} with {len(self.windows)} window(s) "
                 f"gives {channels} channels; the converted PNGs hold 1 or 3 (use "
                 "context_slices 1 with one window, or 0)"
+            )
+        if self.framing == "body" and (self.context_slices or self.crop != "none"):
+            raise ValueError(
+                "framing: 'body' frames each image by itself; with context_slices or crop "
+                "the slices of one example would be framed differently (use framing: image)"
             )
         return self
 

@@ -5,7 +5,8 @@ A CT DICOM file gives one image per frame: HU (``lungct.dicom``), one 8-bit chan
 CT window (``lungct.windowing``; with ``file_window`` the first channel uses the file's
 own Window Center/Width). An exported image (PNG, JPG, ...) is turned to grayscale
 deliberately and repeated once per window channel (``lungct.images``). Both are then
-resized to ``image_size`` keeping their aspect ratio, padded with black.
+resized to ``image_size`` keeping their aspect ratio, padded with black (with
+``convert.framing: body``, cropped to the body's bounding box first).
 
 The result is exactly what the convert stage writes as PNG and what train and evaluate
 decode from it, so predicting on a raw file feeds the model the same pixels as the
@@ -28,7 +29,7 @@ import numpy as np
 from lungct.contract import Preprocessing
 from lungct.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
 from lungct.errors import SkippedFile, describe
-from lungct.images import fit_square, read_image
+from lungct.images import fit_square, frame_to_body, read_image
 from lungct.windowing import window_channels, window_lookup, window_uint8
 
 
@@ -56,6 +57,14 @@ class ModelImage:
         return self.unresized if self.unresized.ndim == 2 else self.unresized[..., 0]
 
 
+def model_view(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Unresized uint8 channels -> the model's ``image_size`` square: cropped to the body
+    first with ``framing: body``, then :func:`lungct.images.fit_square`."""
+    if prep.framing == "body":
+        pixels = frame_to_body(pixels)
+    return fit_square(pixels, prep.image_size)
+
+
 def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     """A CT DICOM file -> one model image per frame; :class:`SkippedFile` otherwise."""
     images = []
@@ -65,7 +74,7 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
         pixels = frame_channels(frame, windows)
         images.append(
             ModelImage(
-                pixels=repeat_slice(fit_square(pixels, prep.image_size), prep.depth),
+                pixels=repeat_slice(model_view(pixels, prep), prep.depth),
                 unresized=pixels,
                 mode="HU",
                 frame=frame,
@@ -110,7 +119,7 @@ def exported_image(path: Path, prep: Preprocessing) -> ModelImage:
     """An exported PNG/JPG/... slice: deliberate grayscale, repeated once per window channel."""
     gray, mode = read_image(path, prep.max_image_bytes)
     pixels = gray if prep.channels == 1 else np.repeat(gray[..., None], prep.channels, axis=-1)
-    return ModelImage(pixels=fit_square(pixels, prep.image_size), unresized=pixels, mode=mode)
+    return ModelImage(pixels=model_view(pixels, prep), unresized=pixels, mode=mode)
 
 
 def model_images(path: Path, prep: Preprocessing) -> list[ModelImage]:

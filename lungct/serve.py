@@ -243,6 +243,7 @@ class Service:
                 "file_window": prep.file_window,
                 "context_slices": prep.context_slices,
                 "crop": {"kind": prep.crop, "mm": prep.crop_mm},
+                "framing": prep.framing,
                 "max_image_bytes": prep.max_image_bytes,
             },
             "model": {"file": self.model_name, "sha256": self.model_sha256},

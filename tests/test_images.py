@@ -108,3 +108,55 @@ def test_png_decodes_to_the_array_in_its_fromarray_mode(shape):
 def test_png_refuses_what_it_cannot_write(image):
     with pytest.raises(ValueError):
         png_bytes(image)
+
+
+def chest_export(height: int, width: int, top: int, left: int) -> np.ndarray:
+    """A chest-like export: a grey body (an ellipse with dark lungs) at (top, left), 120 x
+    160, on black, and a thin bright CT table line under it, apart from the body."""
+    image = np.zeros((height, width), dtype=np.uint8)
+    rows, cols = np.ogrid[:120, :160]
+    body = ((rows - 60) / 60) ** 2 + ((cols - 80) / 80) ** 2 <= 1
+    lungs = ((rows - 60) / 35) ** 2 + ((abs(cols - 80) - 38) / 25) ** 2 <= 1
+    image[top : top + 120, left : left + 160][body] = 150
+    image[top : top + 120, left : left + 160][lungs] = 10
+    image[top + 130 : top + 132, max(0, left - 20) : left + 180] = 220  # the table
+    return image
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "top", "left"), [(300, 400, 60, 100), (130, 170, 4, 5)]
+)
+def test_body_box_is_the_body_not_the_table_nor_the_margin(height, width, top, left):
+    from lungct.images import body_box
+
+    image = chest_export(height + 10, width, top, left)
+    box = body_box(image)
+    assert box is not None
+    # Found on every k-th pixel (k = 2 for the larger image): the body's to within k.
+    assert abs(box[0] - top) <= 2 and abs(box[1] - (top + 120)) <= 2
+    assert abs(box[2] - left) <= 2 and abs(box[3] - (left + 160)) <= 2
+    assert box[1] < top + 130  # the table is not in it
+
+
+def test_frame_to_body_shows_one_body_at_one_scale_whatever_the_margin():
+    from lungct.images import frame_to_body
+
+    tight = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
+    wide = fit_square(frame_to_body(chest_export(400, 600, 150, 220)), 64)
+    assert np.abs(tight.astype(int) - wide.astype(int)).mean() < 8  # resampling differs
+    # Without framing the same body is at two scales.
+    plain = [
+        fit_square(chest_export(140, 170, 2, 5), 64),
+        fit_square(chest_export(400, 600, 150, 220), 64),
+    ]
+    assert np.abs(plain[0].astype(int) - plain[1].astype(int)).mean() > 20
+
+
+@pytest.mark.parametrize("image", [np.zeros((50, 80), np.uint8), np.full((50, 80), 255, np.uint8)])
+def test_no_body_or_all_body_leaves_the_image_whole(image):
+    from lungct.images import frame_to_body
+
+    assert frame_to_body(image).shape == image.shape
+    speck = image.copy()
+    speck[10:13, 10:13] = 200 if image.max() == 0 else 0
+    assert frame_to_body(speck if image.max() == 0 else image).shape == image.shape

@@ -40,6 +40,11 @@ def test_project_params_are_valid():
             "data.synthetic.class_balance",
         ),
         ({"typo_section": {}}, "typo_section: unknown key"),
+        ({"convert": {"framing": "tight"}}, "convert.framing: input should be 'image' or 'body'"),
+        (
+            {"convert": {"framing": "body", "context_slices": 1}},
+            "framing: 'body' frames each image by itself",
+        ),
     ],
 )
 def test_bad_params_name_the_key(override, message):

@@ -260,3 +260,20 @@ def test_reader_computes_hu_only_when_asked(tmp_path):
     assert frame.shape == expect.hu.shape and frame.__dict__["hu"] is None
     np.testing.assert_array_equal(frame.hu, expect.hu)
     assert frame.hu is frame.hu  # computed once
+
+
+def test_body_framing_reaches_every_model_image(tmp_path):
+    """framing: body crops before the resize on the one path convert, predict and the app
+    share; the original size is still what the manifest records."""
+    from tests.test_images import chest_export
+
+    path = tmp_path / "export.png"
+    Image.fromarray(chest_export(400, 600, 150, 220)).save(path)
+    whole = Preprocessing(((-600.0, 1500.0),), file_window=False, image_size=32)
+    body = Preprocessing(((-600.0, 1500.0),), file_window=False, image_size=32, framing="body")
+    plain, framed = exported_image(path, whole), exported_image(path, body)
+    assert (framed.rows, framed.columns) == (plain.rows, plain.columns) == (400, 600)
+    # The body fills the framed image; unframed it is a small part of a wide margin.
+    assert (framed.pixels > 0).mean() > 2 * (plain.pixels > 0).mean()
+    (image,) = model_images(path, body)
+    assert np.array_equal(image.pixels, framed.pixels)
