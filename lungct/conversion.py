@@ -288,14 +288,14 @@ def _view(
     though with ``context_slices`` it is a channel of ``keep`` images."""
     if keep == 1:
         unresized = frame_channels(frame, windows)
-        return model_view(unresized, prep), unresized
+        return model_view(unresized, prep, frame), unresized
     key = (tuple(windows), prep.image_size)
     hit = _VIEWS.get(id(frame))
     if hit is not None and hit[0] is frame and hit[1] == key:
         _VIEWS.move_to_end(id(frame))
         return hit[2]
     unresized = frame_channels(frame, windows)
-    view = model_view(unresized, prep), unresized
+    view = model_view(unresized, prep, frame), unresized
     _VIEWS[id(frame)] = (frame, key, view)  # the frame itself: its id is not reused meanwhile
     while len(_VIEWS) > keep:
         _VIEWS.popitem(last=False)

@@ -50,39 +50,40 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-# Framing (convert.framing: body): pixels brighter than this are the body. In a CT
-# rendering with a lung window air is near 0 and soft tissue above 100; exports differ.
+# Framing (convert.framing: body). The body is what is denser than BODY_HU in a CT frame,
+# or, in an exported image (rendered with air dark), brighter than BODY_LEVEL of 255.
+BODY_HU = -500.0
 BODY_LEVEL = 40
 # The body is found on a copy at most this many pixels a side (every k-th pixel).
 BODY_SEARCH_SIDE = 256
-# A largest bright region under this share of the image is no body: nothing is cropped.
+# A largest region under this share of the image is no body: nothing is cropped.
 BODY_MIN_SHARE = 0.01
 
 
-def body_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
     """The bounding box (top, bottom, left, right; bottom and right exclusive) of the body
-    in a 2-D uint8 image: the largest connected region brighter than :data:`BODY_LEVEL`,
-    after a morphological opening that cuts thin bridges (the CT table, a line of text);
-    None when that region covers under :data:`BODY_MIN_SHARE` of the image.
+    in a 2-D mask (True where a pixel is body-dense or body-bright): its largest connected
+    region after a morphological opening that cuts thin bridges (the CT table, a line of
+    text); None when that region covers under :data:`BODY_MIN_SHARE` of the image.
 
     Exports of one dataset frame the chest differently (tight crops, wide margins with the
     table): cropping to this box before the resize shows the model the body at one scale
     (docs/benchmarks.md, "Framing")."""
-    if gray.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {gray.shape}")
+    if body.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {body.shape}")
     from scipy import ndimage  # imported here: only convert.framing: body needs it
 
-    step = max(1, -(-max(gray.shape) // BODY_SEARCH_SIDE))
-    bright = ndimage.binary_opening(gray[::step, ::step] > BODY_LEVEL, iterations=2)
-    labels, count = ndimage.label(bright)
+    step = max(1, -(-max(body.shape) // BODY_SEARCH_SIDE))
+    opened = ndimage.binary_opening(body[::step, ::step], iterations=2)
+    labels, count = ndimage.label(opened)
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
     largest = int(np.argmax(sizes))
-    if sizes[largest] < BODY_MIN_SHARE * bright.size:
+    if sizes[largest] < BODY_MIN_SHARE * opened.size:
         return None
     rows, cols = ndimage.find_objects(labels)[largest]
-    height, width = gray.shape
+    height, width = body.shape
     return (
         rows.start * step,
         min(height, rows.stop * step),
@@ -91,10 +92,13 @@ def body_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     )
 
 
-def frame_to_body(image: np.ndarray) -> np.ndarray:
-    """``image`` (2-D, or channels last) cropped to :func:`body_box` of its first channel;
-    unchanged when no body is found."""
-    box = body_box(image if image.ndim == 2 else image[..., 0])
+def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (2-D, or channels last) cropped to :func:`body_box` of ``body`` (a mask
+    of the same rows and columns; by default its first channel brighter than
+    :data:`BODY_LEVEL`); unchanged when no body is found."""
+    if body is None:
+        body = (image if image.ndim == 2 else image[..., 0]) > BODY_LEVEL
+    box = body_box(body)
     if box is None:
         return image
     top, bottom, left, right = box

@@ -29,7 +29,7 @@ import numpy as np
 from lungct.contract import Preprocessing
 from lungct.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
 from lungct.errors import SkippedFile, describe
-from lungct.images import fit_square, frame_to_body, read_image
+from lungct.images import BODY_HU, fit_square, frame_to_body, read_image
 from lungct.windowing import window_channels, window_lookup, window_uint8
 
 
@@ -57,11 +57,13 @@ class ModelImage:
         return self.unresized if self.unresized.ndim == 2 else self.unresized[..., 0]
 
 
-def model_view(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Unresized uint8 channels -> the model's ``image_size`` square: cropped to the body
-    first with ``framing: body``, then :func:`lungct.images.fit_square`."""
+def model_view(pixels: np.ndarray, prep: Preprocessing, frame: CTFrame | None = None) -> np.ndarray:
+    """Unresized uint8 channels -> the model's ``image_size`` square: with ``framing:
+    body`` first cropped to the body (a CT ``frame``'s: denser than
+    :data:`lungct.images.BODY_HU`, whatever the window; an exported image's: bright), then
+    :func:`lungct.images.fit_square`."""
     if prep.framing == "body":
-        pixels = frame_to_body(pixels)
+        pixels = frame_to_body(pixels, frame.hu > BODY_HU if frame is not None else None)
     return fit_square(pixels, prep.image_size)
 
 
@@ -74,7 +76,7 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
         pixels = frame_channels(frame, windows)
         images.append(
             ModelImage(
-                pixels=repeat_slice(model_view(pixels, prep), prep.depth),
+                pixels=repeat_slice(model_view(pixels, prep, frame), prep.depth),
                 unresized=pixels,
                 mode="HU",
                 frame=frame,

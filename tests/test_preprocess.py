@@ -47,12 +47,19 @@ def png_pixels(path) -> np.ndarray:
         return np.asarray(image)
 
 
-@pytest.mark.parametrize("windows", [THREE_WINDOWS[:1], THREE_WINDOWS], ids=["gray", "3-window"])
-def test_model_images_of_raw_dicom_are_the_converted_pngs(workdir, tiny, windows):
+@pytest.mark.parametrize(
+    ("windows", "framing"),
+    [(THREE_WINDOWS[:1], "image"), (THREE_WINDOWS, "image"), (THREE_WINDOWS[:1], "body")],
+    ids=["gray", "3-window", "gray-body"],
+)
+def test_model_images_of_raw_dicom_are_the_converted_pngs(workdir, tiny, windows, framing):
     """Predicting on a raw file feeds the model the very pixels train and evaluate read."""
     download(tiny)
     params = tiny.convert.model_copy(
-        update={"windows": [type(tiny.convert.windows[0])(**w) for w in windows]}
+        update={
+            "windows": [type(tiny.convert.windows[0])(**w) for w in windows],
+            "framing": framing,
+        }
     )
     convert(params)
     prep = Preprocessing.from_params(params)
@@ -277,3 +284,21 @@ def test_body_framing_reaches_every_model_image(tmp_path):
     assert (framed.pixels > 0).mean() > 2 * (plain.pixels > 0).mean()
     (image,) = model_images(path, body)
     assert np.array_equal(image.pixels, framed.pixels)
+
+
+def test_body_framing_of_ct_is_by_density_whatever_the_window(workdir, tiny):
+    """A CT frame's body is where it is denser than -500 HU: in a lung window air is grey
+    (60 of 255), so brightness alone would find no margin to crop."""
+    from lungct.images import BODY_HU, body_box
+
+    download(tiny)
+    path = sorted((workdir / "data/raw").rglob("*.dcm"))[0]
+    frame = read_ct(path)[0]
+    whole = Preprocessing(((-600.0, 1500.0),), file_window=False, image_size=32)
+    body = Preprocessing(((-600.0, 1500.0),), file_window=False, image_size=32, framing="body")
+    top, bottom, left, right = body_box(frame.hu > BODY_HU)
+    assert (bottom - top) * (right - left) < 0.9 * frame.hu.size  # the air around is cropped
+    (plain,), (framed,) = dicom_images(path, whole), dicom_images(path, body)
+    assert not np.array_equal(plain.pixels, framed.pixels)
+    air = window_channels(np.full((1, 1), -1000.0, np.float32), whole.windows)[0, 0]
+    assert (plain.pixels == air).mean() > (framed.pixels == air).mean()
