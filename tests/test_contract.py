@@ -64,6 +64,7 @@ def test_from_dict_validates():
         "two or more distinct": contract_dict(classes=["a", "a"]),
         "image_size, channels integers": contract_dict(image_size="64"),
         "file_window must be": contract_dict(file_window="yes"),
+        "framing must be one of image, body": contract_dict(framing="tight"),
         "not a model contract": ["a", "b"],
     }
     for message, data in bad.items():
@@ -113,3 +114,16 @@ def test_training_data_round_trips_and_old_contracts_still_load(tmp_path):
     assert real.dataset == "chest.zip" and real.warning is None
     with pytest.raises(UserError, match="data must be an object"):
         Contract.from_dict(contract_dict(data="synthetic"), "x.json")
+
+
+def test_framing_round_trips_and_says_so_for_a_reader(tmp_path):
+    raw = merge(load_params().model_dump(), {"convert": {"framing": "body"}})
+    contract = Contract.from_params(parse_params(raw), ["a", "b"])
+    path = tmp_path / "labels.json"
+    contract.write(path)
+    assert Contract.read(path) == contract and contract.prep.framing == "body"
+    written = json.loads(path.read_text())
+    assert written["framing"] == "body"
+    assert any("body's bounding box" in step for step in written["preprocessing"])
+    # A contract from before framing existed: the whole image, as then.
+    assert Contract.from_dict(contract_dict()).prep.framing == "image"
