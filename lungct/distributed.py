@@ -357,10 +357,11 @@ def fit_multi_worker(
 def _live_curves(folder: Path):
     """DVCLive's Keras callback on ``folder``, fed the epoch figures; Live's own summary
     file dropped (the stage writes its own metrics), as :mod:`lungct.training` does."""
-    from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    live = Live(str(folder), dvcyaml=False, save_dvc_exp=False)
+    from lungct.training import open_live
+
+    live = open_live(folder)
     try:
         yield DVCLiveCallback(live=live)
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 
 from lungct.contract import Contract
+from lungct.errors import UserError
 from lungct.model import (
     build_cnn,
     class_weights,
@@ -98,17 +99,31 @@ def fit_model(
     return Fitted(model, history, int(strategy.num_replicas_in_sync))
 
 
+def open_live(folder: Path):
+    """DVCLive's logger of per-epoch curves into ``folder``: its own dvc.yaml and experiment
+    off (the plots are declared in dvc.yaml). DVCLive reads the git HEAD when it starts; in
+    a repository without a commit that raises, and here it is one :class:`UserError`."""
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError  # what DVCLive lets through (dvc's git layer)
+
+    try:
+        return Live(str(folder), dvcyaml=False, save_dvc_exp=False)
+    except SCMError as exc:
+        raise UserError(
+            f"{Path.cwd()}: git says '{exc}': DVCLive, which logs the training curves, needs "
+            "a commit to start from; commit once (git add -A && git commit) and rerun"
+        ) from None
+
+
 def _fit(model, train_data, val_data, epochs: int, weights, callbacks: list, live_dir) -> dict:
     """``model.fit``, one log line per epoch, with per-epoch curves logged by DVCLive
     into ``live_dir`` when given."""
     live = None
     if live_dir is not None:
-        from dvclive import Live
         from dvclive.keras import DVCLiveCallback
 
-        # dvcyaml=False: the plots are declared in dvc.yaml; Live's own summary file is
-        # dropped below because the stage writes its own metrics file.
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
+        # Live's own summary file is dropped below: the stage writes its own metrics file.
+        live = open_live(live_dir)
         callbacks = [*callbacks, DVCLiveCallback(live=live)]
     try:
         history = model.fit(

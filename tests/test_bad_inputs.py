@@ -350,6 +350,10 @@ def trained(damage: Callable[[Path], None] = lambda root: None) -> Callable[[Pat
     return prepare
 
 
+def git_init(root: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+
+
 def truncate_model(root: Path) -> None:
     model = root / "models/model.keras"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
@@ -1276,6 +1280,14 @@ STAGE_CASES = [
         trained(then(remove("models"), only_one_class)),
         ["stages.train"],
         "training needs at least two classes",
+        ["models"],
+    ),
+    Case(
+        # `git init`, then the stages before the first commit: DVCLive reads HEAD.
+        "train-in-a-git-repository-without-a-commit",
+        trained(then(remove("models"), git_init)),
+        ["stages.train"],
+        "needs a commit to start from; commit once",
         ["models"],
     ),
     Case(
