@@ -1,5 +1,7 @@
-"""The whole, before and after (issue 17, item 4): the default ``dvc repro`` from a fresh
-clone, and the test suite, at two revisions of this repository, in one sitting.
+"""The whole pipeline and the test suite at two revisions, timed in one sitting (issue 17).
+
+Item 4 of issue 17: the default ``dvc repro`` from a fresh clone, and the test suite, at
+two revisions of this repository, in one sitting.
 
 Run from the repository root::
 
