@@ -17,13 +17,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from lungct.artifacts import CONTRACT_FILE
 from lungct.atomic import write_json
 from lungct.errors import SkippedFile, UserError
 from lungct.limits import MAX_IMAGE_BYTES
-from lungct.params import Params
+from lungct.params import ConvertParams, Params
 from lungct.windowing import is_window
 
 # What the model takes, and how raw files become it (for a person reading labels.json).
@@ -35,7 +35,7 @@ PREPROCESSING_STEPS = (
     "aspect-preserving resize with black padding to image_size",
 )
 FRAMING_STEP = "framing body: cropped to the body's bounding box before the resize"
-FRAMINGS = ("image", "body")
+FRAMINGS = get_args(ConvertParams.model_fields["framing"].annotation)  # params' own values
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 RETRAIN = "rerun dvc repro"
 SYNTHETIC_WARNING = (
