@@ -36,7 +36,8 @@ from lungct.contract import Preprocessing
 from lungct.crops import crop_box, crop_hu, lung_point
 from lungct.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.errors import UserError
-from lungct.images import phash, save_png
+from lungct.grouping import view_record
+from lungct.images import fit_square, phash, save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams
 from lungct.preprocess import exported_image, file_problem, frame_channels, model_view
@@ -338,12 +339,25 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     save_png(job.out / output, pixels)
     # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
     resized = pixels if job.prep.framing == "image" else None
+    if not row.get("patient_id"):  # no id: the split groups it by this evidence
+        row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
     return dict(
         row,
         phash=phash(gray, resized),  # resized: a reduce() of gray it can start from
         output=output,
         status="converted",
     )
+
+
+def evidence_view(pixels: np.ndarray, gray: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """What the split's likely-patient evidence looks at (:func:`lungct.grouping.view_record`):
+    the image before framing (its first channel, ``gray``: the whole slice, or the lesion
+    crop) resized to the model's square, so that ``convert.framing`` does not change the
+    groups. With ``framing: image``, no crop and no 2.5-D stacking that is the model image
+    ``pixels`` itself (its first channel), not computed again."""
+    if prep.framing == "image" and prep.crop == "none" and prep.context_slices == 0:
+        return pixels if pixels.ndim == 2 else pixels[..., 0]
+    return fit_square(gray, prep.image_size)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ This rule weighs three kinds of evidence per pair of images:
 
 - ``phash``: the 64-bit pHash of the original image (the convert manifest), before the
   resize and padding: the same picture, re-exported at another size or window;
-- ``view``: the pHash of the model's view (the converted PNG): the original's crop and
-  aspect ratio, which one export of one patient shares, show in it as the padding and
-  the place of the body in the model's square. The original's size itself adds
+- ``view``: the pHash of the whole image at the model's size (the converted PNG with
+  ``convert.framing: image``; with ``body`` the image before the body crop, so that the
+  evidence does not depend on the framing): the original's crop and aspect ratio, which
+  one export of one patient shares, show in it as the padding and the place of the body
+  in the square. The original's size itself adds
   nothing: on the Chest CT-Scan copy, 813 of the 836 pairs of images of one size are
   near duplicates anyway, and 470 of the 1283 near-duplicate pairs differ in size (one
   slice exported at two resolutions);
-- ``thumb``: the Pearson correlation of 16 x 16 thumbnails of the model's view: the
+- ``thumb``: the Pearson correlation of 16 x 16 thumbnails of that view: the
   layout of body, lungs and mediastinum, brightness and contrast taken out.
 
 Two images are **near duplicates** when their views are within
@@ -48,6 +50,8 @@ import numpy as np
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from lungct.errors import UserError, first_line
 
 THUMB = 16  # side of the thumbnail whose correlation is the similarity evidence
 CELLS = 1 << 22  # pairwise comparisons held at a time (a block of rows x n)
@@ -89,30 +93,35 @@ def hash_values(phashes: Sequence[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
 
 
-def view_evidence(image: Image.Image) -> tuple[str, np.ndarray]:
-    """The pHash and the thumbnail of one model view, in grayscale (luma: the one channel
-    of an exported image, repeated; evaluate's leak sensitivity hashes the same way)."""
-    gray = image.convert("L")
-    thumb = np.asarray(gray.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.float32)
-    thumb = thumb.ravel() - thumb.mean()
-    norm = float(np.linalg.norm(thumb))
-    return str(imagehash.phash(gray)), thumb / norm if norm > 0 else thumb
+def view_record(view: np.ndarray) -> tuple[str, str]:
+    """The evidence of one image as the convert manifest records it (``view_phash``,
+    ``view_thumb``): the pHash of its view, the whole image at the model's size in
+    grayscale (2-D uint8, :func:`lungct.conversion.evidence_view`), and that view's
+    :data:`THUMB` x :data:`THUMB` BOX thumbnail as hex bytes."""
+    image = Image.fromarray(view)
+    thumb = np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.uint8)
+    return str(imagehash.phash(image)), thumb.tobytes().hex()
 
 
-def read_evidence(phashes: Sequence[str], views: Sequence[Path]) -> Evidence:
-    """The evidence of images: their original pHash (manifest) and their model view's
-    pHash and thumbnail, read from the converted PNGs."""
-    hashes, thumbs = [], []
-    for path in views:
-        with Image.open(path) as image:
-            digest, thumb = view_evidence(image)
-        hashes.append(digest)
-        thumbs.append(thumb)
-    return Evidence(
-        hash_values(phashes),
-        hash_values(hashes),
-        np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB), np.float32),
-    )
+def manifest_evidence(
+    phashes: Sequence[str], view_phashes: Sequence[str], thumbs: Sequence[str], where: Path
+) -> Evidence:
+    """The :class:`Evidence` of images from their manifest columns (``phash``,
+    ``view_phash``, ``view_thumb``); a :class:`UserError` naming ``where`` when one is not
+    what convert writes (the manifest was damaged or is an older version's)."""
+    try:
+        originals, views = hash_values(phashes), hash_values(view_phashes)
+        raw = [np.frombuffer(bytes.fromhex(t), dtype=np.uint8) for t in thumbs]
+        if any(r.size != THUMB * THUMB for r in raw):
+            raise ValueError(f"a view_thumb is not {THUMB * THUMB} bytes")
+    except (ValueError, OverflowError) as exc:
+        raise UserError(
+            f"{where}: unreadable grouping evidence ({first_line(exc)}); rerun the convert stage"
+        ) from None
+    thumb = np.stack(raw).astype(np.float32) if raw else np.zeros((0, THUMB**2), np.float32)
+    thumb -= thumb.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(thumb, axis=1, keepdims=True)
+    return Evidence(originals, views, np.divide(thumb, norm, out=thumb, where=norm > 0))
 
 
 def _blocks(n: int, width: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungct.artifacts import SPLITS, read_manifest
+from lungct.artifacts import EVIDENCE_COLUMNS, MANIFEST, SPLITS, read_manifest
 from lungct.errors import UserError
 from lungct.grouping import (
     Evidence,
@@ -30,7 +30,7 @@ from lungct.grouping import (
     duplicate_pairs,
     hash_values,
     likely_patients,
-    read_evidence,
+    manifest_evidence,
 )
 from lungct.layouts import DROPPED, class_mapping, map_labels
 from lungct.params import Params, SplitParams
@@ -212,10 +212,9 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
     anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
     view_phash, thumb = [""] * len(rows), [None] * len(rows)
     if params.grouping == "patient_likely":
-        outputs = rows["output"].to_numpy()
-        evidence = read_evidence(
-            rows["phash"].to_numpy()[anonymous].tolist(),
-            [converted / outputs[i] for i in anonymous],
+        evidence = manifest_evidence(
+            *(rows[column].to_numpy()[anonymous].tolist() for column in EVIDENCE_COLUMNS),
+            converted / MANIFEST,
         )
         components = np.arange(len(rows))
         components[anonymous] = anonymous[likely_patients(evidence, Rule.of(params))]
