@@ -54,9 +54,10 @@ import numpy as np
 from benchmarks.host import load1, machine
 from lungct import phantom
 from lungct.contract import Contract
+from lungct.images import model_input
 from lungct.inference import Predictor, predict_files, preprocess_pool
 from lungct.params import PARAMS_FILE, Params, load_params
-from lungct.preprocess import model_images, model_input
+from lungct.preprocess import model_images
 from stages.predict import MAX_WORKERS
 
 # TensorFlow is imported in main(), after the worker processes are forked, as the predict

@@ -23,6 +23,7 @@ import pandas as pd
 from lungct.artifacts import FOLDS_DIR, SPLITS_DIR, fold_images, table_folds, train_classes
 from lungct.contract import Contract
 from lungct.errors import UserError
+from lungct.images import REFRAME_MARGINS, model_input, reframe
 from lungct.metrics import classification_metrics
 from lungct.params import Params
 
@@ -83,6 +84,7 @@ def cross_validate(
         shifted = classification_metrics(
             np.asarray(val[1]), _predict(tta_model(model), contract, val[0], params), classes
         )
+        reframed = reframed_scores(model, contract, val, classes, params)
         row = {
             "fold": fold,
             "train_images": len(train[0]),
@@ -93,6 +95,7 @@ def cross_validate(
             "epochs": len(fitted.history["loss"]),
             "best_epoch": fitted.best_epoch,
             "tta": {key: shifted[key] for key in SCORES},
+            "reframed": reframed,
         }
         log.info(
             "cv fold %d/%d: balanced accuracy %.3f, macro F1 %.3f, loss %.4f (%d images)",
@@ -112,7 +115,8 @@ def cross_validate(
 
 def summary(rows: list[dict]) -> dict:
     """Per-fold rows with the mean and (population) standard deviation of each score, and
-    of each score with test-time augmentation (``tta``)."""
+    of each score with test-time augmentation (``tta``) and under the framing shift
+    (``reframed``)."""
 
     def spread(values: list) -> dict:
         array = np.array(values, dtype=float)
@@ -121,7 +125,8 @@ def summary(rows: list[dict]) -> dict:
     details: dict = {"folds": len(rows), "per_fold": rows}
     for key in (*SCORES, "accuracy"):
         details[key] = spread([row[key] for row in rows])
-    details["tta"] = {key: spread([row["tta"][key] for row in rows]) for key in SCORES}
+    for view in ("tta", "reframed"):
+        details[view] = {key: spread([row[view][key] for row in rows]) for key in SCORES}
     return details
 
 
@@ -143,6 +148,34 @@ def _predict(model, contract: Contract, paths: list[str], params: Params) -> np.
     labels = [0] * len(paths)
     data = image_dataset(paths, labels, prep.image_size, prep.channels, params.evaluate.batch_size)
     return model.predict(data, verbose=0).astype(np.float64)
+
+
+def reframed_scores(
+    model, contract: Contract, val: tuple[list[str], list[int]], classes: list[str], params: Params
+) -> dict:
+    """A fold model's scores on its held-out images shown as exports with wider margins
+    would show them (:func:`lungct.images.reframe`, each of
+    :data:`lungct.images.REFRAME_MARGINS`, through the recipe's own ``convert.framing``):
+    each score the mean over the margins. Exports of one dataset frame the chest
+    differently, and folds drawn from the same exports cannot see a model that reads the
+    framing instead of the chest; these scores can (docs/benchmarks.md, "Framing")."""
+    from PIL import Image
+
+    images = []
+    for path in val[0]:
+        with Image.open(path) as image:
+            images.append(np.asarray(image))
+    per_margin = []
+    for margin in REFRAME_MARGINS:
+        batch = model_input([reframe(image, margin, contract.prep.framing) for image in images])
+        probabilities = model.predict(batch, batch_size=params.evaluate.batch_size, verbose=0)
+        scores = classification_metrics(
+            np.asarray(val[1]), probabilities.astype(np.float64), classes
+        )
+        per_margin.append([scores[key] for key in SCORES])
+    return {
+        key: round(float(v), 6) for key, v in zip(SCORES, np.mean(per_margin, axis=0), strict=True)
+    }
 
 
 def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):

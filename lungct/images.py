@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,13 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top : top + new_h, left : left + new_w] = np.asarray(resized)
     return out
+
+
+def model_input(images: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 model images -> one float32 batch, N x H x W x C, values 0..255: what train
+    and evaluate feed (``tf.io.decode_png`` cast to float32; the model rescales)."""
+    batch = np.stack(images).astype(np.float32)
+    return batch[..., None] if batch.ndim == 3 else batch
 
 
 # Framing (convert.framing: body). The body is what is denser than BODY_HU in a CT frame,
@@ -103,6 +111,26 @@ def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarr
         return image
     top, bottom, left, right = box
     return image[top:bottom, left:right]
+
+
+# The framing shift of cross-validation (the cv stage's ``reframed`` scores): each
+# held-out image is shown again with a black margin of each of these shares of its side on
+# every side, as an export with a wider framing would show it (docs/benchmarks.md, "Framing").
+REFRAME_MARGINS = (0.15, 0.3)
+
+
+def reframe(image: np.ndarray, margin: float, framing: str) -> np.ndarray:
+    """A model image (uint8, square, 2-D or channels last) as another export would frame
+    it: ``margin`` x its side of black added on every side, then the recipe's own framing
+    (``body``: :func:`frame_to_body`, by brightness) and :func:`fit_square` back to its size.
+    A recipe that reads the framing scores lower on these; one that frames to the body
+    sees nearly the same image again."""
+    size = image.shape[0]
+    pad = round(margin * size)
+    wider = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2))
+    if framing == "body":
+        wider = frame_to_body(wider)
+    return fit_square(wider, size)
 
 
 # pHash (imagehash.phash, its defaults): the 8 x 8 lowest DCT coefficients of a 32 x 32

@@ -30,7 +30,8 @@ import numpy as np
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.contract import Contract, Preprocessing
 from lungct.errors import UserError, first_line
-from lungct.preprocess import file_problem, model_images, model_input
+from lungct.images import model_input
+from lungct.preprocess import file_problem, model_images
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
 

@@ -19,7 +19,6 @@ failure line of predict and the app), except running out of memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -154,10 +153,3 @@ def file_problem(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, SkippedFile):
         return exc.reason, str(exc.detail)
     return "unreadable", describe(exc)
-
-
-def model_input(images: Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 model images -> one float32 batch, N x H x W x C, values 0..255: what train
-    and evaluate feed (``tf.io.decode_png`` cast to float32; the model rescales)."""
-    batch = np.stack(images).astype(np.float32)
-    return batch[..., None] if batch.ndim == 3 else batch

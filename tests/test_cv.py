@@ -16,6 +16,7 @@ from lungct.splitting import NO_FOLD, assign_folds
 from stages.convert import convert
 from stages.download import download
 from stages.split import split
+from tests.conftest import project_params
 
 
 def images_table(groups_per_class: int = 12, seed: int = 0) -> pd.DataFrame:
@@ -96,6 +97,10 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
     for row in details["per_fold"]:
         assert row["train_images"] + row["val_images"] == len(pool)
         assert set(row["tta"]) == {"balanced_accuracy", "macro_f1", "loss"}
+        assert set(row["reframed"]) == {"balanced_accuracy", "macro_f1", "loss"}
+    assert details["reframed"]["loss"]["mean"] == pytest.approx(
+        np.mean([row["reframed"]["loss"] for row in details["per_fold"]]), abs=1e-6
+    )
     assert details["tta"]["loss"]["mean"] == pytest.approx(
         np.mean([row["tta"]["loss"] for row in details["per_fold"]]), abs=1e-6
     )
@@ -194,3 +199,66 @@ def test_dvc_repro_with_folds_and_the_ensemble_switch():
     write_params(repo, merged(folds, {"train": {"ensemble": True}}))
     assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate", "export"]
     assert json.loads((repo / "metrics/train.json").read_text())["members"] == 2
+
+
+class ScaleReader:
+    """A 'model' that reads the framing, not the chest: class 1 when the bright part fills
+    over 0.6 of the image (a tight export), else class 0."""
+
+    def predict(self, batch, batch_size=None, verbose=0):
+        tight = (batch[..., 0] > 40).mean(axis=(1, 2)) > 0.6
+        return np.stack([~tight, tight], axis=1).astype(np.float32)
+
+
+class BrightnessReader:
+    """A 'model' that reads the body itself: class 1 when the body (what is brighter than
+    40) is brighter than 125 on average."""
+
+    def predict(self, batch, batch_size=None, verbose=0):
+        body = batch[..., 0] > 40
+        bright = (batch[..., 0] * body).sum(axis=(1, 2)) / np.maximum(body.sum(axis=(1, 2)), 1)
+        return np.stack([bright <= 125, bright > 125], axis=1).astype(np.float32)
+
+
+def exports(folder: Path, framing: str) -> tuple[list[str], list[int]]:
+    """Two tight exports (class 1: the body fills the image) and two wide ones (class 0),
+    their bodies of brightness 130, 140, 110, 100, written as convert writes them."""
+    from PIL import Image
+
+    from lungct.images import fit_square, frame_to_body
+
+    paths, labels = [], []
+    for i, (inner, label, level) in enumerate(
+        [(60, 1, 130), (58, 1, 140), (30, 0, 110), (34, 0, 100)]
+    ):
+        image = np.zeros((64, 64), np.uint8)
+        lo = (64 - inner) // 2
+        image[lo : lo + inner, lo : lo + inner] = level
+        view = fit_square(frame_to_body(image), 64) if framing == "body" else image
+        Image.fromarray(view).save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+        labels.append(label)
+    return paths, labels
+
+
+@pytest.mark.parametrize(
+    ("framing", "model", "reframed"),
+    [("image", ScaleReader(), 0.5), ("body", BrightnessReader(), 1.0)],
+)
+def test_reframed_scores_see_a_model_that_reads_the_framing(tmp_path, framing, model, reframed):
+    """Folds drawn from the same exports reward reading the framing (the official Chest
+    CT-Scan folders: tight cancer crops, wide normals): such a model is perfect on them and
+    at chance re-framed. A body-framed recipe is shown its body again, whatever the margin."""
+    from PIL import Image
+
+    from lungct.contract import Contract
+    from lungct.cv import reframed_scores
+
+    params = parse_params(merge(project_params(), {"convert": {"framing": framing}}))
+    paths, labels = exports(tmp_path, framing)
+    as_is = model.predict(np.stack([np.asarray(Image.open(p)) for p in paths])[..., None])
+    assert (as_is.argmax(axis=1) == labels).all()  # in-distribution: perfect
+    contract = Contract.from_params(params, ["wide", "tight"], None)
+    scores = reframed_scores(model, contract, (paths, labels), ["wide", "tight"], params)
+    assert set(scores) == {"balanced_accuracy", "macro_f1", "loss"}
+    assert scores["balanced_accuracy"] == pytest.approx(reframed)

@@ -160,3 +160,19 @@ def test_no_body_or_all_body_leaves_the_image_whole(image):
     speck = image.copy()
     speck[10:13, 10:13] = 200 if image.max() == 0 else 0
     assert frame_to_body(speck if image.max() == 0 else image).shape == image.shape
+
+
+@pytest.mark.parametrize("margin", [0.15, 0.3])
+def test_reframe_shows_an_image_as_a_wider_export_would(margin):
+    """The cv stage's framing shift (lungct.images.reframe): with framing image the body
+    shrinks by 1 / (1 + 2 margin) in the same square; with framing body it is cropped back,
+    so a body-framed model sees nearly the image it was scored on."""
+    from lungct.images import frame_to_body, reframe
+
+    view = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
+    wider = reframe(view, margin, "image")
+    assert wider.shape == view.shape and wider.dtype == np.uint8
+    assert (wider > 40).sum() == pytest.approx((view > 40).sum() / (1 + 2 * margin) ** 2, rel=0.1)
+    assert np.abs(reframe(view, margin, "body").astype(int) - view.astype(int)).mean() < 4
+    rgb = np.repeat(view[..., None], 3, axis=-1)  # channels last: every channel alike
+    np.testing.assert_array_equal(reframe(rgb, margin, "image")[..., 2], wider)

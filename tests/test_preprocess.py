@@ -12,13 +12,13 @@ from PIL import Image
 from lungct.contract import Contract, Preprocessing
 from lungct.dicom import CTFrame, StoredPixels, read_ct
 from lungct.errors import SkippedFile
+from lungct.images import model_input
 from lungct.preprocess import (
     dicom_images,
     exported_image,
     file_problem,
     frame_channels,
     model_images,
-    model_input,
 )
 from lungct.windowing import window_channels
 from stages.convert import convert
