@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from lungct.artifacts import EVIDENCE_COLUMNS, MANIFEST, SPLITS, read_manifest
 from lungct.errors import UserError
@@ -186,6 +188,32 @@ def leakage_pairs(table: pd.DataFrame, cfg: SplitParams) -> pd.DataFrame:
     return pd.DataFrame(sorted(found), columns=["a", "b"])
 
 
+def join_identical(components: np.ndarray, content: list[str], rows: np.ndarray) -> np.ndarray:
+    """``components`` (a group label per image) with the groups of the images ``rows`` whose
+    model views are identical (``content``: their PNGs' hashes) joined, whatever the
+    evidence said: one picture is one group, and the leakage gate checks exactly this
+    (:func:`leakage_pairs`). With ``convert.framing: body`` one slice exported with two
+    margins is such a pair: its whole images differ, its framed views do not. A joined
+    group takes the label of its first image; nothing else changes."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i in rows.tolist():
+        j = first.setdefault(content[i], i)
+        if components[j] != components[i]:
+            pairs.append((i, j))
+    if not pairs:
+        return components
+    labels, index = np.unique(components, return_inverse=True)
+    edges = np.array([(index[i], index[j]) for i, j in pairs]).T
+    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(len(labels),) * 2)
+    merged = connected_components(graph, directed=False)[1][index]  # per image
+    # Each joined group is named by its first image's label; the others keep theirs.
+    name = {}
+    for i, part in enumerate(merged.tolist()):
+        name.setdefault(part, components[i])
+    return np.array([name[part] for part in merged.tolist()], dtype=components.dtype)
+
+
 def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, str]:
     """Converted images with their class (mapped from the raw label), group and hashes."""
     manifest = read_manifest(converted)
@@ -226,6 +254,9 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             rows["phash"].tolist(), params.near_duplicate_distance
         )
         name = "near-duplicates"
+    # Identical pixels give identical PNG bytes (same encoder, no timestamps).
+    content = [hashlib.sha256((converted / out).read_bytes()).hexdigest() for out in rows["output"]]
+    components = join_identical(components, content, anonymous)
     groups = [
         patient if patient else f"{name}-{component:05d}"
         for patient, component in zip(rows["patient_id"], components, strict=True)
@@ -240,10 +271,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             "view_phash": view_phash,  # patient_likely: the evidence the gate compares
             "thumb": thumb,
             "official": rows["official_split"].to_numpy(),
-            # Identical pixels give identical PNG bytes (same encoder, no timestamps).
-            "content": [
-                hashlib.sha256((converted / out).read_bytes()).hexdigest() for out in rows["output"]
-            ],
+            "content": content,
         }
     )
     return table, layout

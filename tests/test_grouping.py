@@ -253,3 +253,39 @@ def test_leak_sensitivity_line_in_the_report():
         "and val (at least 6 pHash bits from the nearest), 0.750 on all; 2 test images lie "
         "within 2 bits of a train or val image." in " ".join(report.split())
     )
+
+
+def test_identical_views_join_one_group_whatever_the_evidence():
+    from lungct.splitting import join_identical
+
+    components = np.array([0, 1, 2, 3, 3, 5])
+    content = ["a", "b", "a", "c", "b", "a"]
+    # 0, 2 and 5 show one picture; 1 and 4 another, 4 already with 3.
+    assert join_identical(components, content, np.arange(6)).tolist() == [0, 1, 0, 1, 1, 0]
+    # Images with ids (not in rows) keep their own groups.
+    assert join_identical(components, content, np.array([0, 1, 3])).tolist() == [0, 1, 2, 3, 3, 5]
+    assert join_identical(components, ["x"] * 6, np.arange(0)) is components
+
+
+def test_one_slice_exported_with_two_margins_is_one_group_under_body_framing(workdir, params):
+    """Its whole images differ (the split's evidence may keep them apart), its framed views
+    are the same picture: they must share a group, or the leakage gate finds them in two
+    splits (as it did on the Chest CT-Scan copy with convert.framing: body)."""
+    raw = workdir / "data/raw"
+    export_idless(raw, render_cohort(6, 2, 0, 128), "plain", 0)
+    first = sorted(raw.rglob("*.png"))[0]
+    image = Image.open(first).convert("L")
+    wide = Image.new("L", (image.width + 120, image.height + 80))
+    wide.paste(image, (60, 40))
+    wide.save(first.with_name("wide-copy.png"))
+    convert(params.convert.model_copy(update={"framing": "body"}))
+    table, _ = read_converted(workdir / "data/converted", params.split)
+    source = table.set_index("source")["group"]
+    pair = [
+        f"images/{first.relative_to(raw).as_posix()}.png",
+        "images/" + (first.with_name("wide-copy.png").relative_to(raw).as_posix() + ".png"),
+    ]
+    manifest = pd.read_csv("data/converted/manifest.csv", dtype=str, keep_default_na=False)
+    views = manifest.set_index("output").loc[pair, "view_phash"]
+    assert views.iloc[0] != views.iloc[1]  # the evidence alone tells them apart
+    assert source[pair[0]] == source[pair[1]]
