@@ -260,7 +260,8 @@ class ConvertParams(_Section):
         if self.framing == "body" and (self.context_slices or self.crop != "none"):
             raise ValueError(
                 "framing: 'body' frames each image by itself; with context_slices or crop "
-                "the slices of one example would be framed differently (use framing: image)"
+                "the slices of one example would be framed differently: set "
+                "convert.framing: image with them"
             )
         return self
 

@@ -127,7 +127,7 @@ def test_lidc_split_keeps_patients_whole_and_drops_indeterminate(workdir, tiny_r
 
 
 def test_lesion_crops_are_centred_and_reproducible(workdir, tiny_raw):
-    params = params_for(tiny_raw, "lidc", crop="lesion", crop_mm=40.0)
+    params = params_for(tiny_raw, "lidc", crop="lesion", crop_mm=40.0, framing="image")
     manifest = converted(params)
     done = manifest[manifest["status"] == "converted"]
     assert (done["crop_center"] != "").all()  # nodules: the lesion; normal: a lung point
@@ -196,7 +196,7 @@ def test_lidc_2_5d_end_to_end_through_dvc_repro(tmp_path, monkeypatch):
         merge(TINY, ANNOTATED),
         {
             "data": {"synthetic": {"annotations": "lidc"}},
-            "convert": {"context_slices": 1},
+            "convert": {"context_slices": 1, "framing": "image"},
             "split": {"classes": "binary"},
         },
     )

@@ -165,7 +165,7 @@ def test_health_and_model(server, project):
     assert info["input"]["image_size"] == contract["image_size"] == 32
     assert info["input"]["windows"] == contract["windows"]
     assert info["input"]["context_slices"] == 0 and info["input"]["crop"]["kind"] == "none"
-    assert info["input"]["framing"] == "image"
+    assert info["input"]["framing"] == contract["framing"] == "body"  # params.yaml's
     assert info["data"]["source"] == "synthetic" and info["data"]["layout"] == "dicom"
     assert "not for real CT" in info["warning"]
     assert headers["X-Model-Warning"] == info["warning"]
