@@ -158,7 +158,8 @@ def reframed_scores(
     :data:`lungct.images.REFRAME_MARGINS`, through the recipe's own ``convert.framing``):
     each score the mean over the margins. Exports of one dataset frame the chest
     differently, and folds drawn from the same exports cannot see a model that reads the
-    framing instead of the chest; these scores can (docs/benchmarks.md, "Framing")."""
+    framing instead of the chest; these scores can (docs/benchmarks.md, "A framing-robust
+    choice")."""
     from PIL import Image
 
     images = []

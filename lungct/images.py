@@ -115,7 +115,8 @@ def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarr
 
 # The framing shift of cross-validation (the cv stage's ``reframed`` scores): each
 # held-out image is shown again with a black margin of each of these shares of its side on
-# every side, as an export with a wider framing would show it (docs/benchmarks.md, "Framing").
+# every side, as an export with a wider framing would show it (docs/benchmarks.md, "A
+# framing-robust choice").
 REFRAME_MARGINS = (0.15, 0.3)
 
 

@@ -40,7 +40,7 @@ def test_every_file_in_the_manifest_converted_or_skipped(workdir, tiny, raw):
 
 
 def test_pngs_are_windowed_resized_and_padding_is_air(workdir, tiny, raw):
-    convert(tiny.convert)
+    convert(tiny.convert.model_copy(update={"framing": "image"}))  # the whole slice
     manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
     image = np.asarray(Image.open(workdir / "data/converted" / manifest["output"].iloc[0]))
     assert image.shape == (32, 32) and image.dtype == np.uint8
@@ -196,7 +196,7 @@ def test_three_windows_give_one_channel_each_and_file_window_replaces_the_first(
     (raw / "labels.csv").write_text("PatientID,label\nFIX-001,normal\n")
     windows = [WindowParams(center=-600, width=1500), WindowParams(center=50, width=350)] * 2
     params = tiny.convert.model_copy(
-        update={"windows": windows[:3], "image_size": 20, "workers": 1}
+        update={"windows": windows[:3], "image_size": 20, "workers": 1, "framing": "image"}
     )
     convert(params)
     manifest = pd.read_csv(workdir / "data/converted/manifest.csv", keep_default_na=False)
