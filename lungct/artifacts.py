@@ -51,11 +51,12 @@ MANIFEST_COLUMNS = [
     "phash",
     "view_phash",  # images without a PatientID: the split's grouping evidence
     "view_thumb",
+    "body_phash",
     "layout",
 ]
 # The manifest's grouping evidence of an image without a PatientID, in the order
 # lungct.grouping.manifest_evidence takes them.
-EVIDENCE_COLUMNS = ("phash", "view_phash", "view_thumb")
+EVIDENCE_COLUMNS = ("phash", "view_phash", "view_thumb", "body_phash")
 SPLITS_DIR = Path("data/splits")
 SPLITS_TABLE = "splits.csv"
 SPLITS_COLUMNS = ("image", "class", "split", "group", "source", "fold")  # written by split

@@ -37,7 +37,7 @@ from lungct.crops import crop_box, crop_hu, lung_point
 from lungct.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.errors import UserError
 from lungct.grouping import view_record
-from lungct.images import fit_square, phash, save_png
+from lungct.images import fit_square, frame_to_body, phash, save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams
 from lungct.preprocess import exported_image, file_problem, frame_channels, model_view
@@ -340,7 +340,9 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
     resized = pixels if job.prep.framing == "image" else None
     if not row.get("patient_id"):  # no id: the split groups it by this evidence
-        row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
+        whole = evidence_view(pixels, gray, job.prep)
+        row["view_phash"], row["view_thumb"] = view_record(whole)
+        row["body_phash"] = view_record(fit_square(frame_to_body(whole), job.prep.image_size))[0]
     return dict(
         row,
         phash=phash(gray, resized),  # resized: a reduce() of gray it can start from

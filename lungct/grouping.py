@@ -18,8 +18,14 @@ This rule weighs three kinds of evidence per pair of images:
 - ``thumb``: the Pearson correlation of 16 x 16 thumbnails of that view: the
   layout of body, lungs and mediastinum, brightness and contrast taken out.
 
-Two images are **near duplicates** when their views are within
-``view_duplicate_distance`` bits (the model sees the same picture), or when their
+- ``body``: the pHash of the body cropped out of the image (:func:`lungct.images.frame_to_body`)
+  at the model's size: one slice exported twice with different margins (the official
+  Chest CT-Scan folders hold many: tight crops in train, wide with the table in test)
+  has whole views 12-36 bits apart and body views within 2.
+
+Two images are **near duplicates** when their views or their body views are within
+``view_duplicate_distance`` bits (the model sees the same picture, in one framing or
+the other), or when their
 originals are within ``near_duplicate_distance`` bits *and* their thumbnails agree
 (``duplicate_similarity``): two kinds of evidence, because the hash of the original
 alone links different patients (on the Chest CT-Scan copy, 4 pairs 4 bits apart are
@@ -62,15 +68,16 @@ class Evidence:
     """What the rule compares, one row per image."""
 
     phash: np.ndarray  # uint64: pHash of the original image
-    view: np.ndarray  # uint64: pHash of the model's view
+    view: np.ndarray  # uint64: pHash of the whole image at the model's size
     thumb: np.ndarray  # float32 (n, THUMB**2): centred, unit-norm thumbnail of the view
+    body: np.ndarray  # uint64: pHash of the body cropped out of it, at the model's size
 
     def __len__(self) -> int:
         return len(self.phash)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> Evidence:
         index = np.asarray(index, dtype=np.int64)
-        return Evidence(self.phash[index], self.view[index], self.thumb[index])
+        return Evidence(self.phash[index], self.view[index], self.thumb[index], self.body[index])
 
 
 @dataclass(frozen=True)
@@ -104,13 +111,19 @@ def view_record(view: np.ndarray) -> tuple[str, str]:
 
 
 def manifest_evidence(
-    phashes: Sequence[str], view_phashes: Sequence[str], thumbs: Sequence[str], where: Path
+    phashes: Sequence[str],
+    view_phashes: Sequence[str],
+    thumbs: Sequence[str],
+    body_phashes: Sequence[str],
+    where: Path,
 ) -> Evidence:
     """The :class:`Evidence` of images from their manifest columns (``phash``,
-    ``view_phash``, ``view_thumb``); a :class:`UserError` naming ``where`` when one is not
-    what convert writes (the manifest was damaged or is an older version's)."""
+    ``view_phash``, ``view_thumb``, ``body_phash``); a :class:`UserError` naming ``where``
+    when one is not what convert writes (the manifest was damaged or is an older
+    version's)."""
     try:
         originals, views = hash_values(phashes), hash_values(view_phashes)
+        bodies = hash_values(body_phashes)
         raw = [np.frombuffer(bytes.fromhex(t), dtype=np.uint8) for t in thumbs]
         if any(r.size != THUMB * THUMB for r in raw):
             raise ValueError(f"a view_thumb is not {THUMB * THUMB} bytes")
@@ -121,7 +134,7 @@ def manifest_evidence(
     thumb = np.stack(raw).astype(np.float32) if raw else np.zeros((0, THUMB**2), np.float32)
     thumb -= thumb.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(thumb, axis=1, keepdims=True)
-    return Evidence(originals, views, np.divide(thumb, norm, out=thumb, where=norm > 0))
+    return Evidence(originals, views, np.divide(thumb, norm, out=thumb, where=norm > 0), bodies)
 
 
 def _blocks(n: int, width: int) -> list[np.ndarray]:
@@ -140,6 +153,7 @@ def duplicate_pairs(left: Evidence, right: Evidence, rule: Rule) -> list[tuple[i
     for block in _blocks(len(left), len(right)):
         part, start = left.subset(block), int(block[0])
         view = _bits(part.view, right.view) <= rule.view_duplicate_distance
+        view |= _bits(part.body, right.body) <= rule.view_duplicate_distance
         rows, cols = np.nonzero(
             ~view & (_bits(part.phash, right.phash) <= rule.near_duplicate_distance)
         )

@@ -158,6 +158,7 @@ def _evidence(table: pd.DataFrame) -> Evidence:
         hash_values(table["phash"].tolist()),
         hash_values(table["view_phash"].tolist()),
         np.stack(table["thumb"].tolist()),
+        hash_values(table["body_phash"].tolist()),
     )
 
 
@@ -238,7 +239,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
         )
     # Patients where the data has ids; likely patients or near-duplicate groups where it has none.
     anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
-    view_phash, thumb = [""] * len(rows), [None] * len(rows)
+    view_phash, thumb, body_phash = [""] * len(rows), [None] * len(rows), [""] * len(rows)
     if params.grouping == "patient_likely":
         evidence = manifest_evidence(
             *(rows[column].to_numpy()[anonymous].tolist() for column in EVIDENCE_COLUMNS),
@@ -248,6 +249,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
         components[anonymous] = anonymous[likely_patients(evidence, Rule.of(params))]
         for k, i in enumerate(anonymous):
             view_phash[i], thumb[i] = f"{evidence.view[k]:016x}", evidence.thumb[k]
+            body_phash[i] = f"{evidence.body[k]:016x}"
         name = "likely-patient"
     else:
         components = near_duplicate_components(
@@ -270,6 +272,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             "phash": rows["phash"].to_numpy(),
             "view_phash": view_phash,  # patient_likely: the evidence the gate compares
             "thumb": thumb,
+            "body_phash": body_phash,
             "official": rows["official_split"].to_numpy(),
             "content": content,
         }

@@ -114,6 +114,7 @@ def test_framing_does_not_change_the_likely_patients(workdir, params):
         ("view_thumb", "00" * 10, "a view_thumb is not 256 bytes"),
         ("view_thumb", "zz" * 256, "non-hexadecimal"),
         ("view_phash", "", "invalid literal"),
+        ("body_phash", "1" * 17, "too large"),
     ],
 )
 def test_damaged_grouping_evidence_is_one_line(workdir, params, column, value, says):
@@ -143,7 +144,8 @@ def chain(n: int, step_bits: int, step_angle: float) -> Evidence:
     thumbs[:, 0] = np.cos(np.arange(n) * step_angle)
     thumbs[:, 1] = np.sin(np.arange(n) * step_angle)
     originals = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
-    return Evidence(originals, np.array(views, dtype=np.uint64), thumbs)
+    bodies = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)  # all far apart
+    return Evidence(originals, np.array(views, dtype=np.uint64), thumbs, bodies)
 
 
 def test_a_chain_of_alike_images_is_not_one_group(rule):
@@ -164,13 +166,17 @@ def test_near_duplicates_need_two_kinds_of_evidence(rule):
     thumbs[3, 1] = thumbs[5, 1] = 1.0  # 3 and 5 unlike them (correlation 0)
     originals = np.array([0, 0, 0xFF, 0, 0xFFFF, 0xFFFFFF00], dtype=np.uint64)
     views = np.array([0, 0xFF00, 0xFFFF0000, 0xFF0000000000, 0x3, 0xFFFF00000000FF], np.uint64)
-    evidence = Evidence(originals, views, thumbs)
+    bodies = np.array([0, 0xF0F0, 0xFF00FF, 0xFFFF00, 0xFF000000, 0x1], dtype=np.uint64)
+    evidence = Evidence(originals, views, thumbs, bodies)
     pairs = set(duplicate_pairs(evidence, evidence, rule))
     assert (0, 1) in pairs  # one original hash, thumbnails alike
     assert (0, 3) not in pairs  # one original hash, thumbnails unlike: two patients
     assert (0, 2) not in pairs  # 8 bits apart, views 16 bits apart
     assert (0, 4) in pairs  # views 2 bits apart: the same picture to the model, no more asked
-    assert (0, 5) not in pairs
+    # Originals, views and thumbnails apart, the bodies 1 bit apart: one slice exported
+    # with two margins.
+    assert (0, 5) in pairs
+    assert (1, 5) not in pairs and (2, 3) not in pairs
 
 
 def test_average_linkage_is_upgma():
