@@ -340,9 +340,11 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
     resized = pixels if job.prep.framing == "image" else None
     if not row.get("patient_id"):  # no id: the split groups it by this evidence
-        whole = evidence_view(pixels, gray, job.prep)
-        row["view_phash"], row["view_thumb"] = view_record(whole)
-        row["body_phash"] = view_record(fit_square(frame_to_body(whole), job.prep.image_size))[0]
+        row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
+        # The body at full resolution: what convert.framing body shows the model (bit for
+        # bit for an exported image); cropped from the small view instead, 313 of the
+        # 1,470 pairs of Chest CT-Scan images within 2 bits were missed.
+        row["body_phash"] = view_record(fit_square(frame_to_body(gray), job.prep.image_size))[0]
     return dict(
         row,
         phash=phash(gray, resized),  # resized: a reduce() of gray it can start from
