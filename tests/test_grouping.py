@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imagehash
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,6 +101,10 @@ def test_framing_does_not_change_the_likely_patients(workdir, params):
         seen["image"],
         seen["body"],
     )
+    # The body's hash is the hash of what framing: body shows the model, bit for bit.
+    assert body_evidence["body_phash"].tolist() == [
+        str(imagehash.phash(Image.fromarray(pixels))) for pixels in body_pixels
+    ]
     assert (image_evidence["view_thumb"].str.len() == 2 * THUMB * THUMB).all()
     pd.testing.assert_frame_equal(image_evidence, body_evidence)
     pd.testing.assert_series_equal(image_groups, body_groups)
