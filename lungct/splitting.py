@@ -239,7 +239,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
         )
     # Patients where the data has ids; likely patients or near-duplicate groups where it has none.
     anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
-    view_phash, thumb, body_phash = [""] * len(rows), [None] * len(rows), [""] * len(rows)
+    thumb = [None] * len(rows)  # patient_likely: the normalised thumbnails the gate compares
     if params.grouping == "patient_likely":
         evidence = manifest_evidence(
             *(rows[column].to_numpy()[anonymous].tolist() for column in EVIDENCE_COLUMNS),
@@ -248,8 +248,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
         components = np.arange(len(rows))
         components[anonymous] = anonymous[likely_patients(evidence, Rule.of(params))]
         for k, i in enumerate(anonymous):
-            view_phash[i], thumb[i] = f"{evidence.view[k]:016x}", evidence.thumb[k]
-            body_phash[i] = f"{evidence.body[k]:016x}"
+            thumb[i] = evidence.thumb[k]
         name = "likely-patient"
     else:
         components = near_duplicate_components(
@@ -270,9 +269,9 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             "group": groups,
             "has_id": (rows["patient_id"] != "").to_numpy(),
             "phash": rows["phash"].to_numpy(),
-            "view_phash": view_phash,  # patient_likely: the evidence the gate compares
+            "view_phash": rows["view_phash"].to_numpy(),  # the manifest's evidence
             "thumb": thumb,
-            "body_phash": body_phash,
+            "body_phash": rows["body_phash"].to_numpy(),
             "official": rows["official_split"].to_numpy(),
             "content": content,
         }
