@@ -52,7 +52,14 @@ BASELINE_RECIPE = {
     "dense_units": 128,
     "dropout": 0.5,
     "class_weight": "none",
-    "augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0},
+    "augment": {
+        "flip": False,
+        "rotation": 0.0,
+        "zoom": 0.0,
+        "translation": 0.0,
+        "contrast": 0.0,
+        "brightness": 0.0,
+    },
 }
 SPLITS = {
     "grouped": {"strategy": "grouped", "leakage": "fail"},

@@ -97,9 +97,10 @@ _HEADS = {
 
 
 def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
-    """Random flips, rotations, zooms and shifts; active only while training (Keras
-    preprocessing layers pass images through unchanged at inference). Empty areas are
-    filled with black, as the convert stage pads. None when every transform is off."""
+    """Random flips, rotations, zooms, shifts and intensity jitter (contrast, brightness);
+    active only while training (Keras preprocessing layers pass images through unchanged
+    at inference). Empty areas are filled with black, as the convert stage pads; jittered
+    pixels stay within 0..255. None when every transform is off."""
     steps: list[layers.Layer] = []
     if params.flip:
         steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
@@ -112,6 +113,14 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
     if params.translation:
         t = params.translation
         steps.append(layers.RandomTranslation(t, t, fill_mode="constant", seed=seed, name="shift"))
+    if params.contrast:
+        steps.append(layers.RandomContrast(params.contrast, seed=seed, name="contrast"))
+    if params.brightness:
+        steps.append(
+            layers.RandomBrightness(
+                params.brightness, value_range=(0, 255), seed=seed, name="brightness"
+            )
+        )
     return keras.Sequential(steps, name="augment") if steps else None
 
 
@@ -171,9 +180,9 @@ def build_cnn(
     seed: int = 0,
     steps_per_epoch: int = 1,
 ) -> keras.Model:
-    """Conv blocks (Conv2D 3x3 + optional batch norm + ReLU + 2x2 max pool), then a head
-    (flatten or global pooling), dense + ReLU, dropout and a softmax over the classes;
-    or, with ``train.backbone``, a keras.applications network in place of the blocks.
+    """Conv blocks (``convs_per_block`` x [Conv2D 3x3 + optional batch norm + ReLU], then a
+    2x2 max pool), then a head (flatten or global pooling), dense + ReLU, dropout and a
+    softmax over the classes; or, with ``train.backbone``, a keras.applications network in place of the blocks.
 
     The model takes float32 pixel values in 0..255 and rescales them itself, so
     evaluation and inference feed exactly what the PNGs hold. Augmentation layers come
@@ -188,21 +197,26 @@ def build_cnn(
     if params.backbone == "cnn":
         x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=dtype)(x)
         for i, width in enumerate(params.filters, start=1):
-            x = layers.Conv2D(
-                width,
-                3,
-                padding="same",
-                use_bias=not params.batch_norm,
-                name=f"conv{i}",
-                dtype=dtype,
-            )(x)
-            if params.batch_norm:
-                # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
-                # moving statistics must settle within an epoch or two, or validation (and
-                # early stopping on it) sees a model that predicts one class. Fused: one
-                # op, not a dozen (Keras' own layer trained 1.4x slower on the CPU).
-                x = FusedBatchNormalization(momentum=0.9, name=f"bn{i}", dtype=dtype)(x)
-            x = layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
+            for j in range(1, params.convs_per_block + 1):
+                # conv1, bn1, relu1 with one conv a block (the names of earlier models);
+                # conv1_1, conv1_2, ... with more
+                n = f"{i}" if params.convs_per_block == 1 else f"{i}_{j}"
+                x = layers.Conv2D(
+                    width,
+                    3,
+                    padding="same",
+                    use_bias=not params.batch_norm,
+                    name=f"conv{n}",
+                    dtype=dtype,
+                )(x)
+                if params.batch_norm:
+                    # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
+                    # moving statistics must settle within an epoch or two, or validation
+                    # (and early stopping on it) sees a model that predicts one class.
+                    # Fused: one op, not a dozen (Keras' own layer trained 1.4x slower on
+                    # the CPU).
+                    x = FusedBatchNormalization(momentum=0.9, name=f"bn{n}", dtype=dtype)(x)
+                x = layers.ReLU(name=f"relu{n}", dtype=dtype)(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
         x = _HEADS[params.head](name=params.head, dtype=dtype)(x)
     else:  # keras.applications: float32 (train.precision is for the blocks)
@@ -426,6 +440,8 @@ _AUGMENTATION = (
     layers.RandomRotation,
     layers.RandomZoom,
     layers.RandomTranslation,
+    layers.RandomContrast,
+    layers.RandomBrightness,
 )
 
 

@@ -310,6 +310,10 @@ class AugmentParams(_Section):
     rotation: Annotated[float, Field(ge=0, le=0.5)]  # max angle, fraction of a full turn
     zoom: Annotated[float, Field(ge=0, lt=1)]  # max zoom in or out, fraction
     translation: Annotated[float, Field(ge=0, lt=1)]  # max shift, fraction of the side
+    # Intensity jitter (a window that sits a little higher or wider): contrast scales each
+    # image about its mean by up to 1 +- this; brightness adds up to +- this of the range.
+    contrast: Annotated[float, Field(ge=0, lt=1)]
+    brightness: Annotated[float, Field(ge=0, le=1)]
 
 
 class TrainParams(_Section):
@@ -317,6 +321,8 @@ class TrainParams(_Section):
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0, le=1)]
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
+    # Conv2D + batch norm + ReLU layers in each block, before its max pool (VGG-style: 2)
+    convs_per_block: Annotated[int, Field(ge=1, le=4)]
     # "cnn": the baseline CNN's conv blocks (filters, batch_norm, head); otherwise a
     # keras.applications network (filters and head unused).
     backbone: Literal["cnn", "mobilenet_v2", "efficientnet_b0"]

@@ -24,7 +24,14 @@ TINY = {
         "filters": [4, 8],
         "dense_units": 8,
         # Off by default; on here, so determinism and inference are tested with it.
-        "augment": {"flip": True, "rotation": 0.03, "zoom": 0.1, "translation": 0.05},
+        "augment": {
+            "flip": True,
+            "rotation": 0.03,
+            "zoom": 0.1,
+            "translation": 0.05,
+            "contrast": 0.1,
+            "brightness": 0.05,
+        },
     },
 }
 

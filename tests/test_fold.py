@@ -54,8 +54,9 @@ def model_for(tiny, **update) -> keras.Model:
         {"head": "flatten"},
         {"head": "global_average"},
         {"filters": [4, 8, 16], "dense_units": 4},
+        {"convs_per_block": 2},
     ],
-    ids=["default", "no_batch_norm", "flatten", "global_average", "three_blocks"],
+    ids=["default", "no_batch_norm", "flatten", "global_average", "three_blocks", "two_convs"],
 )
 def test_folded_outputs_equal_the_model(tiny, update):
     model = model_for(tiny, **update)

@@ -25,12 +25,43 @@ def test_cnn_shape_and_named_blocks(tiny):
     assert tiny.train.head in names
 
 
+def test_two_convs_per_block(tiny):
+    """train.convs_per_block: conv, batch norm, ReLU twice, then the block's one pool."""
+    from lungct.model import build_cnn
+
+    model = build_cnn(32, 1, 3, tiny.train.model_copy(update={"convs_per_block": 2}))
+    names = [layer.name for layer in model.layers]
+    block = names[names.index("conv1_1") : names.index("pool1") + 1]
+    assert block == ["conv1_1", "bn1_1", "relu1_1", "conv1_2", "bn1_2", "relu1_2", "pool1"]
+    assert "conv2_2" in names and "conv1" not in names
+
+
+def test_intensity_jitter_trains_only(tiny):
+    """train.augment.contrast / .brightness: the training view's intensities move (within
+    0..255), inference sees the image as it is."""
+    import numpy as np
+
+    from lungct.model import augmentation
+
+    off = {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0}
+    jitter = tiny.train.augment.model_copy(update={**off, "contrast": 0.3, "brightness": 0.2})
+    block = augmentation(jitter, seed=1)
+    assert [layer.name for layer in block.layers] == ["contrast", "brightness"]
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 1)).astype("float32")
+    trained = np.asarray(block(x, training=True))
+    assert np.abs(trained - x).max() > 1.0
+    assert trained.min() >= 0.0 and trained.max() <= 255.0
+    np.testing.assert_array_equal(np.asarray(block(x, training=False)), x)
+    assert augmentation(jitter.model_copy(update={"contrast": 0.0, "brightness": 0.0}), 1) is None
+
+
 def test_baseline_recipe_without_augmentation_builds(tiny_raw):
     """Every transform off (the baseline CNN's recipe): no augmentation block, not a crash."""
     from lungct.model import build_cnn
     from lungct.params import merge, parse_params
 
     off = {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0}
+    off |= {"contrast": 0.0, "brightness": 0.0}
     params = parse_params(merge(tiny_raw, {"train": {"augment": off, "head": "flatten"}}))
     model = build_cnn(32, 1, 2, params.train)
     names = [layer.name for layer in model.layers]
