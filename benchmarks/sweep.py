@@ -120,11 +120,12 @@ def robust_score(details: dict) -> float:
 
 def search_row(name: str, details: dict, seconds: float) -> str:
     ba, f1, loss = (details[k] for k in ("balanced_accuracy", "macro_f1", "loss"))
-    shifted = details["reframed"]["balanced_accuracy"]
+    shifted, tta = (details[k]["balanced_accuracy"] for k in ("reframed", "tta"))
     epochs = [row["epochs"] for row in details["per_fold"]]
     return (
         f"| {name} | {ba['mean']:.3f} +- {ba['std']:.3f} | "
         f"{shifted['mean']:.3f} +- {shifted['std']:.3f} | {robust_score(details):.3f} | "
+        f"{tta['mean']:.3f} | "
         f"{f1['mean']:.3f} +- {f1['std']:.3f} | {loss['mean']:.3f} | "
         f"{min(epochs)}-{max(epochs)} | {seconds / 60:.1f} min |"
     )
@@ -176,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = args.choose
         if chosen is None:
             print(
-                "| recipe | val balanced accuracy | reframed | robust score | val macro F1 | "
-                "val loss | epochs | time |"
+                "| recipe | val balanced accuracy | reframed | robust score | with TTA | "
+                "val macro F1 | val loss | epochs | time |"
             )
-            print("|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|")
             search = {}
             converted = None  # the convert params data/ was made with
             for name in args.recipes.split(","):
