@@ -105,6 +105,7 @@ RECIPES = {
     "body_double_jitter": {"convert": {"framing": "body"}, "train": {**DOUBLE, "augment": JITTER}},
     "wide4_body_jitter": {"convert": {"framing": "body"}, "train": {**WIDE4, "augment": JITTER}},
     "wide4_body_double": {"convert": {"framing": "body"}, "train": {**WIDE4, **DOUBLE}},
+    "wide4_body_size160": {"convert": {"framing": "body", "image_size": 160}, "train": WIDE4},
 }
 
 
