@@ -22,6 +22,7 @@ TINY = {
         "epochs": 1,
         "batch_size": 8,
         "filters": [4, 8],
+        "convs_per_block": 1,  # two (the default) in tests of their own
         "dense_units": 8,
         # Off by default; on here, so determinism and inference are tested with it.
         "augment": {
