@@ -73,6 +73,12 @@ PREVIOUS = {
     },
     "convert": {"image_size": 128, "framing": "image"},
 }
+# The body recipes: framing body, one conv a block, jitter off (params.yaml's values when
+# they were added, pinned so that they keep their meaning as the defaults move on).
+ONE_CONV_BODY = {
+    "convert": {"framing": "body"},
+    "train": {"convs_per_block": 1, "augment": {**NO_JITTER}},
+}
 # Overrides of the repo's params: each recipe is PREVIOUS with one change, or a combination
 # (``default``: params.yaml as it is).
 RECIPES = {
@@ -89,23 +95,23 @@ RECIPES = {
     # recipes change params.yaml as it is (cosine30 since 2026-11-29), not PREVIOUS.
     "zoom_cosine30": merge(PREVIOUS, {"train": {"augment": ZOOM_SHIFT, **COSINE30}}),
     "wide4_zoom_cosine30": merge(PREVIOUS, {"train": {"augment": ZOOM_SHIFT, **WIDE4, **COSINE30}}),
-    "body": {"convert": {"framing": "body"}},  # the default since (params.yaml)
-    "image": {"convert": {"framing": "image"}},  # the default before
-    "wide4_body": {"convert": {"framing": "body"}, "train": WIDE4},
+    # params.yaml of 2026-12-04 (cosine30; one conv a block), framed to the body or not
+    "body": ONE_CONV_BODY,  # the default from 2026-12-04; the binary task's choice since
+    "image": merge(ONE_CONV_BODY, {"convert": {"framing": "image"}}),  # the default before
+    "wide4_body": merge(ONE_CONV_BODY, {"train": WIDE4}),
     # 2026-12-04, later: body framing with what it frees (scale and position augmentation no
     # longer hides a shortcut the folds reward), chosen by the framing-robust score.
-    "body_augment": {"convert": {"framing": "body"}, "train": {"augment": MILD_AUGMENT}},
-    "body_dropout5": {"convert": {"framing": "body"}, "train": {"dropout": 0.5}},
-    "body_dense256": {"convert": {"framing": "body"}, "train": {"dense_units": 256}},
-    "body_size160": {"convert": {"framing": "body", "image_size": 160}},
+    "body_augment": merge(ONE_CONV_BODY, {"train": {"augment": MILD_AUGMENT}}),
+    "body_dropout5": merge(ONE_CONV_BODY, {"train": {"dropout": 0.5}}),
+    "body_dense256": merge(ONE_CONV_BODY, {"train": {"dense_units": 256}}),
+    "body_size160": merge(ONE_CONV_BODY, {"convert": {"image_size": 160}}),
     # 2026-12-05: the search again with the final grouping, plus intensity jitter and
     # two convolutions a block (train.augment.contrast / .brightness, train.convs_per_block).
-    "body_jitter": {"convert": {"framing": "body"}, "train": {"augment": JITTER}},
-    "body_double": {"convert": {"framing": "body"}, "train": DOUBLE},
-    "body_double_jitter": {"convert": {"framing": "body"}, "train": {**DOUBLE, "augment": JITTER}},
-    "wide4_body_jitter": {"convert": {"framing": "body"}, "train": {**WIDE4, "augment": JITTER}},
-    "wide4_body_double": {"convert": {"framing": "body"}, "train": {**WIDE4, **DOUBLE}},
-    "wide4_body_size160": {"convert": {"framing": "body", "image_size": 160}, "train": WIDE4},
+    "body_jitter": merge(ONE_CONV_BODY, {"train": {"augment": JITTER}}),
+    "body_double": merge(ONE_CONV_BODY, {"train": DOUBLE}),  # the default since
+    "body_double_jitter": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "augment": JITTER}}),
+    "wide4_body_jitter": merge(ONE_CONV_BODY, {"train": {**WIDE4, "augment": JITTER}}),
+    "wide4_body_double": merge(ONE_CONV_BODY, {"train": {**WIDE4, **DOUBLE}}),
 }
 
 
