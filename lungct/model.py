@@ -182,7 +182,8 @@ def build_cnn(
 ) -> keras.Model:
     """Conv blocks (``convs_per_block`` x [Conv2D 3x3 + optional batch norm + ReLU], then a
     2x2 max pool), then a head (flatten or global pooling), dense + ReLU, dropout and a
-    softmax over the classes; or, with ``train.backbone``, a keras.applications network in place of the blocks.
+    softmax over the classes; or, with ``train.backbone``, a keras.applications network in
+    place of the blocks.
 
     The model takes float32 pixel values in 0..255 and rescales them itself, so
     evaluation and inference feed exactly what the PNGs hold. Augmentation layers come
