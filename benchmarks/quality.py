@@ -45,6 +45,15 @@ from lungct.params import merge, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every train.augment transform off (the benchmarks' recipes pin it).
+NO_AUGMENT = {
+    "flip": False,
+    "rotation": 0.0,
+    "zoom": 0.0,
+    "translation": 0.0,
+    "contrast": 0.0,
+    "brightness": 0.0,
+}
 BASELINE_RECIPE = {
     "filters": [32, 64, 128],
     "batch_norm": False,
@@ -52,14 +61,7 @@ BASELINE_RECIPE = {
     "dense_units": 128,
     "dropout": 0.5,
     "class_weight": "none",
-    "augment": {
-        "flip": False,
-        "rotation": 0.0,
-        "zoom": 0.0,
-        "translation": 0.0,
-        "contrast": 0.0,
-        "brightness": 0.0,
-    },
+    "augment": NO_AUGMENT,
 }
 SPLITS = {
     "grouped": {"strategy": "grouped", "leakage": "fail"},

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.quality import NO_AUGMENT
 from stages.convert import convert
 from stages.download import download
 from stages.split import split
@@ -43,8 +44,9 @@ def test_intensity_jitter_trains_only(tiny):
 
     from lungct.model import augmentation
 
-    off = {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0}
-    jitter = tiny.train.augment.model_copy(update={**off, "contrast": 0.3, "brightness": 0.2})
+    jitter = tiny.train.augment.model_copy(
+        update={**NO_AUGMENT, "contrast": 0.3, "brightness": 0.2}
+    )
     block = augmentation(jitter, seed=1)
     assert [layer.name for layer in block.layers] == ["contrast", "brightness"]
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 1)).astype("float32")
@@ -60,9 +62,7 @@ def test_baseline_recipe_without_augmentation_builds(tiny_raw):
     from lungct.model import build_cnn
     from lungct.params import merge, parse_params
 
-    off = {"flip": False, "rotation": 0.0, "zoom": 0.0, "translation": 0.0}
-    off |= {"contrast": 0.0, "brightness": 0.0}
-    params = parse_params(merge(tiny_raw, {"train": {"augment": off, "head": "flatten"}}))
+    params = parse_params(merge(tiny_raw, {"train": {"augment": NO_AUGMENT, "head": "flatten"}}))
     model = build_cnn(32, 1, 2, params.train)
     names = [layer.name for layer in model.layers]
     assert names[:2] == ["image", "rescale"] and "flatten" in names
