@@ -79,10 +79,10 @@ def cross_validate(
         save_model(fitted.model, model_file)
         model = inference_model(fitted.model)
         scores = classification_metrics(
-            np.asarray(val[1]), _predict(model, contract, val[0], params), classes
+            np.asarray(val[1]), predict_images(model, contract, val[0], params), classes
         )
         shifted = classification_metrics(
-            np.asarray(val[1]), _predict(tta_model(model), contract, val[0], params), classes
+            np.asarray(val[1]), predict_images(tta_model(model), contract, val[0], params), classes
         )
         reframed = reframed_scores(model, contract, val, classes, params)
         row = {
@@ -141,7 +141,8 @@ def _fold_rows(table: pd.DataFrame, fold: int) -> pd.Series:
     return pd.to_numeric(table["fold"], errors="coerce") == fold
 
 
-def _predict(model, contract: Contract, paths: list[str], params: Params) -> np.ndarray:
+def predict_images(model, contract: Contract, paths: list[str], params: Params) -> np.ndarray:
+    """``model``'s class probabilities (float64) for the split PNGs at ``paths``."""
     from lungct.model import image_dataset
 
     prep = contract.prep
