@@ -278,3 +278,62 @@ def test_the_search_chooses_by_the_worse_framing():
     reads_the_framing, framed = details(0.824, 0.703), details(0.775, 0.762)
     assert robust_score(reads_the_framing) == 0.703 and robust_score(framed) == 0.762
     assert robust_score(details(0.7, 0.75)) == 0.7  # a shift that helps does not count
+
+
+def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
+    """benchmarks.nested: with an outer fold playing the test split, neither the single
+    model nor any inner-fold member sees it; the single model trains on the rest's train
+    images and stops on its val images, the inner folds partition the rest."""
+    import lungct.training
+    from benchmarks.nested import outer_fold
+    from lungct.artifacts import read_splits
+
+    raw = merge(tiny_raw, {"data": {"synthetic": {"patients": 24}}, "split": {"folds": 2}})
+    params = parse_params(raw)
+    download(params)
+    convert(params.convert)
+    split(params)
+    splits_dir = workdir / "data/splits"
+    table = read_splits(splits_dir)
+    fits = []
+    real_fit = lungct.training.fit_model
+
+    def spy(cfg, contract, seed, train, val, **kwargs):
+        fits.append((set(train[0]), set(val[0])))
+        return real_fit(cfg, contract, seed, train, val, **kwargs)
+
+    monkeypatch.setattr(lungct.training, "fit_model", spy)
+    result = outer_fold(params, table, 1, splits_dir)
+
+    def paths(rows: pd.DataFrame) -> set[str]:
+        return {str(splits_dir / image) for image in rows["image"]}
+
+    pool = table[table["split"] != "test"]
+    held_out, rest = paths(pool[pool["fold"] == "1"]), pool[pool["fold"] != "1"]
+    assert result["held_out_images"] == len(held_out) > 0
+    assert len(fits) == 1 + 2  # the single model, then one member per inner fold
+    assert all(not (train | val) & held_out for train, val in fits)
+    assert fits[0] == (paths(rest[rest["split"] == "train"]), paths(rest[rest["split"] == "val"]))
+    inner_vals = [val for _, val in fits[1:]]
+    assert set().union(*inner_vals) == paths(rest) and not inner_vals[0] & inner_vals[1]
+    assert all(train == paths(rest) - val for train, val in fits[1:])
+    for model in ("single", "ensemble", "members"):
+        assert 0.0 <= result[model]["balanced_accuracy"] <= 1.0
+        assert set(result[model]["reframed"]) == {"balanced_accuracy", "macro_f1", "loss"}
+
+
+def test_nested_summary_compares_robust_scores_fold_by_fold():
+    from benchmarks.nested import summary
+
+    def scores(plain: float, reframed: float) -> dict:
+        return {"balanced_accuracy": plain, "reframed": {"balanced_accuracy": reframed}}
+
+    results = [
+        {"single": scores(0.8, 0.7), "ensemble": scores(0.9, 0.8), "members": scores(0.8, 0.7)},
+        {"single": scores(0.6, 0.9), "ensemble": scores(0.5, 0.9), "members": scores(0.6, 0.6)},
+    ]
+    s = summary(results)
+    assert s["single_robust"]["mean"] == pytest.approx(0.65)  # min(0.8, 0.7), min(0.6, 0.9)
+    assert s["ensemble_reframed"]["mean"] == pytest.approx(0.85)
+    gain = s["ensemble_minus_single_robust"]
+    assert gain["mean"] == pytest.approx(0.0) and gain["folds_better"] == 1  # +0.1, -0.1
