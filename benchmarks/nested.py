@@ -46,7 +46,9 @@ from benchmarks.sweep import RECIPES
 from lungct.params import merge, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("single", "ensemble", "members")  # members: the inner fold models' mean score
+# members: the inner fold models' mean score; seeds (--seed-members): the single model with
+# others fitted on the same images from other seeds, averaged
+MODELS = ("single", "ensemble", "members", "seeds")
 
 
 def _scores(model, contract, held_out, classes, params) -> dict:
@@ -70,8 +72,10 @@ def _mean(rows: list[dict]) -> dict:
     }
 
 
-def outer_fold(params, table, fold: int, splits_dir: Path) -> dict:
-    """Single model and inner-fold ensemble fitted without outer fold ``fold``, scored on it."""
+def outer_fold(params, table, fold: int, splits_dir: Path, seed_members: int = 1) -> dict:
+    """Single model and inner-fold ensemble fitted without outer fold ``fold``, scored on it;
+    with ``seed_members`` > 1 also the seed ensemble: the single model and
+    ``seed_members`` - 1 more fitted like it from seeds ``base.seed`` + 1, ..., averaged."""
     from lungct.artifacts import fold_images, split_images, train_classes
     from lungct.contract import Contract
     from lungct.model import ensemble, inference_model
@@ -94,7 +98,21 @@ def outer_fold(params, table, fold: int, splits_dir: Path) -> dict:
         split_images(rest, "val", classes, splits_dir),
         name=f"outer {fold}: single",
     )
-    result["single"] = _scores(inference_model(fitted.model), contract, held_out, classes, params)
+    single = inference_model(fitted.model)
+    result["single"] = _scores(single, contract, held_out, classes, params)
+    if seed_members > 1:
+        seeded = [single]
+        for offset in range(1, seed_members):
+            fitted = fit_model(
+                params.train,
+                contract,
+                seed + offset,
+                split_images(rest, "train", classes, splits_dir),
+                split_images(rest, "val", classes, splits_dir),
+                name=f"outer {fold}: single, seed {seed + offset}",
+            )
+            seeded.append(inference_model(fitted.model))
+        result["seeds"] = _scores(ensemble(seeded), contract, held_out, classes, params)
 
     k = params.split.folds
     rest["fold"] = assign_folds(rest, k, seed)
@@ -116,19 +134,20 @@ def row(result: dict, seconds: float) -> str:
     cells = [
         f"{result[m]['balanced_accuracy']:.3f} / {result[m]['reframed']['balanced_accuracy']:.3f}"
         for m in MODELS
+        if m in result
     ]
     return f"| {result['fold']} | {result['held_out_images']} | {' | '.join(cells)} | {seconds / 60:.1f} min |"
 
 
 def summary(results: list[dict]) -> dict:
     """Mean and standard deviation over the outer folds of each model's balanced accuracy
-    (plain, re-framed and robust = the lower of the two), and of ensemble - single."""
+    (plain, re-framed and robust = the lower of the two), and of each ensemble - single."""
 
     def robust(r: dict) -> float:
         return min(r["balanced_accuracy"], r["reframed"]["balanced_accuracy"])
 
     out: dict = {}
-    for model in MODELS:
+    for model in (m for m in MODELS if m in results[0]):
         for view, value in (
             ("plain", lambda r: r["balanced_accuracy"]),
             ("reframed", lambda r: r["reframed"]["balanced_accuracy"]),
@@ -136,12 +155,14 @@ def summary(results: list[dict]) -> dict:
         ):
             values = np.array([value(r[model]) for r in results])
             out[f"{model}_{view}"] = {"mean": float(values.mean()), "std": float(values.std())}
-    gain = np.array([robust(r["ensemble"]) - robust(r["single"]) for r in results])
-    out["ensemble_minus_single_robust"] = {
-        "mean": float(gain.mean()),
-        "std": float(gain.std()),
-        "folds_better": int((gain > 0).sum()),
-    }
+    for model in ("ensemble", "seeds"):
+        if model in results[0]:
+            gain = np.array([robust(r[model]) - robust(r["single"]) for r in results])
+            out[f"{model}_minus_single_robust"] = {
+                "mean": float(gain.mean()),
+                "std": float(gain.std()),
+                "folds_better": int((gain > 0).sum()),
+            }
     return out
 
 
@@ -153,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed-members", type=int, default=1, help="> 1: also the seed ensemble of this many"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     synthetic = str(args.data) == "synthetic"
@@ -193,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for fold in range(1, args.folds + 1):
             start = time.perf_counter()
-            result = outer_fold(params, table, fold, splits_dir)
+            result = outer_fold(params, table, fold, splits_dir, args.seed_members)
             result["seconds"] = time.perf_counter() - start
             results.append(result)
             print(row(result, result["seconds"]), flush=True)
     out["outer_folds"] = results
     out["summary"] = summary(results)
     s = out["summary"]
-    for model in MODELS:
+    for model in (m for m in MODELS if f"{m}_robust" in s):
         print(
             f"{model}: robust {s[f'{model}_robust']['mean']:.3f} +- "
             f"{s[f'{model}_robust']['std']:.3f} (plain {s[f'{model}_plain']['mean']:.3f}, "

@@ -282,8 +282,9 @@ def test_the_search_chooses_by_the_worse_framing():
 
 def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     """benchmarks.nested: with an outer fold playing the test split, neither the single
-    model nor any inner-fold member sees it; the single model trains on the rest's train
-    images and stops on its val images, the inner folds partition the rest."""
+    model (nor its other seeds) nor any inner-fold member sees it; the single model trains
+    on the rest's train images and stops on its val images, the inner folds partition the
+    rest."""
     import lungct.training
     from benchmarks.nested import outer_fold
     from lungct.artifacts import read_splits
@@ -303,7 +304,7 @@ def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
         return real_fit(cfg, contract, seed, train, val, **kwargs)
 
     monkeypatch.setattr(lungct.training, "fit_model", spy)
-    result = outer_fold(params, table, 1, splits_dir)
+    result = outer_fold(params, table, 1, splits_dir, seed_members=2)
 
     def paths(rows: pd.DataFrame) -> set[str]:
         return {str(splits_dir / image) for image in rows["image"]}
@@ -311,13 +312,15 @@ def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     pool = table[table["split"] != "test"]
     held_out, rest = paths(pool[pool["fold"] == "1"]), pool[pool["fold"] != "1"]
     assert result["held_out_images"] == len(held_out) > 0
-    assert len(fits) == 1 + 2  # the single model, then one member per inner fold
+    # the single model, its second seed, then one member per inner fold
+    assert len(fits) == 2 + 2
     assert all(not (train | val) & held_out for train, val in fits)
-    assert fits[0] == (paths(rest[rest["split"] == "train"]), paths(rest[rest["split"] == "val"]))
-    inner_vals = [val for _, val in fits[1:]]
+    single = (paths(rest[rest["split"] == "train"]), paths(rest[rest["split"] == "val"]))
+    assert fits[0] == single and fits[1] == single
+    inner_vals = [val for _, val in fits[2:]]
     assert set().union(*inner_vals) == paths(rest) and not inner_vals[0] & inner_vals[1]
-    assert all(train == paths(rest) - val for train, val in fits[1:])
-    for model in ("single", "ensemble", "members"):
+    assert all(train == paths(rest) - val for train, val in fits[2:])
+    for model in ("single", "ensemble", "members", "seeds"):
         assert 0.0 <= result[model]["balanced_accuracy"] <= 1.0
         assert set(result[model]["reframed"]) == {"balanced_accuracy", "macro_f1", "loss"}
 
