@@ -3,8 +3,10 @@
 Writes ``models/model.keras``, ``models/labels.json`` (class order, input size,
 channels, window, preprocessing, and what the data was: ``data/raw/SOURCE.json`` and
 ``metrics/split.json``), ``metrics/train.json`` and per-epoch curves in
-``metrics/train/plots/metrics/`` (DVCLive). With ``train.ensemble``, the saved model is
-instead the cv stage's fold models averaged (``models/folds/``). With ``train.strategy:
+``metrics/train/plots/metrics/`` (DVCLive). With ``train.seeds`` > 1 the saved model
+averages that many models fitted from consecutive seeds (the curves and the figures of
+``metrics/train.json`` are the first's); with ``train.ensemble``, it is instead the cv
+stage's fold models averaged (``models/folds/``). With ``train.strategy:
 multi_worker`` every worker of ``TF_CONFIG`` runs this stage and only the chief writes.
 """
 
@@ -64,9 +66,18 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
         params.train, contract, params.base.seed, train_set, val_set, live_dir=live_dir
     )
     model, history = fitted.model, fitted.history
+    members = [fitted]
+    for offset in range(1, params.train.seeds):  # a seed ensemble: the curves are the first's
+        seed = params.base.seed + offset
+        name = f"train, seed {seed} ({offset + 1}/{params.train.seeds})"
+        members.append(fit_model(params.train, contract, seed, train_set, val_set, name=name))
+    if len(members) > 1:
+        from lungct.model import ensemble
+
+        model = ensemble([member.model for member in members])
     best = fitted.best_epoch - 1
     metrics = {
-        "members": 1,
+        "members": len(members),
         "restored_best_weights": bool(params.train.early_stopping_patience),
         "replicas": fitted.replicas,
         "epochs": len(history["loss"]),
@@ -80,6 +91,10 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
         "train_images": len(train_set[0]),
         "val_images": len(val_set[0]),
     }
+    if len(members) > 1:
+        metrics["member_best_val_loss"] = [
+            round(m.history["val_loss"][m.best_epoch - 1], 6) for m in members
+        ]
     if not chief:
         log.info("train: done; the chief writes the model and metrics, this worker nothing")
         return metrics

@@ -60,6 +60,8 @@ def test_too_many_folds_is_one_line():
         ({"split": {"folds": 1}}, "split.folds: 0 (off) or at least 2"),
         ({"split": {"folds": 21}}, "split.folds"),
         ({"train": {"ensemble": True}}, "train.ensemble: averages the cross-validation"),
+        ({"split": {"folds": 2}, "train": {"ensemble": True, "seeds": 3}}, "train.seeds: 3"),
+        ({"train": {"seeds": 0}}, "train.seeds"),
     ],
 )
 def test_fold_params_are_checked(tiny_raw, override, message):

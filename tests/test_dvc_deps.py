@@ -100,10 +100,10 @@ def test_every_dep_exists():
                 assert (ROOT / dep).exists(), f"{name}: {dep} does not exist"
 
 
-def test_cv_stage_reads_every_train_key_but_ensemble():
-    """The cv stage lists train's keys one by one (so that ``train.ensemble`` alone refits
-    nothing): a new train key must be added there too."""
+def test_cv_stage_reads_every_train_key_but_the_ensembles():
+    """The cv stage lists train's keys one by one (so that ``train.ensemble`` or
+    ``train.seeds`` alone refits no fold): a new train key must be added there too."""
     from lungct.params import TrainParams
 
     listed = {p.removeprefix("train.") for p in stages()["cv"]["params"] if p.startswith("train.")}
-    assert listed == set(TrainParams.model_fields) - {"ensemble"}
+    assert listed == set(TrainParams.model_fields) - {"ensemble", "seeds"}

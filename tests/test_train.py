@@ -4,10 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from benchmarks.quality import NO_AUGMENT
+from lungct.params import merge
 from stages.convert import convert
 from stages.download import download
 from stages.split import split
@@ -186,6 +188,30 @@ def test_early_stopping_restores_the_best_epoch(splits_ready, tiny_raw):
     assert metrics["restored_best_weights"] is True
     assert metrics["epochs"] < 8  # stopped early
     assert metrics["best_epoch"] == metrics["epochs"] - 1  # patience 1: one epoch past the best
+
+
+def test_seed_ensemble_averages_models_from_consecutive_seeds(splits_ready, tiny_raw):
+    """train.seeds: 2 saves the mean of two models fitted on the same images, the first
+    the very model train.seeds: 1 saves (same seed), the second from base.seed + 1."""
+    from lungct.model import ensemble_members, load_model
+
+    x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 1)).astype(np.float32)
+    outputs = {}
+    for seeds in (1, 2):
+        raw = merge(tiny_raw, {"train": {"seeds": seeds}})
+        (splits_ready / "params.yaml").write_text(yaml.safe_dump(raw))
+        run_stage("train", splits_ready)
+        metrics = json.loads((splits_ready / "metrics/train.json").read_text())
+        assert metrics["members"] == seeds
+        saved = load_model(splits_ready / "models/model.keras")
+        members = ensemble_members(saved) or [saved]
+        assert len(members) == seeds
+        outputs[seeds] = [saved.predict(x, verbose=0)] + [m.predict(x, verbose=0) for m in members]
+    assert len(metrics["member_best_val_loss"]) == 2
+    first, second = outputs[2][1], outputs[2][2]
+    np.testing.assert_allclose(first, outputs[1][0], atol=1e-6)  # the seeds: 1 model
+    assert not np.allclose(first, second, atol=1e-3)  # another seed, other weights
+    np.testing.assert_allclose(outputs[2][0], (first + second) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
