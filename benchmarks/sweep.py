@@ -75,14 +75,15 @@ PREVIOUS = {
         "lr_schedule": "constant",
         "augment": NO_AUGMENT,
         "convs_per_block": 1,
+        "seeds": 1,
     },
     "convert": {"image_size": 128, "framing": "image"},
 }
-# The body recipes: framing body, one conv a block, augmentation off (params.yaml's values
-# when they were added, pinned so that they keep their meaning as the defaults move on).
+# The body recipes: framing body, one conv a block, augmentation off, one model (params.yaml's
+# values when they were added, pinned so that they keep their meaning as the defaults move on).
 ONE_CONV_BODY = {
     "convert": {"framing": "body"},
-    "train": {"convs_per_block": 1, "augment": NO_AUGMENT},
+    "train": {"convs_per_block": 1, "augment": NO_AUGMENT, "seeds": 1},
 }
 # Overrides of the repo's params: each recipe is PREVIOUS with one change, or a combination
 # (``default``: params.yaml as it is).
@@ -117,6 +118,10 @@ RECIPES = {
     "body_double_jitter": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "augment": JITTER}}),
     "wide4_body_jitter": merge(ONE_CONV_BODY, {"train": {**WIDE4, "augment": JITTER}}),
     "wide4_body_double": merge(ONE_CONV_BODY, {"train": {**WIDE4, **DOUBLE}}),
+    # 2026-12-05, later: body_double as a seed ensemble of 3 (train.seeds), chosen over one
+    # model and over the fold ensemble by nested cross-validation (benchmarks.nested); the
+    # cv stage fits one model per fold whatever train.seeds is, so its search cannot.
+    "body_double_seeds3": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "seeds": 3}}),
 }
 
 

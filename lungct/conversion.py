@@ -36,7 +36,7 @@ from lungct.contract import Preprocessing
 from lungct.crops import crop_box, crop_hu, lung_point
 from lungct.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.errors import UserError
-from lungct.grouping import view_record
+from lungct.grouping import view_phash, view_record
 from lungct.images import fit_square, frame_to_body, phash, save_png
 from lungct.layouts import label_from_path
 from lungct.params import ConvertParams
@@ -344,7 +344,7 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
         # The body at full resolution: what convert.framing body shows the model (bit for
         # bit for an exported image); cropped from the small view instead, 313 of the
         # 1,470 pairs of Chest CT-Scan images within 2 bits were missed.
-        row["body_phash"] = view_record(fit_square(frame_to_body(gray), job.prep.image_size))[0]
+        row["body_phash"] = view_phash(fit_square(frame_to_body(gray), job.prep.image_size))
     return dict(
         row,
         phash=phash(gray, resized),  # resized: a reduce() of gray it can start from

@@ -100,6 +100,11 @@ def hash_values(phashes: Sequence[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
 
 
+def view_phash(view: np.ndarray) -> str:
+    """The pHash (hex) of a view: a 2-D uint8 image at the model's size."""
+    return str(imagehash.phash(Image.fromarray(view)))
+
+
 def view_record(view: np.ndarray) -> tuple[str, str]:
     """The evidence of one image as the convert manifest records it (``view_phash``,
     ``view_thumb``): the pHash of its view, the whole image at the model's size in
@@ -107,7 +112,7 @@ def view_record(view: np.ndarray) -> tuple[str, str]:
     :data:`THUMB` x :data:`THUMB` BOX thumbnail as hex bytes."""
     image = Image.fromarray(view)
     thumb = np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.uint8)
-    return str(imagehash.phash(image)), thumb.tobytes().hex()
+    return view_phash(view), thumb.tobytes().hex()
 
 
 def manifest_evidence(
