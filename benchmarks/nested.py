@@ -209,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         splits_dir = project / "data" / "splits"
         table = read_splits(splits_dir)
         params = parse_params(raw)
+        seeds = f" {args.seed_members} seeds |" if args.seed_members > 1 else ""
         print(
-            "| outer fold | held-out images | single (plain / reframed) | ensemble | "
-            "inner members' mean | time |"
+            "| outer fold | held-out images | single (plain / reframed) | fold ensemble | "
+            f"inner members' mean |{seeds} time |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|" + ("---|" if seeds else ""))
         results = []
         for fold in range(1, args.folds + 1):
             start = time.perf_counter()
@@ -230,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{s[f'{model}_robust']['std']:.3f} (plain {s[f'{model}_plain']['mean']:.3f}, "
             f"reframed {s[f'{model}_reframed']['mean']:.3f})"
         )
-    gain = s["ensemble_minus_single_robust"]
-    print(
-        f"ensemble - single (robust): {gain['mean']:+.3f} +- {gain['std']:.3f}, "
-        f"better on {gain['folds_better']} of {args.folds} outer folds"
-    )
+    for model in ("ensemble", "seeds"):
+        gain = s.get(f"{model}_minus_single_robust")
+        if gain:
+            print(
+                f"{model} - single (robust): {gain['mean']:+.3f} +- {gain['std']:.3f}, "
+                f"better on {gain['folds_better']} of {args.folds} outer folds"
+            )
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")
     return 0
