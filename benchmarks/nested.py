@@ -1,4 +1,4 @@
-"""One model or the fold ensemble? Nested cross-validation decides, without the test split.
+"""One model or an ensemble (of folds, of seeds)? Nested cross-validation decides, not the test split.
 
 Run from the repository root::
 
@@ -20,12 +20,14 @@ of the train+val images plays the test split in turn, and the rest plays train+v
   grouped, stratified inner folds (:func:`lungct.splitting.assign_folds`), one model
   fitted per inner fold as the cv stage fits it (:func:`lungct.training.fit_model`), and
   their softmaxes averaged (:func:`lungct.model.ensemble`);
+* **seeds** (``--seed-members N`` > 1): what ``train.seeds: N`` does: the single model and
+  N - 1 more fitted like it from seeds ``--seed`` + 1, ..., averaged;
 
-and both are scored on the outer fold: balanced accuracy, macro F1 and loss, as they are
+and each is scored on the outer fold: balanced accuracy, macro F1 and loss, as they are
 and re-framed (:func:`lungct.cv.reframed_scores`; the search's robust score is the lower
 of the two), with the inner members' own mean beside them. The test split is never read.
-Cost: ``--folds`` x (``--folds`` + 1) fits. Figures on the 2-core machine:
-docs/benchmarks.md ("One model or the fold ensemble").
+Cost: ``--folds`` x (``--folds`` + ``--seed-members``) fits. Figures on the 2-core machine:
+docs/benchmarks.md ("One model or an ensemble").
 """
 
 from __future__ import annotations
