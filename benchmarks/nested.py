@@ -1,4 +1,4 @@
-"""One model or an ensemble (of folds, of seeds)? Nested cross-validation decides, not the test split.
+"""One model or an ensemble (folds, seeds)? Nested cross-validation decides, not the test split.
 
 Run from the repository root::
 
