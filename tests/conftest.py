@@ -23,6 +23,7 @@ TINY = {
         "batch_size": 8,
         "filters": [4, 8],
         "convs_per_block": 1,  # two (the default) in tests of their own
+        "seeds": 1,  # one model; the seed ensemble in tests of its own
         "dense_units": 8,
         # Off by default; on here, so determinism and inference are tested with it.
         "augment": {
