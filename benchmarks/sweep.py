@@ -118,9 +118,9 @@ RECIPES = {
     "body_double_jitter": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "augment": JITTER}}),
     "wide4_body_jitter": merge(ONE_CONV_BODY, {"train": {**WIDE4, "augment": JITTER}}),
     "wide4_body_double": merge(ONE_CONV_BODY, {"train": {**WIDE4, **DOUBLE}}),
-    # 2026-12-05, later: body_double as a seed ensemble of 3 (train.seeds), chosen over one
-    # model and over the fold ensemble by nested cross-validation (benchmarks.nested); the
-    # cv stage fits one model per fold whatever train.seeds is, so its search cannot.
+    # 2026-12-05, later: body_double as a seed ensemble of 3 (train.seeds; the default
+    # since), chosen over one model and the fold ensemble by nested cross-validation
+    # (benchmarks.nested): the cv stage fits one model per fold whatever train.seeds is.
     "body_double_seeds3": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "seeds": 3}}),
 }
 
