@@ -353,7 +353,8 @@ class TrainParams(_Section):
     # stopping on val.
     ensemble: bool
     # Models fitted on train (early stopping on val) from seeds base.seed, base.seed + 1,
-    # ...; more than 1: the saved model averages them (a seed ensemble; train.ensemble off).
+    # ...; more than 1: the saved model averages them (a seed ensemble). Unused with
+    # train.ensemble (the fold models are the ensemble then).
     seeds: Annotated[int, Field(ge=1, le=20)]
 
 
@@ -389,11 +390,6 @@ class Params(_Section):
             raise ValueError(
                 "train.ensemble: averages the cross-validation fold models; set split.folds "
                 "(2 or more) too"
-            )
-        if self.train.ensemble and self.train.seeds > 1:
-            raise ValueError(
-                f"train.seeds: {self.train.seeds} models from seeds, or train.ensemble's fold "
-                "models: one ensemble at a time (set train.seeds: 1 or train.ensemble: false)"
             )
         return self
 
