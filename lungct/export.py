@@ -27,8 +27,12 @@ processes, compare every file):
   inference path does not read them); ``fingerprint.pb`` holds a random ``uuid``, which
   is replaced by one derived from the content (the sha256 of ``saved_model.pb`` and the
   variables), so equal SavedModels have equal ids.
-* ONNX: tf2onnx numbers the nodes it adds from a module-wide counter; it is reset before
-  each conversion.
+* ONNX: tf2onnx's graph optimizers visit nodes in an order that changes from process to
+  process (sets of node objects), so an ensemble's parallel members come out with other
+  node names, another of two equal constants kept, another node order: the same graph,
+  other bytes. :func:`canonical_onnx` renames and orders every node, intermediate tensor
+  and initializer by what it computes, and the symbolic dimensions (tf2onnx's
+  ``unk__<n>``, from a counter) in order of appearance, so equal graphs give equal files.
 """
 
 from __future__ import annotations
@@ -205,17 +209,149 @@ def content_fingerprint(path: Path) -> None:
 def write_onnx(serve: Any, path: Path) -> None:
     """The same function converted by tf2onnx (opset :data:`OPSET`)."""
     import tf2onnx
-    import tf2onnx.utils
 
-    tf2onnx.utils.INTERNAL_NAME = 1  # the node-name counter: same model, same names
     try:
         proto, _ = tf2onnx.convert.from_function(
             serve, input_signature=serve.input_signature, opset=OPSET
         )
     except Exception as exc:  # tf2onnx raises many types; the stage reports one line
         raise UserError(f"{path}: cannot convert the model to ONNX ({first_line(exc)})") from None
+    proto.graph.doc_string = "probabilities = model(image, training=False)"  # not TF's name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(proto.SerializeToString(deterministic=True))
+    path.write_bytes(canonical_onnx(proto).SerializeToString(deterministic=True))
+
+
+def canonical_onnx(proto: Any) -> Any:
+    """``proto`` (an ONNX ``ModelProto``) with its graph in a canonical form: each node
+    identified by a digest of its operator, attributes and the digests of its inputs (an
+    initializer by its dtype, shape and values; a graph input by its name), nodes in
+    topological order with ties broken by digest, named ``<op>_<position>``, their
+    outputs ``<node>:<k>``, initializers ``weight_<k>`` in order of first use. Graph
+    inputs and outputs keep their names; symbolic dimensions are renamed ``dim_<k>`` in
+    order of appearance (inputs, outputs, value infos). Two graphs that compute the same thing in the
+    same way give the same bytes, whatever names and order the converter chose. A graph
+    with subgraphs (If, Loop) or sparse initializers is returned as it is."""
+    import heapq
+
+    import onnx
+
+    graph = proto.graph
+    if graph.sparse_initializer or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        return proto
+
+    def digest(*parts: bytes) -> bytes:
+        return hashlib.sha256(b"\0".join(parts)).digest()
+
+    def anonymous(message: Any) -> bytes:
+        copy = type(message)()
+        copy.CopyFrom(message)
+        copy.name = ""
+        if isinstance(copy, onnx.AttributeProto) and copy.HasField("t"):
+            copy.t.name = ""
+        return copy.SerializeToString(deterministic=True)
+
+    outputs = {o.name for o in graph.output}
+    key: dict[str, bytes] = {"": b""}  # "" is an omitted optional input
+    key.update({i.name: digest(b"input", i.name.encode()) for i in graph.input})
+    key.update({t.name: digest(b"weight", anonymous(t)) for t in graph.initializer})
+    node_key = []
+    for node in graph.node:  # ONNX keeps nodes in topological order
+        if any(i not in key for i in node.input):  # not in that order: leave it
+            return proto
+        attributes = sorted(a.name.encode() + b"=" + anonymous(a) for a in node.attribute)
+        k = digest(
+            node.domain.encode(),
+            node.op_type.encode(),
+            *attributes,
+            b"inputs",
+            *(key[i] for i in node.input),
+        )
+        node_key.append(k)
+        for index, out in enumerate(node.output):
+            key[out] = digest(k, str(index).encode())
+
+    # topological order, ties broken by digest (then by position: equal digests are equal nodes)
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    consumers: dict[int, list[int]] = {i: [] for i in range(len(graph.node))}
+    waiting = []
+    for i, node in enumerate(graph.node):
+        sources = {producer[x] for x in node.input if x in producer}
+        waiting.append(len(sources))
+        for source in sources:
+            consumers[source].append(i)
+    ready = [(node_key[i], i) for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for c in consumers[i]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, (node_key[c], c))
+    if len(order) != len(graph.node):
+        return proto
+
+    rename = {name: name for name in [*(i.name for i in graph.input), *outputs, ""]}
+    weights = {t.name: t for t in graph.initializer}
+
+    def weight_name(name: str) -> str:
+        if name not in rename:
+            rename[name] = f"weight_{len(renamed_weights)}"
+            renamed_weights.append(name)
+        return rename[name]
+
+    renamed_weights: list[str] = []
+    nodes = []
+    for position, i in enumerate(order):
+        node = onnx.NodeProto()
+        node.CopyFrom(graph.node[i])
+        node.name = f"{node.op_type}_{position}"
+        for a in node.attribute:
+            if a.HasField("t"):
+                a.t.name = ""
+        for j, name in enumerate(node.input):
+            node.input[j] = weight_name(name) if name in weights else rename[name]
+        for index, name in enumerate(node.output):
+            node.output[index] = rename.setdefault(name, f"{node.name}:{index}")
+        nodes.append(node)
+    for t in sorted(graph.initializer, key=anonymous):  # unused ones last, by content
+        weight_name(t.name)
+    if len(set(rename.values())) != len(rename):  # a new name equal to a kept one
+        return proto
+    first_use = {name: k for k, name in enumerate(renamed_weights)}
+    initializers = []
+    for t in sorted(graph.initializer, key=lambda t: first_use.get(t.name, -1)):
+        copy = onnx.TensorProto()
+        copy.CopyFrom(t)
+        copy.name = rename[t.name]
+        initializers.append(copy)
+    value_info = []
+    for v in graph.value_info:
+        if v.name in rename:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(v)
+            copy.name = rename[v.name]
+            value_info.append(copy)
+
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(initializers)
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(sorted(value_info, key=lambda v: v.name))
+    symbols: dict[str, str] = {}
+    for v in [*result.graph.input, *result.graph.output, *result.graph.value_info]:
+        for dim in v.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = symbols.setdefault(dim.dim_param, f"dim_{len(symbols)}")
+    return result
 
 
 def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
