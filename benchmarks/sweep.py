@@ -148,6 +148,16 @@ def search_row(name: str, details: dict, seconds: float) -> str:
     )
 
 
+def model_label(params: dict) -> str:
+    """What the train stage saves under ``params``: "fold ensemble" (``train.ensemble``, the
+    cv stage's fold models), "N seeds" (``train.seeds`` > 1, averaged) or "single"."""
+    train = params["train"]
+    if train.get("ensemble"):
+        return "fold ensemble"
+    seeds = int(train["seeds"])
+    return f"{seeds} seeds" if seeds > 1 else "single"
+
+
 def test_row(seed: int, model: str, ev: dict, seconds: float) -> str:
     return (
         f"| {seed} | {model} | {ev['images']} ({ev['groups']}) | {balanced_accuracy_text(ev)} | "
@@ -235,17 +245,20 @@ def main(argv: list[str] | None = None) -> int:
             stage("train", project)
             stage("evaluate", project)
             ev = read_metrics(project, "eval_details.json")
-            tests.append({"seed": seed, "model": "single", "eval": ev})
-            print(test_row(seed, "single", ev, time.perf_counter() - start), flush=True)
+            label = model_label(params)
+            tests.append({"seed": seed, "model": label, "eval": ev})
+            print(test_row(seed, label, ev, time.perf_counter() - start), flush=True)
             if args.ensemble:
                 start = time.perf_counter()
                 stage("cv", project)
-                write_params(project, merge(params, {"train": {"ensemble": True}}))
+                params = merge(params, {"train": {"ensemble": True}})
+                write_params(project, params)
                 stage("train", project)
                 stage("evaluate", project)
                 ev = read_metrics(project, "eval_details.json")
-                tests.append({"seed": seed, "model": "ensemble", "eval": ev})
-                print(test_row(seed, "ensemble", ev, time.perf_counter() - start), flush=True)
+                label = model_label(params)
+                tests.append({"seed": seed, "model": label, "eval": ev})
+                print(test_row(seed, label, ev, time.perf_counter() - start), flush=True)
         out["test"] = tests
         for model in sorted({t["model"] for t in tests}):
             values = np.array(

@@ -282,6 +282,16 @@ def test_the_search_chooses_by_the_worse_framing():
     assert robust_score(details(0.7, 0.75)) == 0.7  # a shift that helps does not count
 
 
+def test_the_sweep_names_the_model_a_recipe_saves():
+    """benchmarks.sweep's test rows say what was tested: the fold ensemble takes
+    precedence over train.seeds (as in the train stage), more than one seed is an ensemble."""
+    from benchmarks.sweep import model_label
+
+    assert model_label({"train": {"seeds": 1}}) == "single"
+    assert model_label({"train": {"seeds": 3}}) == "3 seeds"
+    assert model_label({"train": {"seeds": 3, "ensemble": True}}) == "fold ensemble"
+
+
 def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     """benchmarks.nested: with an outer fold playing the test split, neither the single
     model (nor its other seeds) nor any inner-fold member sees it; the single model trains
