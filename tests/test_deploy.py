@@ -14,8 +14,8 @@ from tests.conftest import ROOT
 from tests.test_dvc_deps import closure
 
 # Imported by code the ONNX service never runs: Predictor.load (a .keras model) and the
-# export stage's conversion.
-NOT_SERVED = {"tensorflow", "keras", "tf2onnx"}
+# export stage's conversion (tf2onnx, and onnx for its canonical form).
+NOT_SERVED = {"tensorflow", "keras", "tf2onnx", "onnx"}
 
 
 def pins(name: str) -> dict[str, str]:
