@@ -52,7 +52,7 @@ from lungct.slice_labels import (
 )
 from lungct.windowing import window_channels
 
-IMAGE_LAYOUTS = ("iqothnccd", "chest-ctscan")  # exported PNG/JPG slices, no DICOM
+IMAGE_LAYOUTS = ("iqothnccd", "chest-ctscan", "folders")  # exported PNG/JPG slices, no DICOM
 
 log = logging.getLogger("convert")
 

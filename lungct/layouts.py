@@ -6,10 +6,16 @@
   train and valid class folders with TNM suffixes.
 - ``dicom``: a DICOM tree, labelled by ``labels.csv`` (PatientID,label) at its top or by class
   subfolders. The synthetic cohort is written in this layout.
+- ``folders``: any other image dataset in class folders (``<class>/<image>``, at any depth;
+  ``train``/``valid``/``test`` folders above the class folders are its official split),
+  the classes named after the folders. Recognised last: images (by their Pillow file
+  extension) in two or more folders of different names, and no DICOM file.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from lungct.annotations import DATASETS
@@ -18,9 +24,17 @@ from lungct.dicom import has_dicom_prefix
 from lungct.errors import UserError
 from lungct.params import SYNTHETIC_CLASSES
 
-LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan", *DATASETS)
+LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan", *DATASETS, "folders")
 IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
 CHEST_CTSCAN_SPLITS = {"train", "valid", "test"}
+# A dataset's own split folders (split.strategy: official), as this project's split names.
+OFFICIAL_SPLITS = {
+    "train": "train",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+}
 CHEST_CTSCAN_CLASSES = (
     "adenocarcinoma",
     "large.cell.carcinoma",
@@ -44,12 +58,11 @@ def detect_layout(root: Path) -> str:
     names = {p.name.lower() for p in folders}
     if names & IQOTHNCCD_FOLDERS:
         return "iqothnccd"
-    for folder in folders:
-        if folder.name.lower() in CHEST_CTSCAN_SPLITS and any(
-            child.is_dir() and child.name.lower().startswith(CHEST_CTSCAN_CLASSES)
-            for child in folder.iterdir()
-        ):
-            return "chest-ctscan"
+    for folder in folders:  # every class folder one of its four ("normal" alone is not enough)
+        if folder.name.lower() in CHEST_CTSCAN_SPLITS:
+            children = [c.name.lower() for c in folder.iterdir() if c.is_dir()]
+            if children and all(c.startswith(CHEST_CTSCAN_CLASSES) for c in children):
+                return "chest-ctscan"
     annotated = detect_annotated(root)  # before the DICOM probe: these are DICOM trees too
     if annotated is not None:
         return annotated
@@ -61,10 +74,36 @@ def detect_layout(root: Path) -> str:
             probes += 1
             if probes >= DICOM_PROBES:
                 break
+    folders = image_folders(root)
+    if len(folders) >= 2:
+        return "folders"
     raise UserError(
         f"{root}: cannot tell the dataset layout (no IQ-OTH/NCCD or Chest CT-Scan class "
-        f"folders, no DICOM file); set data.layout to one of {', '.join(LAYOUTS)}"
+        f"folders, no DICOM file, images in {len(folders)} class folder(s), 2 or more needed); "
+        f"set data.layout to one of {', '.join(LAYOUTS)}"
     )
+
+
+def image_folders(root: Path) -> set[str]:
+    """The names (lower case) of the folders under ``root`` that hold image files, told by
+    the file extensions Pillow reads; ``root`` itself is not a class folder."""
+    from PIL import Image
+
+    suffixes = Image.registered_extensions()
+    return {
+        p.parent.name.lower()
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes and p.parent != root and p.is_file()
+    }
+
+
+def folder_class(raw: str) -> str:
+    """The class a ``folders`` dataset's folder names: lower case, each run of other
+    characters than letters and digits one ``_`` ("Malignant cases" -> malignant_cases)."""
+    name = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
+    if not name:
+        raise UserError(f"split.classes: folder '{raw}' gives no class name; give a mapping")
+    return name
 
 
 def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
@@ -85,6 +124,11 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
         return None
     if layout in DATASETS:  # labelled slice by slice by their annotations
         return None
+    if layout == "folders":
+        if len(parts) < 2:
+            return None
+        official = parts[-3].lower() if len(parts) >= 3 else ""
+        return parts[-2], official if official in OFFICIAL_SPLITS else ""
     return (parts[0], "") if len(parts) >= 2 else None  # dicom: class subfolders
 
 
@@ -157,12 +201,19 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
 }
 
 
-def class_mapping(layout: str, classes: str | dict[str, str]) -> dict[str, str]:
+def class_mapping(
+    layout: str, classes: str | dict[str, str], labels: Iterable[str] = ()
+) -> dict[str, str]:
     """The raw-label -> class mapping for a layout: a preset name or the user's own mapping
-    (a raw label mapped to ``""`` is left out of the split, :data:`DROPPED`)."""
+    (a raw label mapped to ``""`` is left out of the split, :data:`DROPPED`). ``labels``:
+    the data's raw labels, which the ``folders`` layout's ``default`` preset names
+    (:func:`folder_class`)."""
     if isinstance(classes, dict):
         return {raw.lower(): name for raw, name in classes.items()}
-    presets = CLASS_PRESETS[layout]
+    if layout == "folders":
+        presets = {"default": {raw.lower(): folder_class(raw) for raw in labels}}
+    else:
+        presets = CLASS_PRESETS[layout]
     if classes not in presets:
         raise UserError(
             f"split.classes: layout '{layout}' has no '{classes}' preset "

@@ -171,7 +171,7 @@ class DataParams(_Section):
 
     source: Literal["synthetic", "kaggle", "url", "path"]
     layout: Literal[
-        "auto", "dicom", "iqothnccd", "chest-ctscan", "lidc", "luna16", "lung-pet-ct-dx"
+        "auto", "dicom", "iqothnccd", "chest-ctscan", "lidc", "luna16", "lung-pet-ct-dx", "folders"
     ]
     kaggle_handle: str
     url: str

@@ -34,11 +34,8 @@ from lungct.grouping import (
     likely_patients,
     manifest_evidence,
 )
-from lungct.layouts import DROPPED, class_mapping, map_labels
+from lungct.layouts import DROPPED, OFFICIAL_SPLITS, class_mapping, map_labels
 from lungct.params import Params, SplitParams
-
-# The Chest CT-Scan folders of split.strategy: official, as this project's split names.
-OFFICIAL = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 
 log = logging.getLogger("split")
 
@@ -222,7 +219,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
     if rows.empty:
         raise UserError(f"{converted}: no converted images to split")
     layout = rows["layout"].iloc[0]
-    mapping = class_mapping(layout, params.classes)
+    mapping = class_mapping(layout, params.classes, sorted(set(rows["label"])))
     classes = map_labels(rows["label"].tolist(), mapping)
     kept = [c != DROPPED for c in classes]
     if not all(kept):  # raw labels the mapping leaves out (LIDC-IDRI's indeterminate, say)
@@ -283,13 +280,13 @@ def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
     """The split of every image under ``split.strategy``."""
     cfg = params.split
     if cfg.strategy == "official":
-        unknown = sorted(set(images["official"]) - set(OFFICIAL))
+        unknown = sorted(set(images["official"]) - set(OFFICIAL_SPLITS))
         if unknown:
             raise UserError(
                 f"split.strategy: 'official' needs the dataset's own train/valid/test folders; "
                 f"layout '{layout}' has images outside them ({unknown[:3]})"
             )
-        return images["official"].map(OFFICIAL)
+        return images["official"].map(OFFICIAL_SPLITS)
     if cfg.strategy == "random":  # every image its own group: the notebook projects' leaky protocol
         alone = pd.Series(images["class"].to_numpy(), index=images.index.astype(str))
         by_image = split_groups(alone, cfg.val_fraction, cfg.test_fraction, params.base.seed)
