@@ -86,7 +86,8 @@ def detect_layout(root: Path) -> str:
 
 def image_folders(root: Path) -> set[str]:
     """The names (lower case) of the folders under ``root`` that hold image files, told by
-    the file extensions Pillow reads; ``root`` itself is not a class folder."""
+    the file extensions Pillow reads; neither ``root`` nor a split folder (``test/``
+    of unlabelled images, say) is a class folder."""
     from PIL import Image
 
     suffixes = Image.registered_extensions()
@@ -94,7 +95,7 @@ def image_folders(root: Path) -> set[str]:
         p.parent.name.lower()
         for p in root.rglob("*")
         if p.suffix.lower() in suffixes and p.parent != root and p.is_file()
-    }
+    } - set(OFFICIAL_SPLITS)
 
 
 def folder_class(raw: str) -> str:
@@ -124,8 +125,8 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
         return None
     if layout in DATASETS:  # labelled slice by slice by their annotations
         return None
-    if layout == "folders":
-        if len(parts) < 2:
+    if layout == "folders":  # a split folder holding images directly is no class
+        if len(parts) < 2 or parts[-2].lower() in OFFICIAL_SPLITS:
             return None
         official = parts[-3].lower() if len(parts) >= 3 else ""
         return parts[-2], official if official in OFFICIAL_SPLITS else ""

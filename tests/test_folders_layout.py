@@ -62,6 +62,7 @@ def test_class_folders_of_images_are_the_folders_layout(tmp_path):
     assert detect_layout(tmp_path / "split") == "folders"
     one = tmp_path / "one"
     write_images(one / "only" / "Normal", 2, np.random.default_rng(1))
+    write_images(one / "only" / "test", 2, np.random.default_rng(2))  # a split, not a class
     with pytest.raises(UserError, match=r"images in 1 class folder\(s\), 2 or more needed"):
         detect_layout(one)
 
@@ -74,6 +75,7 @@ def test_labels_come_from_the_folder_and_official_split_from_the_one_above():
     assert label("a/Validation/Normal/x.png") == ("Normal", "validation")
     assert label("a/Train/Normal/x.png") == ("Normal", "train")
     assert label("README.txt") is None
+    assert label("a/test/x.png") is None  # unlabelled images in a split folder: no class "test"
     assert folder_class("Malignant cases") == "malignant_cases"
     assert folder_class("Bengin-Cases ") == "bengin_cases"
     mapping = class_mapping("folders", "default", ["Benign", "benign", "Malignant cases"])
