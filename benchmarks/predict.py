@@ -6,10 +6,11 @@ Run from the repository root::
 
 One run writes N phantom CT slices (S x S, default 512 as a scanner writes them, 20 slices
 per patient, ``lungct.phantom.write_cohort``) to a temporary folder, and the repo's default
-model (``lungct.model.build_cnn`` with the ``convert`` and ``train`` sections of params.yaml,
-seeded, untrained: weights do not change the time) saved as ``model.keras`` with the
-``labels.json`` train writes, then loaded the way predict loads it (``Predictor.load``).
-Generation is timed but not counted.
+model as train saves it (``train.seeds`` networks of ``lungct.model.build_cnn`` with the
+``convert`` and ``train`` sections of params.yaml, seeded, untrained: weights do not change
+the time; more than one averaged by ``lungct.model.ensemble``) saved as ``model.keras`` with
+the ``labels.json`` train writes, then loaded the way predict loads it
+(``Predictor.load``). Generation is timed but not counted.
 
 Both sides see the same images: the bare side gets them already preprocessed, in memory.
 
@@ -21,7 +22,9 @@ Both sides see the same images: the bare side gets them already preprocessed, in
   ``predict_on_batch``, series rows; and the same with the files read in this process;
 * **bare, batch**: ``model.predict_on_batch`` on the same images preprocessed beforehand (one
   float32 array), in batches of B: the forward pass alone. ``model(x, training=False)`` (eager)
-  is shown too; it is slower, so the ratio is taken against ``predict_on_batch``;
+  is shown too; it is slower, so the ratio is taken against ``predict_on_batch``. With a seed
+  ensemble, its first member alone (saved and loaded the same way) too: what the ensemble
+  costs over one model;
 * **single image**: the same two for one file / one image at a time (median over files);
 * **preprocess only**: reading and preprocessing the files, no model;
 * **CLI cold start**: ``python -m stages.predict FILE`` as a fresh process (Python,
@@ -67,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 SLICES_PER_PATIENT = 20
 SINGLE_SAMPLES = 40
 TARGET_BATCH_RATIO = 2.0
+ONE_MEMBER = "bare predict_on_batch, one member"
 
 
 def generate(root: Path, params: Params, slices: int, size: int) -> list[Path]:
@@ -83,19 +87,27 @@ def generate(root: Path, params: Params, slices: int, size: int) -> list[Path]:
     return sorted(raw.rglob("*.dcm"))
 
 
-def save_model(root: Path, params: Params) -> tuple[Path, Path]:
-    """The default model, as train saves it, with its contract."""
-    from lungct.model import build_cnn, seed_everything
+def save_model(root: Path, params: Params) -> tuple[Path, Path, Path | None]:
+    """The default model, as train saves it (``train.seeds`` members averaged), with its
+    contract; and, for an ensemble, its first member alone (else None)."""
+    from lungct.model import build_cnn, ensemble, save_model, seed_everything
 
     classes = sorted(params.data.synthetic.class_balance)
-    seed_everything(params.base.seed)
-    model = build_cnn(
-        params.convert.image_size, len(params.convert.windows), len(classes), params.train
-    )
+    members = []
+    for k in range(params.train.seeds):  # as stages/train.py seeds them
+        seed_everything(params.base.seed + k)
+        members.append(
+            build_cnn(
+                params.convert.image_size, len(params.convert.windows), len(classes), params.train
+            )
+        )
     model_file, labels_file = root / "model.keras", root / "labels.json"
-    model.save(model_file)
+    member_file = root / "member.keras" if len(members) > 1 else None
+    if member_file is not None:
+        save_model(members[0], member_file)
+    save_model(ensemble(members) if len(members) > 1 else members[0], model_file)
     Contract.from_params(params, classes).write(labels_file)
-    return model_file, labels_file
+    return model_file, labels_file, member_file
 
 
 def per_image(seconds: float, images: int) -> float:
@@ -146,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         files = generate(root, params, args.slices, args.dicom_size)
-        model_file, labels_file = save_model(root, params)
+        model_file, labels_file, member_file = save_model(root, params)
         generated = time.perf_counter() - start
         predictor = Predictor.load(model_file, labels_file)
         model, prep = predictor.model, predictor.prep
+        member = Predictor.load(member_file, labels_file).model if member_file else None
         x = model_input([image.pixels for f in files for image in model_images(f, prep)])
         n, batch = len(x), args.batch
         print(
@@ -166,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             "bare model(x) eager": batches(lambda b: model(b, training=False).numpy(), x, batch),
             "preprocess only": lambda: [model_images(f, prep) for f in files],
         }
+        if member is not None:
+            contenders[ONE_MEMBER] = batches(member.predict_on_batch, x, batch)
         if not workers:
             del contenders[in_pool]
         times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -214,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(<= {TARGET_BATCH_RATIO}) {verdict}"
     )
     print(f"predict (in process) / bare forward pass, single image: {single_ratio:.2f} (no target)")
+    if ONE_MEMBER in batch_ms:
+        print(
+            f"ensemble of {params.train.seeds} / one member, bare forward pass, batch {batch}: "
+            f"{batch_ms['bare predict_on_batch'] / batch_ms[ONE_MEMBER]:.2f} (no target)"
+        )
     print(f"1-min load at end {load1():.2f}")
     return 0
 
