@@ -297,7 +297,7 @@ def canonical_onnx(proto: Any) -> Any:
         return proto
 
     rename = {name: name for name in [*(i.name for i in graph.input), *outputs, ""]}
-    weights = {t.name: t for t in graph.initializer}
+    weights = {t.name for t in graph.initializer}
 
     def weight_name(name: str) -> str:
         if name not in rename:
@@ -319,7 +319,7 @@ def canonical_onnx(proto: Any) -> Any:
         for index, name in enumerate(node.output):
             node.output[index] = rename.setdefault(name, f"{node.name}:{index}")
         nodes.append(node)
-    for t in sorted(graph.initializer, key=anonymous):  # unused ones last, by content
+    for t in sorted(graph.initializer, key=lambda t: key[t.name]):  # unused last, by content
         weight_name(t.name)
     if len(set(rename.values())) != len(rename):  # a new name equal to a kept one
         return proto

@@ -54,7 +54,8 @@ def is_dicom_file(path: Path) -> bool:
 
 def detect_layout(root: Path) -> str:
     """Name the layout of the dataset under ``root``; a :class:`UserError` if none fits."""
-    folders = [p for p in root.rglob("*") if p.is_dir()]
+    entries = list(root.rglob("*"))  # one walk of the tree for every test below
+    folders = [p for p in entries if p.is_dir()]
     names = {p.name.lower() for p in folders}
     if names & IQOTHNCCD_FOLDERS:
         return "iqothnccd"
@@ -67,33 +68,33 @@ def detect_layout(root: Path) -> str:
     if annotated is not None:
         return annotated
     probes = 0
-    for path in root.rglob("*"):
+    for path in entries:
         if path.is_file():
             if is_dicom_file(path):
                 return "dicom"
             probes += 1
             if probes >= DICOM_PROBES:
                 break
-    folders = image_folders(root)
-    if len(folders) >= 2:
+    classes = image_folders(root, entries)
+    if len(classes) >= 2:
         return "folders"
     raise UserError(
         f"{root}: cannot tell the dataset layout (no IQ-OTH/NCCD or Chest CT-Scan class "
-        f"folders, no DICOM file, images in {len(folders)} class folder(s), 2 or more needed); "
+        f"folders, no DICOM file, images in {len(classes)} class folder(s), 2 or more needed); "
         f"set data.layout to one of {', '.join(LAYOUTS)}"
     )
 
 
-def image_folders(root: Path) -> set[str]:
-    """The names (lower case) of the folders under ``root`` that hold image files, told by
-    the file extensions Pillow reads; neither ``root`` nor a split folder (``test/``
-    of unlabelled images, say) is a class folder."""
+def image_folders(root: Path, entries: list[Path]) -> set[str]:
+    """The names (lower case) of the folders that hold image files among ``entries`` (the
+    paths under ``root``), told by the file extensions Pillow reads; neither ``root`` nor a
+    split folder (``test/`` of unlabelled images, say) is a class folder."""
     from PIL import Image
 
     suffixes = Image.registered_extensions()
     return {
         p.parent.name.lower()
-        for p in root.rglob("*")
+        for p in entries
         if p.suffix.lower() in suffixes and p.parent != root and p.is_file()
     } - set(OFFICIAL_SPLITS)
 
