@@ -4,7 +4,7 @@
 
 Uses ``models/model.keras`` and ``models/labels.json`` (what ``dvc repro`` trains; the
 environment variables ``LUNGCT_MODEL`` and ``LUNGCT_LABELS`` point elsewhere) and the convert
-stage's own preprocessing (``lungct.preprocess``), so each upload reaches the model exactly as
+stage's own preprocessing (``lungct.io.preprocess``), so each upload reaches the model exactly as
 the training images did. Shows what the model was trained on and its test figures (the model
 card ``models/card.json``, when it names this model), with a warning for a model of the
 built-in synthetic cohort; and per upload: the image as the model sees it, the probability
@@ -12,7 +12,7 @@ of every class, and a Grad-CAM map with its caveat.
 
 The model is loaded once per process (``st.cache_resource``) and reloaded when its files
 change. Uploads are read from memory; the DICOM and image readers take a path, so each upload
-is written to its own private temporary folder and removed at once (``lungct.inference.
+is written to its own private temporary folder and removed at once (``lungct.serving.inference.
 predict_bytes``); nothing is written to a shared name.
 """
 
@@ -27,9 +27,9 @@ import pandas as pd
 import streamlit as st
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
-from lungct.card import read_card
 from lungct.errors import SkippedFile, UserError
-from lungct.inference import Predictor, Upload, predict_bytes
+from lungct.evaluation.card import read_card
+from lungct.serving.inference import Predictor, UploadResult, predict_bytes
 
 HERE = Path(__file__).resolve().parent
 MODEL = Path(os.environ.get("LUNGCT_MODEL") or HERE / MODEL_FILE)
@@ -84,7 +84,7 @@ def load_predictor(model: str, labels: str, _stamp: tuple) -> Predictor | str:
 def load_gradcam(_predictor: Predictor, key: tuple):
     """Grad-CAM of the loaded model, built once (or a one-line reason it is unavailable)."""
     del key
-    from lungct.gradcam import GradCam, GradCamUnavailable
+    from lungct.model.gradcam import GradCam, GradCamUnavailable
 
     try:
         return GradCam(_predictor.model)
@@ -92,7 +92,7 @@ def load_gradcam(_predictor: Predictor, key: tuple):
         return str(err)
 
 
-def analyse(predictor: Predictor, data: bytes, keep: set[str]) -> Upload | str:
+def analyse(predictor: Predictor, data: bytes, keep: set[str]) -> UploadResult | str:
     """An upload -> its model images and probabilities, or the reason it was rejected.
     Kept for the session while the upload is there (the page reruns on every interaction);
     ``keep`` collects the keys in use."""
@@ -114,13 +114,13 @@ def as_display(pixels: np.ndarray) -> np.ndarray:
     return pixels if pixels.ndim == 2 or pixels.shape[-1] == 3 else pixels[..., 0]
 
 
-def window_text(result: Upload) -> str:
+def window_text(result: UploadResult) -> str:
     if result.mode == "HU":
         return "CT window(s) " + ", ".join(f"{c:g}/{w:g} HU" for c, w in result.windows)
     return f"image (mode {result.mode}) to grayscale"
 
 
-def show_upload(file_id: str, result: Upload, predictor: Predictor) -> None:
+def show_upload(file_id: str, result: UploadResult, predictor: Predictor) -> None:
     classes = list(predictor.classes)
     frames = len(result.probabilities)
     index = 0
@@ -149,7 +149,7 @@ def show_upload(file_id: str, result: Upload, predictor: Predictor) -> None:
         if isinstance(gradcam, str):
             st.info(f"Grad-CAM not available for this model: {gradcam}")
         else:
-            from lungct.gradcam import overlay
+            from lungct.model.gradcam import overlay
 
             image = pixels if pixels.ndim == 3 else pixels[..., None]
             cam = gradcam(image.astype(np.float32), best)

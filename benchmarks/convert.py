@@ -11,7 +11,7 @@ One run generates N phantom CT slices (512x512, ~20 slices per patient, written 
 ``labels.csv`` the stage expects; generation is timed but not counted), then measures:
 
 * **per slice, one core** (issue 17, item 3): the stage's own per-unit function
-  (``lungct.conversion.convert_unit``: read, window, resize, pHash, PNG, manifest row) over
+  (``lungct.data.convert.convert_unit``: read, window, resize, pHash, PNG, manifest row) over
   every file, in one process per variant, against read + decode alone (``dcmread`` +
   ``pixel_array``) in a third. R rounds; a round is every file once per variant, in 10
   steps of the file list with the variants taking turns on each step (their order
@@ -96,14 +96,16 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from benchmarks.host import machine
-from lungct import conversion, phantom
-from lungct.artifacts import RAW_LABELS, RAW_SOURCE, input_files, read_labels
+from lungct import phantom
+from lungct.artifacts import RAW_LABELS, RAW_SOURCE
 from lungct.contract import Preprocessing
-from lungct.dicom import CTFrame, read_ct
-from lungct.images import fit_square, phash, read_image
+from lungct.data import convert as conversion
+from lungct.data.split import near_duplicate_components
+from lungct.data.tables import input_files, read_labels
+from lungct.io.dicom import CTFrame, read_ct
+from lungct.io.images import fit_square, phash, read_image
+from lungct.io.windowing import window_channels
 from lungct.params import PARAMS_FILE, ConvertParams, Params, load_params
-from lungct.splitting import near_duplicate_components
-from lungct.windowing import window_channels
 from stages.convert import convert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +258,7 @@ def reference_save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, format="PNG", compress_level=1)
 
 
-# What lungct.conversion calls per slice, by name: the reference patches these in.
+# What lungct.data.convert calls per slice, by name: the reference patches these in.
 REFERENCE = {
     "read_ct": reference_read_ct,
     "frame_channels": reference_channels,
@@ -268,7 +270,7 @@ REFERENCE = {
 
 @contextmanager
 def reference_path() -> Iterator[None]:
-    """``lungct.conversion`` with :data:`REFERENCE` in place of the library's functions
+    """``lungct.data.convert`` with :data:`REFERENCE` in place of the library's functions
     (pool workers forked meanwhile inherit it)."""
     saved = {name: getattr(conversion, name) for name in REFERENCE}
     for name, function in REFERENCE.items():
@@ -348,7 +350,7 @@ def measure_decode_bound(files: list[Path], workers: int) -> Throughput:
 
 
 # Issue 17's levers, in the order --levers adds them to the reference, each with the names
-# in lungct.conversion it puts back to the library's.
+# in lungct.data.convert it puts back to the library's.
 LEVERS = {
     "+ window lookup, HU on demand": ("read_ct", "frame_channels"),
     "+ resize by reduce()": ("fit_square",),
@@ -361,7 +363,7 @@ READ = "read_ct only"  # --levers: the reader, no pixel work, no PNG
 
 def variants(levers: bool) -> dict[str, tuple[str, ...] | str | None]:
     """Variant -> the names of :data:`REFERENCE` patched in (None: read + decode only;
-    :data:`READ`: ``lungct.dicom.read_ct`` only)."""
+    :data:`READ`: ``lungct.io.dicom.read_ct`` only)."""
     if not levers:
         return {DECODE: None, "reference": tuple(REFERENCE), "new": ()}
     found: dict[str, tuple[str, ...] | str | None] = {

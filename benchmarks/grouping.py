@@ -1,5 +1,5 @@
 """Grouping images without ids into patients: ``split.grouping: phash`` (the old rule)
-against ``patient_likely`` (``lungct.grouping``).
+against ``patient_likely`` (``lungct.data.grouping``).
 
 Run from the repository root::
 
@@ -49,11 +49,11 @@ import yaml
 from PIL import Image
 
 from benchmarks.host import stage
-from lungct.grouping import pairwise_scores
+from lungct.data.grouping import pairwise_scores
+from lungct.io.windowing import window_channels
 from lungct.params import Params, merge, parse_params
 from lungct.phantom.cohort import assign_labels, patient_rng
 from lungct.phantom.patient import phantom_patient
-from lungct.windowing import window_channels
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("phash", "patient_likely")
@@ -130,7 +130,7 @@ def score_rules(
 ) -> dict[str, dict[str, float | int]]:
     """Pairwise precision and recall, groups and largest group of each rule on converted
     images whose true patients are ``truth`` (keyed by source path)."""
-    from lungct.splitting import read_converted
+    from lungct.data.split import read_converted
 
     scores = {}
     for rule in RULES:

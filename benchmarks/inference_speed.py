@@ -6,7 +6,7 @@ Run from the repository root::
 
     python -m benchmarks.inference_speed [--images N] [--batch B] [--rounds R] [--model FILE]
 
-The default model (``lungct.model.build_cnn`` with the ``train`` and ``convert`` sections of
+The default model (``lungct.model.network.build_cnn`` with the ``train`` and ``convert`` sections of
 params.yaml, seeded), its batch-norm statistics and scales set to random, non-trivial values
 (gammas of both signs, means and variances far from 0 and 1: as a trained model has them,
 and a harder case for folding than the initial ones); or, with ``--model``, a trained
@@ -14,9 +14,9 @@ and a harder case for folding than the initial ones); or, with ``--model``, a tr
 
 * **reference (before issue 17)**: ``benchmarks.train_speed.reference_model`` (the model
   code before issue 17: Keras' ``BatchNormalization``), saved and loaded with
-  ``keras.saving.load_model`` as ``lungct.model.load_model`` loaded it then; batch norm at
+  ``keras.saving.load_model`` as ``lungct.model.saving.load_model`` loaded it then; batch norm at
   inference is Keras' ``x * scale + shift`` (two passes over the feature map);
-* **project, folded**: ``lungct.model.save_model``, then ``lungct.model.load_model`` (what
+* **project, folded**: ``lungct.model.saving.save_model``, then ``lungct.model.saving.load_model`` (what
   evaluate and ``Predictor.load`` run): batch norm folded into the convolutions, which
   oneDNN runs with the bias and the ReLU fused;
 * **project, not folded**: ``inference_model(load_model(..., fold=False), fold=False)``:
@@ -50,20 +50,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as lungct.model: no TF start-up chatter
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # as lungct.model.network: no TF start-up chatter
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.host import load1, machine  # noqa: E402
 from benchmarks.train_speed import Matmul, model_flops, reference_model  # noqa: E402
-from lungct.model import (  # noqa: E402
-    build_cnn,
-    inference_model,
-    load_model,
-    save_model,
-    seed_everything,
-)
+from lungct.model.folding import inference_model
+from lungct.model.network import build_cnn
+from lungct.model.runtime import seed_everything
+from lungct.model.saving import load_model, save_model
 from lungct.params import PARAMS_FILE, load_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ Run from the repository root, after ``dvc repro`` (it reads ``data/splits``)::
 Each measurement runs in a fresh child process (so one cannot inherit the other's
 heap) over the training split's PNGs listed ``--repeat`` times, batch 16, seed 42:
 
-* **project**: ``lungct.model.image_dataset(..., cache="memory")``: every PNG decoded
+* **project**: ``lungct.model.dataset.image_dataset(..., cache="memory")``: every PNG decoded
   once into one uint8 array; the shuffle permutes image indices; the float32 cast
   happens per batch;
 * **float cache**: the common tf.data recipe ``map(decode -> float32).cache()
@@ -30,8 +30,8 @@ import sys
 def measure(kind: str, repeat: int) -> None:
     import tensorflow as tf
 
-    from lungct.artifacts import read_splits, split_images
-    from lungct.model import image_dataset
+    from lungct.data.tables import read_splits, split_images
+    from lungct.model.dataset import image_dataset
 
     table = read_splits()
     classes = sorted(table["class"].unique())

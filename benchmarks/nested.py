@@ -17,14 +17,14 @@ of the train+val images plays the test split in turn, and the rest plays train+v
   rest's train images, stopping early on the rest's val images (the split stage's, or the
   dataset's own folders with ``--split official``);
 * **ensemble**: what ``train.ensemble: true`` does: the rest is cut again into ``--folds``
-  grouped, stratified inner folds (:func:`lungct.splitting.assign_folds`), one model
-  fitted per inner fold as the cv stage fits it (:func:`lungct.training.fit_model`), and
-  their softmaxes averaged (:func:`lungct.model.ensemble`);
+  grouped, stratified inner folds (:func:`lungct.data.split.assign_folds`), one model
+  fitted per inner fold as the cv stage fits it (:func:`lungct.model.train.fit_model`), and
+  their softmaxes averaged (:func:`lungct.model.network.ensemble`);
 * **seeds** (``--seed-members N`` > 1): what ``train.seeds: N`` does: the single model and
   N - 1 more fitted like it from seeds ``--seed`` + 1, ..., averaged;
 
 and each is scored on the outer fold: balanced accuracy, macro F1 and loss, as they are
-and re-framed (:func:`lungct.cv.reframed_scores`; the search's robust score is the lower
+and re-framed (:func:`lungct.model.cv.reframed_scores`; the search's robust score is the lower
 of the two), with the inner members' own mean beside them. The test split is never read.
 Cost: ``--folds`` x (``--folds`` + ``--seed-members``) fits. Figures on the 2-core machine:
 docs/benchmarks.md ("One model or an ensemble").
@@ -54,8 +54,8 @@ MODELS = ("single", "ensemble", "members", "seeds")
 
 
 def _scores(model, contract, held_out, classes, params) -> dict:
-    from lungct.cv import SCORES, predict_images, reframed_scores
-    from lungct.metrics import classification_metrics
+    from lungct.evaluation.metrics import classification_metrics
+    from lungct.model.cv import SCORES, predict_images, reframed_scores
 
     probabilities = predict_images(model, contract, held_out[0], params)
     plain = classification_metrics(np.asarray(held_out[1]), probabilities, classes)
@@ -66,7 +66,7 @@ def _scores(model, contract, held_out, classes, params) -> dict:
 
 
 def _mean(rows: list[dict]) -> dict:
-    from lungct.cv import SCORES
+    from lungct.model.cv import SCORES
 
     return {
         **{key: float(np.mean([r[key] for r in rows])) for key in SCORES},
@@ -78,11 +78,12 @@ def outer_fold(params, table, fold: int, splits_dir: Path, seed_members: int = 1
     """Single model and inner-fold ensemble fitted without outer fold ``fold``, scored on it;
     with ``seed_members`` > 1 also the seed ensemble: the single model and
     ``seed_members`` - 1 more fitted like it from seeds ``base.seed`` + 1, ..., averaged."""
-    from lungct.artifacts import fold_images, split_images, train_classes
     from lungct.contract import Contract
-    from lungct.model import ensemble, inference_model
-    from lungct.splitting import assign_folds
-    from lungct.training import fit_model
+    from lungct.data.split import assign_folds
+    from lungct.data.tables import fold_images, split_images, train_classes
+    from lungct.model.folding import inference_model
+    from lungct.model.network import ensemble
+    from lungct.model.train import fit_model
 
     classes = train_classes(table, splits_dir)
     contract = Contract.from_params(params, classes, None)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         write_params(project, raw)
         for name in ("download", "convert", "split"):
             stage(name, project)
-        from lungct.artifacts import read_splits
+        from lungct.data.tables import read_splits
 
         splits_dir = project / "data" / "splits"
         table = read_splits(splits_dir)

@@ -6,15 +6,15 @@ Run from the repository root::
 
 One run writes N phantom CT slices (S x S, default 512 as a scanner writes them, 20 slices
 per patient, ``lungct.phantom.write_cohort``) to a temporary folder, and the repo's default
-model as train saves it (``train.seeds`` networks of ``lungct.model.build_cnn`` with the
+model as train saves it (``train.seeds`` networks of ``lungct.model.network.build_cnn`` with the
 ``convert`` and ``train`` sections of params.yaml, seeded, untrained: weights do not change
-the time; more than one averaged by ``lungct.model.ensemble``) saved as ``model.keras`` with
+the time; more than one averaged by ``lungct.model.network.ensemble``) saved as ``model.keras`` with
 the ``labels.json`` train writes, then loaded the way predict loads it
 (``Predictor.load``). Generation is timed but not counted.
 
 Both sides see the same images: the bare side gets them already preprocessed, in memory.
 
-* **predict, batch**: ``lungct.inference.predict_files(predictor, [folder], B, pool=...)``,
+* **predict, batch**: ``lungct.serving.inference.predict_files(predictor, [folder], B, pool=...)``,
   what ``python -m stages.predict FOLDER`` runs after loading the model: walk the folder, read
   and preprocess each file (DICOM -> HU -> window -> resize, the convert stage's code) on W
   reader processes (``--workers``; predict's default, one per core, forked before TensorFlow
@@ -57,10 +57,10 @@ import numpy as np
 from benchmarks.host import load1, machine
 from lungct import phantom
 from lungct.contract import Contract
-from lungct.images import model_input
-from lungct.inference import Predictor, predict_files, preprocess_pool
+from lungct.io.images import model_input
+from lungct.io.preprocess import model_images
 from lungct.params import PARAMS_FILE, Params, load_params
-from lungct.preprocess import model_images
+from lungct.serving.inference import Predictor, predict_files, preprocess_pool
 from stages.predict import MAX_WORKERS
 
 # TensorFlow is imported in main(), after the worker processes are forked, as the predict
@@ -90,7 +90,9 @@ def generate(root: Path, params: Params, slices: int, size: int) -> list[Path]:
 def save_model(root: Path, params: Params) -> tuple[Path, Path, Path | None]:
     """The default model, as train saves it (``train.seeds`` members averaged), with its
     contract; and, for an ensemble, its first member alone (else None)."""
-    from lungct.model import build_cnn, ensemble, save_model, seed_everything
+    from lungct.model.network import build_cnn, ensemble
+    from lungct.model.runtime import seed_everything
+    from lungct.model.saving import save_model
 
     classes = sorted(params.data.synthetic.class_balance)
     members = []

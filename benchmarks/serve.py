@@ -115,7 +115,7 @@ def summary(latencies: list[float], wall: float) -> dict:
 
 def in_process(files: list[Path], model: Path, labels: Path):
     """One request's work without the service: ``predict_files`` on one file."""
-    from lungct.inference import Predictor, predict_files
+    from lungct.serving.inference import Predictor, predict_files
 
     predictor = Predictor.load(model, labels)
 

@@ -127,7 +127,7 @@ RECIPES = {
 
 def robust_score(details: dict) -> float:
     """What the search chooses by: the lower of the mean fold balanced accuracy as the
-    folds are and under the framing shift (``reframed``, :func:`lungct.cv.reframed_scores`).
+    folds are and under the framing shift (``reframed``, :func:`lungct.model.cv.reframed_scores`).
     A recipe is as good as its worse framing: folds drawn from one dataset's exports reward
     a model that reads the export's framing, which another export does not share."""
     return min(

@@ -11,7 +11,7 @@ image size, windows and split fractions stay the repo's; ``split.leakage`` is se
 because a benchmark needs images, not a leak-free split). The training PNGs are real files on
 disk in ``<tmp>/data/splits/train/<class>/``; generation is timed but not counted.
 
-Then, on the same model (``lungct.model.build_cnn`` with the ``train`` section of params.yaml;
+Then, on the same model (``lungct.model.network.build_cnn`` with the ``train`` section of params.yaml;
 one fresh model per measurement, each built after ``seed_everything`` with the same seed under
 the ``train.strategy`` scope, as the train stage does, so all start from the same weights) and
 the same batch size B (per replica), each measurement runs E epochs of ``model.fit(...,
@@ -21,7 +21,7 @@ rotating each round, so that a change in the shared machine's load hits all thre
 first epoch (graph tracing, cache filling) is left out: each figure is the steady state,
 images x (E - 1) / seconds of epochs 2..E.
 
-* **pipeline**: the project's ``lungct.model.image_dataset`` over the training PNGs (decode
+* **pipeline**: the project's ``lungct.model.dataset.image_dataset`` over the training PNGs (decode
   once, cache as ``train.cache`` says, shuffle each epoch, batch, prefetch), as
   ``stages/train.py`` feeds the model;
 * **compute bound**: the same decoded images preloaded into one float32 numpy array, fed as
@@ -55,7 +55,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as lungct.model: no TF start-up chatter
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # as lungct.model.network: no TF start-up chatter
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -63,14 +65,10 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from benchmarks.host import load1, machine  # noqa: E402
-from lungct.artifacts import read_splits, split_images  # noqa: E402
-from lungct.model import (  # noqa: E402
-    build_cnn,
-    class_weights,
-    distribution_strategy,
-    image_dataset,
-    seed_everything,
-)
+from lungct.data.tables import read_splits, split_images  # noqa: E402
+from lungct.model.dataset import image_dataset
+from lungct.model.network import build_cnn, class_weights
+from lungct.model.runtime import distribution_strategy, seed_everything
 from lungct.params import PARAMS_FILE, Params, merge, parse_params  # noqa: E402
 from stages.convert import convert  # noqa: E402
 from stages.download import download  # noqa: E402

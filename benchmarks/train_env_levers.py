@@ -7,7 +7,7 @@ Run from the repository root::
     python -m benchmarks.train_env_levers [--rounds R] [--steps S]
 
 Each contender is a worker process (its own environment variables and TensorFlow thread
-settings) holding one model, seeded, built by ``lungct.model.build_cnn`` from the ``train``
+settings) holding one model, seeded, built by ``lungct.model.network.build_cnn`` from the ``train``
 section of params.yaml (``benchmarks.train_speed.reference_model`` for the reference), and
 S batches of ``train.batch_size`` random 128 x 128 x 1 images (0..255; speed does not
 depend on the pixels) in memory. The parent tells one worker at a time to fit one epoch
@@ -52,7 +52,8 @@ if config.get("inter") is not None:
 if config.get("intra") is not None:
     tf.config.threading.set_intra_op_parallelism_threads(config["intra"])
 import keras, numpy as np
-from lungct.model import build_cnn, seed_everything
+from lungct.model.network import build_cnn
+from lungct.model.runtime import seed_everything
 from lungct.params import load_params
 from benchmarks.train_speed import reference_model
 params = load_params()

@@ -14,11 +14,11 @@ One run generates the default phantom cohort with the project's own stages
 ``benchmarks.train``'s "compute bound" contender: nothing between memory and the model but
 slicing a batch), feed
 
-* **reference**: :func:`reference_model`, a verbatim copy of ``lungct.model.build_cnn`` as it
+* **reference**: :func:`reference_model`, a verbatim copy of ``lungct.model.network.build_cnn`` as it
   was before issue 17 (Keras' ``BatchNormalization``: ``tf.nn.moments`` and
   ``tf.nn.batch_normalization``, a dozen element-wise ops and as many in the gradient);
-* **project**: ``lungct.model.build_cnn`` with the ``train`` section of params.yaml;
-* **project, pipeline**: the same model fed by ``lungct.model.image_dataset`` (the train
+* **project**: ``lungct.model.network.build_cnn`` with the ``train`` section of params.yaml;
+* **project, pipeline**: the same model fed by ``lungct.model.dataset.image_dataset`` (the train
   stage's input pipeline), to show the faster model is not starved;
 * **matmul peak**: a float32 2048 x 2048 ``tf.matmul`` (``--matmuls`` of them a round): the
   machine's practical peak, measured in the same rounds under the same load;
@@ -76,27 +76,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as lungct.model: no TF start-up chatter
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # as lungct.model.network: no TF start-up chatter
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-import lungct.model  # noqa: E402
+import lungct.model.network  # noqa: E402
 from benchmarks.host import load1, machine  # noqa: E402
 from benchmarks.train import EpochTimer, Throughput, generate, preload  # noqa: E402
-from lungct.artifacts import MODEL_FILE, read_splits, split_images  # noqa: E402
-from lungct.model import (  # noqa: E402
-    augmentation,
-    backbone,
-    build_cnn,
-    class_weights,
+from lungct.artifacts import MODEL_FILE  # noqa: E402
+from lungct.data.tables import read_splits, split_images  # noqa: E402
+from lungct.model.dataset import image_dataset
+from lungct.model.network import augmentation, backbone, build_cnn, class_weights, learning_rate
+from lungct.model.runtime import (
     compute_dtype,
     cpu_has_bfloat16,
     distribution_strategy,
-    image_dataset,
-    learning_rate,
     seed_everything,
 )
 from lungct.params import PARAMS_FILE, Params, TrainParams, load_params  # noqa: E402
@@ -303,12 +302,12 @@ def lever_builds(train: TrainParams) -> dict[str, tuple]:
     """The alternatives of ``--levers``: (build function, train params update)."""
 
     def keras_bn(*args, **kwargs):
-        original = lungct.model.FusedBatchNormalization
-        lungct.model.FusedBatchNormalization = layers.BatchNormalization
+        original = lungct.model.network.FusedBatchNormalization
+        lungct.model.network.FusedBatchNormalization = layers.BatchNormalization
         try:
             return build_cnn(*args, **kwargs)
         finally:
-            lungct.model.FusedBatchNormalization = original
+            lungct.model.network.FusedBatchNormalization = original
 
     def pool_first(image_size, channels, n_classes, params, seed=0, steps_per_epoch=1):
         """The blocks as conv, max pool, batch norm, ReLU: batch norm on a 4x smaller map."""
@@ -317,7 +316,7 @@ def lever_builds(train: TrainParams) -> dict[str, tuple]:
         for i, width in enumerate(params.filters, start=1):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-            x = lungct.model.FusedBatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+            x = lungct.model.network.FusedBatchNormalization(momentum=0.9, name=f"bn{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
         x = _HEADS[params.head](name=params.head)(x)
         x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
@@ -383,17 +382,17 @@ def train_and_score(root: Path, build, params: Params, setup: Setup) -> dict:
     """The train stage in ``root`` with ``build`` as ``build_cnn``; the saved model's scores."""
     from stages.train import train
 
-    cwd, original = Path.cwd(), lungct.model.build_cnn
+    cwd, original = Path.cwd(), lungct.model.network.build_cnn
     os.chdir(root)
-    lungct.model.build_cnn = build
+    lungct.model.network.build_cnn = build
     try:
         start = time.perf_counter()
         metrics = train(params)
         seconds = time.perf_counter() - start
-        model = lungct.model.load_model(MODEL_FILE, fold=False)
+        model = lungct.model.saving.load_model(MODEL_FILE, fold=False)
         scores = validation_scores(model, setup, root / "data" / "splits")
     finally:
-        lungct.model.build_cnn = original
+        lungct.model.network.build_cnn = original
         os.chdir(cwd)
     return {
         **scores,

@@ -15,10 +15,12 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from lungct.errors import UserError
+
+if TYPE_CHECKING:  # a type only: the service writes no tables and has no pandas
+    import pandas as pd
 
 
 def _clear_stale(target: Path) -> None:

@@ -22,9 +22,9 @@ from typing import Any, Protocol, get_args
 from lungct.artifacts import CONTRACT_FILE
 from lungct.atomic import write_json
 from lungct.errors import SkippedFile, UserError
+from lungct.io.windowing import is_window
 from lungct.limits import MAX_IMAGE_BYTES
 from lungct.params import ConvertParams, Params
-from lungct.windowing import is_window
 
 # What the model takes, and how raw files become it (for a person reading labels.json).
 MODEL_INPUT = "float32 pixel values 0..255 (the model rescales to 0..1)"
@@ -49,7 +49,7 @@ class _WindowLike(Protocol):
     width: float
 
 
-class _FrameLike(Protocol):  # lungct.dicom.CTFrame
+class _FrameLike(Protocol):  # lungct.io.dicom.CTFrame
     window: tuple[float, float] | None
 
 
@@ -84,7 +84,7 @@ class Preprocessing:
     crop: str = "none"
     crop_mm: float = 0.0
     # "body": each image cropped to the body's bounding box before the resize
-    # (lungct.images.body_box); "image": the whole image
+    # (lungct.io.images.body_box); "image": the whole image
     framing: str = "image"
 
     @property

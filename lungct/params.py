@@ -277,7 +277,7 @@ class SplitParams(_Section):
     classes: Literal["default", "binary"] | dict[str, str]
     # Images without a PatientID: "phash" groups near duplicates of the original image
     # (pHash within near_duplicate_distance bits, chains included); "patient_likely" groups
-    # likely patients (lungct.grouping, docs/splitting.md), with the thresholds below.
+    # likely patients (lungct.data.grouping, docs/splitting.md), with the thresholds below.
     grouping: Literal["phash", "patient_likely"]
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
     view_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # pHash of the model's view
@@ -341,7 +341,7 @@ class TrainParams(_Section):
     cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
     # "auto": MirroredStrategy over all GPUs when there are several, else the default;
     # "multi_worker": MultiWorkerMirroredStrategy over the machines of TF_CONFIG
-    # (lungct.distributed; only the chief writes outputs).
+    # (lungct.model.distributed; only the chief writes outputs).
     strategy: Literal["auto", "default", "mirrored", "multi_worker"]
     # What the conv blocks train in: float32, or bfloat16 with float32 weights (Keras'
     # mixed_bfloat16: 2x and more the speed where the CPU has bfloat16 instructions,
@@ -364,7 +364,7 @@ class EvaluateParams(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100_000)]
     grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
     # Test-time augmentation: the mean over the image and four slightly shifted copies
-    # (lungct.model.tta_model); the cv stage reports fold scores with and without it.
+    # (lungct.model.network.tta_model); the cv stage reports fold scores with and without it.
     tta: bool
 
 

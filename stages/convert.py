@@ -2,8 +2,8 @@
 
 DICOM: stored values -> HU -> CT window. Exported images (PNG/JPG of any mode):
 deliberate grayscale. Both are then resized (aspect kept, black padding). That path is
-``lungct.preprocess``, which predict and the app run too; the per-file work and its
-process pool are ``lungct.conversion``, slice order and series flags ``lungct.series``.
+``lungct.io.preprocess``, which predict and the app run too; the per-file work and its
+process pool are ``lungct.data.convert``, slice order and series flags ``lungct.data.series``.
 
 Writes ``data/converted/images/<raw relative path>.png`` and
 ``data/converted/manifest.csv`` (one row per input file, converted or skipped with a
@@ -25,15 +25,14 @@ from lungct.artifacts import (
     METRICS_DIR,
     RAW_DIR,
     RAW_LABELS,
-    read_labels,
-    read_layout,
 )
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.contract import Preprocessing
-from lungct.conversion import Job, check_skips, convert_all, convert_metrics, plan
+from lungct.data.convert import Job, check_skips, convert_all, convert_metrics, plan
+from lungct.data.series import series_order
+from lungct.data.tables import read_labels, read_layout
 from lungct.errors import UserError, run_stage
 from lungct.params import ConvertParams, load_params
-from lungct.series import series_order
 
 METRICS_FILE = METRICS_DIR / "convert.json"
 

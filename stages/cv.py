@@ -1,7 +1,7 @@
 """cv: cross-validation of the train recipe on the train and val images (``split.folds``).
 
 One model per fold of ``data/splits/splits.csv``, fitted on the other folds with the
-``train`` params, early stopping on its own fold, and scored on it (``lungct.cv``):
+``train`` params, early stopping on its own fold, and scored on it (``lungct.model.cv``):
 the figures by which recipes are compared, never the test split.
 
 Writes ``models/folds/`` (the fold models and ``folds.json``, which ``train.ensemble``
@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import shutil
 
-from lungct.artifacts import FOLDS_DIR, METRICS_DIR, SPLITS_DIR, read_splits
+from lungct.artifacts import FOLDS_DIR, METRICS_DIR, SPLITS_DIR
 from lungct.atomic import atomic_dir, write_json
+from lungct.data.tables import read_splits
 from lungct.errors import run_stage
 from lungct.params import Params, load_params
 
@@ -34,7 +35,7 @@ log = logging.getLogger("cv")
 
 
 def cv(params: Params) -> dict:
-    from lungct.cv import cross_validate, headline
+    from lungct.model.cv import cross_validate, cv_headline
 
     table = read_splits(SPLITS_DIR)
     shutil.rmtree(CV_LIVE_DIR, ignore_errors=True)
@@ -43,7 +44,7 @@ def cv(params: Params) -> dict:
     with atomic_dir(FOLDS_DIR) as tmp:
         details = cross_validate(params, table, tmp, live_dir=CV_LIVE_DIR)
     write_json(CV_DETAILS, details)
-    write_json(CV_METRICS, headline(details))
+    write_json(CV_METRICS, cv_headline(details))
     if details["folds"]:
         log.info(
             "cv: %d folds, validation balanced accuracy %.3f +- %.3f, macro F1 %.3f +- %.3f",

@@ -26,10 +26,10 @@ import pandas as pd
 from lungct import phantom
 from lungct.artifacts import RAW_DIR, RAW_LABELS, RAW_SOURCE
 from lungct.atomic import atomic_dir, write_csv, write_json
+from lungct.data.layouts import detect_layout
 from lungct.errors import UserError, run_stage
-from lungct.layouts import detect_layout
+from lungct.io.sources import fetch_url, kaggle_download, sha256_file, unpack_or_copy, verify_sha256
 from lungct.params import DataParams, Params, load_params, redact
-from lungct.sources import fetch_url, kaggle_download, sha256_file, unpack_or_copy, verify_sha256
 
 log = logging.getLogger("download")
 

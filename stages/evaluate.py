@@ -14,7 +14,7 @@ Writes, all under ``metrics/``:
 - ``charts/*.png``: static training-curve, confusion-matrix and ROC charts for the report;
 - ``report.md``: the same, readable;
 
-and ``models/card.json``, the model card (``lungct.card``): the headline figures with the
+and ``models/card.json``, the model card (``lungct.evaluation.card``): the headline figures with the
 sha256 of the model they belong to and what it was trained on, for whoever serves it.
 """
 
@@ -34,25 +34,23 @@ from lungct.artifacts import (
     PROBABILITY_DECIMALS,
     SPLIT_KEYS,
     SPLITS_DIR,
-    read_split_metrics,
-    read_splits,
-    split_images,
 )
 from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
-from lungct.card import CARD_FILE, write_card
-from lungct.charts import write_charts
 from lungct.contract import Contract
+from lungct.data.tables import read_split_metrics, read_splits, split_images
 from lungct.errors import UserError, run_stage
-from lungct.metrics import (
+from lungct.evaluation.card import CARD_FILE, write_card
+from lungct.evaluation.charts import write_charts
+from lungct.evaluation.metrics import (
     classification_metrics,
-    headline,
+    eval_headline,
     image_phashes,
     leak_sensitivity,
     nearest_bits,
     roc_curves,
 )
+from lungct.evaluation.report import image_grid, markdown_report, write_roc
 from lungct.params import Params, load_params
-from lungct.report import image_grid, markdown_report, write_roc
 
 METRICS_FILE = METRICS_DIR / "eval.json"  # the headline figures: DVC's declared metrics
 DETAILS_FILE = METRICS_DIR / "eval_details.json"  # everything measured, for report.md and people
@@ -73,7 +71,9 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     if not MODEL_FILE.exists():
         raise UserError(f"{MODEL_FILE}: not found (run the train stage first: dvc repro)")
 
-    from lungct.model import image_dataset, load_model, tta_model
+    from lungct.model.dataset import image_dataset
+    from lungct.model.network import tta_model
+    from lungct.model.saving import load_model
 
     model = contract.check_model(load_model(MODEL_FILE), MODEL_FILE, CONTRACT_FILE)
     if params.evaluate.tta:
@@ -120,7 +120,7 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     with atomic_file(REPORT_FILE) as tmp:
         tmp.write_text(markdown_report(metrics, split, charts, CHARTS_DIR.name), encoding="utf-8")
     write_json(DETAILS_FILE, metrics)
-    figures = headline(metrics)
+    figures = eval_headline(metrics)
     write_card(CARD_FILE, MODEL_FILE, contract, figures, metrics["images"], metrics["groups"])
     write_json(METRICS_FILE, figures)  # last: its presence means the rest is complete
     log.info(

@@ -1,7 +1,7 @@
 """export: the trained model as a TensorFlow SavedModel and an ONNX model, for serving.
 
 Writes ``models/export/`` (``savedmodel/``, ``onnx/model.onnx``, each with the model
-contract ``labels.json`` beside it, and ``export.json``): see :mod:`lungct.export`. Each
+contract ``labels.json`` beside it, and ``export.json``): see :mod:`lungct.model.export`. Each
 export is checked on the test split against the Keras model (within 1e-5) before the
 folder is moved into place; a failed check is one ``error:`` line and leaves nothing.
 """
@@ -9,7 +9,7 @@ folder is moved into place; a failed check is one ``error:`` line and leaves not
 from __future__ import annotations
 
 from lungct.errors import run_stage
-from lungct.export import export
+from lungct.model.export import export
 
 
 def main() -> None:

@@ -5,13 +5,13 @@ trained model, preprocessed exactly as the pipeline preprocessed its training im
     python -m stages.predict PATH [PATH ...] --format dicom-sr --output DIR
 
 Not a DVC stage: it reads ``models/model.keras`` and ``models/labels.json`` (``--model``,
-``--labels``) and runs the convert stage's own code on each file (``lungct.preprocess``)
+``--labels``) and runs the convert stage's own code on each file (``lungct.io.preprocess``)
 with the windows, channels and input size the contract records. Folders are walked
 recursively; a folder's DICOM series also get a series row (the mean of their slices'
 probabilities). A file that cannot be predicted gets one line on stderr (file: reason)
 and the rest still run; the exit status is 1 when any failed, 2 for a usage or model
 error, 0 otherwise. ``--format dicom-sr`` writes one DICOM Structured Report per series or
-DICOM image into the folder ``--output`` (``lungct.dicom_sr``). A model trained on the
+DICOM image into the folder ``--output`` (``lungct.serving.dicom_sr``). A model trained on the
 built-in synthetic cohort says so on stderr (``warning: ...``).
 """
 
@@ -27,9 +27,10 @@ from pathlib import Path
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.atomic import atomic_file, check_replaceable
-from lungct.dicom_sr import check_output_dir, write_reports
 from lungct.errors import UserError, run_stage
-from lungct.inference import (
+from lungct.serving.dicom_sr import check_output_dir, write_reports
+from lungct.serving.formats import FORMATS, render
+from lungct.serving.inference import (
     Failure,
     Predictor,
     expand,
@@ -37,7 +38,6 @@ from lungct.inference import (
     predict_files,
     preprocess_pool,
 )
-from lungct.prediction_formats import FORMATS, render
 
 DICOM_SR = "dicom-sr"  # one DICOM Structured Report per series or image, into a folder
 

@@ -6,7 +6,7 @@
 ``POST /predict`` (multipart files: DICOM, PNG, JPG, or a zip of a series) answers with
 the JSON of ``python -m stages.predict --format json``; ``GET /health``; ``GET /model``
 (classes, input, training data, test figures, limits). Not a DVC stage. Details:
-:mod:`lungct.serve` and docs/deploy.md. The model is loaded once; ``--model`` may also be
+:mod:`lungct.serving.service` and docs/deploy.md. The model is loaded once; ``--model`` may also be
 the ONNX export (``models/export/onnx/model.onnx``, run by onnxruntime). Prints
 ``serve: listening on http://HOST:PORT`` on stderr when ready (``--port 0``: any free port).
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from lungct.artifacts import MODEL_FILE
 from lungct.errors import run_stage
-from lungct.inference import Predictor, preprocess_pool
-from lungct.serve import Limits, Service, load_predictor, serve_forever
+from lungct.serving.inference import Predictor, preprocess_pool
+from lungct.serving.service import Limits, Service, load_predictor, serve_forever
 
 log = logging.getLogger("serve")
 

@@ -3,7 +3,7 @@
 Raw labels become classes (``split.classes``); images are grouped (patients, or likely
 patients or near duplicates for images without ids, ``split.grouping``), assigned to
 splits by ``split.strategy``, and the leakage gate applies ``split.leakage`` (all in
-``lungct.splitting``).
+``lungct.data.split``).
 
 Writes the split images, ``data/splits/splits.csv`` (image, class, split, group,
 source, and the cross-validation fold), ``data/splits/dropped.csv`` (copies the gate dropped), ``metrics/split.json``
@@ -25,10 +25,7 @@ from lungct.artifacts import (
     SPLITS_TABLE,
 )
 from lungct.atomic import atomic_dir, write_csv, write_json
-from lungct.errors import run_stage
-from lungct.params import Params, load_params
-from lungct.report import write_samples
-from lungct.splitting import (
+from lungct.data.split import (
     apply_leakage_policy,
     assign,
     assign_folds,
@@ -37,6 +34,9 @@ from lungct.splitting import (
     split_metrics,
     with_image_paths,
 )
+from lungct.errors import run_stage
+from lungct.evaluation.report import write_samples
+from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "split.json"
 SAMPLES_FILE = METRICS_DIR / "split_samples.png"

@@ -26,16 +26,18 @@ from lungct.artifacts import (
     SPLIT_METRICS,
     SPLITS_DIR,
     TRAIN_LIVE_DIR,
+)
+from lungct.atomic import atomic_file, write_json
+from lungct.contract import Contract, TrainingData
+from lungct.data.tables import (
     read_source,
     read_split_metrics,
     read_splits,
     split_images,
     train_classes,
 )
-from lungct.atomic import atomic_file, write_json
-from lungct.contract import Contract, TrainingData
-from lungct.distributed import is_chief
 from lungct.errors import run_stage
+from lungct.model.distributed import is_chief
 from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "train.json"
@@ -48,14 +50,14 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
     table = read_splits(splits_dir)
     classes = train_classes(table, splits_dir)
 
-    from lungct.model import save_model
+    from lungct.model.saving import save_model
 
     # what the model will take, and say it was trained on
     contract = Contract.from_params(params, classes, training_data(splits_dir))
     if params.train.ensemble:
         return train_ensemble(contract, folds_dir)
 
-    from lungct.training import fit_model
+    from lungct.model.train import fit_model
 
     # train.strategy multi_worker: every worker trains, only the chief writes outputs
     chief = params.train.strategy != "multi_worker" or is_chief()
@@ -72,7 +74,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
         name = f"train, seed {seed} ({offset + 1}/{params.train.seeds})"
         members.append(fit_model(params.train, contract, seed, train_set, val_set, name=name))
     if len(members) > 1:
-        from lungct.model import ensemble
+        from lungct.model.network import ensemble
 
         model = ensemble([member.model for member in members])
     best = fitted.best_epoch - 1
@@ -108,8 +110,8 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
 def train_ensemble(contract: Contract, folds_dir: Path) -> dict:
     """The cv stage's fold models averaged into the saved model (``train.ensemble``); their
     curves and scores are the cv stage's (metrics/cv/, metrics/cv_details.json)."""
-    from lungct.cv import fold_ensemble
-    from lungct.model import save_model
+    from lungct.model.cv import fold_ensemble
+    from lungct.model.saving import save_model
 
     model = fold_ensemble(contract, folds_dir)
     with atomic_file(MODEL_FILE) as tmp:

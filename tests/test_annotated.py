@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from lungct.annotations import REASONS
-from lungct.artifacts import read_manifest
+from lungct.data.tables import read_manifest
 from lungct.errors import UserError
-from lungct.inference import restack
 from lungct.params import Params, merge, parse_params
 from lungct.phantom import FORM_LAYOUTS, write_cohort
+from lungct.serving.inference import restack
 from stages.convert import convert
 from stages.download import download
 from stages.predict import predict

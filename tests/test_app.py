@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lungct.errors import SkippedFile
-from lungct.inference import Predictor, predict_bytes
+from lungct.serving.inference import Predictor, predict_bytes
 from tests.conftest import ROOT
 from tests.dicom_fixtures import enhanced_ct, sr_document
 from tests.trained import stage_env, trained_project

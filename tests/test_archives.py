@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lungct import archives
-from lungct.archives import ArchiveError, ExtractStats, archive_kind, safe_extract
+from lungct.io import archives
+from lungct.io.archives import ArchiveError, ExtractStats, archive_kind, safe_extract
 
 BIG = 10**9  # limits that never bite, for tests about something else
 

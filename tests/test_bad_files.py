@@ -5,9 +5,9 @@ a number, missing, zero, negative or huge; a broken Modality LUT; a decompressio
 non-finite rescale or window; a broken or absurdly sized PNG, JPEG, TIFF, GIF or BMP). For
 each one:
 
-* the reader (``lungct.preprocess.model_images``) raises :class:`SkippedFile` with the
+* the reader (``lungct.io.preprocess.model_images``) raises :class:`SkippedFile` with the
   reason, its detail one line (bombs: without decoding, in little memory);
-* predict (``lungct.inference.predict_files``) gives one failure line with that reason;
+* predict (``lungct.serving.inference.predict_files``) gives one failure line with that reason;
 * the convert stage, on a folder of good files plus every case, through a pool of two
   worker processes, completes, with the case as one skipped manifest row with that
   reason, and writes no image for it.
@@ -46,12 +46,12 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from lungct.contract import Contract, Preprocessing
+from lungct.data.series import series_order
 from lungct.errors import SkippedFile, UserError
-from lungct.inference import Predictor, predict_files
+from lungct.io.preprocess import model_images
 from lungct.limits import MAX_IMAGE_BYTES
 from lungct.params import merge, parse_params
-from lungct.preprocess import model_images
-from lungct.series import series_order
+from lungct.serving.inference import Predictor, predict_files
 from stages.convert import convert
 from tests.conftest import ROOT, TINY, project_params
 from tests.dicom_fixtures import BUILDERS, DEFAULT_PATIENT_ID

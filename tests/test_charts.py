@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungct.charts import (
+from lungct.evaluation.charts import (
     CONFUSION_FILE,
     CURVES_FILE,
     ROC_FILE,
@@ -18,8 +18,8 @@ from lungct.charts import (
     training_curves,
     write_charts,
 )
-from lungct.metrics import classification_metrics, roc_curves
-from lungct.report import markdown_report
+from lungct.evaluation.metrics import classification_metrics, roc_curves
+from lungct.evaluation.report import markdown_report
 
 THREE = ["benign", "malignant", "normal"]
 Y3 = np.array([0, 0, 1, 1, 1, 2])
@@ -101,7 +101,7 @@ def test_same_inputs_give_identical_bytes(tmp_path: Path):
 
 def test_missing_curve_files_skip_the_curves_chart(tmp_path: Path, caplog):
     (tmp_path / "out").mkdir()
-    with caplog.at_level(logging.INFO, logger="lungct.charts"):
+    with caplog.at_level(logging.INFO, logger="lungct.evaluation.charts"):
         drawn = write_charts(
             tmp_path / "out", tmp_path / "no-live", PREDICTIONS, THREE, roc_curves(Y3, P3, THREE)
         )
@@ -120,7 +120,7 @@ def test_missing_curve_files_skip_the_curves_chart(tmp_path: Path, caplog):
 def test_unreadable_curve_file_skips_the_curves_chart(tmp_path: Path, caplog, content: str):
     live = write_curves(tmp_path / "live")
     (live / "eval" / "loss.tsv").write_text(content)
-    with caplog.at_level(logging.INFO, logger="lungct.charts"):
+    with caplog.at_level(logging.INFO, logger="lungct.evaluation.charts"):
         assert read_curves(live) is None
     assert "unreadable" in caplog.text
 
@@ -132,7 +132,7 @@ def test_no_roc_without_both_sides(tmp_path: Path, caplog):
     roc = roc_curves(y, P3[:3], THREE)
     assert roc == {}
     (tmp_path / "out").mkdir()
-    with caplog.at_level(logging.INFO, logger="lungct.charts"):
+    with caplog.at_level(logging.INFO, logger="lungct.evaluation.charts"):
         drawn = write_charts(tmp_path / "out", tmp_path / "no-live", predictions, THREE, roc)
     assert [name for _, name in drawn] == [CONFUSION_FILE]
     assert "no ROC chart" in caplog.text

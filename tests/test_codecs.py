@@ -1,7 +1,7 @@
 """Every transfer syntax CT is stored in decodes out of the box (docs/dicom.md, "Codecs").
 
 Lossless syntaxes give back exactly the HU of the uncompressed file, through
-``lungct.dicom.read_ct`` and through every decoder plugin pydicom has for them; lossy ones
+``lungct.io.dicom.read_ct`` and through every decoder plugin pydicom has for them; lossy ones
 decode within a tolerance; a syntax whose decoders are gone still gives ``no_decoder``.
 Phantom slices are written with :func:`lungct.phantom.transfer_syntaxes.save_slice` (the
 encoders ``write_cohort(..., transfer_syntax=...)`` uses); HTJ2K, which no pinned package
@@ -35,8 +35,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from lungct.dicom import read_ct
 from lungct.errors import SkippedFile
+from lungct.io.dicom import read_ct
 from lungct.phantom import ct_slice_dataset, fov_mask, patient_rng, phantom_patient
 from lungct.phantom.transfer_syntaxes import (
     TRANSFER_SYNTAXES,

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from lungct.errors import UserError
+from lungct.io.windowing import window_uint8
 from lungct.params import WindowParams
-from lungct.windowing import window_uint8
 from stages.convert import convert
 from stages.download import download
 from tests.dicom_fixtures import build_all, ct_basic
@@ -221,7 +221,7 @@ def test_three_windows_give_one_channel_each_and_file_window_replaces_the_first(
 
 def _failing_on(monkeypatch, odd, exc: BaseException) -> None:
     """The CT reader raises ``exc`` on the file ``odd`` (set before the pool forks)."""
-    import lungct.conversion as conversion
+    import lungct.data.convert as conversion
 
     real = conversion.read_ct
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from lungct.data.split import NO_FOLD, assign_folds
 from lungct.errors import UserError
 from lungct.params import merge, parse_params
-from lungct.splitting import NO_FOLD, assign_folds
 from stages.convert import convert
 from stages.download import download
 from stages.split import split
@@ -81,8 +81,8 @@ def folded(workdir: Path, tiny_raw: dict):
 
 
 def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
-    from lungct.artifacts import read_splits
-    from lungct.cv import FOLDS_FILE
+    from lungct.data.tables import read_splits
+    from lungct.model.cv import FOLDS_FILE
     from stages.cv import cv
     from stages.train import train
 
@@ -115,8 +115,9 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
     assert (workdir / "metrics/cv/fold2/plots/metrics/eval/loss.tsv").is_file()
 
     # The ensemble: one model, the mean of the fold models' softmaxes.
-    from lungct.gradcam import GradCam
-    from lungct.model import ensemble_members, load_model
+    from lungct.model.gradcam import GradCam
+    from lungct.model.network import ensemble_members
+    from lungct.model.saving import load_model
 
     # train.seeds is unused then: the fold models are the ensemble
     ensemble_params = parse_params(merge(raw, {"train": {"ensemble": True, "seeds": 3}}))
@@ -227,7 +228,7 @@ def exports(folder: Path, framing: str) -> tuple[list[str], list[int]]:
     their bodies of brightness 130, 140, 110, 100, written as convert writes them."""
     from PIL import Image
 
-    from lungct.images import fit_square, frame_to_body
+    from lungct.io.images import fit_square, frame_to_body
 
     paths, labels = [], []
     for i, (inner, label, level) in enumerate(
@@ -254,7 +255,7 @@ def test_reframed_scores_see_a_model_that_reads_the_framing(tmp_path, framing, m
     from PIL import Image
 
     from lungct.contract import Contract
-    from lungct.cv import reframed_scores
+    from lungct.model.cv import reframed_scores
 
     params = parse_params(merge(project_params(), {"convert": {"framing": framing}}))
     paths, labels = exports(tmp_path, framing)
@@ -297,9 +298,9 @@ def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     model (nor its other seeds) nor any inner-fold member sees it; the single model trains
     on the rest's train images and stops on its val images, the inner folds partition the
     rest."""
-    import lungct.training
+    import lungct.model.train
     from benchmarks.nested import outer_fold
-    from lungct.artifacts import read_splits
+    from lungct.data.tables import read_splits
 
     raw = merge(tiny_raw, {"data": {"synthetic": {"patients": 24}}, "split": {"folds": 2}})
     params = parse_params(raw)
@@ -309,13 +310,13 @@ def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     splits_dir = workdir / "data/splits"
     table = read_splits(splits_dir)
     fits = []
-    real_fit = lungct.training.fit_model
+    real_fit = lungct.model.train.fit_model
 
     def spy(cfg, contract, seed, train, val, **kwargs):
         fits.append((set(train[0]), set(val[0])))
         return real_fit(cfg, contract, seed, train, val, **kwargs)
 
-    monkeypatch.setattr(lungct.training, "fit_model", spy)
+    monkeypatch.setattr(lungct.model.train, "fit_model", spy)
     result = outer_fold(params, table, 1, splits_dir, seed_members=2)
 
     def paths(rows: pd.DataFrame) -> set[str]:

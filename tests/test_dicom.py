@@ -3,8 +3,8 @@ import pydicom
 import pytest
 from pydicom import examples
 
-from lungct.dicom import padding_mask, read_ct, slice_position, stored_to_hu
 from lungct.errors import SkippedFile
+from lungct.io.dicom import padding_mask, read_ct, slice_position, stored_to_hu
 from tests.dicom_fixtures import BUILDERS
 
 
@@ -127,7 +127,7 @@ def test_monochrome1_is_not_inverted(tmp_path):
 # Large elements are read lazily; deflated files; codestream headers
 # --------------------------------------------------------------------------------------------
 def test_pixel_data_over_the_defer_size_is_read_when_used_and_gives_the_same_hu(tmp_path):
-    from lungct.dicom import DEFER_BYTES
+    from lungct.io.dicom import DEFER_BYTES
     from lungct.phantom.dicom_writer import ct_slice_dataset
 
     hu = np.round(np.linspace(-1000, 1000, 256 * 256)).reshape(256, 256).astype(np.float32)
@@ -174,7 +174,7 @@ def test_jpeg_frame_shape_comes_from_its_sof_marker():
 
     from PIL import Image
 
-    from lungct.dicom import _jpeg_shape
+    from lungct.io.dicom import _jpeg_shape
 
     buffer = io.BytesIO()
     Image.new("L", (40, 24)).save(buffer, format="JPEG")

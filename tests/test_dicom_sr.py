@@ -10,8 +10,8 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from lungct.dicom_sr import check_output_dir
 from lungct.errors import UserError
+from lungct.serving.dicom_sr import check_output_dir
 from stages.predict import predict
 from tests.dicom_fixtures import enhanced_ct
 from tests.trained import trained_project

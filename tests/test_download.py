@@ -18,8 +18,9 @@ import pytest
 import requests
 from PIL import Image
 
-from lungct import phantom, sources
+from lungct import phantom
 from lungct.errors import UserError
+from lungct.io import sources
 from lungct.params import parse_params
 from stages.download import download
 from tests.loopback import Server

@@ -66,11 +66,17 @@ def closure(module: str) -> set[Path]:
     return {module_file(name) for name in seen}
 
 
+def _only_docstring(path: Path) -> bool:
+    """A package marker: an ``__init__.py`` that holds nothing but its docstring."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
 def as_dep(path: Path, package_dirs: set[str]) -> str | None:
     """How dvc.yaml names a code file: its path, or the package folder it lies in when the
-    stage depends on the whole folder; None for the empty top-level package markers."""
+    stage depends on the whole folder; None for package markers that run no code."""
     rel = path.relative_to(ROOT).as_posix()
-    if rel in ("lungct/__init__.py", "stages/__init__.py"):
+    if path.name == "__init__.py" and _only_docstring(path):
         return None
     for folder in package_dirs:
         if rel.startswith(folder + "/"):

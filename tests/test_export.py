@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lungct.export as export_module
+import lungct.model.export as export_module
 from lungct.errors import UserError
+from lungct.model import exported
 from tests.trained import stage_env, trained_project
 
 EXPORT = Path("models/export")
@@ -63,7 +64,7 @@ def test_export_folder_holds_both_formats_with_the_contract(project: Path):
 def test_exports_give_the_evaluated_probabilities(project: Path):
     """Both exports on the test split: evaluate's probabilities (metrics/predictions.csv,
     6 decimals) within 1e-5; the augmentation layers are off in both."""
-    from lungct.model import decode_images
+    from lungct.model.dataset import decode_images
 
     table = pd.read_csv(project / "metrics/predictions.csv")
     paths = [str(project / "data/splits" / image) for image in table["image"]]
@@ -71,7 +72,7 @@ def test_exports_give_the_evaluated_probabilities(project: Path):
     expected = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
     export = project / EXPORT
     saved = export_module.run_savedmodel(export / "savedmodel", images)
-    onnx = export_module.run_onnx(export / "onnx/model.onnx", images)
+    onnx = exported.run_onnx(export / "onnx/model.onnx", images)
     np.testing.assert_allclose(saved, expected, atol=1e-5)
     np.testing.assert_allclose(onnx, expected, atol=1e-5)
     # Twice the same input, the same output: nothing random at inference.
@@ -110,7 +111,8 @@ def test_an_ensemble_export_is_byte_reproducible(project: Path, tmp_path: Path):
     equal constants kept), here twice in one process; the canonical form gives the same
     ONNX bytes. (The SavedModel is compared across processes, above: in one process TF
     numbers each new trace's functions on.)"""
-    from lungct.model import ensemble, load_model, save_model
+    from lungct.model.network import ensemble
+    from lungct.model.saving import load_model, save_model
 
     work = scratch(project, tmp_path / "work")
     members = [load_model(work / "models/model.keras") for _ in range(3)]
@@ -205,7 +207,7 @@ def test_a_failed_check_is_one_error_and_leaves_nothing(
 
 
 def test_model_card_names_the_model_and_holds_the_test_figures(project: Path):
-    from lungct.card import read_card, sha256_file
+    from lungct.evaluation.card import read_card, sha256_file
 
     card, note = read_card(project / "models/card.json", project / "models/model.keras")
     assert card is not None, note

@@ -121,7 +121,8 @@ def test_remote_round_trip(tmp_path: Path, clone: Path):
     assert lock_outs(clone) == lock_outs(reference)
 
     # The pulled model gives the predictions the reference run evaluated.
-    from lungct.model import image_dataset, load_model
+    from lungct.model.dataset import image_dataset
+    from lungct.model.saving import load_model
 
     contract = json.loads((clone / "models/labels.json").read_text())
     expected = pd.read_csv(reference / "metrics/predictions.csv")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from lungct.model import image_dataset
+from lungct.model.dataset import image_dataset
 
 
 def test_two_file_caches_in_one_folder_keep_their_images(tmp_path):

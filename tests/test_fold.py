@@ -1,4 +1,4 @@
-"""lungct.model: the fused batch-norm layer, and batch norm folded into the convolutions for
+"""lungct.model.network: the fused batch-norm layer, and batch norm folded into the convolutions for
 inference (issue 17)."""
 
 from __future__ import annotations
@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lungct.gradcam import GradCam
-from lungct.model import (
-    FusedBatchNormalization,
-    build_cnn,
-    inference_model,
-    load_model,
-    save_model,
-)
+from lungct.model.folding import inference_model
+from lungct.model.gradcam import GradCam
+from lungct.model.network import FusedBatchNormalization, build_cnn
+from lungct.model.saving import load_model, save_model
 
 SIZE = 32
 
@@ -115,7 +111,7 @@ def test_backbone_is_left_as_it_is(tiny):
 
 
 def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(tiny):
-    from lungct.model import compute_dtype, cpu_has_bfloat16
+    from lungct.model.runtime import compute_dtype, cpu_has_bfloat16
 
     assert compute_dtype("float32") == "float32"
     assert compute_dtype("mixed_bfloat16") == "mixed_bfloat16"
@@ -193,7 +189,7 @@ def test_model_with_fused_batch_norm_round_trips_in_safe_mode(tiny, tmp_path, pr
 
 def test_bfloat16_training_is_deterministic(tiny):
     """Two fits of the same seeded mixed_bfloat16 model give the same weights, bit for bit."""
-    from lungct.model import seed_everything
+    from lungct.model.runtime import seed_everything
 
     params = tiny.train.model_copy(update={"precision": "mixed_bfloat16"})
     x = images(16)

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lungct.data.layouts import class_mapping, detect_layout, folder_class, label_from_path
 from lungct.errors import UserError
-from lungct.layouts import class_mapping, detect_layout, folder_class, label_from_path
 from lungct.params import parse_params
 from stages.convert import convert
 from stages.download import download

@@ -1,4 +1,4 @@
-"""lungct.gradcam: Grad-CAM maps for the project's CNN and the keras.applications backbones."""
+"""lungct.model.gradcam: Grad-CAM maps for the project's CNN and the keras.applications backbones."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from lungct.gradcam import GradCam, GradCamUnavailable, heat_colours, overlay
-from lungct.model import build_cnn, load_model
+from lungct.model.gradcam import GradCam, GradCamUnavailable, heat_colours, overlay
+from lungct.model.network import build_cnn
+from lungct.model.saving import load_model
 from tests.trained import trained_project
 
 

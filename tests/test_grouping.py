@@ -1,4 +1,4 @@
-"""Likely patients among images without ids (lungct.grouping: split.grouping patient_likely),
+"""Likely patients among images without ids (lungct.data.grouping: split.grouping patient_likely),
 measured against known identity, and the leak-sensitivity figure of evaluate."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from benchmarks.grouping import export_idless, render_cohort
 from lungct.artifacts import EVIDENCE_COLUMNS
-from lungct.errors import UserError
-from lungct.grouping import (
+from lungct.data.grouping import (
     THUMB,
     Evidence,
     Rule,
@@ -25,10 +24,11 @@ from lungct.grouping import (
     likely_patients,
     pairwise_scores,
 )
-from lungct.metrics import classification_metrics, leak_sensitivity, nearest_bits
+from lungct.data.split import read_converted
+from lungct.errors import UserError
+from lungct.evaluation.metrics import classification_metrics, leak_sensitivity, nearest_bits
+from lungct.evaluation.report import markdown_report
 from lungct.params import merge, parse_params
-from lungct.report import markdown_report
-from lungct.splitting import read_converted
 from stages.convert import convert
 from tests.conftest import project_params
 
@@ -267,7 +267,7 @@ def test_leak_sensitivity_line_in_the_report():
 
 
 def test_identical_views_join_one_group_whatever_the_evidence():
-    from lungct.splitting import join_identical
+    from lungct.data.split import join_identical
 
     components = np.array([0, 1, 2, 3, 3, 5])
     content = ["a", "b", "a", "c", "b", "a"]

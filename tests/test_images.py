@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct.images import fit_square, phash, png_bytes, save_png
+from lungct.io.images import fit_square, phash, png_bytes, save_png
 
 
 def test_fit_square_keeps_aspect_and_pads_black():
@@ -127,7 +127,7 @@ def chest_export(height: int, width: int, top: int, left: int) -> np.ndarray:
     ("height", "width", "top", "left"), [(300, 400, 60, 100), (130, 170, 4, 5)]
 )
 def test_body_box_is_the_body_not_the_table_nor_the_margin(height, width, top, left):
-    from lungct.images import body_box
+    from lungct.io.images import body_box
 
     image = chest_export(height + 10, width, top, left)
     box = body_box(image > 40)
@@ -139,7 +139,7 @@ def test_body_box_is_the_body_not_the_table_nor_the_margin(height, width, top, l
 
 
 def test_frame_to_body_shows_one_body_at_one_scale_whatever_the_margin():
-    from lungct.images import frame_to_body
+    from lungct.io.images import frame_to_body
 
     tight = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
     wide = fit_square(frame_to_body(chest_export(400, 600, 150, 220)), 64)
@@ -154,7 +154,7 @@ def test_frame_to_body_shows_one_body_at_one_scale_whatever_the_margin():
 
 @pytest.mark.parametrize("image", [np.zeros((50, 80), np.uint8), np.full((50, 80), 255, np.uint8)])
 def test_no_body_or_all_body_leaves_the_image_whole(image):
-    from lungct.images import frame_to_body
+    from lungct.io.images import frame_to_body
 
     assert frame_to_body(image).shape == image.shape
     speck = image.copy()
@@ -164,10 +164,10 @@ def test_no_body_or_all_body_leaves_the_image_whole(image):
 
 @pytest.mark.parametrize("margin", [0.15, 0.3])
 def test_reframe_shows_an_image_as_a_wider_export_would(margin):
-    """The cv stage's framing shift (lungct.images.reframe): with framing image the body
+    """The cv stage's framing shift (lungct.io.images.reframe): with framing image the body
     shrinks by 1 / (1 + 2 margin) in the same square; with framing body it is cropped back,
     so a body-framed model sees nearly the image it was scored on."""
-    from lungct.images import frame_to_body, reframe
+    from lungct.io.images import frame_to_body, reframe
 
     view = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
     wider = reframe(view, margin, "image")

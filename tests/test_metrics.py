@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lungct.metrics import (
+from lungct.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
     expected_calibration_error,

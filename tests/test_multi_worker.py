@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from lungct.distributed import (
+from lungct.errors import UserError
+from lungct.model.distributed import (
     DEFAULT_PEER_TIMEOUT_S,
     is_chief,
     parse_cluster,
@@ -31,7 +32,6 @@ from lungct.distributed import (
     shard,
     step_batches,
 )
-from lungct.errors import UserError
 from lungct.params import merge, parse_params
 from stages.convert import convert
 from stages.download import download
@@ -230,7 +230,8 @@ def finish(procs: list, timeout: float = 120) -> list[int]:
 def test_two_workers_train_together_and_only_the_chief_writes(workspace, tmp_path):
     import numpy as np
 
-    from lungct.model import decode_images, load_model
+    from lungct.model.dataset import decode_images
+    from lungct.model.saving import load_model
 
     before = files_of(workspace)
     outputs = []
@@ -296,7 +297,7 @@ def test_a_worker_that_dies_fails_the_run_with_one_line(workspace, tmp_path):
 
 
 def test_cross_validation_folds_are_refused_before_any_training():
-    from lungct.distributed import fit_multi_worker
+    from lungct.model.distributed import fit_multi_worker
 
     with pytest.raises(UserError, match="cv fold 1/3: train.strategy multi_worker"):
         fit_multi_worker(None, None, 0, ([], []), ([], []), name="cv fold 1/3")

@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.path import Path as Polygon
 
-from lungct.dicom import read_ct
+from lungct.io.dicom import read_ct
 from lungct.phantom import fov_mask, patient_rng, phantom_patient, write_cohort
 from lungct.phantom.cohort import (
     ANNOTATION_FORMS,

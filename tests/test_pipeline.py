@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lungct.metrics import HEADLINE
+from lungct.evaluation.metrics import HEADLINE
 from lungct.params import merge
 from tests.conftest import TINY
 from tests.dvc_project import dvc, dvc_json, dvc_project, git, ran_stages, write_params

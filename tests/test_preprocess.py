@@ -1,4 +1,4 @@
-"""lungct.preprocess: the one raw file -> model input path, shared by convert and predict."""
+"""lungct.io.preprocess: the one raw file -> model input path, shared by convert and predict."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pytest
 from PIL import Image
 
 from lungct.contract import Contract, Preprocessing
-from lungct.dicom import CTFrame, StoredPixels, read_ct
 from lungct.errors import SkippedFile
-from lungct.images import model_input
-from lungct.preprocess import (
+from lungct.io.dicom import CTFrame, StoredPixels, read_ct
+from lungct.io.images import model_input
+from lungct.io.preprocess import (
     dicom_images,
     exported_image,
     file_problem,
     frame_channels,
     model_images,
 )
-from lungct.windowing import window_channels
+from lungct.io.windowing import window_channels
 from stages.convert import convert
 from stages.download import download
 from tests.dicom_fixtures import (
@@ -289,7 +289,7 @@ def test_body_framing_reaches_every_model_image(tmp_path):
 def test_body_framing_of_ct_is_by_density_whatever_the_window(workdir, tiny):
     """A CT frame's body is where it is denser than -500 HU: in a lung window air is grey
     (60 of 255), so brightness alone would find no margin to crop."""
-    from lungct.images import BODY_HU, body_box
+    from lungct.io.images import BODY_HU, body_box
 
     download(tiny)
     path = sorted((workdir / "data/raw").rglob("*.dcm"))[0]

@@ -1,13 +1,13 @@
 import pandas as pd
 import pytest
 
-from lungct.errors import UserError
-from lungct.splitting import (
+from lungct.data.split import (
     group_classes,
     groups_in_several_splits,
     near_duplicate_components,
     split_groups,
 )
+from lungct.errors import UserError
 
 
 def cohort(per_class: dict[str, int]) -> pd.Series:

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 
 
 def test_cnn_shape_and_named_blocks(tiny):
-    from lungct.model import build_cnn
+    from lungct.model.network import build_cnn
 
     model = build_cnn(32, 1, 3, tiny.train)
     assert model.input_shape == (None, 32, 32, 1)
@@ -30,7 +30,7 @@ def test_cnn_shape_and_named_blocks(tiny):
 
 def test_two_convs_per_block(tiny):
     """train.convs_per_block: conv, batch norm, ReLU twice, then the block's one pool."""
-    from lungct.model import build_cnn
+    from lungct.model.network import build_cnn
 
     model = build_cnn(32, 1, 3, tiny.train.model_copy(update={"convs_per_block": 2}))
     names = [layer.name for layer in model.layers]
@@ -44,7 +44,7 @@ def test_intensity_jitter_trains_only(tiny):
     0..255), inference sees the image as it is."""
     import numpy as np
 
-    from lungct.model import augmentation
+    from lungct.model.network import augmentation
 
     jitter = tiny.train.augment.model_copy(
         update={**NO_AUGMENT, "contrast": 0.3, "brightness": 0.2}
@@ -61,7 +61,7 @@ def test_intensity_jitter_trains_only(tiny):
 
 def test_baseline_recipe_without_augmentation_builds(tiny_raw):
     """Every transform off (the baseline CNN's recipe): no augmentation block, not a crash."""
-    from lungct.model import build_cnn
+    from lungct.model.network import build_cnn
     from lungct.params import merge, parse_params
 
     params = parse_params(merge(tiny_raw, {"train": {"augment": NO_AUGMENT, "head": "flatten"}}))
@@ -110,21 +110,21 @@ def test_same_params_same_metrics_and_predictions(splits_ready):
     assert contract["classes"] == ["benign", "malignant", "normal"]
     assert contract["windows"] == [{"center": -600.0, "width": 1500.0}]
     # The trained model loads in safe mode and its predictions are the evaluate stage's.
-    from lungct.model import load_model
+    from lungct.model.saving import load_model
 
     assert load_model(splits_ready / "models/model.keras").output_shape == (None, 3)
 
 
 def test_balanced_class_weights():
-    from lungct.model import class_weights
+    from lungct.model.network import class_weights
 
     # 6 of class 0, 2 of class 1, none of class 2: n / (n_classes * count)
     assert class_weights([0] * 6 + [1] * 2, 3) == {0: 8 / 18, 1: 8 / 6}
 
 
 def test_file_cache_gives_the_same_batches_as_memory(splits_ready, tiny):
-    from lungct.artifacts import read_splits, split_images
-    from lungct.model import image_dataset
+    from lungct.data.tables import read_splits, split_images
+    from lungct.model.dataset import image_dataset
 
     table = read_splits(splits_ready / "data/splits")
     paths, labels = split_images(
@@ -141,7 +141,7 @@ def test_file_cache_gives_the_same_batches_as_memory(splits_ready, tiny):
 
 
 def test_cosine_schedule_decays_to_zero(tiny):
-    from lungct.model import learning_rate
+    from lungct.model.network import learning_rate
 
     schedule = learning_rate(tiny.train.model_copy(update={"lr_schedule": "cosine"}), 10)
     assert float(schedule(0)) == pytest.approx(tiny.train.lr)
@@ -160,7 +160,7 @@ import json
 from lungct.params import load_params
 from stages.train import train
 metrics = train(load_params())
-from lungct.model import distribution_strategy
+from lungct.model.runtime import distribution_strategy
 print(json.dumps({"mirrored": distribution_strategy("mirrored").num_replicas_in_sync,
                   "auto": distribution_strategy("auto").num_replicas_in_sync, **metrics}))
 """
@@ -193,7 +193,8 @@ def test_early_stopping_restores_the_best_epoch(splits_ready, tiny_raw):
 def test_seed_ensemble_averages_models_from_consecutive_seeds(splits_ready, tiny_raw):
     """train.seeds: 2 saves the mean of two models fitted on the same images, the first
     the very model train.seeds: 1 saves (same seed), the second from base.seed + 1."""
-    from lungct.model import ensemble_members, load_model
+    from lungct.model.network import ensemble_members
+    from lungct.model.saving import load_model
 
     x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 1)).astype(np.float32)
     outputs = {}
@@ -216,7 +217,7 @@ def test_seed_ensemble_averages_models_from_consecutive_seeds(splits_ready, tiny
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
 def test_backbones_build_offline(tiny, name):
-    from lungct.model import build_cnn
+    from lungct.model.network import build_cnn
 
     params = tiny.train.model_copy(update={"backbone": name, "pretrained": False})
     model = build_cnn(32, 1, 3, params)

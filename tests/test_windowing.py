@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lungct.windowing import (
+from lungct.io.windowing import (
     is_window,
     to_uint8,
     window_channels,

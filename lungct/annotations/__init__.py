@@ -23,8 +23,8 @@ from lungct.annotations.datasets import (
 from lungct.annotations.lidc import LIDC_LABELS, LidcRead, lidc_labels, read_lidc
 from lungct.annotations.luna16 import LUNA16_LABELS, luna16_labels, read_luna16_csv
 from lungct.annotations.metaimage import MetaGeometry, MetaVolume, inspect_metaimage, read_metaimage
-from lungct.annotations.model import Labelled, Problem, SliceLabel, SliceRef, world_to_pixel
 from lungct.annotations.reasons import REASONS
+from lungct.annotations.slices import Labelled, Problem, SliceLabel, SliceRef, world_to_pixel
 from lungct.annotations.voc import VOC_LETTERS, read_voc, voc_labels
 from lungct.annotations.xmlsafe import MAX_XML_BYTES, AnnotationError
 

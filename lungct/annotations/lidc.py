@@ -32,18 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.annotations.model import (
-    EPS_MM,
-    MOVING_MM,
-    Labelled,
-    Problem,
-    SliceLabel,
-    SliceRef,
-    by_series,
-    normal,
-    series_spacing,
-    skipped,
-)
 from lungct.annotations.reasons import (
     ANNOTATION_DUPLICATE,
     ANNOTATION_UNKNOWN,
@@ -56,6 +44,18 @@ from lungct.annotations.reasons import (
     NO_POSITION,
     NOT_ANNOTATED,
     NOT_CT_ANNOTATION,
+)
+from lungct.annotations.slices import (
+    EPS_MM,
+    MOVING_MM,
+    Labelled,
+    Problem,
+    SliceLabel,
+    SliceRef,
+    by_series,
+    normal,
+    series_spacing,
+    skipped,
 )
 from lungct.annotations.xmlsafe import (
     MAX_XML_BYTES,

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungct.annotations.model import (
+from lungct.annotations.reasons import (
+    ANNOTATION_TOO_LARGE,
+    ANNOTATION_UNREADABLE,
+    LUNA16_NEAR_NODULE,
+    NO_POSITION,
+)
+from lungct.annotations.slices import (
     EPS_MM,
     Labelled,
     Problem,
@@ -27,12 +33,6 @@ from lungct.annotations.model import (
     point_position,
     skipped,
     world_to_pixel,
-)
-from lungct.annotations.reasons import (
-    ANNOTATION_TOO_LARGE,
-    ANNOTATION_UNREADABLE,
-    LUNA16_NEAR_NODULE,
-    NO_POSITION,
 )
 from lungct.errors import first_line
 from lungct.limits import size_text

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungct.annotations.model import SliceRef
 from lungct.annotations.reasons import (
     METAIMAGE_BAD_HEADER,
     METAIMAGE_MISSING_DATA,
     METAIMAGE_SIZE_MISMATCH,
     METAIMAGE_UNREADABLE,
 )
+from lungct.annotations.slices import SliceRef
 from lungct.errors import SkippedFile, first_line
 from lungct.limits import check_size
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungct.annotations.model import Labelled, Problem, SliceLabel, SliceRef, skipped
 from lungct.annotations.reasons import (
     ANNOTATION_DUPLICATE,
     ANNOTATION_UNKNOWN,
@@ -26,6 +25,7 @@ from lungct.annotations.reasons import (
     VOC_UNANNOTATED_SLICE,
     VOC_UNKNOWN_LABEL,
 )
+from lungct.annotations.slices import Labelled, Problem, SliceLabel, SliceRef, skipped
 from lungct.annotations.xmlsafe import (
     MAX_XML_BYTES,
     AnnotationError,

@@ -54,7 +54,7 @@ _DEMOGRAPHICS_STREAM = 0x3E7A  # rng stream of a patient's sex and age
 _SPACING_STREAM = 0x5BAC  # rng stream of a clinical series' slice spacing
 
 ANNOTATION_FORMS = ("labels", "lidc", "luna16", "luna16-mhd", "voc")
-# The dataset layout (lungct.layouts) each form is read as.
+# The dataset layout (lungct.data.layouts) each form is read as.
 FORM_LAYOUTS = {
     "labels": "dicom",
     "lidc": "lidc",

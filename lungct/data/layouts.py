@@ -1,0 +1,241 @@
+"""Known dataset layouts, recognised from folder and file names (docs/data.md).
+
+- ``iqothnccd``: IQ-OTH/NCCD, class folders ``Bengin cases`` (sic), ``Malignant cases``,
+  ``Normal cases``, possibly nested one or two folders deep.
+- ``chest-ctscan``: Kaggle Chest CT-Scan images, ``Data/{train,valid,test}/<class>/``, the
+  train and valid class folders with TNM suffixes.
+- ``dicom``: a DICOM tree, labelled by ``labels.csv`` (PatientID,label) at its top or by class
+  subfolders. The synthetic cohort is written in this layout.
+- ``folders``: any other image dataset in class folders (``<class>/<image>``, at any depth;
+  ``train``/``valid``/``test`` folders above the class folders are its official split),
+  the classes named after the folders. Recognised last: images (by their Pillow file
+  extension) in two or more folders of different names, and no DICOM file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from lungct.annotations import DATASETS
+from lungct.annotations import detect as detect_annotated
+from lungct.errors import UserError
+from lungct.io.dicom import has_dicom_prefix
+from lungct.params import SYNTHETIC_CLASSES
+
+LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan", *DATASETS, "folders")
+IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
+CHEST_CTSCAN_SPLITS = {"train", "valid", "test"}
+# A dataset's own split folders (split.strategy: official), as this project's split names.
+OFFICIAL_SPLITS = {
+    "train": "train",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+}
+CHEST_CTSCAN_CLASSES = (
+    "adenocarcinoma",
+    "large.cell.carcinoma",
+    "squamous.cell.carcinoma",
+    "normal",
+)
+DICOM_PROBES = 200  # files to open when looking for DICOM
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A readable DICOM Part 10 file (an unreadable file is not one)."""
+    try:
+        return has_dicom_prefix(path)
+    except OSError:
+        return False
+
+
+def detect_layout(root: Path) -> str:
+    """Name the layout of the dataset under ``root``; a :class:`UserError` if none fits."""
+    entries = list(root.rglob("*"))  # one walk of the tree for every test below
+    folders = [p for p in entries if p.is_dir()]
+    names = {p.name.lower() for p in folders}
+    if names & IQOTHNCCD_FOLDERS:
+        return "iqothnccd"
+    for folder in folders:  # every class folder one of its four ("normal" alone is not enough)
+        if folder.name.lower() in CHEST_CTSCAN_SPLITS:
+            children = [c.name.lower() for c in folder.iterdir() if c.is_dir()]
+            if children and all(c.startswith(CHEST_CTSCAN_CLASSES) for c in children):
+                return "chest-ctscan"
+    annotated = detect_annotated(root)  # before the DICOM probe: these are DICOM trees too
+    if annotated is not None:
+        return annotated
+    probes = 0
+    for path in entries:
+        if path.is_file():
+            if is_dicom_file(path):
+                return "dicom"
+            probes += 1
+            if probes >= DICOM_PROBES:
+                break
+    classes = image_folders(root, entries)
+    if len(classes) >= 2:
+        return "folders"
+    raise UserError(
+        f"{root}: cannot tell the dataset layout (no IQ-OTH/NCCD or Chest CT-Scan class "
+        f"folders, no DICOM file, images in {len(classes)} class folder(s), 2 or more needed); "
+        f"set data.layout to one of {', '.join(LAYOUTS)}"
+    )
+
+
+def image_folders(root: Path, entries: list[Path]) -> set[str]:
+    """The names (lower case) of the folders that hold image files among ``entries`` (the
+    paths under ``root``), told by the file extensions Pillow reads; neither ``root`` nor a
+    split folder (``test/`` of unlabelled images, say) is a class folder."""
+    from PIL import Image
+
+    suffixes = Image.registered_extensions()
+    return {
+        p.parent.name.lower()
+        for p in entries
+        if p.suffix.lower() in suffixes and p.parent != root and p.is_file()
+    } - set(OFFICIAL_SPLITS)
+
+
+def folder_class(raw: str) -> str:
+    """The class a ``folders`` dataset's folder names: lower case, each run of other
+    characters than letters and digits one ``_`` ("Malignant cases" -> malignant_cases)."""
+    name = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
+    if not name:
+        raise UserError(f"split.classes: folder '{raw}' gives no class name; give a mapping")
+    return name
+
+
+def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
+    """The raw label and official split ("" if none) a layout gives a file by its path.
+
+    None when the path carries no label in that layout (a description file, say).
+    DICOM trees labelled by ``labels.csv`` are labelled by PatientID instead.
+    """
+    parts = rel.parts
+    if layout == "iqothnccd":
+        for part in reversed(parts[:-1]):
+            if part.lower() in IQOTHNCCD_FOLDERS:
+                return part, ""
+        return None
+    if layout == "chest-ctscan":
+        if len(parts) >= 3 and parts[-3].lower() in CHEST_CTSCAN_SPLITS:
+            return parts[-2], parts[-3].lower()
+        return None
+    if layout in DATASETS:  # labelled slice by slice by their annotations
+        return None
+    if layout == "folders":  # a split folder holding images directly is no class
+        if len(parts) < 2 or parts[-2].lower() in OFFICIAL_SPLITS:
+            return None
+        official = parts[-3].lower() if len(parts) >= 3 else ""
+        return parts[-2], official if official in OFFICIAL_SPLITS else ""
+    return (parts[0], "") if len(parts) >= 2 else None  # dicom: class subfolders
+
+
+DROPPED = ""  # a class mapping's value for raw labels left out of the split
+
+# Raw label -> class, per layout. Chest CT-Scan train/valid folders carry TNM suffixes
+# (adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib): a key matches the label or its part
+# before the first underscore.
+CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
+    "dicom": {
+        "default": {name: name for name in SYNTHETIC_CLASSES},
+        "binary": {
+            name: "with_cancer" if name == "malignant" else "without_cancer"
+            for name in SYNTHETIC_CLASSES
+        },
+    },
+    "iqothnccd": {
+        "default": {
+            "bengin cases": "benign",  # sic, as the dataset spells it
+            "benign cases": "benign",
+            "malignant cases": "malignant",
+            "normal cases": "normal",
+        },
+        "binary": {
+            "bengin cases": "without_cancer",
+            "benign cases": "without_cancer",
+            "malignant cases": "with_cancer",
+            "normal cases": "without_cancer",
+        },
+    },
+    # LIDC-IDRI slices (docs/annotations.md): a median malignancy of exactly 3 is left out.
+    "lidc": {
+        "default": {
+            "malignant": "malignant",
+            "benign": "benign",
+            "normal": "normal",
+            "indeterminate": DROPPED,
+        },
+        "binary": {
+            "malignant": "with_cancer",
+            "benign": "without_cancer",
+            "normal": "without_cancer",
+            "indeterminate": DROPPED,
+        },
+    },
+    "luna16": {"default": {"nodule": "nodule", "normal": "normal"}},
+    # Lung-PET-CT-Dx: the histology letters of the tumour boxes (every box is a cancer).
+    "lung-pet-ct-dx": {
+        "default": {
+            "a": "adenocarcinoma",
+            "b": "small_cell",
+            "e": "large_cell",
+            "g": "squamous",
+        },
+    },
+    "chest-ctscan": {
+        "default": {
+            "adenocarcinoma": "adenocarcinoma",
+            "large.cell.carcinoma": "large_cell",
+            "squamous.cell.carcinoma": "squamous",
+            "normal": "normal",
+        },
+        "binary": {  # the binary notebook project's task
+            "adenocarcinoma": "with_cancer",
+            "large.cell.carcinoma": "with_cancer",
+            "squamous.cell.carcinoma": "with_cancer",
+            "normal": "without_cancer",
+        },
+    },
+}
+
+
+def class_mapping(
+    layout: str, classes: str | dict[str, str], labels: Iterable[str] = ()
+) -> dict[str, str]:
+    """The raw-label -> class mapping for a layout: a preset name or the user's own mapping
+    (a raw label mapped to ``""`` is left out of the split, :data:`DROPPED`). ``labels``:
+    the data's raw labels, which the ``folders`` layout's ``default`` preset names
+    (:func:`folder_class`)."""
+    if isinstance(classes, dict):
+        return {raw.lower(): name for raw, name in classes.items()}
+    if layout == "folders":
+        presets = {"default": {raw.lower(): folder_class(raw) for raw in labels}}
+    else:
+        presets = CLASS_PRESETS[layout]
+    if classes not in presets:
+        raise UserError(
+            f"split.classes: layout '{layout}' has no '{classes}' preset "
+            f"({', '.join(presets)}; or give a mapping of raw labels to classes)"
+        )
+    return presets[classes]
+
+
+def map_labels(labels: list[str], mapping: dict[str, str]) -> list[str]:
+    """Map raw labels to classes; an unmapped label is a :class:`UserError` listing them all."""
+    out, unmapped = [], set()
+    for label in labels:
+        key = label.lower()
+        name = mapping.get(key, mapping.get(key.split("_", 1)[0]))
+        if name is None:
+            unmapped.add(label)
+        out.append(name)
+    if unmapped:
+        raise UserError(
+            f"split.classes: no class for raw label(s) {sorted(unmapped)}; "
+            f"mapped labels are {sorted(mapping)}"
+        )
+    return out

@@ -1,0 +1,128 @@
+"""Per-slice labels of the annotated layouts (LIDC-IDRI, LUNA16, Lung-PET-CT-Dx), and the
+header index of a raw tree that the convert stage orders series and crops lesions with.
+
+:func:`index_frames` reads every input file's header (no pixel data): one
+:class:`Indexed` per frame (a DICOM frame, or a slice of a MetaImage volume), with the
+identity and geometry the annotation files refer to. :func:`label_frames` then applies
+the dataset's rule (``lungct.annotations``, docs/annotations.md) to every frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungct.annotations import (
+    LIDC,
+    LUNA16,
+    LUNG_PET_CT_DX,
+    REASONS,
+    SliceLabel,
+    SliceRef,
+    annotation_files,
+    inspect_metaimage,
+    lidc_labels,
+    luna16_labels,
+    voc_labels,
+)
+from lungct.errors import SkippedFile
+from lungct.io.dicom import FrameGeometry, read_geometry
+from lungct.params import AnnotationParams
+
+ANNOTATED_LAYOUTS = (LIDC, LUNA16, LUNG_PET_CT_DX)
+METAIMAGE_SUFFIXES = (".mhd", ".mha")
+# What a slice-label rule says about a slice is an outcome, not a failure of the data: it
+# does not count against convert.max_skipped_fraction.
+LABEL_REASONS = frozenset(REASONS) - {"too_large"} | {"unlabeled"}
+
+log = logging.getLogger("convert")
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One frame of one input file, as its header describes it."""
+
+    source: str  # path under data/raw
+    frame: int  # 0-based frame of the file (slice of a volume)
+    ref: SliceRef  # key, series, patient, position, origin, orientation, spacing
+
+
+def is_metaimage(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in METAIMAGE_SUFFIXES
+
+
+def metadata_files(raw: Path, layout: str) -> set[Path]:
+    """Files of an annotated tree that are not images: the annotation files, and the data
+    files of MetaImage volumes (read through their ``.mhd`` header)."""
+    if layout not in ANNOTATED_LAYOUTS:
+        return set()
+    files = set(annotation_files(raw, layout))
+    files |= {p for p in raw.rglob("*.raw") if p.with_suffix(".mhd").is_file()}
+    files |= {p for p in raw.rglob("*.zraw") if p.with_suffix(".mhd").is_file()}
+    return files
+
+
+def _ref(geometry: FrameGeometry) -> SliceRef:
+    return SliceRef(
+        key=geometry.key,
+        series_uid=geometry.series_uid,
+        patient_id=geometry.patient_id,
+        position=geometry.position,
+        origin=geometry.origin,
+        orientation=geometry.orientation,
+        spacing=geometry.spacing,
+    )
+
+
+def index_file(raw: Path, rel: str, *, max_image_bytes: int) -> list[Indexed]:
+    """The frames of one input file from its header; none when it has no usable header
+    (the conversion itself then says why the file is skipped)."""
+    path = raw / rel
+    try:
+        if is_metaimage(path):
+            # LUNA16 names a volume by its series UID, and has no patient ids: the series
+            # is the group the split keeps together.
+            refs = inspect_metaimage(path, max_image_bytes).slice_refs(patient_id=path.stem)
+            return [Indexed(rel, k, ref) for k, ref in enumerate(refs)]
+        return [Indexed(rel, g.frame, _ref(g)) for g in read_geometry(path)]
+    except SkippedFile:
+        return []
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a header reader bug on one odd file
+        log.debug("convert: %s: no header index (%s)", rel, exc)
+        return []
+
+
+def label_frames(
+    layout: str, raw: Path, frames: Sequence[Indexed], cfg: AnnotationParams
+) -> dict[str, SliceLabel]:
+    """Every frame's label (by key) under the layout's rule; annotation files that could
+    not be used are logged, one line each."""
+    refs = [f.ref for f in frames]
+    files = annotation_files(raw, layout)
+    if layout == LIDC:
+        labelled = lidc_labels(files, refs, cfg.min_readers, cfg.margin_mm)
+    elif layout == LUNA16:
+        if not files:
+            return {
+                r.key: SliceLabel("", "not_annotated", detail="no annotations.csv") for r in refs
+            }
+        labelled = luna16_labels(files[0], refs, cfg.margin_mm)
+        for extra in files[1:]:
+            log.warning("convert: %s: a second annotations.csv, not read", extra.relative_to(raw))
+    elif layout == LUNG_PET_CT_DX:
+        labelled = voc_labels(files, refs)
+    else:
+        raise ValueError(f"layout {layout!r} has no annotation rule")
+    for problem in labelled.problems:
+        where = problem.file.relative_to(raw) if problem.file.is_relative_to(raw) else problem.file
+        log.warning(
+            "convert: %s: %s%s",
+            where,
+            problem.reason,
+            f" ({problem.detail})" * bool(problem.detail),
+        )
+    return labelled.labels

@@ -1,0 +1,429 @@
+"""Leakage-free splitting: whole groups (patients) go to one split, stratified by class.
+
+A group is a patient (DICOM PatientID) or, for images without ids, a likely patient
+(``split.grouping: patient_likely``, :mod:`lungct.data.grouping`) or a set of near duplicates
+(``phash``: perceptual hash within ``split.near_duplicate_distance`` bits, chains
+included). ``split.strategy``: ``grouped`` (whole groups, stratified by class, seeded),
+``official`` (the dataset's own train/valid/test folders), ``random`` (image by image:
+the notebook protocol, leaky, for comparison only). Then the leakage gate counts groups
+and near-duplicate pairs across splits, and ``split.leakage`` decides: ``fail``,
+``warn``, or ``drop`` the later-split copies (:func:`apply_leakage_policy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from lungct.artifacts import EVIDENCE_COLUMNS, MANIFEST, SPLITS
+from lungct.data.grouping import (
+    Evidence,
+    Rule,
+    duplicate_pairs,
+    hash_values,
+    likely_patients,
+    manifest_evidence,
+)
+from lungct.data.layouts import DROPPED, OFFICIAL_SPLITS, class_mapping, map_labels
+from lungct.data.tables import read_manifest
+from lungct.errors import UserError
+from lungct.params import Params, SplitParams
+
+log = logging.getLogger("split")
+
+
+def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
+    """Connected components of images whose 64-bit perceptual hashes differ in at most
+    ``distance`` bits (chains included). Returns, per image, the index of the first
+    image of its component, so equal inputs give equal labels."""
+    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+    parent = np.arange(len(values))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    for i in range(len(values) - 1):
+        close = np.nonzero(np.bitwise_count(values[i] ^ values[i + 1 :]) <= distance)[0] + i + 1
+        for j in close:
+            a, b = root(i), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(len(values))], dtype=np.int64)
+
+
+def group_classes(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """One class per group, for stratification, from a table with ``group`` and ``class``.
+
+    A group whose images carry several classes (near duplicates filed under two
+    classes) stays whole and counts as its most frequent class; such groups are
+    returned too, to be reported. Returns (class per group, mixed groups).
+    """
+    counts = images.groupby(["group", "class"]).size().reset_index(name="n")
+    counts = counts.sort_values(["group", "n", "class"], ascending=[True, False, True])
+    majority = counts.drop_duplicates("group").set_index("group")["class"].sort_index()
+    per_group = counts.groupby("group")["class"].nunique()
+    return majority, sorted(per_group.index[per_group > 1].astype(str))
+
+
+def split_groups(
+    classes: pd.Series, val_fraction: float, test_fraction: float, seed: int
+) -> pd.Series:
+    """Assign every group to train, val or test, per class, with a seeded shuffle.
+
+    Args:
+        classes: class of each group, indexed by group id.
+        val_fraction: share of each class's groups for validation.
+        test_fraction: share of each class's groups for test.
+        seed: shuffle seed; same inputs and seed give the same assignment.
+
+    Returns:
+        Split name per group, indexed like ``classes`` (sorted).
+
+    Each class keeps at least one group in every split, so a class needs three groups.
+    """
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for name in sorted(classes.unique()):
+        groups = np.array(sorted(classes.index[classes == name]))
+        if len(groups) < len(SPLITS):
+            raise UserError(
+                f"class {name!r} has {len(groups)} patient(s); at least {len(SPLITS)} are "
+                "needed to give train, val and test one each"
+            )
+        order = groups[rng.permutation(len(groups))]
+        n_test = max(1, round(len(groups) * test_fraction))
+        n_val = max(1, round(len(groups) * val_fraction))
+        n_test = min(n_test, len(groups) - 2)
+        n_val = min(n_val, len(groups) - n_test - 1)
+        for i, group in enumerate(order):
+            assignment[str(group)] = (
+                "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            )
+    return pd.Series(assignment, name="split").sort_index()
+
+
+def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
+    """Groups that appear in more than one split: must be empty for an honest test set."""
+    counts = table.groupby("group")["split"].nunique()
+    return sorted(counts.index[counts > 1].astype(str))
+
+
+def _as_uint64(phashes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+
+
+def close_pairs(
+    phashes_a: list[str], phashes_b: list[str], distance: int, chunk: int = 1024
+) -> list[tuple[int, int]]:
+    """Index pairs (i in a, j in b) whose perceptual hashes differ in at most ``distance``
+    bits; compared a chunk of rows at a time so memory stays small."""
+    a, b = _as_uint64(phashes_a), _as_uint64(phashes_b)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(a), chunk):
+        close = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :]) <= distance
+        rows, cols = np.nonzero(close)
+        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
+    return pairs
+
+
+def near_duplicate_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, cfg: SplitParams
+) -> list[tuple[int, int]]:
+    """Position pairs (i in left, j in right) of near duplicates among images without ids,
+    as ``split.grouping`` defines them: pHash within ``near_duplicate_distance`` bits
+    (``phash``), or :func:`lungct.data.grouping.duplicate_pairs` (``patient_likely``)."""
+    if cfg.grouping == "phash":
+        return close_pairs(
+            left["phash"].tolist(), right["phash"].tolist(), cfg.near_duplicate_distance
+        )
+    return duplicate_pairs(_evidence(left), _evidence(right), Rule.of(cfg))
+
+
+def _evidence(table: pd.DataFrame) -> Evidence:
+    return Evidence(
+        hash_values(table["phash"].tolist()),
+        hash_values(table["view_phash"].tolist()),
+        np.stack(table["thumb"].tolist()),
+        hash_values(table["body_phash"].tolist()),
+    )
+
+
+def leakage_pairs(table: pd.DataFrame, cfg: SplitParams) -> pd.DataFrame:
+    """Near-duplicate image pairs that sit in two different splits.
+
+    Images with a patient id are compared by exact content (``content`` column): a
+    perceptual hash cannot tell one patient's CT slice from another's (on the phantom,
+    34 pairs of different patients' slices share a pHash). Images without ids are
+    compared as they were grouped (:func:`near_duplicate_pairs`).
+    Returns columns ``a``, ``b`` (row labels of ``table``, ``a`` in the earlier split).
+    """
+    order = {name: i for i, name in enumerate(SPLITS)}
+    found: set[tuple[object, object]] = set()
+    for _, same in table.groupby("content"):
+        for a in same.index:
+            for b in same.index:
+                if order[table.at[a, "split"]] < order[table.at[b, "split"]]:
+                    found.add((a, b))
+    anonymous = table[~table["has_id"]]
+    for first, second in itertools.combinations(SPLITS, 2):
+        left = anonymous[anonymous["split"] == first]
+        right = anonymous[anonymous["split"] == second]
+        if left.empty or right.empty:
+            continue
+        for i, j in near_duplicate_pairs(left, right, cfg):
+            found.add((left.index[i], right.index[j]))
+    return pd.DataFrame(sorted(found), columns=["a", "b"])
+
+
+def join_identical(components: np.ndarray, content: list[str], rows: np.ndarray) -> np.ndarray:
+    """``components`` (a group label per image) with the groups of the images ``rows`` whose
+    model views are identical (``content``: their PNGs' hashes) joined, whatever the
+    evidence said: one picture is one group, and the leakage gate checks exactly this
+    (:func:`leakage_pairs`). With ``convert.framing: body`` one slice exported with two
+    margins is such a pair: its whole images differ, its framed views do not. A joined
+    group takes the label of its first image; nothing else changes."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i in rows.tolist():
+        j = first.setdefault(content[i], i)
+        if components[j] != components[i]:
+            pairs.append((i, j))
+    if not pairs:
+        return components
+    labels, index = np.unique(components, return_inverse=True)
+    edges = np.array([(index[i], index[j]) for i, j in pairs]).T
+    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(len(labels),) * 2)
+    merged = connected_components(graph, directed=False)[1][index]  # per image
+    # Each joined group is named by its first image's label; the others keep theirs.
+    name = {}
+    for i, part in enumerate(merged.tolist()):
+        name.setdefault(part, components[i])
+    return np.array([name[part] for part in merged.tolist()], dtype=components.dtype)
+
+
+def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, str]:
+    """Converted images with their class (mapped from the raw label), group and hashes."""
+    manifest = read_manifest(converted)
+    rows = manifest[manifest["status"] == "converted"].sort_values("output")
+    if rows.empty:
+        raise UserError(f"{converted}: no converted images to split")
+    layout = rows["layout"].iloc[0]
+    mapping = class_mapping(layout, params.classes, sorted(set(rows["label"])))
+    classes = map_labels(rows["label"].tolist(), mapping)
+    kept = [c != DROPPED for c in classes]
+    if not all(kept):  # raw labels the mapping leaves out (LIDC-IDRI's indeterminate, say)
+        left_out = sorted(set(rows.loc[[not k for k in kept], "label"]))
+        log.info("split: %d image(s) left out by split.classes: %s", kept.count(False), left_out)
+        rows = rows[kept]
+        classes = [c for c in classes if c != DROPPED]
+    missing = sorted(set(mapping.values()) - set(classes) - {DROPPED})
+    if missing:
+        raise UserError(
+            f"{converted}: no images of class(es) {missing} (split.classes: "
+            f"{params.classes if isinstance(params.classes, str) else 'custom'}); "
+            f"the data has {sorted(set(classes))}"
+        )
+    # Patients where the data has ids; likely patients or near-duplicate groups where it has none.
+    anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
+    thumb = [None] * len(rows)  # patient_likely: the normalised thumbnails the gate compares
+    if params.grouping == "patient_likely":
+        evidence = manifest_evidence(
+            *(rows[column].to_numpy()[anonymous].tolist() for column in EVIDENCE_COLUMNS),
+            converted / MANIFEST,
+        )
+        components = np.arange(len(rows))
+        components[anonymous] = anonymous[likely_patients(evidence, Rule.of(params))]
+        for k, i in enumerate(anonymous):
+            thumb[i] = evidence.thumb[k]
+        name = "likely-patient"
+    else:
+        components = near_duplicate_components(
+            rows["phash"].tolist(), params.near_duplicate_distance
+        )
+        name = "near-duplicates"
+    # Identical pixels give identical PNG bytes (same encoder, no timestamps).
+    content = [hashlib.sha256((converted / out).read_bytes()).hexdigest() for out in rows["output"]]
+    components = join_identical(components, content, anonymous)
+    groups = [
+        patient if patient else f"{name}-{component:05d}"
+        for patient, component in zip(rows["patient_id"], components, strict=True)
+    ]
+    table = pd.DataFrame(
+        {
+            "source": rows["output"].to_numpy(),
+            "class": classes,
+            "group": groups,
+            "has_id": (rows["patient_id"] != "").to_numpy(),
+            "phash": rows["phash"].to_numpy(),
+            "view_phash": rows["view_phash"].to_numpy(),  # the manifest's evidence
+            "thumb": thumb,
+            "body_phash": rows["body_phash"].to_numpy(),
+            "official": rows["official_split"].to_numpy(),
+            "content": content,
+        }
+    )
+    return table, layout
+
+
+def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
+    """The split of every image under ``split.strategy``."""
+    cfg = params.split
+    if cfg.strategy == "official":
+        unknown = sorted(set(images["official"]) - set(OFFICIAL_SPLITS))
+        if unknown:
+            raise UserError(
+                f"split.strategy: 'official' needs the dataset's own train/valid/test folders; "
+                f"layout '{layout}' has images outside them ({unknown[:3]})"
+            )
+        return images["official"].map(OFFICIAL_SPLITS)
+    if cfg.strategy == "random":  # every image its own group: the notebook projects' leaky protocol
+        alone = pd.Series(images["class"].to_numpy(), index=images.index.astype(str))
+        by_image = split_groups(alone, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+        return pd.Series(by_image[images.index.astype(str)].to_numpy(), index=images.index)
+    classes, mixed = group_classes(images)
+    if mixed:
+        log.warning(
+            "split: %d group(s) hold images of several classes, kept whole (e.g. %s)",
+            len(mixed),
+            mixed[0],
+        )
+    by_group = split_groups(classes, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+    return images["group"].map(by_group)
+
+
+NO_FOLD = 0  # the fold of test images, and of every image when cross-validation is off
+
+
+def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
+    """The cross-validation fold (1..``folds``) of every train and val image, whole groups
+    per fold, stratified by class (scikit-learn's ``StratifiedGroupKFold``, shuffled from
+    ``seed``); :data:`NO_FOLD` for test images, and for all when ``folds`` is 0."""
+    result = pd.Series(NO_FOLD, index=images.index, dtype=int)
+    if not folds:
+        return result
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = images[images["split"] != "test"]
+    n_groups = pool["group"].nunique()
+    if n_groups < folds:
+        raise UserError(
+            f"split.folds: {folds} folds need at least {folds} groups (patients) in train and "
+            f"val; there are {n_groups}"
+        )
+    per_class = pool.groupby("class")["group"].nunique()
+    thin = per_class[per_class < folds]
+    if len(thin):
+        log.warning(
+            "split: class(es) %s have fewer groups than split.folds (%d): some folds "
+            "validate without them",
+            dict(thin),
+            folds,
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the thin-class warning, said above in our words
+        parts = splitter.split(np.zeros(len(pool)), pool["class"], pool["group"])
+        for fold, (_, held_out) in enumerate(parts, start=1):
+            result.loc[pool.index[held_out]] = fold
+    return result
+
+
+def leakage(images: pd.DataFrame, cfg: SplitParams) -> tuple[list[str], pd.DataFrame]:
+    """Groups found in several splits, and near-duplicate pairs across splits."""
+    return groups_in_several_splits(images), leakage_pairs(images, cfg)
+
+
+@dataclass
+class LeakageOutcome:
+    """The images after ``split.leakage`` was applied, and what the gate found."""
+
+    images: pd.DataFrame
+    dropped: pd.DataFrame  # the removed later-split copies, with a reason
+    found_groups: int  # groups across splits before the policy
+    found_pairs: int  # near-duplicate pairs across splits before the policy
+    groups: list[str]  # groups still across splits
+    pairs: pd.DataFrame  # near-duplicate pairs still across splits
+
+
+def apply_leakage_policy(images: pd.DataFrame, cfg: SplitParams) -> LeakageOutcome:
+    """The leakage gate: ``fail`` raises, ``warn`` logs and keeps the leak, ``drop``
+    removes the later-split side of every leak (:func:`drop_leaks`)."""
+    shared, pairs = leakage(images, cfg)
+    found = len(shared), len(pairs)
+    dropped = images.iloc[:0].assign(reason="")
+    if shared or len(pairs):
+        summary = (
+            f"split: {len(pairs)} near-duplicate pair(s) and {len(shared)} group(s) cross "
+            f"splits under strategy '{cfg.strategy}'"
+        )
+        if cfg.leakage == "fail":
+            raise UserError(f"{summary}; set split.leakage to 'drop' or 'warn' to go on")
+        if cfg.leakage == "warn":
+            log.warning("%s; the test numbers will be optimistic", summary)
+        else:
+            images, dropped = drop_leaks(images, cfg)
+            log.warning("%s; dropped %d later-split copies", summary, len(dropped))
+        shared, pairs = leakage(images, cfg)
+    return LeakageOutcome(images, dropped, *found, shared, pairs)
+
+
+def drop_leaks(images: pd.DataFrame, cfg: SplitParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Remove the later-split side of every leak (val after train, test after both)."""
+    kept = images
+    dropped = []
+    for later in ("val", "test"):
+        earlier = kept[kept["split"].map(SPLITS.index) < SPLITS.index(later)]
+        shared = kept.index[(kept["split"] == later) & kept["group"].isin(earlier["group"])]
+        _, pairs = leakage(kept, cfg)
+        paired = [
+            b
+            for a, b in zip(pairs["a"], pairs["b"], strict=True)
+            if kept.at[b, "split"] == later and a in earlier.index
+        ]
+        gone = sorted(set(shared) | set(paired))
+        dropped.append(kept.loc[gone].assign(reason="near_duplicate_in_earlier_split"))
+        kept = kept.drop(index=gone)
+    return kept, pd.concat(dropped)
+
+
+def with_image_paths(images: pd.DataFrame) -> pd.DataFrame:
+    """One flat folder per split and class; the source path keeps names unique."""
+    images = images.assign(
+        image=[
+            f"{s}/{c}/{src.removeprefix('images/').replace('/', '__')}"
+            for s, c, src in zip(images["split"], images["class"], images["source"], strict=True)
+        ],
+        order=images["split"].map(SPLITS.index),
+    )
+    return images.sort_values(["order", "class", "image"]).reset_index(drop=True)
+
+
+def split_metrics(images: pd.DataFrame) -> dict:
+    per_class = images.groupby(["split", "class"]).size()
+    class_counts = images.groupby("class").size()
+    group_sizes = images.groupby("group").size()
+    return {
+        "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
+        "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
+        "images_per_class": {
+            s: {c: int(per_class.get((s, c), 0)) for c in sorted(class_counts.index)}
+            for s in SPLITS
+        },
+        "images_with_near_duplicates": int(group_sizes[group_sizes > 1].sum())
+        if not images["has_id"].all()
+        else 0,
+        "largest_group": int(group_sizes.max()),
+        "class_imbalance_ratio": round(float(class_counts.max() / class_counts.min()), 4),
+    }

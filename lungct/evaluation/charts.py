@@ -1,0 +1,183 @@
+"""Static PNG charts for ``metrics/report.md``: readable offline, unlike ``dvc plots show``.
+
+``dvc plots show`` writes an HTML page that loads vega from a CDN; these PNGs show the
+headline charts anywhere (a terminal image viewer, a code-hosting page). Drawn with
+:class:`matplotlib.figure.Figure` and the Agg renderer, without pyplot, under
+matplotlib's default style, at a fixed size and dpi and without the ``Software``
+metadata: equal inputs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, style
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from lungct.atomic import atomic_file
+
+DPI = 100
+CURVES_FILE = "training_curves.png"
+CONFUSION_FILE = "confusion_normalized.png"
+ROC_FILE = "roc.png"
+CURVES_TITLE = "Loss and accuracy per epoch (train, val)"
+CONFUSION_TITLE = "Test confusion matrix (row-normalised, counts in brackets)"
+ROC_TITLE = "Test ROC, one class vs the rest"
+# DVCLive's layout under metrics/train/plots/metrics: <side>/<metric>.tsv, columns step, <metric>.
+CURVE_SIDES = {"train": "train", "eval": "val"}
+CURVE_METRICS = {"loss": "cross-entropy", "accuracy": "accuracy"}
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as PNG atomically; no ``Software`` key, so the bytes depend on the data only."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def read_curves(folder: Path) -> dict[str, dict[str, pd.DataFrame]] | None:
+    """DVCLive's per-epoch tables, ``{metric: {side: DataFrame(step, value)}}``.
+
+    None (and a log line) when a file is missing or unreadable: a model trained outside
+    the pipeline has no curves.
+    """
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
+    for metric in CURVE_METRICS:
+        curves[metric] = {}
+        for side in CURVE_SIDES:
+            path = folder / side / f"{metric}.tsv"
+            try:
+                table = pd.read_csv(path, sep="\t")[["step", metric]].astype(float)
+                if table.empty:
+                    raise ValueError("no rows")
+                curves[metric][side] = table
+            except FileNotFoundError:
+                log.info("charts: %s not found; no training curves chart", path)
+                return None
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, ValueError) as exc:
+                log.info("charts: %s unreadable (%s); no training curves chart", path, exc)
+                return None
+    return curves
+
+
+def training_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], path: Path) -> None:
+    """Loss and accuracy per epoch, train and val on one panel each (``read_curves`` output)."""
+    with style.context("default"):
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        for ax, (metric, label) in zip(fig.subplots(1, 2), CURVE_METRICS.items(), strict=True):
+            for side, name in CURVE_SIDES.items():
+                table = curves[metric][side]
+                # DVCLive counts steps from 0; epochs are counted from 1.
+                ax.plot(table["step"] + 1, table[metric], marker="o", label=name)
+            ax.set_title(f"{label.capitalize()} per epoch")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            # Whole epochs on the axis, a single epoch (the tiny pipeline) included.
+            last = max(curves[metric][side]["step"].max() for side in CURVE_SIDES) + 1
+            ax.set_xlim(0.5, last + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            if metric == "accuracy":
+                ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        _save(fig, path)
+
+
+def confusion_chart(
+    actual: list[str] | np.ndarray | pd.Series,
+    predicted: list[str] | np.ndarray | pd.Series,
+    classes: list[str],
+    path: Path,
+) -> None:
+    """Row-normalised confusion matrix (rows: actual, columns: predicted), counts in the cells.
+
+    A class without test images has an empty (grey) row.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    for a, p in zip(actual, predicted, strict=True):
+        counts[index[a], index[p]] += 1
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.ma.masked_invalid(counts / totals)
+    with style.context("default"):
+        fig = Figure(figsize=(6, 5), layout="constrained")
+        ax = fig.subplots()
+        cmap = colormaps["Blues"].with_extremes(bad="0.85")
+        image = ax.imshow(share, cmap=cmap, vmin=0.0, vmax=1.0)
+        fig.colorbar(image, ax=ax, label="share of the actual class")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if totals[i, 0] == 0:
+                    text, colour = "no images", "black"
+                else:
+                    text = f"{share[i, j]:.2f}\n({counts[i, j]})"
+                    colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes, rotation=30, ha="right")
+        ax.set_yticks(ticks, classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title(f"Test confusion matrix, row-normalised ({counts.sum()} images)")
+        _save(fig, path)
+
+
+def roc_chart(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+    """One-vs-rest ROC, one line per class (``lungct.evaluation.metrics.roc_curves`` output), AUC in the legend."""
+    with style.context("default"):
+        fig = Figure(figsize=(6, 5), layout="constrained")
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="chance (AUC 0.5)")
+        for name, (fpr, tpr, _threshold) in curves.items():
+            auc = float(np.trapezoid(tpr, fpr))
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(ROC_TITLE)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        _save(fig, path)
+
+
+def write_charts(
+    folder: Path,
+    curves_dir: Path,
+    predictions: pd.DataFrame,
+    classes: list[str],
+    roc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> list[tuple[str, str]]:
+    """Draw every chart there is data for into ``folder``; ``(title, file name)`` of each drawn.
+
+    Args:
+        folder: where the PNGs go.
+        curves_dir: DVCLive's folder (``metrics/train/plots/metrics``); no curves chart,
+            with a log line, when its files are missing.
+        predictions: one row per test image, columns ``actual`` and ``predicted``.
+        classes: class names in model output order.
+        roc: ``lungct.evaluation.metrics.roc_curves`` output; no ROC chart when it is empty.
+    """
+    drawn = []
+    curves = read_curves(curves_dir)
+    if curves is not None:
+        training_curves(curves, folder / CURVES_FILE)
+        drawn.append((CURVES_TITLE, CURVES_FILE))
+    confusion_chart(
+        predictions["actual"], predictions["predicted"], classes, folder / CONFUSION_FILE
+    )
+    drawn.append((CONFUSION_TITLE, CONFUSION_FILE))
+    if roc:
+        roc_chart(roc, folder / ROC_FILE)
+        drawn.append((ROC_TITLE, ROC_FILE))
+    else:
+        log.info("charts: no class has test images on both sides; no ROC chart")
+    return drawn

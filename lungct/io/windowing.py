@@ -1,0 +1,78 @@
+"""CT windowing: Hounsfield units to model-ready intensities. Pure functions on arrays.
+
+:func:`window_uint8` is the definition; :func:`window_lookup` applies it as a lookup table
+on stored values (a DICOM frame's HU are affine in them, ``lungct.io.dicom.StoredPixels``).
+
+This is not the display VOI LUT of PS3.3 C.11.2.1.2 (which maps to a display range
+and uses ``center - 0.5`` / ``width - 1``); a CNN wants a plain linear map of the
+window ``[center - width/2, center + width/2]`` onto ``[0, 1]``, clipped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def is_window(center: float, width: float) -> bool:
+    """A usable window: a finite center and a finite, positive width. NaN or infinity would
+    turn every pixel black or white without an error."""
+    return math.isfinite(center) and math.isfinite(width) and width > 0
+
+
+def _check(center: float, width: float) -> None:
+    if not is_window(center, width):
+        raise ValueError(f"window {center:g}/{width:g}: needs a finite center and a positive width")
+
+
+def window_unit(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Map HU linearly so ``center - width/2`` -> 0 and ``center + width/2`` -> 1, clipped.
+
+    Args:
+        hu: Hounsfield units, any shape.
+        center: window level in HU.
+        width: window width in HU; must be positive and finite.
+
+    Returns:
+        float32 array of the same shape, values in [0, 1].
+    """
+    _check(center, width)
+    low = center - width / 2.0
+    unit = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
+    return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    """Quantize [0, 1] intensities to 0..255 with rounding (0.5 -> 128)."""
+    return np.floor(np.asarray(unit, dtype=np.float32) * 255.0 + 0.5).astype(np.uint8)
+
+
+def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Window HU and quantize to an 8-bit grayscale image: ``to_uint8(window_unit(...))``,
+    computed in one float32 buffer (the convert stage's hot loop)."""
+    _check(center, width)
+    out = np.subtract(hu, np.float32(center - width / 2.0), dtype=np.float32)
+    out *= np.float32(255.0)
+    out /= np.float32(width)
+    np.clip(out, 0.0, 255.0, out=out)
+    out += np.float32(0.5)
+    return out.astype(np.uint8)  # truncation of non-negative values is floor
+
+
+def window_channels(hu: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
+    """One 8-bit channel per (center, width) window: (rows, cols) for one window,
+    (rows, cols, n) for several (for example lung, mediastinum and bone)."""
+    if len(windows) == 1:
+        return window_uint8(hu, *windows[0])
+    return np.stack([window_uint8(hu, c, w) for c, w in windows], axis=-1)
+
+
+def window_lookup(codes: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
+    """:func:`window_channels` as table lookups: ``codes`` are a frame's stored values as
+    uint8 or uint16 indices, each table the window's uint8 for every index
+    (``lungct.io.preprocess.window_table``). One gather per pixel and window instead of the
+    float32 rescale and window; the same pixels."""
+    if len(tables) == 1:
+        return np.take(tables[0], codes)
+    return np.stack([np.take(table, codes) for table in tables], axis=-1)

@@ -1,0 +1,73 @@
+"""Saving a model byte-reproducibly, and loading one safely for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import keras
+
+from lungct.errors import UserError, first_line
+from lungct.model.folding import inference_model
+
+
+def _renumber_shared_objects(config: object, ids: dict | None = None) -> object:
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        return {
+            key: ids.setdefault(value, len(ids))
+            if key == "shared_object_id"
+            else _renumber_shared_objects(value, ids)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_renumber_shared_objects(value, ids) for value in config]
+    return config
+
+
+def save_model(model: keras.Model, path: os.PathLike) -> None:
+    """``model.save``, made byte-reproducible, so one training gives one DVC hash.
+
+    Keras stamps the save time into ``metadata.json`` and the zip headers, and
+    numbers shared objects in ``config.json`` by their memory address; the stamps
+    are removed and the numbers replaced by their order of appearance.
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            archive.writestr(fixed, data)
+
+
+def load_model(path: os.PathLike, fold: bool = True) -> keras.Model:
+    """Load a trained model in Keras safe mode (no arbitrary code from the file), for
+    inference: with ``fold`` (the default), the float32 copy with batch norm folded into
+    the convolutions (:func:`inference_model`; the file stays the trained model).
+    ``fold=False`` gives the model as it was saved (to train on, or to compare).
+
+    A missing, truncated or foreign file is a :class:`UserError` naming it.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found (train a model first: dvc repro)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: not a Keras model file (truncated or damaged?); rebuild it: dvc repro"
+        )
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # a damaged member, or code that safe mode refuses
+        raise UserError(
+            f"{path}: cannot load the model ({first_line(exc)}); rebuild it: dvc repro"
+        ) from None
+    return inference_model(model) if fold else model

@@ -1,0 +1,1 @@
+"""Answering with a trained model: inference, the REST service, prediction formats and DICOM Structured Reports."""

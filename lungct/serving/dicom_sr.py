@@ -1,0 +1,260 @@
+"""Predictions as DICOM Structured Reports (``stages.predict --format dicom-sr``), with
+highdicom.
+
+One SR per DICOM series (a folder's ``series`` row: the mean of its slices, referencing
+every slice) and one per DICOM image given alone (a file, or a frame of a multi-frame
+file, referenced with its frame number). Each is a TID 1500 Measurement Report in a
+Comprehensive SR document, in the study of its source images and in a new series (one per
+study per run): patient and study come from the sources, which are listed as evidence
+(Study, Series and SOP Instance UIDs), and one measurement group holds
+
+* the predicted class: a qualitative evaluation, concept ``(predicted_class, 99LUNGCT,
+  "Predicted class")``, value ``(<class>, 99LUNGCT, <class>)``;
+* every class's probability: a measurement ``(p_<class>, 99LUNGCT, "Probability of
+  <class>")`` in UCUM ``1`` (no units), 0..1;
+* the algorithm (name, the model's sha256, and what it was trained on) and the source
+  images of the group.
+
+``99LUNGCT`` is this project's private coding scheme (DICOM reserves ``99`` prefixes for
+them), declared in the document's Coding Scheme Identification.
+
+An exported image (PNG, JPG) has no Study, Series or SOP Instance UID: there is nothing
+to reference, and nothing to take the patient and study from, so it gets no SR; the
+caller says so (:class:`NoReport`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lungct.atomic import atomic_dir
+from lungct.contract import Contract
+from lungct.errors import UserError, first_line
+from lungct.evaluation.card import sha256_file
+from lungct.serving.inference import Prediction
+
+SCHEME = "99LUNGCT"
+PREDICTED = "predicted_class"
+SERIES_NUMBER = 9901
+SERIES_DESCRIPTION = "lungct classification (research; not for diagnosis)"
+
+
+@dataclass(frozen=True)
+class NoReport:
+    """A prediction that got no SR, and why."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: no DICOM SR: {self.reason}"
+
+
+def check_output_dir(path: Path) -> None:
+    """``--output`` of dicom-sr: a new path or an empty folder (it is replaced whole, so a
+    folder holding anything is refused rather than emptied); never a file or a link."""
+    if path.is_symlink():
+        raise UserError(f"{path}: is a symbolic link; give a new or empty folder for the SRs")
+    if path.exists() and not path.is_dir():
+        raise UserError(
+            f"{path}: is not a folder; --format dicom-sr writes one SR file per "
+            "series or image into a folder: give a new or empty folder"
+        )
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{path}: is not empty; give a new or empty folder for the SRs")
+
+
+def reports(
+    rows: Sequence[Prediction], classes: Sequence[str], algorithm: tuple[str, str, list[str]]
+) -> tuple[list[tuple[str, object]], list[NoReport]]:
+    """The SR datasets to write, as (file name, dataset), and the rows that get none.
+
+    ``algorithm``: (name, version, parameters) of the AlgorithmIdentification."""
+    series = [row for row in rows if row.level == "series"]
+    images = [row for row in rows if row.level == "image"]
+    covered: set[int] = set()
+    groups: list[tuple[Prediction, list[Prediction]]] = []
+    for row in series:
+        members = [
+            image
+            for image in images
+            if image.series_uid == row.series_uid and Path(image.file).is_relative_to(row.file)
+        ]
+        covered.update(id(image) for image in members)
+        groups.append((row, members))
+    groups.extend((image, [image]) for image in images if id(image) not in covered)
+
+    headers: dict[str, object] = {}
+    out: list[tuple[str, object]] = []
+    skipped: list[NoReport] = []
+    study_series: dict[str, str] = {}
+    names: set[str] = set()
+    for row, members in groups:
+        try:
+            evidence = [_header(image.file, headers) for image in members]
+        except _NotDicom as exc:
+            skipped.append(NoReport(row.file, str(exc)))
+            continue
+        try:
+            with warnings.catch_warnings():  # the sources' own names, copied as they are
+                warnings.filterwarnings("ignore", message=".*intended person name")
+                document = _report(
+                    row, members, evidence, classes, algorithm, study_series, len(out)
+                )
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refuses
+            skipped.append(NoReport(row.file, f"highdicom refuses its sources ({first_line(exc)})"))
+            continue
+        name = _name(row, evidence[0], names)
+        out.append((name, document))
+    return out, skipped
+
+
+class _NotDicom(Exception):
+    pass
+
+
+def _header(file: str, cache: dict[str, object]):
+    """The DICOM header of a source file (pixel data left unread), cached per file."""
+    if file not in cache:
+        import pydicom
+
+        try:
+            dataset = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:  # not DICOM: an exported image
+            raise _NotDicom(
+                "an exported image has no Study, Series or SOP Instance UID to reference"
+            ) from None
+        missing = [
+            key
+            for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+            if not dataset.get(key)
+        ]
+        if missing:
+            raise _NotDicom(f"the file has no {', '.join(missing)} to reference")
+        cache[file] = dataset
+    return cache[file]
+
+
+def _name(row: Prediction, first, used: set[str]) -> str:
+    if row.level == "series":
+        stem = f"series-{first.SeriesInstanceUID}"
+    else:
+        stem = f"image-{first.SOPInstanceUID}"
+        if row.frame is not None:
+            stem += f"-frame-{row.frame + 1}"
+    name, n = f"{stem}.dcm", 1
+    while name in used:  # the same file given twice
+        n += 1
+        name = f"{stem}-{n}.dcm"
+    used.add(name)
+    return name
+
+
+def _code(value: str, meaning: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning[:64])
+
+
+def _report(row, members, evidence, classes, algorithm, study_series, index):
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+    from pydicom.sr.codedict import codes
+
+    probabilities = np.asarray(row.probabilities, dtype=np.float64)
+    predicted = row.predicted(classes)
+    sources = [
+        hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            dataset,
+            referenced_frame_numbers=[image.frame + 1] if image.frame is not None else None,
+        )
+        for image, dataset in zip(members, evidence, strict=True)
+    ]
+    name, version, parameters = algorithm
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"lungct {row.level} classification"
+        ),
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=name, version=version, parameters=parameters
+        ),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=_code(PREDICTED, "Predicted class"), value=_code(predicted, predicted)
+            )
+        ],
+        measurements=[
+            hd.sr.Measurement(
+                name=_code(f"p_{cls}", f"Probability of {cls}"),
+                value=float(p),
+                unit=codes.UCUM.NoUnits,
+            )
+            for cls, p in zip(classes, probabilities, strict=True)
+        ],
+        source_images=sources,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Device,
+                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                    uid=hd.UID(), name=name, model_name=version[:64]
+                ),
+            )
+        ),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+    )
+    study = evidence[0].StudyInstanceUID
+    series_uid = study_series.setdefault(study, hd.UID())
+    return hd.sr.ComprehensiveSR(
+        evidence=_unique(evidence),
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=index + 1,
+        manufacturer="lungct",
+        is_complete=True,
+        series_description=SERIES_DESCRIPTION,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=SCHEME, name="lungct model classes and probabilities"
+            )
+        ],
+    )
+
+
+def _unique(datasets: list) -> list:
+    seen: set[str] = set()
+    out = []
+    for dataset in datasets:
+        if dataset.SOPInstanceUID not in seen:
+            seen.add(dataset.SOPInstanceUID)
+            out.append(dataset)
+    return out
+
+
+def write_reports(
+    out: Path, rows: Sequence[Prediction], contract: Contract, model: Path
+) -> tuple[list[Path], list[NoReport]]:
+    """The SRs of ``rows`` written into the folder ``out`` (:func:`check_output_dir`):
+    built first, written into a temporary sibling, moved into place whole. Returns the
+    paths written and the rows that got no SR."""
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module
+    parameters = [contract.describe_data()]
+    if contract.warning:
+        parameters.append(f"WARNING: {contract.warning}")
+    algorithm = ("lungct CNN", f"model sha256 {sha256_file(model)[:16]}", parameters)
+    documents, skipped = reports(rows, contract.classes, algorithm)
+    check_output_dir(out)  # again: it may have changed while the model ran
+    with atomic_dir(out) as tmp:
+        for name, document in documents:
+            document.save_as(tmp / name, enforce_file_format=True)
+    return [out / name for name, _ in documents], skipped
