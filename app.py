@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
+from lungct.artifacts import CONTRACT_FILE, MODEL_FILE, is_leaky
 from lungct.errors import SkippedFile, UserError
 from lungct.evaluation.card import read_card
 from lungct.serving.inference import Predictor, UploadResult, predict_bytes
@@ -58,7 +58,7 @@ def test_figures() -> str:
     interval = ""
     if test.get("ci_low") is not None:
         interval = f" (95 % interval {test['ci_low']:.2f}-{test['ci_high']:.2f})"
-    leaky = " on a LEAKY split" if test.get("leaky") else ""
+    leaky = " on a LEAKY split" if is_leaky(test) else ""
     return (
         f"Test balanced accuracy {test['balanced_accuracy']:.3f}{interval} on "
         f"{test['images']} images{leaky}."

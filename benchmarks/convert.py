@@ -10,14 +10,14 @@ One run generates N phantom CT slices (512x512, ~20 slices per patient, written 
 ``lungct.phantom.write_cohort`` into a temporary raw folder with the ``SOURCE.json`` and
 ``labels.csv`` the stage expects; generation is timed but not counted), then measures:
 
-* **per slice, one core** (issue 17, item 3): the stage's own per-unit function
+* **per slice, one core**: the stage's own per-unit function
   (``lungct.data.convert.convert_unit``: read, window, resize, pHash, PNG, manifest row) over
   every file, in one process per variant, against read + decode alone (``dcmread`` +
   ``pixel_array``) in a third. R rounds; a round is every file once per variant, in 10
   steps of the file list with the variants taking turns on each step (their order
   turning), so that all see the same moments of a shared machine's load; CPU time of each
   process (``time.process_time``), median over rounds. The **reference** is the same
-  function with the pixel work as it was before issue 17 patched in (:data:`REFERENCE`:
+  function with a plain version of the pixel work patched in (:data:`REFERENCE`:
   HU computed in the reader, the float32 window, BILINEAR resize, ``imagehash.phash`` of
   the 512 x 512 slice, Pillow's PNG writer at level 1); **new** is the library as it is.
   Work after decoding = variant - decode; the one-core fraction of the decode bound =
@@ -49,10 +49,10 @@ per-slice temporaries of the stage about 30% cheaper than in a fresh ``dvc repro
 
 Targets (marked PASS/FAIL; the script always exits 0 unless something crashes):
 
-* work after decoding, one core      <= 2.5 ms a slice (issue 17; uncompressed files)
-* decode / whole, one core           >= 0.35 (issue 17; uncompressed files)
+* work after decoding, one core      <= 2.5 ms a slice (uncompressed files)
+* decode / whole, one core           >= 0.35 (uncompressed files)
 * project / naive slices per second  >= 1.8 (on 2 cores)
-* project / decode bound             >= 0.35 for uncompressed files (issue 17), 0.8 else
+* project / decode bound             >= 0.35 for uncompressed files, 0.8 else
 * peak RSS 4N / N                    <= 1.2 (memory must not grow with the data set)
 
 ``--real-data ZIP`` (a copy of the Kaggle Chest CT-Scan zip: exported PNG/JPG, no ids)
@@ -116,7 +116,7 @@ WARMUP_FILES = 20
 TARGET_PROJECT_VS_NAIVE = 1.8
 TARGET_PROJECT_VS_DECODE = 0.8
 TARGET_RSS_RATIO = 1.2
-# Issue 17, item 3, on uncompressed files: the work after decoding, and decode / whole.
+# On uncompressed files: the work after decoding, and decode / whole.
 TARGET_WORK_MS = 2.5
 TARGET_DECODE_FRACTION = 0.35
 
@@ -216,7 +216,7 @@ def clear(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The reference: convert's pixel work as it was before issue 17
+# The reference: convert's pixel work done plainly (no lookup table, reduce or own PNG writer)
 # --------------------------------------------------------------------------------------------
 def reference_read_ct(path: Path, *args: int) -> list[CTFrame]:
     """``read_ct`` with the HU computed in the reader (padding mask, float32 rescale)."""
@@ -349,7 +349,7 @@ def measure_decode_bound(files: list[Path], workers: int) -> Throughput:
     return timed(name, len(files), lambda: decode_all(files, workers))
 
 
-# Issue 17's levers, in the order --levers adds them to the reference, each with the names
+# The levers, in the order --levers adds them to the reference, each with the names
 # in lungct.data.convert it puts back to the library's.
 LEVERS = {
     "+ window lookup, HU on demand": ("read_ct", "frame_channels"),
@@ -711,7 +711,7 @@ def report(
     host: str,
     syntax: str,
 ) -> None:
-    native = syntax == "native"  # issue 17's targets are for uncompressed files
+    native = syntax == "native"  # the one-core targets are for uncompressed files
     print()
     print(f"convert benchmark: {naive.files} {syntax} slices of {IMAGE_SIZE}x{IMAGE_SIZE}")
     pool = f"convert.workers = {workers}" if has_workers_key else "no convert.workers key"
@@ -905,7 +905,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--levers",
         action="store_true",
-        help="one-core variants adding issue 17's levers to the reference one at a time",
+        help="one-core variants adding the project's levers to the reference one at a time",
     )
     parser.add_argument(
         "--real-data",

@@ -27,7 +27,8 @@ Run from the repository root::
    repo's params.yaml and ``data.source: path``): groups, largest group, groups holding
    images of several classes (different patients merged, or one image filed twice), test
    images, and the test images within 2 bits of a train or val image by an independent
-   pHash (ImageHash) of the split PNGs the model reads: what the issue counts as leaks.
+   pHash (evaluate's, ImageHash's bit for bit) of the split PNGs the model reads: what the
+   issue counts as leaks.
 
 Prints one table per part; the script exits 0 unless something crashes.
 """
@@ -39,17 +40,18 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
+from sklearn.metrics.cluster import pair_confusion_matrix
 
 from benchmarks.host import stage
-from lungct.data.grouping import pairwise_scores
+from lungct.evaluation.metrics import image_phashes, nearest_bits
 from lungct.io.windowing import window_channels
 from lungct.params import Params, merge, parse_params
 from lungct.phantom.cohort import assign_labels, patient_rng
@@ -119,6 +121,18 @@ def export_idless(
     return truth
 
 
+def pairwise_scores(predicted: Sequence, truth: Sequence) -> tuple[float, float]:
+    """Pairwise precision and recall of a grouping against the true patients: of the
+    image pairs it puts together, the share of one patient; of the pairs of one patient,
+    the share it puts together (1.0 where there is nothing to count)."""
+    if len(predicted) == 0:
+        return 1.0, 1.0
+    # ordered pairs: rows apart / together in truth, columns apart / together as predicted
+    (_, wrongly_joined), (missed, joined) = pair_confusion_matrix(truth, predicted).tolist()
+    together, same = joined + wrongly_joined, joined + missed
+    return (joined / together if together else 1.0, joined / same if same else 1.0)
+
+
 def with_grouping(params: Params, grouping: str) -> Params:
     return params.model_copy(
         update={"split": params.split.model_copy(update={"grouping": grouping})}
@@ -175,20 +189,14 @@ def known_identity(patients: int, slices: int, seed: int, params: Params) -> lis
 
 
 def leaks_within(splits: Path, bits: int = 2) -> tuple[int, int]:
-    """Test images, and those within ``bits`` of a train or val image by ImageHash pHash
-    of the split PNGs (grayscale, as the model reads one window)."""
+    """Test images, and those within ``bits`` of a train or val image by the pHash of the
+    split PNGs (grayscale, as the model reads one window): evaluate's leak sensitivity."""
     table = pd.read_csv(splits / "splits.csv", keep_default_na=False)
-    hashes = np.array(
-        [
-            int(str(imagehash.phash(Image.open(splits / p).convert("L"))), 16)
-            for p in table["image"]
-        ],
-        dtype=np.uint64,
-    )
+    hashes = image_phashes([splits / p for p in table["image"]])
     test = (table["split"] == "test").to_numpy()
     if not test.any() or test.all():
         return int(test.sum()), 0
-    nearest = np.bitwise_count(hashes[test][:, None] ^ hashes[~test][None, :]).min(axis=1)
+    nearest = nearest_bits(hashes[test], hashes[~test])
     return int(test.sum()), int((nearest <= bits).sum())
 
 

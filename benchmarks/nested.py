@@ -81,8 +81,8 @@ def outer_fold(params, table, fold: int, splits_dir: Path, seed_members: int = 1
     from lungct.contract import Contract
     from lungct.data.split import assign_folds
     from lungct.data.tables import fold_images, split_images, train_classes
-    from lungct.model.folding import inference_model
     from lungct.model.network import ensemble
+    from lungct.model.saving import inference_model
     from lungct.model.train import fit_model
 
     classes = train_classes(table, splits_dir)

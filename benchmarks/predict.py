@@ -6,9 +6,9 @@ Run from the repository root::
 
 One run writes N phantom CT slices (S x S, default 512 as a scanner writes them, 20 slices
 per patient, ``lungct.phantom.write_cohort``) to a temporary folder, and the repo's default
-model as train saves it (``train.seeds`` networks of ``lungct.model.network.build_cnn`` with the
-``convert`` and ``train`` sections of params.yaml, seeded, untrained: weights do not change
-the time; more than one averaged by ``lungct.model.network.ensemble``) saved as ``model.keras`` with
+model as train saves it (``lungct.model.train.fit_seed_ensemble``: ``train.seeds`` networks of
+``lungct.model.network.build_cnn`` with the ``convert`` and ``train`` sections of params.yaml,
+seeded, here untrained: weights do not change the time; more than one averaged) saved as ``model.keras`` with
 the ``labels.json`` train writes, then loaded the way predict loads it
 (``Predictor.load``). Generation is timed but not counted.
 
@@ -90,25 +90,29 @@ def generate(root: Path, params: Params, slices: int, size: int) -> list[Path]:
 def save_model(root: Path, params: Params) -> tuple[Path, Path, Path | None]:
     """The default model, as train saves it (``train.seeds`` members averaged), with its
     contract; and, for an ensemble, its first member alone (else None)."""
-    from lungct.model.network import build_cnn, ensemble
+    from lungct.model.history import Fitted
+    from lungct.model.network import build_cnn
     from lungct.model.runtime import seed_everything
     from lungct.model.saving import save_model
+    from lungct.model.train import fit_seed_ensemble
+
+    def untrained(cfg, contract: Contract, seed: int, *_, **__) -> Fitted:
+        seed_everything(seed)
+        prep = contract.prep
+        return Fitted(build_cnn(prep.image_size, prep.channels, len(contract.classes), cfg), {}, 1)
 
     classes = sorted(params.data.synthetic.class_balance)
-    members = []
-    for k in range(params.train.seeds):  # as stages/train.py seeds them
-        seed_everything(params.base.seed + k)
-        members.append(
-            build_cnn(
-                params.convert.image_size, len(params.convert.windows), len(classes), params.train
-            )
-        )
+    contract = Contract.from_params(params, classes)
+    no_images: tuple[list[str], list[int]] = ([], [])
+    model, members = fit_seed_ensemble(
+        params.train, contract, params.base.seed, no_images, no_images, fit=untrained
+    )
     model_file, labels_file = root / "model.keras", root / "labels.json"
     member_file = root / "member.keras" if len(members) > 1 else None
     if member_file is not None:
-        save_model(members[0], member_file)
-    save_model(ensemble(members) if len(members) > 1 else members[0], model_file)
-    Contract.from_params(params, classes).write(labels_file)
+        save_model(members[0].model, member_file)
+    save_model(model, model_file)
+    contract.write(labels_file)
     return model_file, labels_file, member_file
 
 

@@ -20,8 +20,7 @@ path`` and ``data.path: --data``:
    input size regroups the images, so its folds differ a little);
 3. **choice**: the recipe with the highest :func:`robust_score`, the lower of its mean
    validation balanced accuracy and the same with the held-out images re-framed (the cv
-   stage's ``reframed`` scores; ties: the lower mean loss). Until 2026-12-04 the choice
-   was by the first alone;
+   stage's ``reframed`` scores; ties: the lower mean loss);
 4. **test, once per seed**: for each of ``--seeds`` (``base.seed``: the split, the
    weights and the shuffling all change), split, train and evaluate the chosen recipe
    (and, with ``--ensemble``, the cross-validation ensemble of that seed too), and print
@@ -57,15 +56,15 @@ from lungct.params import merge
 ROOT = Path(__file__).resolve().parents[1]
 
 MILD_AUGMENT = {**NO_AUGMENT, "rotation": 0.03, "zoom": 0.1, "translation": 0.05}
-# Intensity only: a window a little higher or wider (issue 18's "intensity jitter").
+# Intensity only: a window a little higher or wider ("intensity jitter").
 JITTER = {"contrast": 0.1, "brightness": 0.05}
 DOUBLE = {"convs_per_block": 2}
 COSINE30 = {"epochs": 30, "lr_schedule": "cosine", "early_stopping_patience": 8}
 WIDE4 = {"filters": [32, 64, 128, 256]}
 # Scale and position only: the official test folder frames the chest more widely.
 ZOOM_SHIFT = {**NO_AUGMENT, "zoom": 0.2, "translation": 0.1}
-# The default before the search of 2026-11-29 (docs/benchmarks.md), which it started from;
-# it chose cosine30 (the default since).
+# Where the first search started from (docs/benchmarks.md, "Schedule, depth, head, input
+# size"); it chose cosine30.
 PREVIOUS = {
     "train": {
         "epochs": 20,
@@ -97,29 +96,29 @@ RECIPES = {
     "augment_cosine30": merge(PREVIOUS, {"train": {"augment": MILD_AUGMENT, **COSINE30}}),
     "wide4_cosine30": merge(PREVIOUS, {"train": {**WIDE4, **COSINE30}}),
     "size192": merge(PREVIOUS, {"convert": {"image_size": 192}}),
-    # 2026-12-04, for the official folders (docs/benchmarks.md, "Framing"); the body
-    # recipes change params.yaml as it is (cosine30 since 2026-11-29), not PREVIOUS.
+    # For the official folders (docs/benchmarks.md, "Framing"); the body recipes below
+    # start from ONE_CONV_BODY (cosine30, one conv a block), not PREVIOUS.
     "zoom_cosine30": merge(PREVIOUS, {"train": {"augment": ZOOM_SHIFT, **COSINE30}}),
     "wide4_zoom_cosine30": merge(PREVIOUS, {"train": {"augment": ZOOM_SHIFT, **WIDE4, **COSINE30}}),
-    # params.yaml of 2026-12-04 (cosine30; one conv a block), framed to the body or not
-    "body": ONE_CONV_BODY,  # the default from 2026-12-04; the binary task's choice since
-    "image": merge(ONE_CONV_BODY, {"convert": {"framing": "image"}}),  # the default before
+    # Cosine30, one conv a block, framed to the body or not ("A framing-robust choice")
+    "body": ONE_CONV_BODY,  # the binary task's choice
+    "image": merge(ONE_CONV_BODY, {"convert": {"framing": "image"}}),
     "wide4_body": merge(ONE_CONV_BODY, {"train": WIDE4}),
-    # 2026-12-04, later: body framing with what it frees (scale and position augmentation no
-    # longer hides a shortcut the folds reward), chosen by the framing-robust score.
+    # Body framing with what it frees (scale and position augmentation no longer hides a
+    # shortcut the folds reward), chosen by the framing-robust score.
     "body_augment": merge(ONE_CONV_BODY, {"train": {"augment": MILD_AUGMENT}}),
     "body_dropout5": merge(ONE_CONV_BODY, {"train": {"dropout": 0.5}}),
     "body_dense256": merge(ONE_CONV_BODY, {"train": {"dense_units": 256}}),
     "body_size160": merge(ONE_CONV_BODY, {"convert": {"image_size": 160}}),
-    # 2026-12-05: the search again with the final grouping, plus intensity jitter and
-    # two convolutions a block (train.augment.contrast / .brightness, train.convs_per_block).
+    # The search with the final grouping: intensity jitter and two convolutions a block
+    # (train.augment.contrast / .brightness, train.convs_per_block).
     "body_jitter": merge(ONE_CONV_BODY, {"train": {"augment": JITTER}}),
-    "body_double": merge(ONE_CONV_BODY, {"train": DOUBLE}),  # the default since
+    "body_double": merge(ONE_CONV_BODY, {"train": DOUBLE}),  # the default's network
     "body_double_jitter": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "augment": JITTER}}),
     "wide4_body_jitter": merge(ONE_CONV_BODY, {"train": {**WIDE4, "augment": JITTER}}),
     "wide4_body_double": merge(ONE_CONV_BODY, {"train": {**WIDE4, **DOUBLE}}),
-    # 2026-12-05, later: body_double as a seed ensemble of 3 (train.seeds; the default
-    # since), chosen over one model and the fold ensemble by nested cross-validation
+    # body_double as a seed ensemble of 3 (train.seeds; the default), chosen over one
+    # model and the fold ensemble by nested cross-validation
     # (benchmarks.nested): the cv stage fits one model per fold whatever train.seeds is.
     "body_double_seeds3": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "seeds": 3}}),
 }

@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} training PNGs: {generated} ({root})")
         seed_everything(params.base.seed)
         cfg = params.train
-        weights = class_weights(labels, len(classes)) if cfg.class_weight == "auto" else None
+        weights = class_weights(labels) if cfg.class_weight == "auto" else None
         strategy = distribution_strategy(cfg.strategy)
         setup = Setup(params, classes, strategy, weights, root / "cache")
 

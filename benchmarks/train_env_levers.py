@@ -1,4 +1,4 @@
-"""Benchmark of the training levers that must be set before TensorFlow starts (issue 17):
+"""Benchmark of the training levers that must be set before TensorFlow starts:
 oneDNN on or off, its instruction set, thread pools, XLA; each in its own process, all
 timed in the same interleaved rounds.
 
@@ -18,7 +18,7 @@ the others wait on a pipe.
 Contenders (in-process levers, such as the fused batch norm, the block order, batch size
 and precision, are in ``benchmarks.train_speed --levers``):
 
-* reference: the model before issue 17, default settings;
+* reference: ``benchmarks.train_speed.reference_model`` (Keras' batch norm), default settings;
 * project: ``build_cnn``, default settings (the baseline of the ratios);
 * ``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's own (Eigen) kernels instead of oneDNN;
 * inter-op threads 1 (ops one at a time; intra-op parallel), and intra-op threads 1;
@@ -81,7 +81,7 @@ for _ in sys.stdin:
 """
 
 CONTENDERS: dict[str, dict] = {
-    "reference (before issue 17)": {"reference": True},
+    "reference (Keras batch norm)": {"reference": True},
     "project": {},
     "TF_ENABLE_ONEDNN_OPTS=0": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "inter-op threads 1": {"inter": 1},

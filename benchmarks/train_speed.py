@@ -1,5 +1,5 @@
-"""Benchmark of training throughput (issue 17): the project's CNN against the model as it was
-before, on the same machine, in one run; FLOPs, share of the matmul peak, and validation
+"""Benchmark of training throughput: the project's CNN against the reference model (Keras'
+batch norm), on the same machine, in one run; FLOPs, share of the matmul peak, and validation
 quality of both.
 
 Run from the repository root::
@@ -14,8 +14,8 @@ One run generates the default phantom cohort with the project's own stages
 ``benchmarks.train``'s "compute bound" contender: nothing between memory and the model but
 slicing a batch), feed
 
-* **reference**: :func:`reference_model`, a verbatim copy of ``lungct.model.network.build_cnn`` as it
-  was before issue 17 (Keras' ``BatchNormalization``: ``tf.nn.moments`` and
+* **reference**: :func:`reference_model`, ``lungct.model.network.build_cnn`` with one conv a
+  block and Keras' ``BatchNormalization`` (``tf.nn.moments`` and
   ``tf.nn.batch_normalization``, a dozen element-wise ops and as many in the gradient);
 * **project**: ``lungct.model.network.build_cnn`` with the ``train`` section of params.yaml;
 * **project, pipeline**: the same model fed by ``lungct.model.dataset.image_dataset`` (the train
@@ -33,7 +33,7 @@ the shared machine's load hits all alike; round 1 (tracing) is left out. The rat
 images/s of the steady rounds (sum of images over sum of seconds); the median of the
 per-round ratios is shown beside it.
 
-``--levers`` adds the alternatives measured for issue 17, in float32, all in the same rounds
+``--levers`` adds the alternatives measured for the project's model, in float32, all in the same rounds
 (see docs/benchmarks.md): the reference without batch norm (the most that any way of
 computing batch norm can gain); the project with Keras' batch norm (checks that the rest
 of the model is the reference's); the blocks as conv, pool, batch norm, ReLU (batch norm on
@@ -110,7 +110,7 @@ MATMUL_SIZE = 2048
 
 
 # --------------------------------------------------------------------------------------------
-# The reference: build_cnn before issue 17, verbatim (only the name differs)
+# The reference: build_cnn with one conv a block and Keras' batch norm
 # --------------------------------------------------------------------------------------------
 _HEADS = {
     "flatten": layers.Flatten,
@@ -389,7 +389,7 @@ def train_and_score(root: Path, build, params: Params, setup: Setup) -> dict:
         start = time.perf_counter()
         metrics = train(params)
         seconds = time.perf_counter() - start
-        model = lungct.model.saving.load_model(MODEL_FILE, fold=False)
+        model = lungct.model.saving.load_model(MODEL_FILE, for_inference=False)
         scores = validation_scores(model, setup, root / "data" / "splits")
     finally:
         lungct.model.network.build_cnn = original
@@ -485,7 +485,7 @@ def speed(args: argparse.Namespace, setup: Setup, paths: list[str], host: str) -
         params.base.seed,
         cache="memory",
     )
-    reference = fresh(reference_model, "reference (before issue 17)", memory, setup, cfg)
+    reference = fresh(reference_model, "reference (Keras batch norm)", memory, setup, cfg)
     project = fresh(build_cnn, "project (build_cnn)", memory, setup, cfg)
     piped = fresh(build_cnn, "project, image_dataset pipeline", pipeline, setup, cfg)
     peak = Matmul(args.matmuls)
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             f"converted and split in {time.perf_counter() - start:.1f} s ({root})"
         )
         seed_everything(params.base.seed)
-        weights = class_weights(labels, len(classes)) if cfg.class_weight == "auto" else None
+        weights = class_weights(labels) if cfg.class_weight == "auto" else None
         setup = Setup(params, classes, labels, distribution_strategy(cfg.strategy), weights)
 
         if not args.no_speed:

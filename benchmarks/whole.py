@@ -1,7 +1,6 @@
-"""The whole pipeline and the test suite at two revisions, timed in one sitting (issue 17).
-
-Item 4 of issue 17: the default ``dvc repro`` from a fresh clone, and the test suite, at
-two revisions of this repository, in one sitting.
+"""The whole pipeline and the test suite at two revisions, timed in one sitting: the
+default ``dvc repro`` from a fresh clone, and the test suite, at two revisions of this
+repository.
 
 Run from the repository root::
 
@@ -21,10 +20,9 @@ turns from round to round, so both see the same moments of a shared machine's lo
   (``pyproject.toml``: serial before ``pytest-xdist``, ``-n auto`` after): wall time and
   the counts of its summary line.
 
-Both revisions run with this interpreter and its packages (``requirements.txt`` only
-grew between the two revisions named by default; the pins they share are equal). The
-default ``--before`` is the last commit of 2026-11-23, the state issue 17 measured
-("today about 3 and 4 minutes": ``dvc repro`` 2 min 48 s, 330 tests in 3 min 45 s).
+Both revisions run with this interpreter and its packages (what ``requirements.lock``
+installs), not with each revision's own pins. The default ``--before`` is the five-stage
+pipeline before the training speed-up (no cv or export stage, Keras' batch norm).
 Figures: docs/benchmarks.md (Pipeline and test suite).
 """
 
@@ -45,7 +43,7 @@ import yaml
 from benchmarks.host import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = "a071c1a"  # 2026-11-23 18:02: the repository when issue 17 was filed
+BEFORE = "a071c1a"  # the five-stage pipeline, before the training speed-up
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)")
 
 

@@ -6,6 +6,7 @@ All paths are relative to the project root, where DVC runs every stage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
@@ -65,11 +66,14 @@ CURVES_DIR = TRAIN_LIVE_DIR / "plots" / "metrics"  # its per-epoch curves: <side
 
 PROBABILITY_DECIMALS = 6  # in predictions.csv and predict's outputs
 SPLITS = ("train", "val", "test")  # the splits of data/splits, in this order
+# The flag of split.json that says patients or near duplicates cross the split (the test
+# figures are optimistic); repeated in eval.json, eval_details.json and the model contract.
+LEAKY = "leaky"
 # What eval.json repeats from split.json, so that a leaky number cannot pass for an honest one.
 SPLIT_KEYS = (
     "strategy",
     "leakage",
-    "leaky",
+    LEAKY,
     "classes",
     "groups_in_several_splits",
     "cross_split_near_duplicate_pairs",
@@ -77,3 +81,10 @@ SPLIT_KEYS = (
     "found_cross_split_pairs",
     "dropped",
 )
+
+
+def is_leaky(record: Mapping[str, object]) -> bool:
+    """Whether a record holding the split's :data:`LEAKY` flag (metrics/split.json, the
+    ``split`` of eval_details.json, eval.json, the model contract's ``data.split``) says the
+    split is leaky; a record without the flag (written before it existed) says no."""
+    return bool(record.get(LEAKY, False))

@@ -2,12 +2,14 @@
 
 Everything is written under a temporary sibling name and moved into place with
 ``os.replace`` only once complete. Leftovers of killed runs are hidden
-(``.<name>.tmp-<pid>``) and removed by the next run.
+(``.<name>.tmp-<pid>``) and removed by the next run. Files are named by content with
+:func:`sha256_file`.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -92,6 +94,12 @@ def atomic_file(target: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def write_json(path: Path, obj: object) -> None:

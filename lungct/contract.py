@@ -1,7 +1,9 @@
 """The model contract: what a trained model needs to be fed exactly as in training.
 
-:class:`Preprocessing` is how raw files become model inputs (windows, input size); the
-convert stage takes it from params, predict and the app from the contract.
+:class:`~lungct.params.Preprocessing` is how raw files become model inputs (windows,
+input size, context, crop, framing): the convert stage takes it from params, predict and
+the app from the contract, and both are validated by the one schema,
+:class:`lungct.params.PreprocessingSchema`.
 
 Train writes it beside the model (``models/labels.json``); evaluate, export, predict, the
 app, the service and the benchmarks read it here, validated, and check it against the
@@ -14,17 +16,20 @@ on (:class:`TrainingData`; absent from contracts written before it was recorded)
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any
 
-from lungct.artifacts import CONTRACT_FILE
+from pydantic import ValidationError
+
+from lungct.artifacts import CONTRACT_FILE, LEAKY, is_leaky
 from lungct.atomic import write_json
-from lungct.errors import SkippedFile, UserError
-from lungct.io.windowing import is_window
-from lungct.limits import MAX_IMAGE_BYTES
-from lungct.params import ConvertParams, Params
+from lungct.errors import UserError
+from lungct.names import Framing
+from lungct.params import Params, Preprocessing, describe_error
+
+__all__ = ["Contract", "Preprocessing", "TrainingData"]
 
 # What the model takes, and how raw files become it (for a person reading labels.json).
 MODEL_INPUT = "float32 pixel values 0..255 (the model rescales to 0..1)"
@@ -35,100 +40,15 @@ PREPROCESSING_STEPS = (
     "aspect-preserving resize with black padding to image_size",
 )
 FRAMING_STEP = "framing body: cropped to the body's bounding box before the resize"
-FRAMINGS = get_args(ConvertParams.model_fields["framing"].annotation)  # params' own values
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
+# Keys added later (and crop): a contract without them is of a model of whole slices.
+OPTIONAL_KEYS = ("context_slices", "framing")
+CROP_SHAPE = "crop must be {kind: none | lesion, mm: a number}"
 RETRAIN = "rerun dvc repro"
 SYNTHETIC_WARNING = (
     "this model was trained on the built-in synthetic CT cohort (data.source: synthetic), "
     "a check of the pipeline: it is not for real CT, and its classes mean nothing on a real scan"
 )
-
-
-class _WindowLike(Protocol):
-    center: float
-    width: float
-
-
-class _FrameLike(Protocol):  # lungct.io.dicom.CTFrame
-    window: tuple[float, float] | None
-
-
-class _ConvertLike(Protocol):
-    windows: Sequence[_WindowLike]
-    file_window: bool
-    image_size: int
-    max_image_bytes: int
-    context_slices: int
-    crop: str
-    crop_mm: float
-    framing: str
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw files become model inputs: CT windows in HU (center, width), whether the
-    first channel takes the file's own window, and the side of the square input.
-
-    ``max_image_bytes`` is the largest declared image decoded (:mod:`lungct.limits`): the
-    convert stage takes it from params, predict and the app use the default. It guards the
-    machine, not the model, so it is not part of the contract (nor of equality)."""
-
-    windows: tuple[tuple[float, float], ...]
-    file_window: bool
-    image_size: int
-    max_image_bytes: int = field(default=MAX_IMAGE_BYTES, compare=False)
-    # 2.5-D: neighbours on each side stacked as channels (each times the windows)
-    context_slices: int = 0
-    # "lesion": trained on crop_mm squares around annotated lesions (convert only: a raw
-    # file carries no annotation, so predict and the app say so and use the whole slice)
-    crop: str = "none"
-    crop_mm: float = 0.0
-    # "body": each image cropped to the body's bounding box before the resize
-    # (lungct.io.images.body_box); "image": the whole image
-    framing: str = "image"
-
-    @property
-    def channels(self) -> int:
-        return len(self.windows) * self.depth
-
-    @property
-    def depth(self) -> int:
-        """Slices stacked per example: the slice and its neighbours."""
-        return 2 * self.context_slices + 1
-
-    @classmethod
-    def from_params(cls, params: _ConvertLike) -> Preprocessing:
-        """From the ``convert`` section of params.yaml (the convert stage and train; predict
-        reads it from the model contract, :class:`lungct.contract.Contract`)."""
-        return cls(
-            windows=tuple((float(w.center), float(w.width)) for w in params.windows),
-            file_window=bool(params.file_window),
-            image_size=int(params.image_size),
-            max_image_bytes=int(params.max_image_bytes),
-            context_slices=int(params.context_slices),
-            crop=str(params.crop),
-            crop_mm=float(params.crop_mm) if params.crop != "none" else 0.0,
-            framing=str(params.framing),
-        )
-
-    def windows_for(self, frame: _FrameLike) -> list[tuple[float, float]]:
-        """The windows of one frame: the configured ones, the first replaced by the file's
-        own Window Center/Width when ``file_window`` is on and the file has one.
-
-        A file window that is there but is no window (not a number, infinite, width not
-        positive) skips the file (``bad_window``): the first channel was asked to be the
-        file's own window, and this file's is damaged."""
-        windows = list(self.windows)
-        if self.file_window and frame.window is not None:
-            center, width = frame.window
-            if not is_window(center, width):
-                raise SkippedFile(
-                    "bad_window",
-                    f"the file's Window Center/Width {center:g}/{width:g} is not a window "
-                    "(file_window: true)",
-                )
-            windows[0] = (center, width)
-        return windows
 
 
 @dataclass(frozen=True)
@@ -169,7 +89,7 @@ class TrainingData:
             tree_sha256=str(source.get("tree_sha256", "")),
             class_mapping=classes if isinstance(classes, str) else "custom",
             split_strategy=str(split.get("strategy", "unknown")),
-            leaky=bool(split.get("leaky", False)),
+            leaky=is_leaky(split),
             images=tuple((str(k), int(v)) for k, v in images.items()),
         )
 
@@ -185,7 +105,7 @@ class TrainingData:
             "layout": self.layout,
             "tree_sha256": self.tree_sha256,
             "class_mapping": self.class_mapping,
-            "split": {"strategy": self.split_strategy, "leaky": self.leaky},
+            "split": {"strategy": self.split_strategy, LEAKY: self.leaky},
             "images": dict(self.images),
         }
 
@@ -210,7 +130,7 @@ class TrainingData:
             tree_sha256=data.get("tree_sha256", ""),
             class_mapping=data.get("class_mapping", "default"),
             split_strategy=str(split.get("strategy", "unknown")),
-            leaky=bool(split.get("leaky", False)),
+            leaky=is_leaky(split),
             images=tuple((str(k), v) for k, v in images.items()),
         )
 
@@ -266,7 +186,7 @@ class Contract:
             "input": MODEL_INPUT,
             "preprocessing": [
                 *PREPROCESSING_STEPS[:-1],
-                *([FRAMING_STEP] if prep.framing == "body" else []),
+                *([FRAMING_STEP] if prep.framing == Framing.BODY else []),
                 PREPROCESSING_STEPS[-1],
             ],
             **({"data": self.data.to_dict()} if self.data is not None else {}),
@@ -313,51 +233,25 @@ class Contract:
             or len(set(classes)) != len(classes)
         ):
             raise bad("'classes' must list two or more distinct class names")
+        if not _is_integer(data["image_size"]) or not _is_integer(data["channels"]):
+            raise bad("image_size, channels integers expected")
+        # The JSON's keys mapped to the schema's fields, validated by its rules (a key
+        # added later and absent: lungct.params.PREPROCESSING_DEFAULTS).
+        fields = {key: data[key] for key in OPTIONAL_KEYS if key in data}
+        if "crop" in data:
+            crop = data["crop"]
+            if not isinstance(crop, dict) or set(crop) != {"kind", "mm"}:
+                raise bad(CROP_SHAPE)
+            fields.update(crop=crop["kind"], crop_mm=crop["mm"])
         try:
-            windows = tuple((float(w["center"]), float(w["width"])) for w in data["windows"])
-            size, channels = _integer(data["image_size"]), _integer(data["channels"])
-        except (TypeError, KeyError, ValueError, OverflowError):
+            prep = Preprocessing(data["windows"], data["file_window"], data["image_size"], **fields)
+        except ValidationError as exc:
+            raise bad(_problem(exc)) from None
+        if data["channels"] != prep.channels:
             raise bad(
-                "windows must be a list of {center, width}; image_size, channels integers"
-            ) from None
-        finite = all(abs(v) < float("inf") for window in windows for v in window)
-        if not windows or not finite or any(not width > 0 for _, width in windows):
-            raise bad("windows must be one or more finite windows of positive width")
-        # Added later: a contract without them is of a model of single whole slices.
-        context = data.get("context_slices", 0)
-        crop = data.get("crop", {"kind": "none", "mm": 0.0})
-        framing = data.get("framing", "image")
-        if framing not in FRAMINGS:
-            raise bad(f"framing must be one of {', '.join(FRAMINGS)}")
-        if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 8:
-            raise bad("context_slices must be an integer from 0 to 8")
-        if (
-            not isinstance(crop, dict)
-            or crop.get("kind") not in ("none", "lesion")
-            or isinstance(crop.get("mm"), bool)
-            or not isinstance(crop.get("mm"), (int, float))
-            or not 0 <= crop["mm"] < float("inf")
-        ):
-            raise bad("crop must be {kind: none | lesion, mm: a number}")
-        depth = 2 * context + 1
-        if channels != len(windows) * depth:
-            raise bad(
-                f"channels {channels} but {len(windows)} window(s) x {depth} slice(s) "
-                f"(context_slices {context})"
+                f"channels {data['channels']} but {len(prep.windows)} window(s) x "
+                f"{prep.depth} slice(s) (context_slices {prep.context_slices})"
             )
-        if size < 1:
-            raise bad(f"image_size {size}")
-        if not isinstance(data["file_window"], bool):
-            raise bad("file_window must be true or false")
-        prep = Preprocessing(
-            windows=windows,
-            file_window=data["file_window"],
-            image_size=size,
-            context_slices=context,
-            crop=crop["kind"],
-            crop_mm=float(crop["mm"]),
-            framing=framing,
-        )
         # Added later too: a contract without it says nothing of its training data.
         trained_on = None
         if "data" in data:
@@ -380,7 +274,24 @@ class Contract:
         return model
 
 
-def _integer(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("not an integer")
-    return value
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The contract's JSON spells these schema fields otherwise.
+_JSON_KEYS = {"crop": "crop.kind", "crop_mm": "crop.mm"}
+
+
+def _problem(exc: ValidationError) -> str:
+    """The first problem the schema found, named by the contract's JSON key, in JSON's
+    words for its types (true or false; one of the listed strings)."""
+    err = exc.errors()[0]
+    if err["loc"]:
+        err = {**err, "loc": (_JSON_KEYS.get(str(err["loc"][0]), err["loc"][0]), *err["loc"][1:])}
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "bool_type":
+        return f"{key} must be true or false"
+    if err["type"] == "literal_error":
+        expected = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+        return f"{key} must be one of {', '.join(expected)}"
+    return describe_error(err)

@@ -15,12 +15,19 @@ class UserError(Exception):
 
 
 class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
-    """An input file that is not converted; ``reason`` is the manifest's reason code."""
+    """An input file that is not converted; ``reason`` is the manifest's reason code
+    (:mod:`lungct.reasons`, :mod:`lungct.annotations.reasons`)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def printable(text: str) -> str:
+    """Text safe to print in a one-line message: control characters (newlines included)
+    and undecodable bytes (surrogate escapes) are shown escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def first_line(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ it, decoding is cheap whatever the ratio.
 from __future__ import annotations
 
 from lungct.errors import SkippedFile
+from lungct.reasons import TOO_LARGE
 
 MiB = 2**20
 MAX_IMAGE_BYTES = 512 * MiB  # the default of convert.max_image_bytes; predict and the app
@@ -51,13 +52,13 @@ def check_size(declared: int, file_bytes: int, limit: int, what: str) -> None:
     dimensions, for the detail) of ``declared`` bytes may not be decoded."""
     if declared > limit:
         raise SkippedFile(
-            "too_large",
+            TOO_LARGE,
             f"{what} would decode to {size_text(declared)}, over the limit of "
             f"{size_text(limit)} (convert.max_image_bytes)",
         )
     if declared > allowed_bytes(file_bytes, limit):
         raise SkippedFile(
-            "too_large",
+            TOO_LARGE,
             f"{what} would decode to {size_text(declared)} from a file of "
             f"{size_text(file_bytes)} (over {MAX_EXPANSION} times its size: a "
             "decompression bomb)",

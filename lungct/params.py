@@ -3,6 +3,11 @@
 Every key is required and unknown keys are rejected, so a typo such as
 ``dvc exp run -S train.lrr=1e-3`` fails loudly instead of silently adding a key
 that nothing reads.
+
+:class:`PreprocessingSchema` holds the rules of how raw files become model inputs
+(windows, input size, 2.5-D context, crop, framing), once: the ``convert`` section
+(:class:`ConvertParams`) and :class:`Preprocessing`, which the model contract records
+(:mod:`lungct.contract`) and predict, the app and the service read, both extend it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,27 @@ import re
 import reprlib
 import stat
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-from lungct.errors import UserError, first_line
+from lungct.errors import SkippedFile, UserError, first_line, printable
+from lungct.limits import MAX_IMAGE_BYTES
+from lungct.names import AnnotationForm, Crop, Framing, Layout, TransferSyntax, choices
+from lungct.reasons import BAD_WINDOW
 
 PARAMS_FILE = Path("params.yaml")
 URL_SCHEMES = ("http", "https", "file")  # what data.url may be
@@ -44,11 +63,6 @@ ClassName = Literal[SYNTHETIC_CLASSES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
-def _printable(text: str) -> str:
-    """Control characters (newlines included) shown escaped: a message stays one line."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def _quote(value: str, limit: int = 80) -> str:
     """A user's text in a one-line message: quoted, control characters escaped, cut short."""
     text = repr(value)
@@ -65,7 +79,7 @@ def redact(url: str) -> str:
     rest = text[len(head) :]
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
-    return _printable(head + rest)
+    return printable(head + rest)
 
 
 def url_secret(url: str) -> str | None:
@@ -135,20 +149,9 @@ class SyntheticParams(_Section):
     class_balance: dict[ClassName, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
     # The form real datasets come in: labels (labels.csv by PatientID), lidc (reader XML),
     # luna16 (annotations.csv; luna16-mhd: MetaImage volumes), voc (Lung-PET-CT-Dx boxes).
-    # (lungct.phantom.ANNOTATION_FORMS; literal here: the phantom imports this module.)
-    annotations: Literal["labels", "lidc", "luna16", "luna16-mhd", "voc"]
+    annotations: choices(AnnotationForm)  # type: ignore[valid-type]
     # How the DICOM files are stored (all lossless): the codecs path of the reader.
-    transfer_syntax: Literal[
-        "explicit",
-        "implicit",
-        "deflated",
-        "big-endian",
-        "rle",
-        "jpeg-lossless",
-        "jpeg-lossless-p14",
-        "jpeg-ls",
-        "jpeg2000",
-    ]
+    transfer_syntax: choices(TransferSyntax)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _enough_patients(self) -> SyntheticParams:
@@ -161,7 +164,10 @@ class SyntheticParams(_Section):
                 f"patients: {self.patients} is too few for {len(self.class_balance)} classes "
                 f"in three splits (need at least {need})"
             )
-        if self.annotations == "luna16-mhd" and self.transfer_syntax != "explicit":
+        if (
+            self.annotations == AnnotationForm.LUNA16_MHD
+            and self.transfer_syntax != TransferSyntax.EXPLICIT
+        ):
             raise ValueError("transfer_syntax: luna16-mhd writes MetaImage volumes, no DICOM")
         return self
 
@@ -170,9 +176,7 @@ class DataParams(_Section):
     """Where the raw data comes from. Only the keys of the chosen source are used."""
 
     source: Literal["synthetic", "kaggle", "url", "path"]
-    layout: Literal[
-        "auto", "dicom", "iqothnccd", "chest-ctscan", "lidc", "luna16", "lung-pet-ct-dx", "folders"
-    ]
+    layout: choices(Layout, "auto")  # type: ignore[valid-type]  # auto: detect (and record)
     kaggle_handle: str
     url: str
     sha256: str
@@ -203,11 +207,170 @@ class DataParams(_Section):
         return self
 
 
-class WindowParams(_Section):
-    """A CT window in Hounsfield units: a finite center, a finite positive width."""
+class FieldProblem(ValueError):
+    """What a field validator finds wrong with the value itself: reported as ``key:
+    problem`` (a model validator's ValueError names the key in its message instead)."""
 
-    center: Annotated[float, Field(allow_inf_nan=False)]
-    width: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+def _positive_width(width: float) -> float:
+    if not width > 0:
+        raise FieldProblem(f"{width:g} is not a positive width")
+    return width
+
+
+class Window(NamedTuple):
+    """A CT window in Hounsfield units: a finite center, a finite positive width.
+    ``{center, width}`` in params.yaml and the model contract; a ``(center, width)``
+    tuple in code."""
+
+    center: Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    width: Annotated[float, Strict(), Field(allow_inf_nan=False), AfterValidator(_positive_width)]
+
+
+_WINDOW = TypeAdapter(Window)
+# One window gives a grayscale PNG; three give one channel each (stored as RGB). A list or
+# a tuple of windows, kept as a tuple (hashable); written as a list of {center, width}.
+Windows = Annotated[
+    list[Window],
+    Field(min_length=1, max_length=3, strict=False),
+    AfterValidator(tuple),
+    PlainSerializer(lambda windows: [window._asdict() for window in windows]),
+]
+ImageBytes = Annotated[int, Field(gt=0)]
+
+
+class PreprocessingSchema(_Section):
+    """How raw files become model inputs, and the rules they must keep: the CT windows,
+    whether the first channel takes the file's own window, the side of the square input,
+    the 2.5-D context, the crop and the framing. :class:`ConvertParams` (params.yaml) and
+    :class:`Preprocessing` (the model contract, lungct.contract) are both this schema."""
+
+    windows: Windows
+    # Window the first channel with the file's own Window Center/Width when it has one.
+    file_window: bool
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+    # 2.5-D input: each example stacks its slice with this many neighbours on each side
+    # (in series order) as channels, times the windows.
+    context_slices: Annotated[int, Field(ge=0, le=8)]
+    # "lesion": a square of crop_mm around the annotated lesion (normal slices: a point in
+    # the lungs chosen from base.seed), resampled to image_size. Annotated layouts only.
+    crop: choices(Crop)  # type: ignore[valid-type]
+    crop_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+    # "body": crop each image to the body's bounding box before the resize (exports that
+    # frame the chest differently); "image": the whole image.
+    framing: choices(Framing)  # type: ignore[valid-type]
+
+    @property
+    def depth(self) -> int:
+        """Slices stacked per example: the slice and its neighbours."""
+        return 2 * self.context_slices + 1
+
+    @property
+    def channels(self) -> int:
+        """Of the model input: each window of each stacked slice."""
+        return len(self.windows) * self.depth
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreprocessingSchema:
+        if len(self.windows) == 2:
+            raise ValueError(
+                "windows: give 1 window (grayscale) or 3 (one channel each); "
+                "a 2-channel PNG would be read as gray + alpha"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"context_slices: {self.context_slices} with {len(self.windows)} window(s) "
+                f"gives {self.channels} channels; the converted PNGs hold 1 or 3 (use "
+                "context_slices 1 with one window, or 0)"
+            )
+        if self.crop == Crop.LESION and not self.crop_mm > 0:
+            raise ValueError("crop_mm: a lesion crop needs a side above 0 mm")
+        if self.framing == Framing.BODY and (self.context_slices or self.crop != Crop.NONE):
+            raise ValueError(
+                "framing: 'body' frames each image by itself; with context_slices or crop "
+                "the slices of one example would be framed differently: set "
+                "convert.framing: image with them"
+            )
+        return self
+
+
+class _FrameLike(Protocol):  # lungct.io.dicom.CTFrame
+    window: tuple[float, float] | None
+
+
+# What a contract written before these keys existed means: single whole slices, the whole
+# image; and the decoding limit predict and the app use (lungct.limits).
+PREPROCESSING_DEFAULTS: dict[str, Any] = {
+    "context_slices": 0,
+    "crop": Crop.NONE.value,
+    "crop_mm": 0.0,
+    "framing": Framing.IMAGE.value,
+    "max_image_bytes": MAX_IMAGE_BYTES,
+}
+
+
+class Preprocessing(PreprocessingSchema):
+    """How raw files become model inputs (:class:`PreprocessingSchema`): the convert stage
+    and train take it from params (:meth:`from_params`), predict, the app and the service
+    from the model contract (:class:`lungct.contract.Contract`).
+
+    ``Preprocessing(windows, file_window, image_size, **rest)``: ``windows`` as
+    ``(center, width)`` pairs, the rest defaulting to :data:`PREPROCESSING_DEFAULTS`.
+
+    ``max_image_bytes`` is the largest declared image decoded (:mod:`lungct.limits`): the
+    convert stage takes it from params, predict and the app use the default. It guards the
+    machine, not the model, so it is not part of the contract (nor of equality)."""
+
+    max_image_bytes: ImageBytes
+
+    def __init__(self, windows: Any, file_window: Any, image_size: Any, **rest: Any) -> None:
+        super().__init__(
+            windows=windows,
+            file_window=file_window,
+            image_size=image_size,
+            **{**PREPROCESSING_DEFAULTS, **rest},
+        )
+
+    def _compared(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in PreprocessingSchema.model_fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Preprocessing):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    @classmethod
+    def from_params(cls, params: ConvertParams) -> Preprocessing:
+        """From the ``convert`` section of params.yaml (the convert stage and train; predict
+        reads it from the model contract, :class:`lungct.contract.Contract`). Without a
+        crop, ``crop_mm`` is unused and recorded as 0."""
+        fields = {name: getattr(params, name) for name in PreprocessingSchema.model_fields}
+        if params.crop == Crop.NONE:
+            fields["crop_mm"] = 0.0
+        return cls(**fields, max_image_bytes=params.max_image_bytes)
+
+    def windows_for(self, frame: _FrameLike) -> list[tuple[float, float]]:
+        """The windows of one frame: the configured ones, the first replaced by the file's
+        own Window Center/Width when ``file_window`` is on and the file has one.
+
+        A file window that is there but is no :class:`Window` (not a number, infinite,
+        width not positive) skips the file (``bad_window``): the first channel was asked to
+        be the file's own window, and this file's is damaged."""
+        windows: list[tuple[float, float]] = list(self.windows)
+        if self.file_window and frame.window is not None:
+            center, width = frame.window
+            try:
+                windows[0] = _WINDOW.validate_python((float(center), float(width)))
+            except ValidationError:
+                raise SkippedFile(
+                    BAD_WINDOW,
+                    f"the file's Window Center/Width {center:g}/{width:g} is not a window "
+                    "(file_window: true)",
+                ) from None
+        return windows
 
 
 class AnnotationParams(_Section):
@@ -219,51 +382,17 @@ class AnnotationParams(_Section):
     margin_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
 
 
-class ConvertParams(_Section):
-    # One window gives a grayscale PNG; three give one channel each (stored as RGB).
-    windows: Annotated[list[WindowParams], Field(min_length=1, max_length=3)]
-    # Window the first channel with the file's own Window Center/Width when it has one.
-    file_window: bool
-    image_size: Annotated[int, Field(ge=16, le=1024)]
+class ConvertParams(PreprocessingSchema):
+    """The ``convert`` section: the preprocessing (:class:`PreprocessingSchema`), and how
+    the convert stage runs."""
+
     workers: Annotated[int, Field(ge=0, le=256)]  # processes; 0 = one per CPU core
     # Fail the stage when more than this share of the input files is skipped.
     max_skipped_fraction: Annotated[float, Field(ge=0, le=1)]
     # Skip (too_large) an image whose declared size would decode to more bytes than this
     # (decompression bombs; see lungct/limits.py). Predict and the app use the same default.
-    max_image_bytes: Annotated[int, Field(gt=0)]
-    # 2.5-D input: each example stacks its slice with this many neighbours on each side
-    # (in series order) as channels, times the windows.
-    context_slices: Annotated[int, Field(ge=0, le=8)]
-    # "lesion": a square of crop_mm around the annotated lesion (normal slices: a point in
-    # the lungs chosen from base.seed), resampled to image_size. Annotated layouts only.
-    crop: Literal["none", "lesion"]
-    crop_mm: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
-    # "body": crop each image to the body's bounding box before the resize (exports that
-    # frame the chest differently); "image": the whole image.
-    framing: Literal["image", "body"]
+    max_image_bytes: ImageBytes
     annotations: AnnotationParams
-
-    @model_validator(mode="after")
-    def _png_channels(self) -> ConvertParams:
-        if len(self.windows) == 2:
-            raise ValueError(
-                "windows: give 1 window (grayscale) or 3 (one channel each); "
-                "a 2-channel PNG would be read as gray + alpha"
-            )
-        channels = len(self.windows) * (2 * self.context_slices + 1)
-        if channels not in (1, 3):
-            raise ValueError(
-                f"context_slices: {self.context_slices} with {len(self.windows)} window(s) "
-                f"gives {channels} channels; the converted PNGs hold 1 or 3 (use "
-                "context_slices 1 with one window, or 0)"
-            )
-        if self.framing == "body" and (self.context_slices or self.crop != "none"):
-            raise ValueError(
-                "framing: 'body' frames each image by itself; with context_slices or crop "
-                "the slices of one example would be framed differently: set "
-                "convert.framing: image with them"
-            )
-        return self
 
 
 class SplitParams(_Section):
@@ -398,15 +527,19 @@ _SHORT = reprlib.Repr()  # bounded: an aliased YAML structure can be huge
 _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 3, 3, 50
 
 
-def _describe(err: dict) -> str:
-    key = ".".join(_printable(str(part)) for part in err["loc"])
+def describe_error(err: Mapping[str, Any]) -> str:
+    """One error of a pydantic ValidationError as ``key: problem`` (the input shown unless
+    it may hold a credential); the model contract words its own the same way."""
+    key = ".".join(printable(str(part)) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if err["type"] == "missing":
         return f"{key}: missing"
     if err["type"] == "value_error":
-        # Our validators word their message as "<key relative to the section>: <problem>".
         msg = err["msg"].removeprefix("Value error, ")
+        if isinstance(err.get("ctx", {}).get("error"), FieldProblem):
+            return f"{key}: {msg}"
+        # Our model validators word theirs as "<key relative to the section>: <problem>".
         return f"{key}.{msg}" if key else msg
     got = _SHORT.repr(err["input"])
     if "@" in got or "?" in got:  # what a URL with credentials or a token holds: not shown
@@ -464,7 +597,7 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except (ValueError, OverflowError, TypeError) as exc:
             raise yaml.constructor.ConstructorError(
-                None, None, _printable(first_line(exc)), node.start_mark
+                None, None, printable(first_line(exc)), node.start_mark
             ) from None
 
     def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
@@ -500,7 +633,7 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
-    problem = _printable(getattr(exc, "problem", None) or first_line(exc))
+    problem = printable(getattr(exc, "problem", None) or first_line(exc))
     return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
@@ -511,7 +644,7 @@ def _check_tree(raw: object, source: str) -> None:
     stack: list[tuple[object, tuple[object, ...]]] = [(raw, ())]
     while stack:
         value, path = stack.pop()
-        shown = ".".join(_printable(str(part)) for part in path[:6])
+        shown = ".".join(printable(str(part)) for part in path[:6])
         shown += ".." if len(path) > 6 else ""
         if isinstance(value, _LongInt) or (
             isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT
@@ -533,7 +666,7 @@ def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+        raise UserError(f"{source}: {describe_error(exc.errors()[0])}") from None
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

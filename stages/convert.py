@@ -32,6 +32,7 @@ from lungct.data.convert import Job, check_skips, convert_all, convert_metrics, 
 from lungct.data.series import series_order
 from lungct.data.tables import read_labels, read_layout
 from lungct.errors import UserError, run_stage
+from lungct.names import Layout
 from lungct.params import ConvertParams, load_params
 
 METRICS_FILE = METRICS_DIR / "convert.json"
@@ -45,7 +46,7 @@ def convert(
     if not raw.is_dir():
         raise UserError(f"{raw}: not found (run the download stage first)")
     layout = read_layout(raw)
-    labels = read_labels(raw) if layout == "dicom" and (raw / RAW_LABELS).exists() else None
+    labels = read_labels(raw) if layout == Layout.DICOM and (raw / RAW_LABELS).exists() else None
     workers = params.workers or os.cpu_count() or 1
     work = plan(raw, layout, params, workers)
     with atomic_dir(out) as tmp:

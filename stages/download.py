@@ -25,10 +25,11 @@ import pandas as pd
 
 from lungct import phantom
 from lungct.artifacts import RAW_DIR, RAW_LABELS, RAW_SOURCE
-from lungct.atomic import atomic_dir, write_csv, write_json
+from lungct.atomic import atomic_dir, sha256_file, write_csv, write_json
 from lungct.data.layouts import detect_layout
 from lungct.errors import UserError, run_stage
-from lungct.io.sources import fetch_url, kaggle_download, sha256_file, unpack_or_copy, verify_sha256
+from lungct.io.sources import fetch_url, kaggle_download, unpack_or_copy, verify_sha256
+from lungct.names import AnnotationForm
 from lungct.params import DataParams, Params, load_params, redact
 
 log = logging.getLogger("download")
@@ -58,7 +59,7 @@ def write_synthetic(params: Params, dest: Path) -> dict:
         annotations=synthetic.annotations,
         transfer_syntax=synthetic.transfer_syntax,
     )
-    if synthetic.annotations == "labels":  # the annotated forms label slices themselves
+    if synthetic.annotations == AnnotationForm.LABELS:  # annotated forms label slices themselves
         write_csv(dest / RAW_LABELS, pd.DataFrame(rows, columns=["PatientID", "label"]))
     # No clock here on purpose: same params, same bytes, no spurious downstream reruns.
     return {"generator": "lungct.phantom", "seed": params.base.seed, **synthetic.model_dump()}

@@ -34,6 +34,7 @@ from lungct.artifacts import (
     PROBABILITY_DECIMALS,
     SPLIT_KEYS,
     SPLITS_DIR,
+    is_leaky,
 )
 from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
 from lungct.contract import Contract
@@ -129,7 +130,7 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         metrics["balanced_accuracy"],
         metrics["images"],
         metrics["groups"],
-        " [LEAKY SPLIT]" if split.get("leaky") else "",
+        " [LEAKY SPLIT]" if is_leaky(split) else "",
     )
     return metrics
 

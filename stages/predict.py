@@ -6,13 +6,8 @@ trained model, preprocessed exactly as the pipeline preprocessed its training im
 
 Not a DVC stage: it reads ``models/model.keras`` and ``models/labels.json`` (``--model``,
 ``--labels``) and runs the convert stage's own code on each file (``lungct.io.preprocess``)
-with the windows, channels and input size the contract records. Folders are walked
-recursively; a folder's DICOM series also get a series row (the mean of their slices'
-probabilities). A file that cannot be predicted gets one line on stderr (file: reason)
-and the rest still run; the exit status is 1 when any failed, 2 for a usage or model
-error, 0 otherwise. ``--format dicom-sr`` writes one DICOM Structured Report per series or
-DICOM image into the folder ``--output`` (``lungct.serving.dicom_sr``). A model trained on the
-built-in synthetic cohort says so on stderr (``warning: ...``).
+with the windows, channels and input size the contract records. A file that cannot be
+predicted gets one line on stderr and the rest still run. docs/predict.md has the rest.
 """
 
 from __future__ import annotations
@@ -56,31 +51,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "the rest predicted); 2 usage or model error."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
-    parser.add_argument("--model", type=Path, default=MODEL_FILE, help=f"(default {MODEL_FILE})")
-    parser.add_argument(
-        "--labels", type=Path, default=CONTRACT_FILE, help=f"(default {CONTRACT_FILE})"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    add("--model", type=Path, default=MODEL_FILE, help=f"(default {MODEL_FILE})")
+    add("--labels", type=Path, default=CONTRACT_FILE, help=f"(default {CONTRACT_FILE})")
+    add(
         "--format",
         choices=(*FORMATS, DICOM_SR),
         help="output format (default: from the --output suffix .csv/.json, else table); "
         f"{DICOM_SR}: DICOM Structured Reports into the folder --output",
     )
-    parser.add_argument(
+    add(
         "--output",
         type=Path,
         help="write here (atomically) instead of stdout: a new path or a regular file "
         f"({DICOM_SR}: a new or empty folder)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
-    parser.add_argument(
+    add("--batch-size", type=int, default=64, help="images per model call (64)")
+    add(
         "--tta",
         action="store_true",
         help="test-time augmentation: the mean over the image and four shifted copies "
         "(as evaluate with evaluate.tta)",
     )
-    parser.add_argument(
+    add(
         "--workers",
         type=int,
         help="processes reading files while the model runs; 0: none (default: one per core, "
@@ -130,15 +124,15 @@ def predict(argv: Sequence[str] | None = None) -> int:
         for skip in skipped:
             print(f"note: {skip}", file=sys.stderr)
         sys.stdout.write("".join(f"{path}\n" for path in written))
-    elif args.output is not None:
+    elif args.output is None:
+        sys.stdout.write(render(args.format, rows, predictor.classes, failures))
+    else:
         text = render(args.format, rows, predictor.classes, failures)
         try:
             with atomic_file(args.output) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
-    else:
-        sys.stdout.write(render(args.format, rows, predictor.classes, failures))
     if failures:
         images = sum(r.level == "image" for r in rows)
         print(

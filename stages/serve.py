@@ -1,22 +1,19 @@
-"""serve: the trained model as a REST service (Starlette on uvicorn).
+"""serve: the trained model as a REST service (Starlette on uvicorn); not a DVC stage.
 
     python -m stages.serve [--host 127.0.0.1] [--port 8000] [--model models/model.keras]
                            [--labels LABELS] [--card CARD] [limits ...]
 
-``POST /predict`` (multipart files: DICOM, PNG, JPG, or a zip of a series) answers with
-the JSON of ``python -m stages.predict --format json``; ``GET /health``; ``GET /model``
-(classes, input, training data, test figures, limits). Not a DVC stage. Details:
-:mod:`lungct.serving.service` and docs/deploy.md. The model is loaded once; ``--model`` may also be
-the ONNX export (``models/export/onnx/model.onnx``, run by onnxruntime). Prints
-``serve: listening on http://HOST:PORT`` on stderr when ready (``--port 0``: any free port).
+The model is loaded once; ``--model`` may also be the ONNX export (run by onnxruntime).
+Prints ``serve: listening on http://HOST:PORT`` on stderr when ready. Endpoints and
+limits: :mod:`lungct.serving.service` and docs/deploy.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from lungct.artifacts import MODEL_FILE
@@ -32,21 +29,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stages.serve", description="Serve the trained model over HTTP."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (8000; 0: any free port)")
-    parser.add_argument(
-        "--model", type=Path, default=MODEL_FILE, help=f"a .keras or .onnx model ({MODEL_FILE})"
-    )
-    parser.add_argument("--labels", type=Path, help="its contract (default: labels.json beside it)")
-    parser.add_argument(
-        "--card", type=Path, help="its model card (default: card.json beside it or its export)"
-    )
     add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    add("--port", type=int, default=8000, help="port (8000; 0: any free port)")
+    add("--model", type=Path, default=MODEL_FILE, help=f"a .keras or .onnx model ({MODEL_FILE})")
+    add("--labels", type=Path, help="its contract (default: labels.json beside it)")
+    add("--card", type=Path, help="its model card (default: card.json beside it or its export)")
     add("--max-upload-bytes", type=int, default=d.max_upload_bytes, help="request body limit")
     add("--max-files", type=int, default=d.max_files, help="files per request")
     add("--max-archive-bytes", type=int, default=d.max_archive_bytes, help="a zip, unpacked")
     add("--max-archive-members", type=int, default=d.max_archive_members, help="a zip's members")
-    add("--timeout", type=float, default=d.timeout_s, help="seconds per request (then 503)")
+    add("--timeout", dest="timeout_s", type=float, default=d.timeout_s, help="seconds per request")
     add("--concurrency", type=int, default=d.concurrency, help="requests worked on at once")
     add("--batch-size", type=int, default=d.batch_size, help="images per model call")
     add("--batching", choices=("queue", "lock"), default="queue", help="see docs/deploy.md")
@@ -56,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("max_upload_bytes", "max_files", "max_archive_bytes", "max_archive_members"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.timeout <= 0 or args.concurrency < 1 or args.batch_size < 1 or args.workers < 0:
+    if args.timeout_s <= 0 or args.concurrency < 1 or args.batch_size < 1 or args.workers < 0:
         parser.error("--timeout, --concurrency and --batch-size must be positive, --workers >= 0")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
@@ -67,15 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     contract = Predictor.check(args.model, args.labels)  # a missing model: one line, at once
-    limits = Limits(
-        max_upload_bytes=args.max_upload_bytes,
-        max_files=args.max_files,
-        max_archive_bytes=args.max_archive_bytes,
-        max_archive_members=args.max_archive_members,
-        timeout_s=args.timeout,
-        concurrency=args.concurrency,
-        batch_size=args.batch_size,
-    )
+    limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits)})
     # The pool first: its workers fork from this process before TensorFlow is imported.
     pool = preprocess_pool(args.workers) if args.workers else None
     try:
@@ -95,7 +80,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args.model.name,
                 ", ".join(contract.classes),
             )
-            sys.stderr.flush()
 
         serve_forever(service, args.host, args.port, ready)
     finally:

@@ -57,26 +57,18 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
     if params.train.ensemble:
         return train_ensemble(contract, folds_dir)
 
-    from lungct.model.train import fit_model
+    from lungct.model.train import fit_seed_ensemble
 
     # train.strategy multi_worker: every worker trains, only the chief writes outputs
     chief = params.train.strategy != "multi_worker" or is_chief()
     train_set = split_images(table, "train", classes, splits_dir)
     val_set = split_images(table, "val", classes, splits_dir)
     live_dir = TRAIN_LIVE_DIR if chief else None
-    fitted = fit_model(
+    model, members = fit_seed_ensemble(
         params.train, contract, params.base.seed, train_set, val_set, live_dir=live_dir
     )
-    model, history = fitted.model, fitted.history
-    members = [fitted]
-    for offset in range(1, params.train.seeds):  # a seed ensemble: the curves are the first's
-        seed = params.base.seed + offset
-        name = f"train, seed {seed} ({offset + 1}/{params.train.seeds})"
-        members.append(fit_model(params.train, contract, seed, train_set, val_set, name=name))
-    if len(members) > 1:
-        from lungct.model.network import ensemble
-
-        model = ensemble([member.model for member in members])
+    fitted = members[0]  # the curves and figures are the first member's
+    history = fitted.history
     best = fitted.best_epoch - 1
     metrics = {
         "members": len(members),

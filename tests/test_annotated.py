@@ -151,7 +151,9 @@ def test_a_crop_needs_an_annotated_layout(workdir, tiny):
 def test_context_stacks_the_neighbours_in_series_order(workdir, tiny_raw):
     """Each 2.5-D image is (previous, slice, next) of the single-slice images, the series
     ends repeating the edge slice."""
-    params = parse_params(merge(tiny_raw, {"data": {"synthetic": {"slices": 4}}}))
+    # framing image: body framing frames each slice by itself (params allow no context)
+    tiny = merge(tiny_raw, {"data": {"synthetic": {"slices": 4}}, "convert": {"framing": "image"}})
+    params = parse_params(tiny)
     download(params)
     single = convert(params.convert)
     alone = read_manifest()
@@ -176,7 +178,7 @@ def test_predict_restacks_a_folder_like_convert():
     slices = [rng.integers(0, 255, (4, 4), dtype=np.uint8) for _ in range(3)]
     from lungct.contract import Preprocessing
 
-    prep = Preprocessing(((-600.0, 1500.0),), False, 4, context_slices=1)
+    prep = Preprocessing(((-600.0, 1500.0),), False, 16, context_slices=1)  # 16: the least
     alone = [np.stack([s] * 3, axis=-1) for s in slices]  # what a lone file gives
     # given out of order: positions 2, 0, 1 of one series, and a PNG (no series)
     held = [(None, alone[2], "s", 2.0), (None, alone[0], "s", 0.0), (None, alone[1], "s", 1.0)]

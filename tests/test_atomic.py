@@ -1,9 +1,10 @@
+import hashlib
 import json
 
 import pandas as pd
 import pytest
 
-from lungct.atomic import atomic_dir, atomic_file, write_csv, write_json
+from lungct.atomic import atomic_dir, atomic_file, sha256_file, write_csv, write_json
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -40,3 +41,11 @@ def test_json_and_csv_are_stable(tmp_path):
     assert json.loads(text) == {"a": {"c": 3, "d": 2}, "b": 1}
     write_csv(tmp_path / "t.csv", pd.DataFrame({"x": [1, 2]}))
     assert (tmp_path / "t.csv").read_bytes() == b"x\n1\n2\n"
+
+
+def test_sha256_file_is_the_digest_of_the_bytes(tmp_path):
+    data = bytes(range(256)) * 9000  # over a read buffer
+    (tmp_path / "f.bin").write_bytes(data)
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

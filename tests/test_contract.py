@@ -4,9 +4,11 @@ checked against the model it belongs to."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
 from lungct.contract import Contract, Preprocessing
 from lungct.errors import UserError
@@ -127,3 +129,45 @@ def test_framing_round_trips_and_says_so_for_a_reader(tmp_path):
     assert any("body's bounding box" in step for step in written["preprocessing"])
     # A contract from before framing existed: the whole image, as then.
     assert Contract.from_dict(contract_dict()).prep.framing == "image"
+
+
+def test_contract_keeps_the_params_rules():
+    """One schema: what params.yaml may not say, a contract may not say either, and each
+    problem is one line naming the file and the key."""
+    body = {"framing": "body", "channels": 1, "windows": THREE_WINDOWS[:1]}
+    cases = {
+        "framing: 'body' frames each image by itself": [
+            contract_dict(**(body | {"context_slices": 1, "channels": 3})),
+            contract_dict(**body, crop={"kind": "lesion", "mm": 40.0}),
+        ],
+        "crop.kind must be one of none, lesion": [contract_dict(crop={"kind": "box", "mm": 1})],
+        "crop.mm: input should be a valid number": [
+            contract_dict(crop={"kind": "none", "mm": True})
+        ],
+        "crop must be {kind": [contract_dict(crop="lesion"), contract_dict(crop={"kind": "none"})],
+        "context_slices: input should be less than or equal to 8": [
+            contract_dict(context_slices=9)
+        ],
+        "image_size: input should be greater than or equal to 16": [contract_dict(image_size=8)],
+        "windows: give 1 window": [contract_dict(windows=THREE_WINDOWS[:2], channels=2)],
+    }
+    for message, contracts in cases.items():
+        for data in contracts:
+            with pytest.raises(UserError, match=f"^x.json: {re.escape(message)}") as err:
+                Contract.from_dict(data, "x.json")
+            assert "\n" not in str(err.value) and str(err.value).endswith("rerun dvc repro")
+    with pytest.raises(UserError, match="framing: 'body' frames each image by itself"):
+        parse_params(
+            merge(load_params().model_dump(), {"convert": {"framing": "body", "context_slices": 1}})
+        )
+
+
+def test_preprocessing_is_frozen_hashable_and_ignores_the_machine_limit():
+    prep = Contract.from_dict(contract_dict()).prep
+    same = Preprocessing(prep.windows, prep.file_window, prep.image_size, max_image_bytes=10)
+    assert prep == same and hash(prep) == hash(same) and prep.max_image_bytes != 10
+    assert prep.windows[0] == (-600.0, 1500.0) and prep.windows[0].width == 1500.0
+    with pytest.raises(ValidationError):
+        prep.image_size = 32  # frozen
+    with pytest.raises(ValidationError, match="crop_mm: a lesion crop needs a side above 0"):
+        Preprocessing(prep.windows, False, 64, crop="lesion", crop_mm=0.0)

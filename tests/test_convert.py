@@ -9,7 +9,7 @@ from PIL import Image
 
 from lungct.errors import UserError
 from lungct.io.windowing import window_uint8
-from lungct.params import WindowParams
+from lungct.params import Window
 from stages.convert import convert
 from stages.download import download
 from tests.dicom_fixtures import build_all, ct_basic
@@ -194,7 +194,7 @@ def test_three_windows_give_one_channel_each_and_file_window_replaces_the_first(
     expect = ct_basic(raw / "p")
     (raw / "SOURCE.json").write_text('{"layout": "dicom"}')
     (raw / "labels.csv").write_text("PatientID,label\nFIX-001,normal\n")
-    windows = [WindowParams(center=-600, width=1500), WindowParams(center=50, width=350)] * 2
+    windows = [Window(center=-600, width=1500), Window(center=50, width=350)] * 2
     params = tiny.convert.model_copy(
         update={"windows": windows[:3], "image_size": 20, "workers": 1, "framing": "image"}
     )

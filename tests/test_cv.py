@@ -122,10 +122,13 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
     # train.seeds is unused then: the fold models are the ensemble
     ensemble_params = parse_params(merge(raw, {"train": {"ensemble": True, "seeds": 3}}))
     assert train(ensemble_params)["members"] == 2
-    saved = load_model(workdir / "models/model.keras", fold=False)
+    saved = load_model(workdir / "models/model.keras", for_inference=False)
     assert len(ensemble_members(saved)) == 2
     x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
-    members = [load_model(workdir / "models/folds" / name, fold=False) for name in record["models"]]
+    members = [
+        load_model(workdir / "models/folds" / name, for_inference=False)
+        for name in record["models"]
+    ]
     mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
     np.testing.assert_allclose(saved.predict(x, verbose=0), mean, atol=1e-6)
     # For inference: each member in float32 with batch norm folded (as a lone model is).

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 
 from tests.conftest import ROOT
 from tests.test_dvc_deps import closure
 
-# Imported by code the ONNX service never runs: Predictor.load (a .keras model) and the
-# export stage's conversion (tf2onnx, and onnx for its canonical form).
-NOT_SERVED = {"tensorflow", "keras", "tf2onnx", "onnx"}
+# Imported by code the ONNX service never runs: Predictor.load (a .keras model: the network
+# module, with scikit-learn's class weights) and the export stage's conversion (tf2onnx).
+NOT_SERVED = {"tensorflow", "keras", "sklearn", "tf2onnx"}
 
 
 def pins(name: str) -> dict[str, str]:
@@ -34,7 +35,11 @@ def normalize(name: str) -> str:
 def third_party_imports(module: str) -> set[str]:
     names: set[str] = set()
     for path in closure(module):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for block in ast.walk(tree):  # imports for type checkers only are not run
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING":
+                block.body = []
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -63,6 +68,17 @@ def test_serve_requirements_cover_the_service_and_match_the_lock():
     assert needed <= set(serve), sorted(needed - set(serve))
     # Not imported by name, but needed: multipart bodies, compressed DICOM pixel data.
     assert {"python-multipart", "pylibjpeg-openjpeg", "python-gdcm", "pyjpegls"} <= set(serve)
+
+
+def test_the_onnx_service_imports_neither_tensorflow_nor_pandas():
+    code = (
+        "import sys, stages.serve, lungct.serving.service; "
+        "print(sorted({'tensorflow', 'keras', 'pandas'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_dockerfile_copies_what_exists_and_serves_the_onnx_export():

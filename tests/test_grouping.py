@@ -13,7 +13,7 @@ from PIL import Image
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 
-from benchmarks.grouping import export_idless, render_cohort
+from benchmarks.grouping import export_idless, pairwise_scores, render_cohort
 from lungct.artifacts import EVIDENCE_COLUMNS
 from lungct.data.grouping import (
     THUMB,
@@ -22,7 +22,6 @@ from lungct.data.grouping import (
     average_linkage,
     duplicate_pairs,
     likely_patients,
-    pairwise_scores,
 )
 from lungct.data.split import read_converted
 from lungct.errors import UserError

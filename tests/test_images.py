@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct.io.images import fit_square, phash, png_bytes, save_png
+from lungct.io.images import fit_square, hash_values, phash, png_bytes, save_png
 
 
 def test_fit_square_keeps_aspect_and_pads_black():
@@ -81,6 +81,20 @@ def test_phash_of_a_larger_image_starts_from_pillows_reduce(shape):
     fx, fy = max(1, shape[1] // 128), max(1, shape[0] // 128)
     reduced = Image.fromarray(image).reduce((fx, fy))
     assert phash(image) == str(imagehash.phash(reduced))
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 300), (128, 128)])
+def test_phash_without_reducing_gap_is_imagehash_at_any_size(shape):
+    """The hashes of model-sized images (the split's view and body evidence, evaluate's
+    leak sensitivity): imagehash's one LANCZOS resize, whatever ``convert.image_size``."""
+    for seed in range(3):
+        image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)  # noise:
+        expected = str(imagehash.phash(Image.fromarray(image)))  # a reduce() changes it
+        assert phash(image, reducing_gap=None) == expected
+        assert phash(image, fit_square(image, 128), reducing_gap=None) == expected
+        assert hash_values([expected]).tolist() == [int(expected, 16)]
+    if shape[0] >= 256:
+        assert phash(image) != expected  # the default thumbnail does reduce first
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (1024, 1024), (512, 384), (520, 520), (128, 128)])

@@ -99,7 +99,7 @@ def test_python_bytecode_beside_the_code_leaves_the_pipeline_up_to_date(repo: Pa
             (cache / "written_by_this_test.cpython-311.pyc").unlink(missing_ok=True)
 
 
-def test_train_param_reruns_only_train_evaluate_and_export(repo: Path):
+def test_train_param_reruns_only_cv_train_evaluate_and_export(repo: Path):
     write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
     assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]
     git("checkout", "-q", "--", ".", cwd=repo)  # params, dvc.lock, metrics

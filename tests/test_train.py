@@ -118,8 +118,10 @@ def test_same_params_same_metrics_and_predictions(splits_ready):
 def test_balanced_class_weights():
     from lungct.model.network import class_weights
 
-    # 6 of class 0, 2 of class 1, none of class 2: n / (n_classes * count)
-    assert class_weights([0] * 6 + [1] * 2, 3) == {0: 8 / 18, 1: 8 / 6}
+    # 6 of class 0, 2 of class 1, 4 of class 2: n / (classes * count)
+    assert class_weights([0] * 6 + [1] * 2 + [2] * 4) == {0: 12 / 18, 1: 12 / 6, 2: 12 / 12}
+    # a class with no image gets no weight; the others' mean weight per image stays 1
+    assert class_weights([0] * 6 + [2] * 2) == {0: 8 / 12, 2: 8 / 4}
 
 
 def test_file_cache_gives_the_same_batches_as_memory(splits_ready, tiny):

@@ -24,8 +24,8 @@ def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def test_tta_model_is_the_mean_over_shifted_copies(tiny):
-    from lungct.model.folding import inference_model
     from lungct.model.network import build_cnn, tta_model, tta_shifts
+    from lungct.model.saving import inference_model
 
     model = inference_model(build_cnn(64, 1, 3, tiny.train, 1))
     x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)

@@ -1,33 +1,26 @@
 import numpy as np
 import pytest
 
-from lungct.io.windowing import (
-    is_window,
-    to_uint8,
-    window_channels,
-    window_lookup,
-    window_uint8,
-    window_unit,
-)
+from lungct.io.windowing import is_window, window_channels, window_lookup, window_uint8
 
 
 def test_lung_window_hand_computed():
-    # Lung window L -600 W 1500 spans -1350..150 HU.
+    # Lung window L -600 W 1500 spans -1350..150 HU: 0.25, 0.5, 0.75 of it are 63.75,
+    # 127.5, 191.25 of 255, rounded half up.
     hu = np.array([-2000, -1350, -975, -600, -225, 150, 1000], dtype=np.int16)
-    assert window_unit(hu, -600, 1500).tolist() == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
     assert window_uint8(hu, -600, 1500).tolist() == [0, 0, 64, 128, 191, 255, 255]
 
 
 def test_window_output_dtype_and_no_integer_wraparound():
     hu = np.array([[40000, 0]], dtype=np.uint16)  # arithmetic must not wrap
-    out = window_unit(hu, 40, 400)
-    assert out.dtype == np.float32
-    assert out.ravel().tolist() == pytest.approx([1.0, 0.4])
+    out = window_uint8(hu, 40, 400)
+    assert out.dtype == np.uint8 and out.shape == (1, 2)
+    assert out.ravel().tolist() == [255, 102]  # 0 HU is 0.4 of the window: 102.0
 
 
 def test_zero_width_is_rejected():
     with pytest.raises(ValueError, match="positive"):
-        window_unit(np.zeros(3), 0, 0)
+        window_uint8(np.zeros(3), 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -35,22 +28,20 @@ def test_zero_width_is_rejected():
 )
 def test_non_finite_window_is_rejected_not_black_or_white(center, width):
     assert not is_window(center, width)
-    for window in (window_unit, window_uint8):
-        with pytest.raises(ValueError, match="finite"):
-            window(np.zeros(3, np.float32), center, width)
-
-
-def test_to_uint8_rounds():
-    assert to_uint8(np.array([0.0, 0.5 / 255, 1.0])).tolist() == [0, 1, 255]
+    with pytest.raises(ValueError, match="finite"):
+        window_uint8(np.zeros(3, np.float32), center, width)
 
 
 @pytest.mark.parametrize(("center", "width"), [(-600, 1500), (50, 350), (400, 1800), (40, 1)])
-def test_fast_path_equals_the_definition(center, width):
+def test_window_is_the_linear_map_rounded(center, width):
+    """The float32 buffer gives the linear map of the window onto 0..255, clipped and
+    rounded half up, computed exactly (float64)."""
     hu = np.linspace(-3000, 3000, 60001, dtype=np.float32)
     fast = window_uint8(hu, center, width)
-    slow = to_uint8(window_unit(hu, center, width))
-    assert np.abs(fast.astype(int) - slow).max() <= 1  # float rounding at exact .5 only
-    assert (fast != slow).mean() < 1e-3
+    unit = np.clip((hu.astype(np.float64) - (center - width / 2)) / width, 0.0, 1.0)
+    exact = np.floor(unit * 255.0 + 0.5).astype(np.uint8)
+    assert np.abs(fast.astype(int) - exact).max() <= 1  # float rounding at exact .5 only
+    assert (fast != exact).mean() < 1e-3
 
 
 def test_lookup_of_a_window_table_is_the_window():

@@ -1,10 +1,5 @@
-"""Slice labels from the annotations of real CT datasets (docs/annotations.md).
-
-* LIDC-IDRI: the readers' XML, :func:`lidc_labels`;
-* LUNA16: ``annotations.csv``, :func:`luna16_labels`, and MetaImage volumes,
-  :func:`read_metaimage`;
-* Lung-PET-CT-Dx: Pascal VOC boxes, :func:`voc_labels`;
-* :func:`detect` tells which of them a folder holds.
+"""Slice labels from the annotations of LIDC-IDRI, LUNA16 (with its MetaImage volumes) and
+Lung-PET-CT-Dx (docs/annotations.md).
 
 Each ``*_labels`` function takes the slices the convert stage has read
 (:class:`SliceRef`) and gives every one a :class:`SliceLabel` (a raw label, or a reason

@@ -1,27 +1,22 @@
-"""Which annotated dataset a folder holds, from its content, cheaply.
-
-* ``luna16``: an ``annotations.csv`` (at most :data:`CSV_DEPTH` folders down) whose header
-  has LUNA16's columns;
-* ``lung-pet-ct-dx``: an ``Annotation`` folder (at most :data:`ANNOTATION_DEPTH` down)
-  whose patient folders hold XML files named by a UID with a VOC ``<annotation>`` root;
-* ``lidc``: an XML file with a ``LidcReadMessage`` root anywhere in the tree.
-
-Checked in that order; the first that fits wins. At most :data:`MAX_OPENED` files are
-opened (and only their first :data:`HEAD_BYTES` read) and :data:`MAX_FOLDERS` folders
-listed, whatever the size of the tree.
+"""Which annotated dataset a folder holds, from its content (the checks, in order, are in
+docs/annotations.md, Detection), cheaply whatever the size of the tree: at most
+:data:`MAX_OPENED` files are opened (and only their first :data:`HEAD_BYTES` read) and
+:data:`MAX_FOLDERS` folders listed.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from lungct.annotations.luna16 import LUNA16_COLUMNS
+from lungct.names import ANNOTATED_LAYOUTS, Layout
 
-LIDC, LUNA16, LUNG_PET_CT_DX = "lidc", "luna16", "lung-pet-ct-dx"
-DATASETS = (LIDC, LUNA16, LUNG_PET_CT_DX)
+LIDC, LUNA16, LUNG_PET_CT_DX = Layout.LIDC, Layout.LUNA16, Layout.LUNG_PET_CT_DX
+DATASETS = ANNOTATED_LAYOUTS  # the layouts named after these datasets (lungct.names)
 MAX_OPENED = 50  # files opened per call
 MAX_FOLDERS = 5000  # folders listed per call
 HEAD_BYTES = 4096  # read from each file opened
@@ -33,14 +28,11 @@ ROOT_ELEMENT = re.compile(rb"<([A-Za-z_][\w.:-]*)")
 
 def _walk(root: Path, max_depth: int | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
     """Folders top-down in name order, without following links, at most MAX_FOLDERS."""
-    for count, (folder, dirs, files) in enumerate(os.walk(root)):
-        if count >= MAX_FOLDERS:
-            return
+    for folder, dirs, files in itertools.islice(os.walk(root), MAX_FOLDERS):
         dirs.sort()
         files.sort()
         here = Path(folder)
-        depth = len(here.relative_to(root).parts)
-        if max_depth is not None and depth >= max_depth:
+        if max_depth is not None and len(here.relative_to(root).parts) >= max_depth:
             dirs[:] = []
         yield here, dirs, files
 
@@ -70,7 +62,7 @@ def _is_luna16_csv(path: Path) -> bool:
     return set(LUNA16_COLUMNS) <= columns
 
 
-def detect(root: Path) -> str | None:
+def detect(root: Path) -> Layout | None:
     """``"lidc"``, ``"luna16"``, ``"lung-pet-ct-dx"``, or None when none fits."""
     root = Path(root)
     if not root.is_dir():

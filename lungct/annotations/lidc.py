@@ -1,24 +1,10 @@
-"""LIDC-IDRI: the readers' XML (``LidcReadMessage``) and the slice-label rule.
+"""LIDC-IDRI: the readers' XML (``LidcReadMessage``, one file per CT series, one
+``readingSession`` per reader) and the slice-label rule, in full in docs/annotations.md.
 
-One XML file per CT series holds up to four ``readingSession`` elements, one per reader.
-A reader's ``unblindedReadNodule`` with ``characteristics`` is a nodule of 3 mm or more,
-with a ``malignancy`` of 1-5 and one ``roi`` per slice (``imageSOP_UID``,
-``imageZposition``, ``inclusion``, ``edgeMap`` outline points in pixels); one without
-characteristics is a nodule under 3 mm (a single point); a ``nonNodule`` has a ``locus``.
-
-The rule (docs/annotations.md has it in full):
-
-* a reader *marks* a slice when one of its nodules with characteristics and a valid
-  malignancy has an ``roi`` with ``inclusion`` TRUE on it: the roi's ``imageSOP_UID``
-  is the slice's key, or, when that UID is no slice of the series, the roi's
-  ``imageZposition`` lies strictly within half the series' slice spacing of the slice;
-* the score is the median over the marking readers of each reader's malignancy there
-  (the highest, if a reader marks the slice with two nodules);
-* ``malignant`` (score > 3), ``benign`` (< 3) or ``indeterminate`` (= 3) when at least
-  ``min_readers`` readers mark it;
-* ``normal`` when no roi of any kind, of any reader, lies within ``margin_mm`` of the
-  slice (inclusive: an roi exactly ``margin_mm`` away blocks it);
-* any other slice is skipped with a reason code.
+A reader *marks* a slice with an included ``roi`` of a nodule with a valid malignancy. A
+slice that at least ``min_readers`` mark is ``malignant``, ``benign`` or ``indeterminate``
+by their median malignancy (above, below or at 3); one with no roi of any kind within
+``margin_mm`` is ``normal``; any other is skipped with a reason code.
 """
 
 from __future__ import annotations
@@ -28,6 +14,7 @@ import statistics
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +72,9 @@ class Roi:
     kind: str  # NODULE, SMALL_NODULE or NON_NODULE
     nodule: int  # the nodule (or non-nodule) within its reader, from 0
     malignancy: int | None  # 1-5 for a NODULE with a valid malignancy, else None
+    inclusion: bool
     sop_uid: str
     z: float | None  # imageZposition
-    inclusion: bool
     points: tuple[tuple[float, float], ...]  # (x, y) = (column, row) pixels
 
 
@@ -110,16 +97,9 @@ class LidcError(AnnotationError):
         self.series_uid = series_uid
 
 
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
 def read_lidc(path: Path, max_bytes: int = MAX_XML_BYTES) -> LidcRead:
     """Parse one LIDC-IDRI XML file; :class:`LidcError` (a reason code) if it is unusable.
-
-    Tolerant of element order, whitespace, namespace and prefix, the case of element
-    names (``SeriesInstanceUid``/``SeriesInstanceUID``) and missing optional elements: a
-    missing ``inclusion`` is TRUE, an edge point that is not two numbers is dropped.
-    """
+    A missing ``inclusion`` is TRUE; an edge point that is not two numbers is dropped."""
     try:
         root = read_xml(path, max_bytes)
     except AnnotationError as exc:
@@ -144,60 +124,29 @@ def read_lidc(path: Path, max_bytes: int = MAX_XML_BYTES) -> LidcRead:
             malignancy = _malignancy(characteristics) if is_nodule else None
             kind = NODULE if is_nodule else SMALL_NODULE
             for roi in children(nodule, "roi"):
-                rois.append(
-                    Roi(
-                        reader,
-                        kind,
-                        index,
-                        malignancy,
-                        text(roi, "imageSOP_UID"),
-                        number(roi, "imageZposition"),
-                        text(roi, "inclusion").lower() in ("", "true"),
-                        _points(children(roi, "edgeMap")),
-                    )
-                )
+                included = text(roi, "inclusion").lower() in ("", "true")
+                rois.append(Roi(reader, kind, index, malignancy, included, *_where(roi, "edgeMap")))
         for index, non in enumerate(children(session, "nonNodule")):
-            rois.append(
-                Roi(
-                    reader,
-                    NON_NODULE,
-                    index,
-                    None,
-                    text(non, "imageSOP_UID"),
-                    number(non, "imageZposition"),
-                    True,
-                    _points(children(non, "locus")),
-                )
-            )
+            rois.append(Roi(reader, NON_NODULE, index, None, True, *_where(non, "locus")))
     return LidcRead(path, series, text(header, "StudyInstanceUID"), len(sessions), tuple(rois))
 
 
 def _malignancy(characteristics: ET.Element | None) -> int | None:
     value = number(characteristics, "malignancy")
-    if value is None or value != int(value) or not 1 <= value <= 5:
-        return None
-    return int(value)
+    return int(value) if value is not None and value.is_integer() and 1 <= value <= 5 else None
 
 
-def _points(elements: object) -> tuple[tuple[float, float], ...]:
-    points = []
-    for element in elements:  # type: ignore[attr-defined]
-        x, y = number(element, "xCoord"), number(element, "yCoord")
-        if x is not None and y is not None:
-            points.append((x, y))
-    return tuple(points)
+def _where(element: ET.Element, point_tag: str) -> tuple[str, float | None, tuple]:
+    """An roi's (or locus's) imageSOP_UID, imageZposition and the points of two numbers."""
+    xy = ((number(p, "xCoord"), number(p, "yCoord")) for p in children(element, point_tag))
+    points = tuple((x, y) for x, y in xy if x is not None and y is not None)
+    return text(element, "imageSOP_UID"), number(element, "imageZposition"), points
 
 
-# --------------------------------------------------------------------------------------------
-# Outline geometry
-# --------------------------------------------------------------------------------------------
 def outline_centroid(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
-    """(area in pixels, column, row) of an outline.
-
-    The centroid of the polygon through the points (the shoelace formula; the outline
-    is closed whether or not its last point repeats the first); for fewer than three
-    points or a polygon of no area, the mean of the distinct points, with area 0.
-    """
+    """(area in pixels, column, row) of an outline: its polygon's centroid (shoelace
+    formula, closed either way), or the mean of its distinct points, with area 0, for
+    fewer than three points or no area."""
     if not points:
         raise ValueError("an outline needs points")
     xy = np.asarray(points, float)
@@ -222,17 +171,10 @@ def _reader_outline(rois: list[Roi]) -> tuple[float, float, float] | None:
         return None
     area = sum(a for a, _, _ in parts)
     if area > 0:
-        return (
-            area,
-            sum(a * x for a, x, _ in parts) / area,
-            sum(a * y for a, _, y in parts) / area,
-        )
+        return area, sum(a * x for a, x, _ in parts) / area, sum(a * y for a, _, y in parts) / area
     return 0.0, float(np.mean([x for _, x, _ in parts])), float(np.mean([y for _, _, y in parts]))
 
 
-# --------------------------------------------------------------------------------------------
-# Labels
-# --------------------------------------------------------------------------------------------
 def lidc_labels(
     xml_files: Sequence[Path],
     slices: Sequence[SliceRef],
@@ -286,13 +228,9 @@ def lidc_labels(
 
 
 def _z_mapper(refs: Sequence[SliceRef]) -> Callable[[float], float] | None:
-    """imageZposition (the z of Image Position (Patient)) -> position along the normal.
-
-    A straight line fitted through the series' own (z, position) pairs: the identity for
-    the usual axial slices. A series that does not move along z (one slice) uses its
-    normal's z component; slices with a position but no origin take the position as z.
-    None when the series has no geometry to place a z on.
-    """
+    """imageZposition (the z of Image Position (Patient)) -> position along the normal, by
+    a line fitted to the series' (z, position) pairs (docs/annotations.md); None when the
+    series has no geometry to place a z on."""
     pairs = [(r.origin[2], r.position) for r in refs if r.origin and r.position is not None]
     if pairs:
         zs, ps = np.asarray(pairs, float).T
@@ -314,13 +252,11 @@ def _z_mapper(refs: Sequence[SliceRef]) -> Callable[[float], float] | None:
 def _label_series(
     read: LidcRead, refs: Sequence[SliceRef], min_readers: int, margin_mm: float
 ) -> dict[str, SliceLabel]:
-    source = str(read.path)
     spacing = series_spacing(refs)
     by_key = {r.key: r for r in refs}
     placed = [r for r in refs if r.position is not None]
     z_to_position = _z_mapper(refs)
-    positions: list[float] = []  # of every roi that can be placed, any kind
-    unplaced = 0
+    positions: list[float | None] = []  # of every roi, any kind; None when not placed
     marks: dict[str, dict[int, list[Roi]]] = {}  # slice -> reader -> marking rois
     unscored: dict[str, set[int]] = {}  # slice -> readers outlining without a malignancy
     for roi in read.rois:
@@ -328,10 +264,7 @@ def _label_series(
         position = target.position if target is not None else None
         if position is None and roi.z is not None and z_to_position is not None:
             position = z_to_position(roi.z)
-        if position is None:
-            unplaced += 1
-        else:
-            positions.append(position)
+        positions.append(position)
         if target is None and position is not None and spacing is not None and placed:
             nearest = min(placed, key=lambda r: abs(r.position - position))  # type: ignore[operator]
             if abs(nearest.position - position) < spacing / 2 - EPS_MM:  # type: ignore[operator]
@@ -342,34 +275,29 @@ def _label_series(
             unscored.setdefault(target.key, set()).add(roi.reader)
         else:
             marks.setdefault(target.key, {}).setdefault(roi.reader, []).append(roi)
-    roi_positions = np.asarray(positions, float)
-    labels = {}
-    for ref in refs:
-        labels[ref.key] = _label_slice(
-            ref,
-            marks.get(ref.key, {}),
-            unscored.get(ref.key, set()),
-            roi_positions,
-            unplaced,
-            read.readers,
-            min_readers,
-            margin_mm,
-            source,
+    unplaced = positions.count(None)
+    roi_positions = np.asarray([p for p in positions if p is not None], float)
+    return {
+        r.key: _label_slice(
+            r, marks, unscored, roi_positions, unplaced, read, min_readers, margin_mm
         )
-    return labels
+        for r in refs
+    }
 
 
 def _label_slice(
     ref: SliceRef,
-    marks: dict[int, list[Roi]],
-    unscored: set[int],
+    series_marks: dict[str, dict[int, list[Roi]]],
+    series_unscored: dict[str, set[int]],
     roi_positions: np.ndarray,
     unplaced: int,
-    readers: int,
+    read: LidcRead,
     min_readers: int,
     margin_mm: float,
-    source: str,
 ) -> SliceLabel:
+    source, readers = str(read.path), read.readers
+    marks, unscored = series_marks.get(ref.key, {}), series_unscored.get(ref.key, set())
+    unmarked = partial(skipped, source=source, readers=0)
     if marks:
         scores, outlines = [], []
         for rois in marks.values():
@@ -407,33 +335,27 @@ def _label_slice(
             )
         return skipped(LIDC_TOO_FEW_READERS, f"{said}; {min_readers} needed", **fields)
     if unscored:
-        return skipped(
+        return unmarked(
             LIDC_NO_MALIGNANCY,
             f"{len(unscored)} reader(s) outline it on a nodule without a valid malignancy",
-            source,
-            readers=0,
         )
     if ref.position is None:
-        return skipped(NO_POSITION, "the slice has no position to compare", source, readers=0)
+        return unmarked(NO_POSITION, "the slice has no position to compare")
     if len(roi_positions):
         distance = float(np.abs(roi_positions - ref.position).min())
         if distance <= margin_mm + EPS_MM:
-            return skipped(
+            return unmarked(
                 LIDC_NEAR_ANNOTATION,
                 f"an annotation lies {distance:.2f} mm away (margin {margin_mm:g} mm)",
-                source,
-                readers=0,
             )
         nearest = f"nearest annotation {distance:.2f} mm away"
     else:
         nearest = "no annotation in the series"
     if unplaced:
-        return skipped(
+        return unmarked(
             LIDC_UNPLACED_ANNOTATION,
             f"{unplaced} annotation(s) of the series match no slice and have no usable "
             "imageZposition",
-            source,
-            readers=0,
         )
     return SliceLabel(
         NORMAL, readers=0, source=source, detail=f"{nearest}; margin {margin_mm:g} mm"

@@ -1,11 +1,8 @@
-"""LUNA16: ``annotations.csv`` (seriesuid, coordX, coordY, coordZ, diameter_mm; world
-millimetres, patient LPS as in DICOM) and the slice-label rule.
-
-A slice is ``nodule`` when its position along the normal is within ``diameter_mm / 2``
-of a nodule's centre (inclusive), ``normal`` when it is more than ``margin_mm`` from every
-nodule's centre, and skipped (``luna16_near_nodule``) in between. The nodule's position is
-its centre projected on the slice normal: ``coordZ`` for axial slices (all of LUNA16). A
-series absent from the CSV has no nodules: all its slices are normal.
+"""LUNA16: ``annotations.csv`` (seriesuid, coordX, coordY, coordZ, diameter_mm; world mm,
+patient LPS) and the slice-label rule (docs/annotations.md): along the slice normal, a
+slice within ``diameter_mm / 2`` of a nodule's centre is ``nodule``, one more than
+``margin_mm`` from every centre (or in a series without nodules) ``normal``, and one in
+between skipped (``luna16_near_nodule``).
 """
 
 from __future__ import annotations
@@ -17,12 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungct.annotations.reasons import (
-    ANNOTATION_TOO_LARGE,
-    ANNOTATION_UNREADABLE,
-    LUNA16_NEAR_NODULE,
-    NO_POSITION,
-)
+from lungct.annotations.reasons import ANNOTATION_UNREADABLE, LUNA16_NEAR_NODULE, NO_POSITION
 from lungct.annotations.slices import (
     EPS_MM,
     Labelled,
@@ -34,8 +26,8 @@ from lungct.annotations.slices import (
     skipped,
     world_to_pixel,
 )
+from lungct.annotations.xmlsafe import AnnotationError, read_capped
 from lungct.errors import first_line
-from lungct.limits import size_text
 
 NODULE, NORMAL = "nodule", "normal"
 LUNA16_LABELS = (NORMAL, NODULE)
@@ -45,7 +37,6 @@ MAX_CSV_BYTES = 64 * 2**20  # the real file is 70 KiB
 
 @dataclass(frozen=True)
 class Nodule:
-    series_uid: str
     x: float
     y: float
     z: float
@@ -53,38 +44,27 @@ class Nodule:
     line: int  # in the CSV, counting the header as line 1
 
 
-class CsvError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def read_luna16_csv(
     path: Path, max_bytes: int = MAX_CSV_BYTES
 ) -> tuple[dict[str, list[Nodule]], dict[str, str]]:
     """Nodules by series, and the series whose rows are bad (series -> detail).
 
-    :class:`CsvError` when the file as a whole cannot be used (unreadable, too large, no
-    LUNA16 header). Column names are matched exactly after stripping spaces and a BOM;
-    other columns are ignored."""
+    :class:`AnnotationError` when the file as a whole cannot be used (unreadable, too
+    large, no LUNA16 header). Column names are matched exactly after stripping spaces and
+    a BOM; other columns are ignored."""
+    data = read_capped(path, max_bytes)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise CsvError(
-                ANNOTATION_TOO_LARGE, f"{size_text(size)}, over the limit of {size_text(max_bytes)}"
-            )
-        content = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CsvError(ANNOTATION_UNREADABLE, first_line(exc)) from None
-    try:
-        rows = list(csv.reader(io.StringIO(content, newline="")))
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(ANNOTATION_UNREADABLE, first_line(exc)) from None
     except csv.Error as exc:
-        raise CsvError(ANNOTATION_UNREADABLE, f"not a CSV file: {first_line(exc)}") from None
+        raise AnnotationError(ANNOTATION_UNREADABLE, f"not a CSV file: {first_line(exc)}") from None
     header = [h.strip() for h in rows[0]] if rows else []
     missing = [c for c in LUNA16_COLUMNS if c not in header]
     if missing:
-        raise CsvError(ANNOTATION_UNREADABLE, f"no column {', '.join(missing)} in the header")
+        raise AnnotationError(
+            ANNOTATION_UNREADABLE, f"no column {', '.join(missing)} in the header"
+        )
     index = {c: header.index(c) for c in LUNA16_COLUMNS}
     nodules: dict[str, list[Nodule]] = {}
     bad: dict[str, str] = {}
@@ -98,7 +78,7 @@ def read_luna16_csv(
         except ValueError:
             x = y = z = d = math.nan
         if not series:
-            raise CsvError(ANNOTATION_UNREADABLE, f"line {line}: no seriesuid")
+            raise AnnotationError(ANNOTATION_UNREADABLE, f"line {line}: no seriesuid")
         if not all(math.isfinite(v) for v in (x, y, z, d)) or d <= 0:
             bad.setdefault(
                 series,
@@ -106,7 +86,7 @@ def read_luna16_csv(
                 f"({', '.join(cells[c] or '-' for c in LUNA16_COLUMNS[1:])})",
             )
             continue
-        nodules.setdefault(series, []).append(Nodule(series, x, y, z, d, line))
+        nodules.setdefault(series, []).append(Nodule(x, y, z, d, line))
     return nodules, bad
 
 
@@ -126,7 +106,7 @@ def luna16_labels(
     source = str(csv_file)
     try:
         nodules, bad = read_luna16_csv(csv_file, max_file_bytes)
-    except CsvError as exc:
+    except AnnotationError as exc:
         labels = {r.key: skipped(exc.reason, exc.detail, source) for r in slices}
         return Labelled(labels, [Problem(csv_file, exc.reason, exc.detail)])
     problems = [

@@ -1,26 +1,11 @@
 """MetaImage volumes (``.mhd`` + ``.raw``/``.zraw``, or one ``.mha``), as LUNA16 ships its
 CT: HU values and the geometry of each slice.
 
-Read with SimpleITK (``MetaImageIO``), but only after the header has been checked here,
-so that a hostile header becomes a :class:`~lungct.errors.SkippedFile` reason and never a
-crash or a huge allocation:
-
-* the header is at most :data:`MAX_HEADER_BYTES`, ``Key = Value`` lines, no key twice;
-  a 3-D, single-channel, binary image of a known element type (``metaimage_bad_header``);
-* ``ElementDataFile`` is ``LOCAL`` or a plain file name beside the header: no path, no
-  file list or pattern (``metaimage_bad_header``); the file exists
-  (``metaimage_missing_data``);
-* the declared size (DimSize x element size) passes :func:`lungct.limits.check_size`
-  against the caller's limit (``too_large``), before anything is read;
-* an uncompressed data file holds exactly the declared bytes, a compressed one its
-  ``CompressedDataSize`` when given, and it inflates (checked a chunk at a time, nothing
-  kept) to exactly the declared bytes (``metaimage_size_mismatch``; not zlib:
-  ``metaimage_unreadable``);
-* SimpleITK's own reading of the header agrees on the size; anything SimpleITK cannot
-  read is ``metaimage_unreadable``.
-
-Values come back as int16 for 8- and 16-bit signed element types (LUNA16 is
-``MET_SHORT`` HU) and 8-bit unsigned, float32 for the others.
+Read with SimpleITK (``MetaImageIO``), but only after the header has been checked here
+(docs/annotations.md, Safety, lists the checks and their reason codes), so that a hostile
+header becomes a :class:`~lungct.errors.SkippedFile` reason and never a crash or a huge
+allocation: SimpleITK follows any ``ElementDataFile`` path or pattern, allocates whatever
+DimSize declares, and returns garbage for a corrupt compressed stream.
 """
 
 from __future__ import annotations
@@ -73,10 +58,6 @@ class MetaGeometry:
     direction: tuple[float, ...]
     element_type: str
     compressed: bool
-
-    @property
-    def declared_bytes(self) -> int:
-        return math.prod(self.size) * ELEMENT_TYPES[self.element_type][0]
 
     def slice_refs(self, series_uid: str | None = None, patient_id: str = "") -> list[SliceRef]:
         """One :class:`SliceRef` per slice k, keyed ``<series_uid>#<k>`` (the series UID
@@ -148,13 +129,9 @@ def _ints(fields: dict[str, str], key: str, count: int) -> tuple[int, ...]:
 
 def _flag(fields: dict[str, str], key: str, default: bool) -> bool:
     value = fields.get(key, "").lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
-        return False
-    if not value:
-        return default
-    raise _bad(f"{key} must be True or False, not {value[:20]!r}")
+    if value not in ("true", "1", "false", "0", ""):
+        raise _bad(f"{key} must be True or False, not {value[:20]!r}")
+    return value in ("true", "1") if value else default
 
 
 def inspect_metaimage(path: Path, limit: int) -> MetaGeometry:
@@ -194,19 +171,18 @@ def inspect_metaimage(path: Path, limit: int) -> MetaGeometry:
     data_bytes = data_file.stat().st_size - (header_bytes if local else 0)
     declared = math.prod(size) * ELEMENT_TYPES[element_type][0]
     check_size(declared, data_bytes, limit, f"MetaImage {'x'.join(map(str, size))} {element_type}")
-    if not compressed and data_bytes != declared:
-        raise SkippedFile(
-            METAIMAGE_SIZE_MISMATCH, f"{data_bytes} data bytes where the header declares {declared}"
-        )
-    if compressed and "CompressedDataSize" in fields:
-        stated = fields["CompressedDataSize"]
+    if compressed:
+        stated = fields.get("CompressedDataSize", str(data_bytes))
         if stated != str(data_bytes):
             raise SkippedFile(
                 METAIMAGE_SIZE_MISMATCH,
                 f"{data_bytes} compressed bytes where CompressedDataSize says {stated[:20]}",
             )
-    if compressed:
         _check_compressed(data_file, header_bytes if local else 0, declared)
+    elif data_bytes != declared:
+        raise SkippedFile(
+            METAIMAGE_SIZE_MISMATCH, f"{data_bytes} data bytes where the header declares {declared}"
+        )
     reader = _reader(path)
     try:
         reader.ReadImageInformation()
@@ -223,16 +199,7 @@ def inspect_metaimage(path: Path, limit: int) -> MetaGeometry:
         raise _bad(f"ElementSpacing {spacing} must be positive")
     if abs(np.linalg.det(np.asarray(direction, float).reshape(3, 3))) < 1e-6:
         raise _bad("TransformMatrix is singular")
-    return MetaGeometry(
-        path,
-        data_file,
-        size,
-        tuple(origin),
-        tuple(spacing),
-        tuple(direction),
-        element_type,
-        compressed,
-    )  # type: ignore[arg-type]
+    return MetaGeometry(path, data_file, size, origin, spacing, direction, element_type, compressed)  # type: ignore[arg-type]
 
 
 def _check_compressed(data_file: Path, offset: int, declared: int) -> None:
@@ -244,14 +211,10 @@ def _check_compressed(data_file: Path, offset: int, declared: int) -> None:
     try:
         with data_file.open("rb") as f:
             f.seek(offset)
-            while chunk := f.read(CHUNK_BYTES):
-                while chunk:
+            while produced <= declared and not inflater.eof and (chunk := f.read(CHUNK_BYTES)):
+                while chunk and produced <= declared:
                     produced += len(inflater.decompress(chunk, CHUNK_BYTES))
                     chunk = inflater.unconsumed_tail
-                    if produced > declared:
-                        break
-                if produced > declared or inflater.eof:
-                    break
     except (OSError, zlib.error) as exc:
         raise SkippedFile(METAIMAGE_UNREADABLE, f"compressed data: {first_line(exc)}") from None
     if produced != declared or not inflater.eof:
@@ -273,8 +236,7 @@ def read_metaimage(path: Path, limit: int) -> MetaVolume:
     if tuple(image.GetSize()) != geometry.size:
         raise SkippedFile(METAIMAGE_UNREADABLE, f"read size {image.GetSize()}, not {geometry.size}")
     dtype = ELEMENT_TYPES[geometry.element_type][1]
-    hu = sitk.GetArrayViewFromImage(image).astype(dtype)
-    return MetaVolume(geometry, hu)
+    return MetaVolume(geometry, sitk.GetArrayViewFromImage(image).astype(dtype))
 
 
 def _reader(path: Path) -> sitk.ImageFileReader:

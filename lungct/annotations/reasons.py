@@ -1,12 +1,13 @@
 """Every reason code of :mod:`lungct.annotations`, in one place (docs/annotations.md).
 
-A *slice* reason says why a slice got no label (``SliceLabel.reason``); a *problem*
-reason says why an annotation file was not used (``Problem.reason``). Some codes serve
-both: an unreadable file is a problem, and the slices it would have labelled are skipped
-with the same code.
+A *slice* reason says why a slice got no label (``SliceLabel.reason``), a *problem* reason
+why an annotation file was not used (``Problem.reason``); some serve both (the slices an
+unreadable file would have labelled are skipped with its code).
 """
 
 from __future__ import annotations
+
+from lungct.reasons import TOO_LARGE
 
 # Slices: any dataset
 NOT_ANNOTATED = "not_annotated"  # no annotation file covers the slice's series / patient
@@ -35,9 +36,8 @@ VOC_UNANNOTATED_SLICE = "voc_unannotated_slice"  # a slice of an annotated patie
 VOC_UNKNOWN_LABEL = "voc_unknown_label"  # a box whose name is not A, B, E or G
 VOC_CONFLICTING_LABELS = "voc_conflicting_labels"  # boxes with different letters
 
-# MetaImage volumes (raised as lungct.errors.SkippedFile; too_large comes from
-# lungct.limits, the project's one rule against decompression bombs)
-TOO_LARGE = "too_large"
+# MetaImage volumes (raised as lungct.errors.SkippedFile; TOO_LARGE, above, is the code of
+# lungct.limits, the project's one rule against decompression bombs, in lungct.reasons)
 METAIMAGE_BAD_HEADER = "metaimage_bad_header"
 METAIMAGE_MISSING_DATA = "metaimage_missing_data"
 METAIMAGE_SIZE_MISMATCH = "metaimage_size_mismatch"

@@ -1,11 +1,10 @@
 """What the annotation readers take (:class:`SliceRef`) and give (:class:`SliceLabel`,
 :class:`Problem`), and the slice geometry they share.
 
-Pixel coordinates are (column, row), zero-based, with integers at pixel centres: the
-convention of DICOM Image Position (Patient), which is the centre of the first pixel, and
-of the LIDC-IDRI outlines. A world point ``P`` lies at column ``i`` and row ``j`` of a slice
-with origin ``O``, row cosine ``X``, column cosine ``Y`` (Image Orientation (Patient)) and
-Pixel Spacing ``(dr, dc)`` when ``P = O + i * dc * X + j * dr * Y`` (PS3.3 C.7.6.2.1.1).
+Pixel coordinates are (column, row), zero-based, with integers at pixel centres (DICOM's
+Image Position (Patient) is the centre of the first pixel): a world point ``P`` is at column
+``i``, row ``j`` of a slice with origin ``O``, cosines ``X``, ``Y`` and Pixel Spacing
+``(dr, dc)`` when ``P = O + i * dc * X + j * dr * Y`` (PS3.3 C.7.6.2.1.1).
 """
 
 from __future__ import annotations
@@ -26,14 +25,9 @@ MOVING_MM = 1e-3  # steps between sorted positions up to this are one position
 
 @dataclass(frozen=True)
 class SliceRef:
-    """One CT slice as the convert stage knows it from its DICOM header (or a volume).
-
-    ``key`` is the SOPInstanceUID (``<SOP UID>#<frame>`` is up to the caller for
-    multi-frame files), or ``<seriesuid>#<index>`` for slice ``index`` of a MetaImage
-    volume. ``position`` is in mm along the slice normal (Image Position (Patient) on the
-    cross product of the Image Orientation (Patient) cosines), None when unknown.
-    ``spacing`` is Pixel Spacing: (row spacing, column spacing) in mm.
-    """
+    """One CT slice as the convert stage knows it from its DICOM header (or a volume), as
+    docs/annotations.md (API) describes; ``<SOP UID>#<frame>`` keys for multi-frame files
+    are up to the caller. Unknown geometry is None."""
 
     key: str
     series_uid: str
@@ -55,26 +49,16 @@ class SliceRef:
     ) -> SliceRef:
         """A slice whose position is computed from its origin and orientation (the same
         way as :func:`lungct.io.dicom.slice_position`); malformed geometry becomes None."""
-        o = _finite(origin, 3)
-        d = _finite(orientation, 6)
-        s = _finite(spacing, 2)
+        o, d, s = _finite(origin, 3), _finite(orientation, 6), _finite(spacing, 2)
         if s is not None and min(s) <= 0:
             s = None
-        position = slice_position(o, d) if o is not None and d is not None else None
-        return cls(key, series_uid, patient_id, position, o, d, s)  # type: ignore[arg-type]
+        return cls(key, series_uid, patient_id, slice_position(o, d), o, d, s)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class SliceLabel:
-    """The annotation outcome of one slice.
-
-    ``label`` is the raw label ("" when skipped) and ``reason`` the reason code when
-    skipped ("" when labelled); ``detail`` says more, for a person. ``readers`` is the
-    number of readers who mark the slice (LIDC-IDRI; None elsewhere), ``score`` their
-    median malignancy. ``source`` is the annotation file the outcome comes from ("" when
-    none). ``center`` is the lesion centre in (column, row) pixels of this slice and
-    ``size_mm`` its size (see docs/annotations.md for each dataset), None when unknown.
-    """
+    """The annotation outcome of one slice: a raw ``label`` or a ``reason`` code, never both
+    nor neither; the other fields are described in docs/annotations.md (API)."""
 
     label: str
     reason: str = ""
@@ -109,19 +93,12 @@ class Labelled(NamedTuple):
     problems: list[Problem]
 
 
-# --------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------
 def _finite(values: Sequence[float] | None, count: int) -> tuple[float, ...] | None:
-    if values is None:
-        return None
     try:
-        numbers = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
+        numbers = tuple(float(v) for v in values)  # type: ignore[union-attr]
+    except (TypeError, ValueError):  # values None, or not numbers
         return None
-    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
-        return None
-    return numbers
+    return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
 
 
 def by_series(slices: Iterable[SliceRef]) -> dict[str, list[SliceRef]]:
@@ -133,11 +110,8 @@ def by_series(slices: Iterable[SliceRef]) -> dict[str, list[SliceRef]]:
 
 
 def series_spacing(slices: Iterable[SliceRef]) -> float | None:
-    """The slice spacing of a series: the median step between its sorted positions.
-
-    Steps of :data:`MOVING_MM` or less (two slices at one position) are left out; a
-    series with fewer than two distinct positions (one slice) has no spacing (None).
-    """
+    """The median step between a series' sorted positions, leaving out steps of
+    :data:`MOVING_MM` or less; None with fewer than two distinct positions."""
     values = np.sort([s.position for s in slices if s.position is not None])
     steps = np.diff(values)
     steps = steps[steps > MOVING_MM]
@@ -162,10 +136,9 @@ def world_to_pixel(point: Sequence[float], ref: SliceRef) -> tuple[float, float]
     n = normal(ref.orientation)
     if ref.origin is None or ref.spacing is None or n is None:
         return None
-    x = np.asarray(ref.orientation[:3], float)  # type: ignore[index]
-    y = np.asarray(ref.orientation[3:], float)  # type: ignore[index]
+    cosines = np.asarray(ref.orientation, float)
     row_spacing, column_spacing = ref.spacing
-    basis = np.column_stack([x * column_spacing, y * row_spacing, n])
+    basis = np.column_stack([cosines[:3] * column_spacing, cosines[3:] * row_spacing, n])
     offset = np.asarray(point, float) - np.asarray(ref.origin, float)
     try:
         i, j, _ = np.linalg.solve(basis, offset)

@@ -1,15 +1,14 @@
-"""Lung-PET-CT-Dx: Pascal VOC boxes, ``Annotation/<patient>/<SOPInstanceUID>.xml``.
+"""Lung-PET-CT-Dx: Pascal VOC boxes, ``Annotation/<patient>/<SOPInstanceUID>.xml``, one
+file per boxed CT slice; ``object/name`` is the histology's letter (:data:`VOC_LETTERS`).
 
-Each file boxes the tumour on one CT slice (the file's stem is the slice's
-SOPInstanceUID); ``object/name`` is a letter for the histology: A adenocarcinoma, B small
-cell carcinoma, E large cell carcinoma, G squamous cell carcinoma. An annotated slice gets
-its letter as the raw label; the other slices of a patient with boxes are skipped
-(``voc_unannotated_slice``: not known to be normal), and so are all slices of a patient
-without any (``not_annotated``).
+An annotated slice gets its letter as the raw label; the other slices of a patient with
+boxes are skipped (``voc_unannotated_slice``: not known to be normal), and so are all
+slices of a patient without any (``not_annotated``).
 """
 
 from __future__ import annotations
 
+import filecmp
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,14 +51,6 @@ class Box:
     ymin: float
     xmax: float
     ymax: float
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return (self.xmin + self.xmax) / 2, (self.ymin + self.ymax) / 2
-
-    @property
-    def area(self) -> float:
-        return (self.xmax - self.xmin) * (self.ymax - self.ymin)
 
 
 def read_voc(path: Path, max_bytes: int = MAX_XML_BYTES) -> list[Box]:
@@ -111,14 +102,13 @@ def voc_labels(
     labels: dict[str, SliceLabel] = {}
     for ref in slices:
         path = files.get(ref.key)
-        if path is None:
-            if ref.patient_id in annotated_patients:
-                labels[ref.key] = skipped(
-                    VOC_UNANNOTATED_SLICE,
-                    f"patient {ref.patient_id} has boxes on other slices, none on this one",
-                )
-            else:
-                labels[ref.key] = skipped(NOT_ANNOTATED, f"no VOC box for patient {ref.patient_id}")
+        if path is None and ref.patient_id in annotated_patients:
+            labels[ref.key] = skipped(
+                VOC_UNANNOTATED_SLICE,
+                f"patient {ref.patient_id} has boxes on other slices, none on this one",
+            )
+        elif path is None:
+            labels[ref.key] = skipped(NOT_ANNOTATED, f"no VOC box for patient {ref.patient_id}")
         elif ref.key in duplicates:
             labels[ref.key] = skipped(ANNOTATION_DUPLICATE, duplicates[ref.key], str(path))
         else:
@@ -129,10 +119,7 @@ def voc_labels(
 def _same_content(a: Path, b: Path, max_bytes: int) -> bool:
     """Two files of the same bytes (a copy); False when either cannot be read in full."""
     try:
-        size = a.stat().st_size
-        if size != b.stat().st_size or size > max_bytes:
-            return False
-        return a.read_bytes() == b.read_bytes()
+        return a.stat().st_size <= max_bytes and filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
 
@@ -156,7 +143,7 @@ def _label_slice(ref: SliceRef, path: Path, max_bytes: int, problems: list[Probl
         return skipped(
             VOC_CONFLICTING_LABELS, f"boxes named {', '.join(sorted(letters))} on one slice", source
         )
-    box = max(boxes, key=lambda b: b.area)  # the largest box, when there are several
+    box = max(boxes, key=lambda b: (b.xmax - b.xmin) * (b.ymax - b.ymin))  # the largest
     size = None
     if ref.spacing is not None:
         row_spacing, column_spacing = ref.spacing
@@ -165,7 +152,7 @@ def _label_slice(ref: SliceRef, path: Path, max_bytes: int, problems: list[Probl
     return SliceLabel(
         letter,
         source=source,
-        center=box.center,
+        center=((box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2),
         size_mm=size if size is None or math.isfinite(size) else None,
         detail=f"{len(boxes)} box(es), {VOC_LETTERS[letter]}",
     )

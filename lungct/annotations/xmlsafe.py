@@ -1,17 +1,14 @@
 """Reading annotation XML that may be hostile: size-capped, no DTD, no entities.
 
-Parsing is :mod:`xml.etree.ElementTree` through ``defusedxml`` (pinned in
-requirements.txt) with ``forbid_dtd=True``: a document with a DOCTYPE, an entity
-declaration or an external reference is refused by the parser's own hooks, in whatever
-encoding it is written (a byte search for ``<!DOCTYPE`` misses UTF-16). Files over the
-size limit are not read at all.
-
+``defusedxml`` refuses a DOCTYPE, an entity declaration or an external reference by the
+parser's own hooks, in whatever encoding (a byte search for ``<!DOCTYPE`` misses UTF-16).
 Element names are matched by local name, case-insensitively: ``{http://www.nih.gov}roi``,
-``nih:roi`` (a declared prefix) and ``roi`` are the same element.
+``nih:roi`` and ``roi`` are the same element.
 """
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,34 +36,37 @@ class AnnotationError(Exception):
         self.detail = detail
 
 
-def read_xml(path: Path, max_bytes: int = MAX_XML_BYTES) -> ET.Element:
-    """The root element of an XML file, or :class:`AnnotationError`."""
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    """A file's bytes; :class:`AnnotationError` when unreadable or over ``max_bytes`` (unread)."""
     try:
         size = path.stat().st_size
         if size > max_bytes:
             raise AnnotationError(
-                ANNOTATION_TOO_LARGE,
-                f"{size_text(size)}, over the limit of {size_text(max_bytes)}",
+                ANNOTATION_TOO_LARGE, f"{size_text(size)}, over the limit of {size_text(max_bytes)}"
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise AnnotationError(ANNOTATION_UNREADABLE, first_line(exc)) from None
+
+
+def read_xml(path: Path, max_bytes: int = MAX_XML_BYTES) -> ET.Element:
+    """The root element of an XML file, or :class:`AnnotationError`."""
+    data = read_capped(path, max_bytes)
     try:
         return DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise AnnotationError(
             ANNOTATION_UNSAFE, f"{type(exc).__name__}: DTDs and entities are refused"
         ) from None
-    except (ET.ParseError, ValueError, UnicodeError) as exc:
+    except (ET.ParseError, ValueError) as exc:  # UnicodeError is a ValueError
         raise AnnotationError(
             ANNOTATION_UNREADABLE, f"not well-formed XML: {first_line(exc)}"
         ) from None
 
 
-def local(tag: object) -> str:
-    """An element's name without namespace or prefix, lower-cased ("" for comments)."""
-    if not isinstance(tag, str):
-        return ""
+def local(tag: str) -> str:
+    """An element's name without namespace or prefix, lower-cased (the parser drops
+    comments and processing instructions, whose tags are not names)."""
     return tag.rsplit("}", 1)[-1].rsplit(":", 1)[-1].lower()
 
 
@@ -80,20 +80,16 @@ def child(element: ET.Element, name: str) -> ET.Element | None:
     return next(children(element, name), None)
 
 
-def text(element: ET.Element | None, name: str | None = None) -> str:
-    """The stripped text of ``element`` (or of its first child ``name``); "" when absent."""
-    if element is not None and name is not None:
-        element = child(element, name)
-    if element is None or element.text is None:
-        return ""
-    return element.text.strip()
+def text(element: ET.Element | None, name: str) -> str:
+    """The stripped text of the first child ``name`` of ``element``; "" when absent."""
+    found = child(element, name) if element is not None else None
+    return found.text.strip() if found is not None and found.text is not None else ""
 
 
 def number(element: ET.Element | None, name: str) -> float | None:
     """A finite number from the first child ``name``; None when absent or not a number."""
-    value = text(element, name)
     try:
-        result = float(value)
+        result = float(text(element, name))
     except ValueError:
         return None
-    return result if result == result and abs(result) != float("inf") else None
+    return result if math.isfinite(result) else None

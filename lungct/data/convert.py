@@ -31,9 +31,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from lungct.annotations import SliceLabel, read_metaimage
+from lungct.annotations.reasons import NOT_ANNOTATED
 from lungct.contract import Preprocessing
 from lungct.data.crops import crop_box, crop_hu, lung_point
-from lungct.data.grouping import view_phash, view_record
+from lungct.data.grouping import view_record
 from lungct.data.layouts import label_from_path
 from lungct.data.slice_labels import (
     ANNOTATED_LAYOUTS,
@@ -50,9 +51,9 @@ from lungct.io.dicom import CTFrame, FrameGeometry, read_ct
 from lungct.io.images import fit_square, frame_to_body, phash, save_png
 from lungct.io.preprocess import exported_image, file_problem, frame_channels, model_view
 from lungct.io.windowing import window_channels
+from lungct.names import IMAGE_LAYOUTS, Crop, Framing
 from lungct.params import ConvertParams
-
-IMAGE_LAYOUTS = ("iqothnccd", "chest-ctscan", "folders")  # exported PNG/JPG slices, no DICOM
+from lungct.reasons import LOCALIZER, NOT_CT, UNLABELED
 
 log = logging.getLogger("convert")
 
@@ -237,7 +238,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
         gantry_tilt=frame.gantry_tilt,
     )
     if job.slice_labels is not None:
-        label = job.slice_labels.get(key) or SliceLabel("", "not_annotated")
+        label = job.slice_labels.get(key) or SliceLabel("", NOT_ANNOTATED)
         row.update(
             label=label.label,
             readers=label.readers,
@@ -250,7 +251,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
         row["label"] = job.labels.get(frame.patient_id, "")
         row["label_source"] = "labels.csv"
     if not row.get("label"):
-        return dict(row, reason="unlabeled")
+        return dict(row, reason=UNLABELED)
     last = len(window) - 1
     neighbours = [window[min(max(index + d, 0), last)][0] for d in range(-k, k + 1)]
     try:
@@ -304,7 +305,7 @@ def _view(
 
 
 def _crop_box(frame: CTFrame, job: Job, label: str) -> tuple[float, float, float, float] | None:
-    if job.prep.crop != "lesion":
+    if job.prep.crop != Crop.LESION:
         return None
     geometry = frame.geometry
     annotated = job.slice_labels.get(geometry.key) if job.slice_labels and geometry else None
@@ -333,18 +334,19 @@ def _relative(source: str, raw: Path) -> str:
 def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: Job) -> dict:
     """Label check, perceptual hash and PNG write for one converted image."""
     if not row.get("label"):
-        return dict(row, reason="unlabeled")
+        return dict(row, reason=UNLABELED)
     # Near duplicates are found (split stage) on what the model sees, before resizing.
     output = f"images/{row['source']}{suffix}.png"
     save_png(job.out / output, pixels)
     # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
-    resized = pixels if job.prep.framing == "image" else None
+    resized = pixels if job.prep.framing == Framing.IMAGE else None
     if not row.get("patient_id"):  # no id: the split groups it by this evidence
         row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
         # The body at full resolution: what convert.framing body shows the model (bit for
         # bit for an exported image); cropped from the small view instead, 313 of the
         # 1,470 pairs of Chest CT-Scan images within 2 bits were missed.
-        row["body_phash"] = view_phash(fit_square(frame_to_body(gray), job.prep.image_size))
+        body = fit_square(frame_to_body(gray), job.prep.image_size)
+        row["body_phash"] = phash(body, reducing_gap=None)  # as view_record hashes a view
     return dict(
         row,
         phash=phash(gray, resized),  # resized: a reduce() of gray it can start from
@@ -359,7 +361,7 @@ def evidence_view(pixels: np.ndarray, gray: np.ndarray, prep: Preprocessing) -> 
     crop) resized to the model's square, so that ``convert.framing`` does not change the
     groups. With ``framing: image``, no crop and no 2.5-D stacking that is the model image
     ``pixels`` itself (its first channel), not computed again."""
-    if prep.framing == "image" and prep.crop == "none" and prep.context_slices == 0:
+    if prep.framing == Framing.IMAGE and prep.crop == Crop.NONE and prep.context_slices == 0:
         return pixels if pixels.ndim == 2 else pixels[..., 0]
     return fit_square(gray, prep.image_size)
 
@@ -377,7 +379,7 @@ def plan(raw: Path, layout: str, params: ConvertParams, workers: int) -> Plan:
     """The input files (not the annotation files), the units (a series each for 2.5-D
     input, else a file each), and, for the annotated layouts, every slice's label."""
     annotated = layout in ANNOTATED_LAYOUTS
-    if params.crop == "lesion" and not annotated:
+    if params.crop == Crop.LESION and not annotated:
         raise UserError(
             f"convert.crop: 'lesion' needs an annotated layout ({', '.join(ANNOTATED_LAYOUTS)}); "
             f"the data's layout is '{layout}'"
@@ -428,7 +430,7 @@ def expected_skips(layout: str) -> frozenset[str]:
     says of a slice, and, in the annotated datasets, the images that are not CT slices
     they ship beside them (Lung-PET-CT-Dx's PET series, LIDC-IDRI's radiographs)."""
     if layout in ANNOTATED_LAYOUTS:
-        return (LABEL_REASONS - {"unlabeled"}) | {"not_ct", "localizer"}
+        return (LABEL_REASONS - {UNLABELED}) | {NOT_CT, LOCALIZER}
     return frozenset()
 
 

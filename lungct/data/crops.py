@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from lungct.errors import SkippedFile
 from lungct.io.dicom import AIR_HU
+from lungct.reasons import NO_LUNG_REGION, NO_PIXEL_SPACING
 
 BODY_HU = -500.0  # denser than this: the body (soft tissue, bone)
 LUNG_HU = (-950.0, -500.0)  # lung parenchyma, inside the body
@@ -28,7 +29,7 @@ def crop_box(
     """(left, top, right, bottom) in pixels of the ``crop_mm`` square around ``center``
     (column, row); ``spacing`` is Pixel Spacing (between rows, between columns) in mm."""
     if spacing is None:
-        raise SkippedFile("no_pixel_spacing", "a lesion crop needs PixelSpacing")
+        raise SkippedFile(NO_PIXEL_SPACING, "a lesion crop needs PixelSpacing")
     half_rows, half_cols = crop_mm / spacing[0] / 2, crop_mm / spacing[1] / 2
     x, y = center
     return (x - half_cols, y - half_rows, x + half_cols, y + half_rows)
@@ -57,7 +58,7 @@ def lung_point(hu: np.ndarray, seed: int, key: str) -> tuple[float, float]:
     lungs = body & (hu > LUNG_HU[0]) & (hu < LUNG_HU[1])
     rows, cols = np.nonzero(lungs)
     if len(rows) == 0:
-        raise SkippedFile("no_lung_region", "no lung-density pixels inside the body to crop")
+        raise SkippedFile(NO_LUNG_REGION, "no lung-density pixels inside the body to crop")
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     pick = int.from_bytes(digest[:8], "little") % len(rows)
     return float(cols[pick]), float(rows[pick])

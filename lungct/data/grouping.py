@@ -51,13 +51,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lungct.errors import UserError, first_line
+from lungct.io.images import hash_values, phash
 
 THUMB = 16  # side of the thumbnail whose correlation is the similarity evidence
 CELLS = 1 << 22  # pairwise comparisons held at a time (a block of rows x n)
@@ -96,15 +96,6 @@ class Rule:
         return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
 
 
-def hash_values(phashes: Sequence[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
-
-
-def view_phash(view: np.ndarray) -> str:
-    """The pHash (hex) of a view: a 2-D uint8 image at the model's size."""
-    return str(imagehash.phash(Image.fromarray(view)))
-
-
 def view_record(view: np.ndarray) -> tuple[str, str]:
     """The evidence of one image as the convert manifest records it (``view_phash``,
     ``view_thumb``): the pHash of its view, the whole image at the model's size in
@@ -112,7 +103,7 @@ def view_record(view: np.ndarray) -> tuple[str, str]:
     :data:`THUMB` x :data:`THUMB` BOX thumbnail as hex bytes."""
     image = Image.fromarray(view)
     thumb = np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.uint8)
-    return view_phash(view), thumb.tobytes().hex()
+    return phash(view, reducing_gap=None), thumb.tobytes().hex()
 
 
 def manifest_evidence(
@@ -184,6 +175,7 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+# Not scipy's linkage+fcluster (0.11 vs 0.16 s, 944 real images): it breaks ties at the limit otherwise (2 regroup).
 def average_linkage(distance: np.ndarray, sizes: np.ndarray, limit: float) -> np.ndarray:
     """Average linkage (UPGMA) of clusters, stopped at ``limit``.
 
@@ -267,21 +259,3 @@ def likely_patients(evidence: Evidence, rule: Rule) -> np.ndarray:
     for i, label in enumerate(labels.tolist()):
         first.setdefault(label, i)
     return np.array([first[label] for label in labels.tolist()], dtype=np.int64)
-
-
-def pairwise_scores(predicted: Sequence, truth: Sequence) -> tuple[float, float]:
-    """Pairwise precision and recall of a grouping against the true patients: of the
-    image pairs it puts together, the share of one patient; of the pairs of one patient,
-    the share it puts together (1.0 where there is nothing to count)."""
-    if len(predicted) == 0:
-        return 1.0, 1.0
-    _, p = np.unique(np.asarray(predicted), return_inverse=True)
-    _, t = np.unique(np.asarray(truth), return_inverse=True)
-    joint = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
-    np.add.at(joint, (p, t), 1)
-
-    def pairs(counts: np.ndarray) -> int:
-        return int((counts * (counts - 1) // 2).sum())
-
-    together, same, both = pairs(joint.sum(axis=1)), pairs(joint.sum(axis=0)), pairs(joint)
-    return (both / together if together else 1.0, both / same if same else 1.0)

@@ -18,13 +18,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from lungct.annotations import DATASETS
 from lungct.annotations import detect as detect_annotated
 from lungct.errors import UserError
 from lungct.io.dicom import has_dicom_prefix
+from lungct.names import ANNOTATED_LAYOUTS, Layout
 from lungct.params import SYNTHETIC_CLASSES
 
-LAYOUTS = ("dicom", "iqothnccd", "chest-ctscan", *DATASETS, "folders")
+LAYOUTS = tuple(Layout)
 IQOTHNCCD_FOLDERS = {"bengin cases", "benign cases", "malignant cases", "normal cases"}
 CHEST_CTSCAN_SPLITS = {"train", "valid", "test"}
 # A dataset's own split folders (split.strategy: official), as this project's split names.
@@ -52,18 +52,18 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def detect_layout(root: Path) -> str:
+def detect_layout(root: Path) -> Layout:
     """Name the layout of the dataset under ``root``; a :class:`UserError` if none fits."""
     entries = list(root.rglob("*"))  # one walk of the tree for every test below
     folders = [p for p in entries if p.is_dir()]
     names = {p.name.lower() for p in folders}
     if names & IQOTHNCCD_FOLDERS:
-        return "iqothnccd"
+        return Layout.IQOTHNCCD
     for folder in folders:  # every class folder one of its four ("normal" alone is not enough)
         if folder.name.lower() in CHEST_CTSCAN_SPLITS:
             children = [c.name.lower() for c in folder.iterdir() if c.is_dir()]
             if children and all(c.startswith(CHEST_CTSCAN_CLASSES) for c in children):
-                return "chest-ctscan"
+                return Layout.CHEST_CTSCAN
     annotated = detect_annotated(root)  # before the DICOM probe: these are DICOM trees too
     if annotated is not None:
         return annotated
@@ -71,13 +71,13 @@ def detect_layout(root: Path) -> str:
     for path in entries:
         if path.is_file():
             if is_dicom_file(path):
-                return "dicom"
+                return Layout.DICOM
             probes += 1
             if probes >= DICOM_PROBES:
                 break
     classes = image_folders(root, entries)
     if len(classes) >= 2:
-        return "folders"
+        return Layout.FOLDERS
     raise UserError(
         f"{root}: cannot tell the dataset layout (no IQ-OTH/NCCD or Chest CT-Scan class "
         f"folders, no DICOM file, images in {len(classes)} class folder(s), 2 or more needed); "
@@ -115,18 +115,18 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
     DICOM trees labelled by ``labels.csv`` are labelled by PatientID instead.
     """
     parts = rel.parts
-    if layout == "iqothnccd":
+    if layout == Layout.IQOTHNCCD:
         for part in reversed(parts[:-1]):
             if part.lower() in IQOTHNCCD_FOLDERS:
                 return part, ""
         return None
-    if layout == "chest-ctscan":
+    if layout == Layout.CHEST_CTSCAN:
         if len(parts) >= 3 and parts[-3].lower() in CHEST_CTSCAN_SPLITS:
             return parts[-2], parts[-3].lower()
         return None
-    if layout in DATASETS:  # labelled slice by slice by their annotations
+    if layout in ANNOTATED_LAYOUTS:  # labelled slice by slice by their annotations
         return None
-    if layout == "folders":  # a split folder holding images directly is no class
+    if layout == Layout.FOLDERS:  # a split folder holding images directly is no class
         if len(parts) < 2 or parts[-2].lower() in OFFICIAL_SPLITS:
             return None
         official = parts[-3].lower() if len(parts) >= 3 else ""
@@ -140,14 +140,14 @@ DROPPED = ""  # a class mapping's value for raw labels left out of the split
 # (adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib): a key matches the label or its part
 # before the first underscore.
 CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
-    "dicom": {
+    Layout.DICOM: {
         "default": {name: name for name in SYNTHETIC_CLASSES},
         "binary": {
             name: "with_cancer" if name == "malignant" else "without_cancer"
             for name in SYNTHETIC_CLASSES
         },
     },
-    "iqothnccd": {
+    Layout.IQOTHNCCD: {
         "default": {
             "bengin cases": "benign",  # sic, as the dataset spells it
             "benign cases": "benign",
@@ -162,7 +162,7 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
         },
     },
     # LIDC-IDRI slices (docs/annotations.md): a median malignancy of exactly 3 is left out.
-    "lidc": {
+    Layout.LIDC: {
         "default": {
             "malignant": "malignant",
             "benign": "benign",
@@ -176,9 +176,9 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
             "indeterminate": DROPPED,
         },
     },
-    "luna16": {"default": {"nodule": "nodule", "normal": "normal"}},
+    Layout.LUNA16: {"default": {"nodule": "nodule", "normal": "normal"}},
     # Lung-PET-CT-Dx: the histology letters of the tumour boxes (every box is a cancer).
-    "lung-pet-ct-dx": {
+    Layout.LUNG_PET_CT_DX: {
         "default": {
             "a": "adenocarcinoma",
             "b": "small_cell",
@@ -186,7 +186,7 @@ CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
             "g": "squamous",
         },
     },
-    "chest-ctscan": {
+    Layout.CHEST_CTSCAN: {
         "default": {
             "adenocarcinoma": "adenocarcinoma",
             "large.cell.carcinoma": "large_cell",
@@ -212,7 +212,7 @@ def class_mapping(
     (:func:`folder_class`)."""
     if isinstance(classes, dict):
         return {raw.lower(): name for raw, name in classes.items()}
-    if layout == "folders":
+    if layout == Layout.FOLDERS:
         presets = {"default": {raw.lower(): folder_class(raw) for raw in labels}}
     else:
         presets = CLASS_PRESETS[layout]

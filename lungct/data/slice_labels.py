@@ -27,15 +27,17 @@ from lungct.annotations import (
     luna16_labels,
     voc_labels,
 )
+from lungct.annotations.reasons import NOT_ANNOTATED
 from lungct.errors import SkippedFile
 from lungct.io.dicom import FrameGeometry, read_geometry
+from lungct.names import ANNOTATED_LAYOUTS
 from lungct.params import AnnotationParams
+from lungct.reasons import TOO_LARGE, UNLABELED
 
-ANNOTATED_LAYOUTS = (LIDC, LUNA16, LUNG_PET_CT_DX)
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
 # What a slice-label rule says about a slice is an outcome, not a failure of the data: it
 # does not count against convert.max_skipped_fraction.
-LABEL_REASONS = frozenset(REASONS) - {"too_large"} | {"unlabeled"}
+LABEL_REASONS = frozenset(REASONS) - {TOO_LARGE} | {UNLABELED}
 
 log = logging.getLogger("convert")
 
@@ -107,9 +109,7 @@ def label_frames(
         labelled = lidc_labels(files, refs, cfg.min_readers, cfg.margin_mm)
     elif layout == LUNA16:
         if not files:
-            return {
-                r.key: SliceLabel("", "not_annotated", detail="no annotations.csv") for r in refs
-            }
+            return {r.key: SliceLabel("", NOT_ANNOTATED, detail="no annotations.csv") for r in refs}
         labelled = luna16_labels(files[0], refs, cfg.margin_mm)
         for extra in files[1:]:
             log.warning("convert: %s: a second annotations.csv, not read", extra.relative_to(raw))

@@ -12,7 +12,6 @@ and near-duplicate pairs across splits, and ``split.leakage`` decides: ``fail``,
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import warnings
@@ -25,17 +24,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lungct.artifacts import EVIDENCE_COLUMNS, MANIFEST, SPLITS
-from lungct.data.grouping import (
-    Evidence,
-    Rule,
-    duplicate_pairs,
-    hash_values,
-    likely_patients,
-    manifest_evidence,
-)
+from lungct.atomic import sha256_file
+from lungct.data.grouping import Evidence, Rule, duplicate_pairs, likely_patients, manifest_evidence
 from lungct.data.layouts import DROPPED, OFFICIAL_SPLITS, class_mapping, map_labels
 from lungct.data.tables import read_manifest
 from lungct.errors import UserError
+from lungct.io.images import hash_values
 from lungct.params import Params, SplitParams
 
 log = logging.getLogger("split")
@@ -45,7 +39,7 @@ def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
     """Connected components of images whose 64-bit perceptual hashes differ in at most
     ``distance`` bits (chains included). Returns, per image, the index of the first
     image of its component, so equal inputs give equal labels."""
-    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+    values = hash_values(phashes)
     parent = np.arange(len(values))
 
     def root(i: int) -> int:
@@ -120,16 +114,12 @@ def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
     return sorted(counts.index[counts > 1].astype(str))
 
 
-def _as_uint64(phashes: list[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in phashes], dtype=np.uint64)
-
-
 def close_pairs(
     phashes_a: list[str], phashes_b: list[str], distance: int, chunk: int = 1024
 ) -> list[tuple[int, int]]:
     """Index pairs (i in a, j in b) whose perceptual hashes differ in at most ``distance``
     bits; compared a chunk of rows at a time so memory stays small."""
-    a, b = _as_uint64(phashes_a), _as_uint64(phashes_b)
+    a, b = hash_values(phashes_a), hash_values(phashes_b)
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(a), chunk):
         close = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :]) <= distance
@@ -254,7 +244,7 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
         )
         name = "near-duplicates"
     # Identical pixels give identical PNG bytes (same encoder, no timestamps).
-    content = [hashlib.sha256((converted / out).read_bytes()).hexdigest() for out in rows["output"]]
+    content = [sha256_file(converted / out) for out in rows["output"]]
     components = join_identical(components, content, anonymous)
     groups = [
         patient if patient else f"{name}-{component:05d}"

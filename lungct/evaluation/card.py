@@ -12,11 +12,10 @@ card travels with the model (``models/``) and names it by content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from lungct.atomic import write_json
+from lungct.atomic import sha256_file, write_json
 from lungct.contract import Contract
 
 CARD_FILE = Path("models/card.json")
@@ -24,14 +23,6 @@ INTENDED_USE = (
     "research and pipeline checks; not a medical device, not for diagnosis; slice-level "
     "figures on the test split named here, not a clinical validation"
 )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_card(

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 from sklearn.metrics import (
@@ -26,6 +25,9 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from lungct.artifacts import LEAKY, is_leaky
+from lungct.io.images import hash_values, phash
 
 # The "no cancer" class: `normal`, or `without_cancer` in the binary presets.
 NO_CANCER = ("normal", "without_cancer")
@@ -154,7 +156,7 @@ HEADLINE = (
     "roc_auc",
     "loss",
     "ece",
-    "leaky",
+    LEAKY,
 )
 
 
@@ -176,7 +178,7 @@ def eval_headline(metrics: dict) -> dict:
         "roc_auc": metrics["roc_auc"],
         "loss": metrics["loss"],
         "ece": metrics["calibration"]["ece"],
-        "leaky": bool(metrics.get("split", {}).get("leaky")),
+        LEAKY: is_leaky(metrics.get("split", {})),
     }
     assert tuple(figures) == HEADLINE
     return figures
@@ -281,13 +283,14 @@ def classification_metrics(
 
 
 def image_phashes(paths: Sequence[str | Path]) -> np.ndarray:
-    """64-bit perceptual hashes (ImageHash pHash of the grayscale image) of image files, as
-    uint64: an independent look at what the model reads, for :func:`leak_sensitivity`."""
-    values = []
+    """64-bit perceptual hashes (:func:`lungct.io.images.phash`, ImageHash's bit for bit, of
+    the grayscale image) of image files, as uint64: an independent look at what the model
+    reads, for :func:`leak_sensitivity`."""
+    hashes = []
     for path in paths:
         with Image.open(path) as image:
-            values.append(int(str(imagehash.phash(image.convert("L"))), 16))
-    return np.array(values, dtype=np.uint64)
+            hashes.append(phash(np.asarray(image.convert("L")), reducing_gap=None))
+    return hash_values(hashes)
 
 
 def nearest_bits(test: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> np.ndarray:

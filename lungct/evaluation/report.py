@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from lungct.artifacts import SPLITS
+from lungct.artifacts import SPLITS, is_leaky
 from lungct.atomic import atomic_file
 
 TILE = 128
@@ -62,7 +62,7 @@ def markdown_report(
     """
     classes = list(metrics["per_class"])
     lines = ["# Test-set evaluation", ""]
-    if split.get("leaky"):
+    if is_leaky(split):
         lines += [
             "> **Leaky split:** images of one patient or near-duplicate group are on both "
             "sides of the split; these numbers overstate what the model does on new "

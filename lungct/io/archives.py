@@ -37,7 +37,8 @@ from typing import IO, Literal
 
 from tqdm import tqdm
 
-from lungct.errors import UserError
+from lungct.errors import UserError, printable
+from lungct.limits import size_text
 
 # What the stdlib raises on a broken or truncated archive, besides its own error types:
 # gzip, bz2 and file I/O raise OSError, a stream cut short raises EOFError, corrupt
@@ -85,41 +86,26 @@ class _Entry:
     open: Callable[[], IO[bytes]] | None  # None for folders
 
 
-def _show(text: str) -> str:
-    """Text safe for a one-line message: control characters (newlines included) and
-    undecodable bytes are shown escaped."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def _human(n: int) -> str:
-    """Decimal units, as params are written (20000000000 reads back as 20.0 GB)."""
-    if n < 1000:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("kB", "MB", "GB", "TB"):
-        value /= 1000
-        if value < 1000 or unit == "TB":
-            break
-    return f"{value:.1f} {unit}"
-
-
 def _detail(err: BaseException) -> str:
-    return _show(str(err)) or type(err).__name__
+    return printable(str(err)) or type(err).__name__
 
 
 def _error(archive: Path, message: str, member: str | None = None) -> ArchiveError:
-    where = f"member '{_show(member)}' " if member is not None else ""
-    return ArchiveError(f"{_show(archive.name)}: {where}{message}")
+    where = f"member '{printable(member)}' " if member is not None else ""
+    return ArchiveError(f"{printable(archive.name)}: {where}{message}")
 
 
 def _corrupt(archive: Path, err: BaseException | str, member: str | None = None) -> ArchiveError:
     detail = err if isinstance(err, str) else _detail(err)
-    where = f"member '{_show(member)}': " if member is not None else ""
+    where = f"member '{printable(member)}': " if member is not None else ""
     return _error(archive, f"corrupt or truncated archive ({where}{detail})")
 
 
-def _sniff(path: Path) -> tuple[Literal["zip", "tar"] | None, str]:
-    """The archive kind, or None and why it is not one."""
+def archive_kind(path: Path) -> tuple[Literal["zip", "tar"] | None, str]:
+    """Detect an archive by its content, not by its extension: ``"zip"`` or ``"tar"`` (tar
+    uncompressed or gzip, bzip2 or xz compressed), or None and why it is neither (empty,
+    truncated, corrupt, something else); :class:`ArchiveError` when the file cannot be
+    opened (missing, a folder, no permission)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
@@ -146,23 +132,6 @@ def _sniff(path: Path) -> tuple[Literal["zip", "tar"] | None, str]:
     if head.startswith(b"PK\x03\x04"):
         return None, "corrupt or truncated zip archive (its index at the end is missing)"
     return None, "not a zip or tar archive"
-
-
-def archive_kind(path: Path) -> Literal["zip", "tar"] | None:
-    """Detect an archive by its content, not by its extension.
-
-    Args:
-        path: The file to look at. Tar may be uncompressed or gzip, bzip2 or xz compressed
-            (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz).
-
-    Returns:
-        "zip", "tar", or None if it is neither (including an empty, truncated or corrupt
-        file).
-
-    Raises:
-        ArchiveError: The file cannot be opened (missing, a folder, no permission).
-    """
-    return _sniff(path)[0]
 
 
 def _member_parts(archive: Path, member: str, *, zip_names: bool) -> tuple[str, ...]:
@@ -192,7 +161,7 @@ def _check_tree(archive: Path, entries: list[_Entry]) -> None:
             if not entry.parts:
                 raise _error(archive, "has no file name", entry.member)
             if entry.parts in files:
-                other = _show(files[entry.parts])
+                other = printable(files[entry.parts])
                 raise _error(archive, f"is the same file as member '{other}'", entry.member)
             files[entry.parts] = entry.member
         else:
@@ -215,8 +184,8 @@ def _check_size(archive: Path, total: int, *, max_bytes: int) -> None:
     if total > max_bytes:
         raise _error(
             archive,
-            f"unpacks to {_human(total)} ({total} bytes), more than the limit "
-            f"max_bytes={max_bytes} ({_human(max_bytes)})",
+            f"unpacks to {size_text(total)} ({total} bytes), more than the limit "
+            f"max_bytes={max_bytes} ({size_text(max_bytes)})",
         )
 
 
@@ -258,9 +227,9 @@ def _zip_entries(archive: Path, zf: zipfile.ZipFile, *, max_members: int) -> lis
 def _tar_refusal(member: tarfile.TarInfo) -> str | None:
     """Why a tar member's type is refused, or None for a file or folder."""
     if member.issym():
-        return f"is a symbolic link to '{_show(member.linkname)}'; links are not allowed"
+        return f"is a symbolic link to '{printable(member.linkname)}'; links are not allowed"
     if member.islnk():
-        return f"is a hard link to '{_show(member.linkname)}'; links are not allowed"
+        return f"is a hard link to '{printable(member.linkname)}'; links are not allowed"
     if member.isreg() or member.isdir():
         return None
     if member.ischr():
@@ -351,7 +320,7 @@ class _GuardedReader:
             raise _error(
                 self.archive,
                 f"unpacks to more than the limit max_bytes={self.budget.limit} "
-                f"({_human(self.budget.limit)}), more than its index declared",
+                f"({size_text(self.budget.limit)}), more than its index declared",
                 self.entry.member,
             )
         if self.count > self.entry.size:
@@ -449,7 +418,7 @@ def safe_extract(
     """
     if not dest.is_dir() or any(dest.iterdir()):
         raise ValueError(f"safe_extract needs an existing empty folder, got {dest}")
-    kind, why = _sniff(archive)
+    kind, why = archive_kind(archive)
     if kind is None:
         raise _error(archive, why)
     try:

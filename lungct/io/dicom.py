@@ -52,6 +52,24 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from lungct.errors import SkippedFile, describe, first_line
 from lungct.limits import MAX_EXPANSION, MAX_IMAGE_BYTES, allowed_bytes, check_size, size_text
+from lungct.reasons import (
+    BAD_ATTRIBUTE,
+    BAD_LUT,
+    BAD_RESCALE,
+    DICOMDIR,
+    EMPTY_FILE,
+    LOCALIZER,
+    NO_DECODER,
+    NO_PIXEL_DATA,
+    NO_PREAMBLE,
+    NOT_CT,
+    NOT_DICOM,
+    NOT_GRAYSCALE,
+    TOO_LARGE,
+    TRUNCATED_PIXEL_DATA,
+    UNREADABLE,
+    UNREADABLE_PIXELS,
+)
 
 AIR_HU = -1000.0
 CT_SOP_CLASSES = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
@@ -250,7 +268,7 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _value(ds: Dataset | None, keyword: str, reason: str = "bad_attribute") -> object:
+def _value(ds: Dataset | None, keyword: str, reason: str = BAD_ATTRIBUTE) -> object:
     """The value of ``keyword``, None when absent or empty; one that pydicom cannot convert
     (``abc`` in a decimal string) is skipped with ``reason``."""
     if ds is None or keyword not in ds:
@@ -264,7 +282,7 @@ def _value(ds: Dataset | None, keyword: str, reason: str = "bad_attribute") -> o
     return value
 
 
-def _numbers(value: object, keyword: str, count: int, reason: str = "bad_attribute") -> list[float]:
+def _numbers(value: object, keyword: str, count: int, reason: str = BAD_ATTRIBUTE) -> list[float]:
     """Exactly ``count`` finite numbers, or :class:`SkippedFile` naming the attribute."""
     values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     try:
@@ -277,7 +295,7 @@ def _numbers(value: object, keyword: str, count: int, reason: str = "bad_attribu
     return numbers
 
 
-def _number(ds: Dataset | None, keyword: str, reason: str = "bad_attribute") -> float | None:
+def _number(ds: Dataset | None, keyword: str, reason: str = BAD_ATTRIBUTE) -> float | None:
     value = _value(ds, keyword, reason)
     return None if value is None else _numbers(value, keyword, 1, reason)[0]
 
@@ -294,12 +312,12 @@ def _integer(
     value = _value(ds, keyword)
     if value is None:
         if required:
-            raise SkippedFile("bad_attribute", f"{keyword} is missing")
+            raise SkippedFile(BAD_ATTRIBUTE, f"{keyword} is missing")
         return default
     number = _numbers(value, keyword, 1)[0]
     if number != int(number) or number < low or (high is not None and number > high):
         bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise SkippedFile("bad_attribute", f"{keyword} {_show(value)} is not an integer {bounds}")
+        raise SkippedFile(BAD_ATTRIBUTE, f"{keyword} {_show(value)} is not an integer {bounds}")
     return int(number)
 
 
@@ -352,10 +370,10 @@ def _layout(ds: Dataset) -> _Layout:
     columns = _integer(ds, "Columns", 1, required=True)
     bits = _integer(ds, "BitsAllocated", 1, 64, required=True)
     if bits not in BITS_ALLOCATED:
-        raise SkippedFile("bad_attribute", f"BitsAllocated {bits} is not one of 1, 8, 16, 32, 64")
+        raise SkippedFile(BAD_ATTRIBUTE, f"BitsAllocated {bits} is not one of 1, 8, 16, 32, 64")
     samples = _integer(ds, "SamplesPerPixel", 1, default=1)
     if samples != 1:
-        raise SkippedFile("not_grayscale", f"SamplesPerPixel {samples}")
+        raise SkippedFile(NOT_GRAYSCALE, f"SamplesPerPixel {samples}")
     frames = _integer(ds, "NumberOfFrames", 1, default=1)
     bits_stored = _integer(ds, "BitsStored", 1, bits, default=bits)
     signed = _integer(ds, "PixelRepresentation", 0, 1, default=0) == 1
@@ -384,18 +402,18 @@ def _check_lut(ds: Dataset) -> None:
     seq = ds.get("ModalityLUTSequence")
     item = seq[0] if seq else None
     if item is None:
-        raise SkippedFile("bad_lut", "empty Modality LUT Sequence")
-    descriptor = _value(item, "LUTDescriptor", "bad_lut")
-    data = _value(item, "LUTData", "bad_lut")
-    entries, _, bits = (int(v) for v in _numbers(descriptor, "LUTDescriptor", 3, "bad_lut"))
+        raise SkippedFile(BAD_LUT, "empty Modality LUT Sequence")
+    descriptor = _value(item, "LUTDescriptor", BAD_LUT)
+    data = _value(item, "LUTData", BAD_LUT)
+    entries, _, bits = (int(v) for v in _numbers(descriptor, "LUTDescriptor", 3, BAD_LUT))
     entries = entries or 2**16
     if bits not in (8, 16):
-        raise SkippedFile("bad_lut", f"LUTDescriptor: {bits} bits (8 or 16)")
+        raise SkippedFile(BAD_LUT, f"LUTDescriptor: {bits} bits (8 or 16)")
     if data is None:
-        raise SkippedFile("bad_lut", "no LUT Data")
+        raise SkippedFile(BAD_LUT, "no LUT Data")
     length = len(data) // 2 if isinstance(data, bytes) else len(data)  # type: ignore[arg-type]
     if length < entries:
-        raise SkippedFile("bad_lut", f"LUT Data has {length} entries, LUTDescriptor says {entries}")
+        raise SkippedFile(BAD_LUT, f"LUT Data has {length} entries, LUTDescriptor says {entries}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +435,7 @@ def _quiet() -> Iterator[None]:
 
 def _check_preamble(path: Path) -> None:
     if path.stat().st_size == 0:
-        raise SkippedFile("empty_file")
+        raise SkippedFile(EMPTY_FILE)
     if has_dicom_prefix(path):
         return
     try:  # a dataset without the Part 10 header, or not DICOM at all?
@@ -428,8 +446,8 @@ def _check_preamble(path: Path) -> None:
     except Exception:
         looks_dicom = False
     if looks_dicom:
-        raise SkippedFile("no_preamble", "no 128-byte preamble and DICM prefix (PS3.10 7.1)")
-    raise SkippedFile("not_dicom")
+        raise SkippedFile(NO_PREAMBLE, "no 128-byte preamble and DICM prefix (PS3.10 7.1)")
+    raise SkippedFile(NOT_DICOM)
 
 
 def _file_meta(stream: BinaryIO) -> tuple[int, str]:
@@ -469,12 +487,10 @@ def _check_deflated(path: Path, file_bytes: int, limit: int) -> bool:
                 try:
                     inflated += len(inflate.decompress(chunk, CHUNK_BYTES))
                 except zlib.error as exc:
-                    raise SkippedFile(
-                        "unreadable", f"deflated data set: {first_line(exc)}"
-                    ) from None
+                    raise SkippedFile(UNREADABLE, f"deflated data set: {first_line(exc)}") from None
                 if inflated > allowed:
                     raise SkippedFile(
-                        "too_large",
+                        TOO_LARGE,
                         f"the deflated data set inflates to over {size_text(allowed)} from a "
                         f"file of {size_text(file_bytes)} (convert.max_image_bytes, or "
                         f"{MAX_EXPANSION} times the file: a decompression bomb)",
@@ -489,7 +505,7 @@ def _read(path: Path, deflated: bool) -> Dataset:
     try:
         return pydicom.dcmread(path, defer_size=None if deflated else DEFER_BYTES)
     except InvalidDicomError as exc:
-        raise SkippedFile("not_dicom", first_line(exc)) from None
+        raise SkippedFile(NOT_DICOM, first_line(exc)) from None
     except MemoryError:
         raise
     except Exception as exc:  # a header cut short or garbled
@@ -498,8 +514,8 @@ def _read(path: Path, deflated: bool) -> Dataset:
         except MemoryError:
             raise
         except Exception:
-            raise SkippedFile("unreadable", describe(exc)) from None
-        raise SkippedFile("truncated_pixel_data", describe(exc)) from None
+            raise SkippedFile(UNREADABLE, describe(exc)) from None
+        raise SkippedFile(TRUNCATED_PIXEL_DATA, describe(exc)) from None
 
 
 def _decoder_problem(syntax: UID | None) -> str | None:
@@ -536,7 +552,7 @@ def _check_native(ds: Dataset, layout: _Layout, file_bytes: int, limit: int) -> 
     check_size(length, length, limit, f"a pixel data element of {length} bytes")
     if present < layout.nbytes:
         raise SkippedFile(
-            "truncated_pixel_data",
+            TRUNCATED_PIXEL_DATA,
             f"{present} bytes of pixel data for {layout} ({layout.nbytes} bytes)",
         )
 
@@ -590,14 +606,14 @@ def _check_codestreams(ds: Dataset, syntax: UID, layout: _Layout) -> None:
             if shape != want:
                 found = " x ".join(map(str, shape)) if shape else f"no {name} header"
                 raise SkippedFile(
-                    "unreadable_pixels",
+                    UNREADABLE_PIXELS,
                     f"frame {number}: {found}, but Rows x Columns x Samples say "
                     f"{' x '.join(map(str, want))}",
                 )
     except (SkippedFile, MemoryError):
         raise
     except Exception as exc:  # fragments that do not parse
-        raise SkippedFile("unreadable_pixels", describe(exc)) from None
+        raise SkippedFile(UNREADABLE_PIXELS, describe(exc)) from None
 
 
 def read_ct(path: Path, max_bytes: int = MAX_IMAGE_BYTES, frame_bytes: int = 0) -> list[CTFrame]:
@@ -618,22 +634,22 @@ def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
     ds = _read(path, _check_deflated(path, file_bytes, max_bytes))
     media = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if media == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
-        raise SkippedFile("dicomdir")
+        raise SkippedFile(DICOMDIR)
     sop_class = ds.get("SOPClassUID")
     if sop_class not in CT_SOP_CLASSES:
         name = getattr(sop_class, "name", None) or str(sop_class or "missing")
-        raise SkippedFile("not_ct", f"SOP class {name}")
+        raise SkippedFile(NOT_CT, f"SOP class {name}")
     image_type = ds.get("ImageType") or []
     image_type = [image_type] if isinstance(image_type, str) else image_type
     if "LOCALIZER" in [str(v).upper() for v in image_type]:
-        raise SkippedFile("localizer")
+        raise SkippedFile(LOCALIZER)
     if "PixelData" not in ds:
-        raise SkippedFile("no_pixel_data")
+        raise SkippedFile(NO_PIXEL_DATA)
     layout = _layout(ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     problem = _decoder_problem(syntax)
     if problem:
-        raise SkippedFile("no_decoder", problem)
+        raise SkippedFile(NO_DECODER, problem)
     if layout.frames * frame_bytes > layout.nbytes:
         what = f"{layout} ({layout.frames} model images of {size_text(frame_bytes)})"
         check_size(layout.frames * frame_bytes, file_bytes, max_bytes, what)
@@ -647,9 +663,9 @@ def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
     except MemoryError:
         raise
     except Exception as exc:
-        raise SkippedFile("unreadable_pixels", describe(exc)) from None
+        raise SkippedFile(UNREADABLE_PIXELS, describe(exc)) from None
     if stored.size != layout.frames * layout.rows * layout.columns:
-        raise SkippedFile("unreadable_pixels", f"decoded {stored.shape}, expected {layout}")
+        raise SkippedFile(UNREADABLE_PIXELS, f"decoded {stored.shape}, expected {layout}")
     stored = stored.reshape(layout.frames, layout.rows, layout.columns)
     padding = (
         _integer(ds, "PixelPaddingValue", -(2**31), 2**32 - 1),
@@ -675,8 +691,8 @@ def _frame(
     slope_in, intercept_in = where(transform, "RescaleSlope"), where(transform, "RescaleIntercept")
     if slope_in is None and intercept_in is None:  # some writers keep the top-level module
         slope_in = intercept_in = ds
-    slope = _number(slope_in, "RescaleSlope", "bad_rescale")
-    intercept = _number(intercept_in, "RescaleIntercept", "bad_rescale")
+    slope = _number(slope_in, "RescaleSlope", BAD_RESCALE)
+    intercept = _number(intercept_in, "RescaleIntercept", BAD_RESCALE)
     rescale_type = _value(where(transform, "RescaleType"), "RescaleType")
     geometry = _geometry(ds, index, layout.frames)
     window = _window(
@@ -695,11 +711,11 @@ def _frame(
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
         if slope == 0:
-            raise SkippedFile("bad_rescale", "RescaleSlope 0 maps every pixel to one value")
+            raise SkippedFile(BAD_RESCALE, "RescaleSlope 0 maps every pixel to one value")
         # Stored values fit in BitsAllocated bits: past float32 the HU would be infinite.
         if abs(slope) * 2.0**layout.bits_allocated + abs(intercept) >= FLOAT32_MAX:
             raise SkippedFile(
-                "bad_rescale",
+                BAD_RESCALE,
                 f"RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: HU overflow",
             )
         # HU on demand (CTFrame.hu): a window is a lookup table on the stored values.
@@ -773,8 +789,8 @@ def read_geometry(path: Path) -> list[FrameGeometry]:
         except MemoryError:
             raise
         except Exception as exc:
-            raise SkippedFile("unreadable", describe(exc)) from None
+            raise SkippedFile(UNREADABLE, describe(exc)) from None
         if ds.get("SOPClassUID") not in CT_SOP_CLASSES:
-            raise SkippedFile("not_ct")
+            raise SkippedFile(NOT_CT)
         frames = _integer(ds, "NumberOfFrames", 1, 2**31 - 1) or 1
         return [_geometry(ds, i, frames) for i in range(frames)]

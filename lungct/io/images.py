@@ -14,6 +14,8 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from lungct.errors import SkippedFile, describe
 from lungct.limits import MAX_IMAGE_BYTES, check_size
+from lungct.names import Framing
+from lungct.reasons import NOT_IMAGE, TOO_LARGE, UNREADABLE_IMAGE
 
 # read_image checks an image's declared size against lungct.limits before decoding it, the
 # rule DICOM follows too; Pillow's own check (a warning, then an error, at pixel counts of
@@ -27,8 +29,8 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
 
     Shrinking by an integer factor (both sides multiples of the new ones: a 512 x 512 CT
     slice to 128) takes the mean of each factor x factor block, in one pass (Pillow's
-    ``reduce``); any other factor is BILINEAR, as every resize was before issue 17
-    (docs/benchmarks.md, "Convert: the work after decoding").
+    ``reduce``); any other factor is BILINEAR (docs/benchmarks.md, "Convert: the work
+    after decoding").
     """
     if image.ndim not in (2, 3):
         raise ValueError(f"expected a 2-D image or channels last, got shape {image.shape}")
@@ -129,7 +131,7 @@ def reframe(image: np.ndarray, margin: float, framing: str) -> np.ndarray:
     size = image.shape[0]
     pad = round(margin * size)
     wider = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2))
-    if framing == "body":
+    if framing == Framing.BODY:
         wider = frame_to_body(wider)
     return fit_square(wider, size)
 
@@ -146,21 +148,28 @@ HASH_IMAGE = 32
 HASH_REDUCING_GAP = 4.0
 
 
-def phash(gray: np.ndarray, resized: np.ndarray | None = None) -> str:
-    """The 64-bit perceptual hash (16 hex digits) the split stage groups near duplicates
-    by: ``imagehash.phash`` of a 2-D uint8 image, with its thumbnail made by way of
-    ``reducing_gap`` (:data:`HASH_REDUCING_GAP`), about a sixth of the time on a 512 x 512
-    slice. The DCT (scipy's, imported here: predict and the app never hash), the median
-    and the bit order are imagehash's.
+def phash(
+    gray: np.ndarray,
+    resized: np.ndarray | None = None,
+    reducing_gap: float | None = HASH_REDUCING_GAP,
+) -> str:
+    """The 64-bit perceptual hash (16 hex digits), the one pHash of the project (the
+    split's evidence, evaluate's leak sensitivity): ``imagehash.phash`` of a 2-D uint8
+    image, with its thumbnail made by way of ``reducing_gap`` (:data:`HASH_REDUCING_GAP`),
+    about a sixth of the time on a 512 x 512 slice. The DCT (scipy's, imported here:
+    predict and the app never hash), the median and the bit order are imagehash's.
 
     ``resized``: ``fit_square(gray, size)`` where the caller has it. When that was the
     very ``reduce()`` the thumbnail starts with (a 512 x 512 slice to 128), the thumbnail
     starts from it rather than reducing the slice a second time; the hash is the same.
+    ``reducing_gap=None``: one LANCZOS resize, ``imagehash.phash`` bit for bit at any
+    size (the hashes of model-sized images, as the manifest has always recorded them).
     """
     height, width = gray.shape
-    # Pillow's reducing_gap rule: reduce by these factors first (1: no reduce).
-    fx = int(width / HASH_IMAGE / HASH_REDUCING_GAP) or 1
-    fy = int(height / HASH_IMAGE / HASH_REDUCING_GAP) or 1
+    fx = fy = 1  # Pillow's reducing_gap rule: reduce by these factors first (1: no reduce)
+    if reducing_gap:
+        fx = int(width / HASH_IMAGE / reducing_gap) or 1
+        fy = int(height / HASH_IMAGE / reducing_gap) or 1
     source = gray
     if (
         resized is not None
@@ -170,7 +179,7 @@ def phash(gray: np.ndarray, resized: np.ndarray | None = None) -> str:
     ):
         source = resized  # fit_square reduced by fx too: its result is that first step
     thumb = Image.fromarray(source).resize(
-        (HASH_IMAGE, HASH_IMAGE), Image.Resampling.LANCZOS, reducing_gap=HASH_REDUCING_GAP
+        (HASH_IMAGE, HASH_IMAGE), Image.Resampling.LANCZOS, reducing_gap=reducing_gap
     )
     import scipy.fftpack
 
@@ -179,6 +188,12 @@ def phash(gray: np.ndarray, resized: np.ndarray | None = None) -> str:
     middle = np.sort(dct, axis=None)[HASH_SIZE**2 // 2 - 1 : HASH_SIZE**2 // 2 + 1]
     median = (middle[0] + middle[1]) / 2  # np.median's own arithmetic, without its overhead
     return np.packbits(dct > median).tobytes().hex()
+
+
+def hash_values(hashes: Sequence[str]) -> np.ndarray:
+    """Hex hashes (:func:`phash`) as uint64, for Hamming distances (``np.bitwise_count``
+    of their xor)."""
+    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -275,20 +290,20 @@ def read_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[np.ndarray
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the reason says it
             return _decode(path, max_bytes)
     except UnidentifiedImageError:
-        raise SkippedFile("not_image") from None
+        raise SkippedFile(NOT_IMAGE) from None
     except (SkippedFile, MemoryError):
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own check, should it be back on
-        raise SkippedFile("too_large", describe(exc)) from None
+        raise SkippedFile(TOO_LARGE, describe(exc)) from None
     except Exception as exc:  # truncated or corrupt image data; a plugin's odd error
-        raise SkippedFile("unreadable_image", describe(exc)) from None
+        raise SkippedFile(UNREADABLE_IMAGE, describe(exc)) from None
 
 
 def _decode(path: Path, max_bytes: int) -> tuple[np.ndarray, str]:
     with Image.open(path) as image:
         width, height = image.size
         if width < 1 or height < 1:
-            raise SkippedFile("unreadable_image", f"{width} x {height} pixels")
+            raise SkippedFile(UNREADABLE_IMAGE, f"{width} x {height} pixels")
         what = f"a {width} x {height} {image.mode} image"
         check_size(declared_bytes(image), path.stat().st_size, max_bytes, what)
         image.load()

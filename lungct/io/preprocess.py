@@ -30,6 +30,8 @@ from lungct.errors import SkippedFile, describe
 from lungct.io.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
 from lungct.io.images import BODY_HU, fit_square, frame_to_body, read_image
 from lungct.io.windowing import window_channels, window_lookup, window_uint8
+from lungct.names import Framing
+from lungct.reasons import NOT_DICOM, NOT_IMAGE, UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def model_view(pixels: np.ndarray, prep: Preprocessing, frame: CTFrame | None = 
     body`` first cropped to the body (a CT ``frame``'s: denser than
     :data:`lungct.io.images.BODY_HU`, whatever the window; an exported image's: bright), then
     :func:`lungct.io.images.fit_square`."""
-    if prep.framing == "body":
+    if prep.framing == Framing.BODY:
         pixels = frame_to_body(pixels, frame.hu > BODY_HU if frame is not None else None)
     return fit_square(pixels, prep.image_size)
 
@@ -133,14 +135,14 @@ def model_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     try:
         return [exported_image(path, prep)]
     except SkippedFile as skip:
-        if skip.reason != "not_image":
+        if skip.reason != NOT_IMAGE:
             raise
     try:
         read_ct(path, prep.max_image_bytes)  # raises: no Part 10 prefix; says why
     except SkippedFile as skip:
-        if skip.reason != "not_dicom":
+        if skip.reason != NOT_DICOM:
             raise
-    raise SkippedFile("not_image", "neither a DICOM file nor an image format Pillow can read")
+    raise SkippedFile(NOT_IMAGE, "neither a DICOM file nor an image format Pillow can read")
 
 
 def file_problem(exc: Exception) -> tuple[str, str]:
@@ -152,4 +154,4 @@ def file_problem(exc: Exception) -> tuple[str, str]:
         raise exc
     if isinstance(exc, SkippedFile):
         return exc.reason, str(exc.detail)
-    return "unreadable", describe(exc)
+    return UNREADABLE, describe(exc)

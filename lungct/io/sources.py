@@ -29,8 +29,8 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from lungct.errors import UserError, describe
-from lungct.io.archives import _empty, _show, safe_extract
+from lungct.errors import UserError, describe, printable
+from lungct.io.archives import _empty, safe_extract
 from lungct.params import redact, url_problem
 
 CHUNK = 1 << 20
@@ -43,14 +43,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LINKS = (
     "links are not followed: copy the files in, or give an archive (docs/data.md#local-folders)"
 )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +74,7 @@ def netrc_file(env: Mapping[str, str]) -> Path | None:
     if env.get("NETRC"):
         path = Path(env["NETRC"]).expanduser()
         if not path.exists():
-            raise UserError(f"NETRC: {_show(str(path))}: not found")
+            raise UserError(f"NETRC: {printable(str(path))}: not found")
         return path
     home = Path(env.get("HOME") or Path.home())
     return next((p for p in (home / ".netrc", home / "_netrc") if p.exists()), None)
@@ -92,7 +84,7 @@ def _netrc_credentials(host: str, env: Mapping[str, str]) -> Credentials | None:
     path = netrc_file(env)
     if path is None:
         return None
-    shown = _show(str(path))
+    shown = printable(str(path))
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read
         raise UserError(f"{shown}: not a regular file (netrc)")
     try:
@@ -210,7 +202,7 @@ def _reason(err: BaseException) -> str:
             continue
         seen.add(id(cause))
         if isinstance(cause, OSError) and cause.strerror:
-            return _show(cause.strerror)
+            return printable(cause.strerror)
         todo += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
     return type(err).__name__
 
@@ -311,7 +303,7 @@ def _fetch_http(
                             f" (after a redirect to {redact(response.url)}, where credentials "
                             "are not sent)"
                         )
-                reason = _show(response.reason or "")
+                reason = printable(response.reason or "")
                 raise UserError(f"{shown}: HTTP {response.status_code} {reason}{hint}".rstrip())
             length = response.headers.get("Content-Length", "")
             expected = int(length) if length.isascii() and length.isdigit() else None
@@ -377,17 +369,17 @@ def _copy_file(source: Path, dest: Path, budget: int) -> int:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         if os.path.islink(source):
-            raise UserError(f"{_show(str(source))}: is a symbolic link; {_LINKS}") from None
+            raise UserError(f"{printable(str(source))}: is a symbolic link; {_LINKS}") from None
         raise
     with os.fdopen(fd, "rb") as stream, dest.open("xb") as out:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise UserError(f"{_show(str(source))}: is {_kind(mode)}; {_LINKS}") from None
+            raise UserError(f"{printable(str(source))}: is {_kind(mode)}; {_LINKS}") from None
         copied = 0
         while chunk := stream.read(CHUNK):
             copied += len(chunk)
             if copied > budget:
-                raise UserError(f"{_show(str(source))}: the folder grew past data.max_bytes")
+                raise UserError(f"{printable(str(source))}: the folder grew past data.max_bytes")
             out.write(chunk)
     return copied
 
@@ -404,8 +396,8 @@ def copy_folder(source: Path, dest: Path, *, max_bytes: int, max_members: int) -
     """
     if dest.resolve().is_relative_to(source.resolve()):
         raise UserError(
-            f"{_show(str(source))}: holds the folder the data is written to "
-            f"({_show(str(dest.parent))}); give the dataset's own folder"
+            f"{printable(str(source))}: holds the folder the data is written to "
+            f"({printable(str(dest.parent))}); give the dataset's own folder"
         )
     folders: list[Path] = []
     files: list[Path] = []
@@ -425,19 +417,19 @@ def copy_folder(source: Path, dest: Path, *, max_bytes: int, max_members: int) -
                 files.append(member)
                 total += entry.stat(follow_symlinks=False).st_size
             else:
-                raise UserError(f"{_show(str(source / member))}: is {_kind(mode)}; {_LINKS}")
+                raise UserError(f"{printable(str(source / member))}: is {_kind(mode)}; {_LINKS}")
             if len(folders) + len(files) > max_members:
                 raise UserError(
-                    f"{_show(str(source))}: has more than {max_members} files and folders, "
+                    f"{printable(str(source))}: has more than {max_members} files and folders, "
                     f"over the limit data.max_members={max_members}"
                 )
             if total > max_bytes:
                 raise UserError(
-                    f"{_show(str(source))}: holds more than {max_bytes} bytes, over the limit "
+                    f"{printable(str(source))}: holds more than {max_bytes} bytes, over the limit "
                     f"data.max_bytes={max_bytes}"
                 )
     if not files:
-        raise UserError(f"{_show(str(source))}: the folder holds no files")
+        raise UserError(f"{printable(str(source))}: the folder holds no files")
     for folder in folders:  # parents come before their children
         (dest / folder).mkdir()
     budget = max_bytes
@@ -453,7 +445,7 @@ def unpack_or_copy(
     try:
         mode = source.stat().st_mode
     except FileNotFoundError:
-        raise UserError(f"{_show(str(source))}: not found") from None
+        raise UserError(f"{printable(str(source))}: not found") from None
     if stat.S_ISDIR(mode):
         try:
             copy_folder(source, dest, max_bytes=max_bytes, max_members=max_members)
@@ -462,7 +454,7 @@ def unpack_or_copy(
             raise
         return
     if not stat.S_ISREG(mode):
-        raise UserError(f"{_show(str(source))}: is {_kind(mode)}, not a folder or an archive")
+        raise UserError(f"{printable(str(source))}: is {_kind(mode)}, not a folder or an archive")
     safe_extract(source, dest, max_bytes=max_bytes, max_members=max_members, progress=progress)
 
 
@@ -482,6 +474,6 @@ def kaggle_download(handle: str) -> Path:
             if os.environ.get(name):
                 detail = detail.replace(os.environ[name], "***")
         raise UserError(
-            f"data.kaggle_handle '{handle}': Kaggle download failed ({_show(detail)})"
+            f"data.kaggle_handle '{handle}': Kaggle download failed ({printable(detail)})"
         ) from None
     return Path(path)

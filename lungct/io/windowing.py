@@ -26,31 +26,21 @@ def _check(center: float, width: float) -> None:
         raise ValueError(f"window {center:g}/{width:g}: needs a finite center and a positive width")
 
 
-def window_unit(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Map HU linearly so ``center - width/2`` -> 0 and ``center + width/2`` -> 1, clipped.
+def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Window HU into an 8-bit grayscale image: ``center - width/2`` -> 0 and
+    ``center + width/2`` -> 255, linear between, clipped, rounded half up (the middle of
+    the window is 128). Computed in one float32 buffer (the convert stage's hot loop), so
+    a value within float32 rounding of a .5 tie may land on either neighbour: at most 1
+    off the exact rounding, for under 0.1 % of values (``tests/test_windowing.py``).
 
     Args:
-        hu: Hounsfield units, any shape.
+        hu: Hounsfield units, any shape (integers do not wrap around).
         center: window level in HU.
         width: window width in HU; must be positive and finite.
 
     Returns:
-        float32 array of the same shape, values in [0, 1].
+        uint8 array of the same shape.
     """
-    _check(center, width)
-    low = center - width / 2.0
-    unit = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
-    return np.clip(unit, 0.0, 1.0, out=unit)
-
-
-def to_uint8(unit: np.ndarray) -> np.ndarray:
-    """Quantize [0, 1] intensities to 0..255 with rounding (0.5 -> 128)."""
-    return np.floor(np.asarray(unit, dtype=np.float32) * 255.0 + 0.5).astype(np.uint8)
-
-
-def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Window HU and quantize to an 8-bit grayscale image: ``to_uint8(window_unit(...))``,
-    computed in one float32 buffer (the convert stage's hot loop)."""
     _check(center, width)
     out = np.subtract(hu, np.float32(center - width / 2.0), dtype=np.float32)
     out *= np.float32(255.0)

@@ -59,9 +59,8 @@ def cross_validate(
             f"{params.split.folds}; rerun the split stage"
         )
 
-    from lungct.model.folding import inference_model
     from lungct.model.network import tta_model
-    from lungct.model.saving import save_model
+    from lungct.model.saving import inference_model, save_model
     from lungct.model.train import fit_model
 
     classes = train_classes(table, splits_dir)
@@ -205,7 +204,7 @@ def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
             f"{path}: fold models were trained on classes {classes}, the split has "
             f"{list(contract.classes)}; rerun the cv stage"
         )
-    members = [load_model(folds_dir / name, fold=False) for name in names]
+    members = [load_model(folds_dir / name, for_inference=False) for name in names]
     for name, member in zip(names, members, strict=True):
         contract.check_model(member, folds_dir / name, path)
     return ensemble(members)

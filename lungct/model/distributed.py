@@ -394,7 +394,7 @@ class _Loop:
         self.val_data = (
             image_dataset(*val_mine, size, channels, batch, **cache) if val_mine[0] else None
         )
-        weights = class_weights(train_y, n_classes) if cfg.class_weight == "auto" else {}
+        weights = class_weights(train_y) if cfg.class_weight == "auto" else {}
         table = [weights.get(i, 1.0) for i in range(n_classes)]
         with strategy.scope():
             self.model = build_cnn(size, channels, n_classes, cfg, seed, len(self.steps))

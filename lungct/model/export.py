@@ -27,12 +27,12 @@ processes, compare every file):
   inference path does not read them); ``fingerprint.pb`` holds a random ``uuid``, which
   is replaced by one derived from the content (the sha256 of ``saved_model.pb`` and the
   variables), so equal SavedModels have equal ids.
-* ONNX: tf2onnx's graph optimizers visit nodes in an order that changes from process to
-  process (sets of node objects), so an ensemble's parallel members come out with other
-  node names, another of two equal constants kept, another node order: the same graph,
-  other bytes. :func:`canonical_onnx` renames and orders every node, intermediate tensor
-  and initializer by what it computes, and the symbolic dimensions (tf2onnx's
-  ``unk__<n>``, from a counter) in order of appearance, so equal graphs give equal files.
+* ONNX: two of tf2onnx's graph optimizers (``optimize_transpose``, ``merge_duplication``)
+  visit nodes in an order that changes from process to process (sets of node objects), so
+  an ensemble's parallel members came out with other names and node orders: the same
+  graph, other bytes. They are left out (:data:`ORDER_DEPENDENT_OPTIMIZERS`, through tf2onnx's own setting);
+  ONNX Runtime removes the transposes they would have removed when it loads the model
+  (as fast, measured: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -45,11 +45,10 @@ from typing import Any
 import numpy as np
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE, SPLITS_DIR
-from lungct.atomic import atomic_dir, write_json
+from lungct.atomic import atomic_dir, sha256_file, write_json
 from lungct.contract import Contract
 from lungct.data.tables import read_splits, split_images
 from lungct.errors import UserError, first_line
-from lungct.evaluation.card import sha256_file
 from lungct.model.exported import (
     BATCH,
     EXPORT_DIR,
@@ -66,6 +65,8 @@ from lungct.model.exported import (
 CONTRACT_NAME = CONTRACT_FILE.name  # labels.json, beside each export
 SIGNATURE = "serving_default"
 OPSET = 17  # ONNX operator set: onnxruntime 1.17+ and every maintained runtime read it
+# tf2onnx's optimizers whose result depends on the order of a set (see the module docstring)
+ORDER_DEPENDENT_OPTIMIZERS = ("optimize_transpose", "merge_duplication")
 TOLERANCE = 1e-5  # largest absolute difference of a probability from the Keras model's
 
 log = logging.getLogger("export")
@@ -115,7 +116,7 @@ def export(
         log.info("export: SavedModel, largest difference %.2g on %d images", worst, len(paths))
 
         onnx_path = tmp / ONNX_DIR / ONNX_FILE
-        write_onnx(serve, onnx_path)
+        write_onnx(model, onnx_path)
         contract.write(onnx_path.parent / CONTRACT_NAME)
         worst = check(run_onnx(onnx_path, images), expected, out / ONNX_DIR / ONNX_FILE)
         record["formats"]["onnx"] = {"path": f"{ONNX_DIR}/{ONNX_FILE}", "opset": OPSET}
@@ -210,152 +211,27 @@ def content_fingerprint(path: Path) -> None:
     fingerprint_file.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
-def write_onnx(serve: Any, path: Path) -> None:
-    """The same function converted by tf2onnx (opset :data:`OPSET`)."""
-    import tf2onnx
+def write_onnx(model: Any, path: Path) -> None:
+    """``model(image, training=False)`` converted by tf2onnx (opset :data:`OPSET`), without
+    its order-dependent optimizers."""
+    import tensorflow as tf
+    from tf2onnx import convert, optimizer
 
+    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME),)
+    optimizers = {  # tf2onnx's table of its optimizers, in its order, less the two
+        name: factory
+        for name, factory in optimizer._get_optimizers().items()
+        if name not in ORDER_DEPENDENT_OPTIMIZERS
+    }
     try:
-        proto, _ = tf2onnx.convert.from_function(
-            serve, input_signature=serve.input_signature, opset=OPSET
+        proto, _ = convert.from_keras(
+            model, input_signature=spec, opset=OPSET, optimizers=optimizers
         )
     except Exception as exc:  # tf2onnx raises many types; the stage reports one line
         raise UserError(f"{path}: cannot convert the model to ONNX ({first_line(exc)})") from None
     proto.graph.doc_string = "probabilities = model(image, training=False)"  # not TF's name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(canonical_onnx(proto).SerializeToString(deterministic=True))
-
-
-def canonical_onnx(proto: Any) -> Any:
-    """``proto`` (an ONNX ``ModelProto``) with its graph in a canonical form: each node
-    identified by a digest of its operator, attributes and the digests of its inputs (an
-    initializer by its dtype, shape and values; a graph input by its name), nodes in
-    topological order with ties broken by digest, named ``<op>_<position>``, their
-    outputs ``<node>:<k>``, initializers ``weight_<k>`` in order of first use. Graph
-    inputs and outputs keep their names; symbolic dimensions are renamed ``dim_<k>`` in
-    order of appearance (inputs, outputs, value infos). Two graphs that compute the same thing in the
-    same way give the same bytes, whatever names and order the converter chose. A graph
-    with subgraphs (If, Loop) or sparse initializers is returned as it is."""
-    import heapq
-
-    import onnx
-
-    graph = proto.graph
-    if graph.sparse_initializer or any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for n in graph.node
-        for a in n.attribute
-    ):
-        return proto
-
-    def digest(*parts: bytes) -> bytes:
-        return hashlib.sha256(b"\0".join(parts)).digest()
-
-    def anonymous(message: Any) -> bytes:
-        copy = type(message)()
-        copy.CopyFrom(message)
-        copy.name = ""
-        if isinstance(copy, onnx.AttributeProto) and copy.HasField("t"):
-            copy.t.name = ""
-        return copy.SerializeToString(deterministic=True)
-
-    outputs = {o.name for o in graph.output}
-    key: dict[str, bytes] = {"": b""}  # "" is an omitted optional input
-    key.update({i.name: digest(b"input", i.name.encode()) for i in graph.input})
-    key.update({t.name: digest(b"weight", anonymous(t)) for t in graph.initializer})
-    node_key = []
-    for node in graph.node:  # ONNX keeps nodes in topological order
-        if any(i not in key for i in node.input):  # not in that order: leave it
-            return proto
-        attributes = sorted(a.name.encode() + b"=" + anonymous(a) for a in node.attribute)
-        k = digest(
-            node.domain.encode(),
-            node.op_type.encode(),
-            *attributes,
-            b"inputs",
-            *(key[i] for i in node.input),
-        )
-        node_key.append(k)
-        for index, out in enumerate(node.output):
-            key[out] = digest(k, str(index).encode())
-
-    # topological order, ties broken by digest (then by position: equal digests are equal nodes)
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    consumers: dict[int, list[int]] = {i: [] for i in range(len(graph.node))}
-    waiting = []
-    for i, node in enumerate(graph.node):
-        sources = {producer[x] for x in node.input if x in producer}
-        waiting.append(len(sources))
-        for source in sources:
-            consumers[source].append(i)
-    ready = [(node_key[i], i) for i, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, i = heapq.heappop(ready)
-        order.append(i)
-        for c in consumers[i]:
-            waiting[c] -= 1
-            if waiting[c] == 0:
-                heapq.heappush(ready, (node_key[c], c))
-    if len(order) != len(graph.node):
-        return proto
-
-    rename = {name: name for name in [*(i.name for i in graph.input), *outputs, ""]}
-    weights = {t.name for t in graph.initializer}
-
-    def weight_name(name: str) -> str:
-        if name not in rename:
-            rename[name] = f"weight_{len(renamed_weights)}"
-            renamed_weights.append(name)
-        return rename[name]
-
-    renamed_weights: list[str] = []
-    nodes = []
-    for position, i in enumerate(order):
-        node = onnx.NodeProto()
-        node.CopyFrom(graph.node[i])
-        node.name = f"{node.op_type}_{position}"
-        for a in node.attribute:
-            if a.HasField("t"):
-                a.t.name = ""
-        for j, name in enumerate(node.input):
-            node.input[j] = weight_name(name) if name in weights else rename[name]
-        for index, name in enumerate(node.output):
-            node.output[index] = rename.setdefault(name, f"{node.name}:{index}")
-        nodes.append(node)
-    for t in sorted(graph.initializer, key=lambda t: key[t.name]):  # unused last, by content
-        weight_name(t.name)
-    if len(set(rename.values())) != len(rename):  # a new name equal to a kept one
-        return proto
-    first_use = {name: k for k, name in enumerate(renamed_weights)}
-    initializers = []
-    for t in sorted(graph.initializer, key=lambda t: first_use.get(t.name, -1)):
-        copy = onnx.TensorProto()
-        copy.CopyFrom(t)
-        copy.name = rename[t.name]
-        initializers.append(copy)
-    value_info = []
-    for v in graph.value_info:
-        if v.name in rename:
-            copy = onnx.ValueInfoProto()
-            copy.CopyFrom(v)
-            copy.name = rename[v.name]
-            value_info.append(copy)
-
-    result = onnx.ModelProto()
-    result.CopyFrom(proto)
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(initializers)
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(sorted(value_info, key=lambda v: v.name))
-    symbols: dict[str, str] = {}
-    for v in [*result.graph.input, *result.graph.output, *result.graph.value_info]:
-        for dim in v.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param"):
-                dim.dim_param = symbols.setdefault(dim.dim_param, f"dim_{len(symbols)}")
-    return result
+    path.write_bytes(proto.SerializeToString(deterministic=True))
 
 
 def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:

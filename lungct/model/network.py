@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from sklearn.utils.class_weight import compute_class_weight
 
 from lungct.errors import UserError, first_line
 from lungct.model.runtime import compute_dtype
@@ -108,11 +109,12 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
     return keras.Sequential(steps, name="augment") if steps else None
 
 
-def class_weights(labels: list[int], n_classes: int) -> dict[int, float]:
-    """Balanced weights, ``n / (n_classes * count)``, for the classes present in ``labels``
-    (as scikit-learn's ``compute_class_weight("balanced")``)."""
-    counts = np.bincount(np.asarray(labels), minlength=n_classes)
-    return {i: float(len(labels) / (n_classes * count)) for i, count in enumerate(counts) if count}
+def class_weights(labels: list[int]) -> dict[int, float]:
+    """Balanced weights of the classes in ``labels``, ``n / (classes * count)`` (scikit-learn's
+    ``compute_class_weight("balanced")``), as Keras' ``class_weight`` takes them."""
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return dict(zip(present.tolist(), weights.tolist(), strict=True))
 
 
 def build_cnn(

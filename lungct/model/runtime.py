@@ -31,7 +31,7 @@ BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo: native bfloat
 
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU does bfloat16 maths natively (AVX512_BF16 or AMX), as Linux reports
-    it; False where it cannot tell. Without them oneDNN runs bfloat16 convolutions 0.6x as
+    it; False where it cannot tell. Without them oneDNN runs bfloat16 training 0.4x as
     fast as float32 (AVX-512) or not at all (AVX2 only): docs/benchmarks.md."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:

@@ -1,6 +1,7 @@
 """Fitting one model: the recipe of ``train`` in params, on lists of PNG files.
 
-The train stage fits the model it saves with :func:`fit_model`, and cross-validation
+The train stage fits the model it saves with :func:`fit_seed_ensemble` (one
+:func:`fit_model` per seed), and cross-validation
 (``split.folds``, :mod:`lungct.model.cv`) fits one model per fold with it: one home for the
 input pipeline, class weights, early stopping and the distribution strategy.
 Importing this module imports TensorFlow.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -17,7 +19,7 @@ import keras
 from lungct.contract import Contract
 from lungct.model.dataset import image_dataset
 from lungct.model.history import Fitted, open_live
-from lungct.model.network import build_cnn, class_weights
+from lungct.model.network import build_cnn, class_weights, ensemble
 from lungct.model.runtime import distribution_strategy, seed_everything
 from lungct.params import TrainParams
 
@@ -54,7 +56,7 @@ def fit_model(
         with strategy.scope():
             steps = -(-len(train_x) // batch)
             model = build_cnn(size, channels, n_classes, cfg, seed, steps)
-        weights = class_weights(train_y, n_classes) if cfg.class_weight == "auto" else None
+        weights = class_weights(train_y) if cfg.class_weight == "auto" else None
         log.info(
             "%s: %d train / %d val images, classes %s, %d weights, %d replica(s), class weights %s",
             name,
@@ -76,6 +78,29 @@ def fit_model(
             )
         history = _fit(model, train_data, val_data, cfg.epochs, weights, callbacks, live_dir)
     return Fitted(model, history, int(strategy.num_replicas_in_sync))
+
+
+def fit_seed_ensemble(
+    cfg: TrainParams,
+    contract: Contract,
+    seed: int,
+    train: tuple[list[str], list[int]],
+    val: tuple[list[str], list[int]],
+    live_dir: Path | None = None,
+    fit: Callable[..., Fitted] = fit_model,
+) -> tuple[keras.Model, list[Fitted]]:
+    """The model train saves: ``train.seeds`` models fitted from seeds ``seed``, ``seed + 1``,
+    ... (the curves in ``live_dir`` are the first's), averaged by
+    :func:`lungct.model.network.ensemble` when there are several; and the fitted members.
+    ``fit``: how one member is made, with :func:`fit_model`'s arguments (a benchmark
+    builds untrained ones)."""
+    members = [fit(cfg, contract, seed, train, val, live_dir=live_dir)]
+    for offset in range(1, cfg.seeds):
+        name = f"train, seed {seed + offset} ({offset + 1}/{cfg.seeds})"
+        members.append(fit(cfg, contract, seed + offset, train, val, name=name))
+    if len(members) == 1:
+        return members[0].model, members
+    return ensemble([member.model for member in members]), members
 
 
 def _fit(model, train_data, val_data, epochs: int, weights, callbacks: list, live_dir) -> dict:

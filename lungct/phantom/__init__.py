@@ -27,15 +27,10 @@ Geometry and conventions
 * Anatomy (HU): air -1000, subcutaneous fat ~-100, muscle/soft tissue 30..60, lungs ~-850 with
   texture, a gravity gradient and vessels (~+40), mediastinal fat, heart and aorta, vertebra,
   spinal canal, ribs and sternum (bone 180..1000), Gaussian noise (sigma 10..25 HU per patient).
-* ``benign``: 6-12 mm smooth round nodule, calcified (200..600 HU) with probability 0.6.
-  ``malignant``: 15-30 mm lobulated soft-tissue nodule with spicules (sometimes a ground-glass
-  halo).  ``normal``: vessels only.  Slice spacing is chosen per patient from a (real or, for
-  normal patients, fictitious) nodule diameter so that a nodule spans most slices.
-* Annotated forms (``write_cohort(annotations=...)``): LIDC-IDRI reader XML
-  (:mod:`~lungct.phantom.lidc_xml`), LUNA16 ``annotations.csv`` with DICOM or MetaImage
-  volumes (:mod:`~lungct.phantom.luna16`), Lung-PET-CT-Dx VOC boxes
-  (:mod:`~lungct.phantom.voc`); any lossless transfer syntax
-  (:mod:`~lungct.phantom.transfer_syntaxes`).
+* Classes: ``benign`` and ``malignant`` patients have one nodule
+  (:mod:`~lungct.phantom.nodules`), ``normal`` ones vessels only.
+* Annotated forms (``write_cohort(annotations=...)``, :mod:`~lungct.phantom.cohort`) and any
+  lossless transfer syntax (:mod:`~lungct.phantom.transfer_syntaxes`).
 * Determinism: the same seed gives byte-identical files.  Every draw from a patient's rng
   happens in a fixed order (see :mod:`~lungct.phantom.patient`), so any change to the order of
   draws or of floating-point operations changes the cohort.
@@ -43,10 +38,10 @@ Geometry and conventions
 
 from __future__ import annotations
 
+from lungct.names import FORM_LAYOUTS
 from lungct.params import SYNTHETIC_CLASSES as CLASSES
 from lungct.phantom.cohort import (
     ANNOTATION_FORMS,
-    FORM_LAYOUTS,
     assign_labels,
     patient_id,
     patient_rng,

@@ -15,17 +15,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = [
-    "Anatomy",
-    "Rib",
-    "SliceLevel",
-    "SpineLayout",
-    "aorta_center",
-    "sample_anatomy",
-    "slice_level",
-    "spine_layout",
-]
-
 
 class Rib(NamedTuple):
     """One rib cross-section on the chest wall (an obliquely cut oval)."""
@@ -183,17 +172,10 @@ def spine_layout(anatomy: Anatomy) -> SpineLayout:
     canal_y = anatomy.center_y + anatomy.inner_semi_axis_y - 35.0
     vertebra_y = canal_y - anatomy.canal_radius - 3.0 - anatomy.vertebra_radius
     tip = anatomy.center_y + anatomy.inner_semi_axis_y - 4.0
-    return SpineLayout(
-        vertebra_y=vertebra_y,
-        canal_y=canal_y,
-        spinous_tip_y=max(tip, canal_y + anatomy.canal_radius + 6.0),
-    )
+    return SpineLayout(vertebra_y, canal_y, max(tip, canal_y + anatomy.canal_radius + 6.0))
 
 
 def aorta_center(anatomy: Anatomy) -> tuple[float, float]:
     """Centre (x, y) of the descending aorta, left-anterior of the vertebral body."""
-    spine = spine_layout(anatomy)
-    return (
-        anatomy.vertebra_radius + anatomy.aorta_radius * 0.6,
-        spine.vertebra_y - anatomy.vertebra_radius * 0.55,
-    )
+    x = anatomy.vertebra_radius + anatomy.aorta_radius * 0.6
+    return x, spine_layout(anatomy).vertebra_y - anatomy.vertebra_radius * 0.55

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from lungct.names import AnnotationForm
 from lungct.params import SYNTHETIC_CLASSES as CLASSES
 from lungct.phantom import lidc_xml, luna16, voc
 from lungct.phantom.dicom_writer import ct_slice_dataset
@@ -35,33 +36,13 @@ from lungct.phantom.transfer_syntaxes import (
     save_slice,
 )
 
-__all__ = [
-    "ANNOTATION_FORMS",
-    "FORM_LAYOUTS",
-    "CLINICAL_SPACINGS_MM",
-    "SERIES_KINDS",
-    "assign_labels",
-    "clinical_spacing",
-    "patient_id",
-    "patient_rng",
-    "series_uid",
-    "write_cohort",
-]
-
 _LABEL_STREAM = 0x1AB31  # rng stream of the label shuffle
 _PATIENT_STREAM = 0x9E3779B9  # rng stream of a patient's rendering
 _DEMOGRAPHICS_STREAM = 0x3E7A  # rng stream of a patient's sex and age
 _SPACING_STREAM = 0x5BAC  # rng stream of a clinical series' slice spacing
 
-ANNOTATION_FORMS = ("labels", "lidc", "luna16", "luna16-mhd", "voc")
-# The dataset layout (lungct.data.layouts) each form is read as.
-FORM_LAYOUTS = {
-    "labels": "dicom",
-    "lidc": "lidc",
-    "luna16": "luna16",
-    "luna16-mhd": "luna16",
-    "voc": "lung-pet-ct-dx",
-}
+ANNOTATION_FORMS = tuple(AnnotationForm)  # lungct.names.FORM_LAYOUTS: the layout each is read as
+_LUNA16_FORMS = (AnnotationForm.LUNA16, AnnotationForm.LUNA16_MHD)
 SERIES_KINDS = ("auto", "fitted", "clinical")
 # Slice spacing (= thickness) of a clinical series, and how often each is drawn (LIDC-IDRI
 # is mostly 1.25-2.5 mm; LUNA16 kept series up to 2.5 mm).
@@ -148,8 +129,7 @@ def _write_patient(
     seed: int,
     idx: int,
     fov: np.ndarray,
-    label: str = "",
-    syntax: str = ExplicitVRLittleEndian,
+    syntax: str,
 ) -> SeriesRecord:
     """Write one patient's series as ``series_root/<SeriesInstanceUID>/<NNNN>.dcm`` in
     ``syntax`` (nothing is written when ``series_root`` is None) and return its record."""
@@ -189,7 +169,7 @@ def _write_patient(
     return SeriesRecord(
         index=idx,
         patient_id=pid,
-        label=label,
+        label=patient.label,
         study_uid=study_uid,
         series_uid=series,
         sop_uids=tuple(sop_uids),
@@ -201,14 +181,16 @@ def _write_patient(
 
 def _check_options(annotations: str, transfer_syntax: str, series: str) -> str:
     if annotations not in ANNOTATION_FORMS:
-        raise ValueError(f"annotations must be one of {ANNOTATION_FORMS}, got {annotations!r}")
+        raise ValueError(
+            f"annotations must be one of {', '.join(ANNOTATION_FORMS)}, got {annotations!r}"
+        )
     if series not in SERIES_KINDS:
         raise ValueError(f"series must be one of {SERIES_KINDS}, got {series!r}")
     syntax = resolve_transfer_syntax(transfer_syntax)
-    if annotations == "luna16-mhd" and syntax != ExplicitVRLittleEndian:
+    if annotations == AnnotationForm.LUNA16_MHD and syntax != ExplicitVRLittleEndian:
         raise ValueError(
             f"annotations 'luna16-mhd' writes MetaImage volumes, no DICOM: transfer_syntax "
-            f"must stay {DEFAULT_TRANSFER_SYNTAX!r}, got {transfer_syntax!r}"
+            f"must stay '{DEFAULT_TRANSFER_SYNTAX}', got {transfer_syntax!r}"
         )
     return syntax
 
@@ -221,7 +203,7 @@ def write_cohort(
     image_size: int,
     class_balance: dict[str, float],
     seed: int,
-    annotations: str = "labels",
+    annotations: str = AnnotationForm.LABELS,
     transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
     series: str = "auto",
 ) -> list[tuple[str, str]]:
@@ -237,11 +219,9 @@ def write_cohort(
     ``annotations``: one of :data:`ANNOTATION_FORMS` (see the module docstring); in ``voc``
     the malignant patients' ids are ``Lung_Dx-<letter><NNNN>`` (the returned rows say so).
     ``transfer_syntax``: a name of :data:`~lungct.phantom.transfer_syntaxes.TRANSFER_SYNTAXES`
-    (``explicit``, ``implicit``, ``deflated``, ``big-endian``, ``rle``, ``jpeg-lossless``,
-    ``jpeg-lossless-p14``, ``jpeg-ls``, ``jpeg2000``) or its UID; all lossless.
-    ``series``: ``fitted`` (spacing fitted to the nodule, the default series), ``clinical``
-    (:func:`clinical_spacing`), or ``auto``: fitted for ``labels``, clinical otherwise.
-    The defaults write exactly the bytes they always did.
+    or its UID; all lossless.  ``series``: ``fitted`` (spacing fitted to the nodule, the
+    default series), ``clinical`` (:func:`clinical_spacing`), or ``auto``: fitted for
+    ``labels``, clinical otherwise.
     """
     seed = _check_seed(seed)
     patients = int(patients)
@@ -249,31 +229,31 @@ def write_cohort(
         raise ValueError(f"patients must be >= 1, got {patients}")
     check_render_args(CLASSES[0], slices, image_size)
     syntax = _check_options(annotations, transfer_syntax, series)
-    clinical = series == "clinical" or (series == "auto" and annotations != "labels")
+    clinical = series == "clinical" or (series == "auto" and annotations != AnnotationForm.LABELS)
     labels = assign_labels(patients, class_balance, seed)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it before writing a new cohort")
     out_dir.mkdir(parents=True, exist_ok=True)
     fov = fov_mask(int(image_size))
-    codes = voc.lung_dx_codes(labels, seed) if annotations == "voc" else {}
+    codes = voc.lung_dx_codes(labels, seed) if annotations == AnnotationForm.VOC else {}
     luna_rows: list[tuple] = []
     rows: list[tuple[str, str]] = []
     for idx, label in enumerate(labels):
         pid = voc.PATIENT_PREFIX + codes[idx] if idx in codes else patient_id(idx)
         spacing = clinical_spacing(seed, idx) if clinical else None
         patient = phantom_patient(patient_rng(seed, idx), label, slices, image_size, spacing)
-        root = None if annotations == "luna16-mhd" else out_dir / pid
-        record = _write_patient(root, patient, pid, seed, idx, fov, label, syntax)
-        if annotations == "lidc":
+        root = None if annotations == AnnotationForm.LUNA16_MHD else out_dir / pid
+        record = _write_patient(root, patient, pid, seed, idx, fov, syntax)
+        if annotations == AnnotationForm.LIDC:
             lidc_xml.write_lidc_xml(record, seed)
-        elif annotations in ("luna16", "luna16-mhd"):
+        elif annotations in _LUNA16_FORMS:
             luna_rows.extend(luna16.annotation_rows(record))
-            if annotations == "luna16-mhd":
+            if annotations == AnnotationForm.LUNA16_MHD:
                 luna16.write_metaimage(out_dir / luna16.SUBSET, record)
-        elif annotations == "voc" and idx in codes:
+        elif annotations == AnnotationForm.VOC and idx in codes:
             voc.write_voc_annotations(out_dir, record, codes[idx], seed)
         rows.append((pid, label))
-    if annotations in ("luna16", "luna16-mhd"):
+    if annotations in _LUNA16_FORMS:
         luna16.write_annotations_csv(out_dir / luna16.ANNOTATIONS_CSV, luna_rows)
     return rows

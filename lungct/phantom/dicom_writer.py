@@ -19,16 +19,6 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-__all__ = [
-    "MANUFACTURER",
-    "PADDING_VALUE",
-    "STUDY_DATE",
-    "STUDY_TIME",
-    "ct_slice_dataset",
-    "decimal_string",
-    "file_meta",
-]
-
 PADDING_VALUE = -2000  # stored value (-3024 HU with the default intercept), as GE scanners do
 
 # Fixed dates/times: files must be byte-identical for the same seed, so no clock is read.
@@ -36,8 +26,7 @@ STUDY_DATE = "20240101"
 STUDY_TIME = "120000"
 MANUFACTURER = "lungct phantom"
 
-_INT16_MIN = int(np.iinfo(np.int16).min)
-_INT16_MAX = int(np.iinfo(np.int16).max)
+_INT16 = np.iinfo(np.int16)
 
 
 def decimal_string(value: float) -> str:
@@ -67,81 +56,24 @@ def _stored_values(
     rescale_slope: float,
     padding_value: int | None,
     fov_mask: np.ndarray | None,
-) -> tuple[np.ndarray, int | None]:
-    """int16 stored values of a 2-D HU slice (padding applied) and the checked padding value."""
+) -> np.ndarray:
+    """int16 stored values of a 2-D HU slice, padding applied (after checking the arguments)."""
     if hu.ndim != 2:
         raise ValueError(f"hu must be a 2-D slice, got shape {hu.shape}")
     if rescale_slope == 0:
         raise ValueError("rescale_slope must be non-zero")
     stored = np.rint((hu.astype(np.float64) - rescale_intercept) / rescale_slope)
-    stored = np.clip(stored, _INT16_MIN, _INT16_MAX).astype(np.int16)
+    stored = np.clip(stored, _INT16.min, _INT16.max).astype(np.int16)
+    if padding_value is not None and not _INT16.min <= padding_value <= _INT16.max:
+        raise ValueError(f"padding_value {padding_value} outside the int16 range")
     if fov_mask is not None:
         fov_mask = np.asarray(fov_mask, dtype=bool)
         if fov_mask.shape != hu.shape:
             raise ValueError(f"fov_mask shape {fov_mask.shape} != slice shape {hu.shape}")
         if padding_value is None:
             raise ValueError("fov_mask requires a padding_value")
-    if padding_value is not None:
-        padding_value = int(padding_value)
-        if not _INT16_MIN <= padding_value <= _INT16_MAX:
-            raise ValueError(f"padding_value {padding_value} outside the int16 range")
-        if fov_mask is not None:
-            stored[~fov_mask] = padding_value
-    return stored, padding_value
-
-
-def _set_instance_and_dates(ds: Dataset, sop_uid: str) -> None:
-    """SOP Common, study/series/content dates and the General Equipment manufacturer."""
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = STUDY_DATE
-    ds.SeriesDate = STUDY_DATE
-    ds.ContentDate = STUDY_DATE
-    ds.StudyTime = STUDY_TIME
-    ds.SeriesTime = STUDY_TIME
-    ds.ContentTime = STUDY_TIME
-    ds.AccessionNumber = ""
-    ds.Modality = "CT"
-    ds.Manufacturer = MANUFACTURER
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CT CHEST"
-    ds.SeriesDescription = "Synthetic chest CT (lungct phantom)"
-
-
-def _set_patient(
-    ds: Dataset,
-    patient_id: str,
-    patient_name: str | None,
-    patient_sex: str | None,
-    patient_age: str | None,
-) -> None:
-    ds.PatientName = patient_name if patient_name is not None else patient_id
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = patient_sex if patient_sex is not None else ""
-    if patient_age is not None:
-        ds.PatientAge = patient_age
-
-
-def _set_image_plane(
-    ds: Dataset,
-    rows: int,
-    cols: int,
-    z_mm: float,
-    pixel_spacing_mm: float,
-    frame_of_reference_uid: str,
-) -> None:
-    """Axial plane centred on the isocentre (Image Plane and Frame of Reference)."""
-    x0 = -(cols - 1) / 2.0 * pixel_spacing_mm
-    y0 = -(rows - 1) / 2.0 * pixel_spacing_mm
-    ds.ImagePositionPatient = [decimal_string(x0), decimal_string(y0), decimal_string(z_mm)]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.FrameOfReferenceUID = frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = decimal_string(z_mm)
-    ds.PixelSpacing = [decimal_string(pixel_spacing_mm), decimal_string(pixel_spacing_mm)]
+        stored[~fov_mask] = padding_value
+    return stored
 
 
 def ct_slice_dataset(
@@ -160,7 +92,6 @@ def ct_slice_dataset(
     padding_value: int | None = PADDING_VALUE,
     fov_mask: np.ndarray | None = None,
     frame_of_reference_uid: str | None = None,
-    series_number: int = 1,
     patient_name: str | None = None,
     patient_sex: str | None = None,
     patient_age: str | None = None,
@@ -174,17 +105,33 @@ def ct_slice_dataset(
     derived from ``study_uid``.
     """
     hu = np.asarray(hu)
-    stored, padding_value = _stored_values(
-        hu, rescale_intercept, rescale_slope, padding_value, fov_mask
-    )
+    padding_value = None if padding_value is None else int(padding_value)
+    stored = _stored_values(hu, rescale_intercept, rescale_slope, padding_value, fov_mask)
     rows, cols = hu.shape
     if frame_of_reference_uid is None:
         frame_of_reference_uid = generate_uid(entropy_srcs=[str(study_uid), "frame-of-reference"])
 
     ds = Dataset()
     ds.file_meta = file_meta(CTImageStorage, sop_uid)
-    _set_instance_and_dates(ds, sop_uid)
-    _set_patient(ds, patient_id, patient_name, patient_sex, patient_age)
+    # SOP Common, study, series and equipment
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = STUDY_TIME
+    ds.AccessionNumber = ""
+    ds.Modality = "CT"
+    ds.Manufacturer = MANUFACTURER
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT CHEST"
+    ds.SeriesDescription = "Synthetic chest CT (lungct phantom)"
+    ds.PatientName = patient_name if patient_name is not None else patient_id
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = patient_sex or ""
+    if patient_age is not None:
+        ds.PatientAge = patient_age
     ds.BodyPartExamined = "CHEST"
     ds.SliceThickness = decimal_string(slice_thickness_mm)
     ds.KVP = "120"
@@ -193,10 +140,18 @@ def ct_slice_dataset(
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
-    ds.SeriesNumber = int(series_number)
+    ds.SeriesNumber = 1
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = int(instance_number)
-    _set_image_plane(ds, rows, cols, z_mm, pixel_spacing_mm, frame_of_reference_uid)
+    # Image plane: axial, centred on the isocentre
+    x0 = -(cols - 1) / 2.0 * pixel_spacing_mm
+    y0 = -(rows - 1) / 2.0 * pixel_spacing_mm
+    ds.ImagePositionPatient = [decimal_string(x0), decimal_string(y0), decimal_string(z_mm)]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = decimal_string(z_mm)
+    ds.PixelSpacing = [decimal_string(pixel_spacing_mm), decimal_string(pixel_spacing_mm)]
     ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
     if padding_value is not None:
         ds.PixelPaddingValue = padding_value

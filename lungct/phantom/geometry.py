@@ -14,21 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = [
-    "FOV_MM",
-    "FULL",
-    "Grid",
-    "Region",
-    "fov_mask",
-    "occupancy",
-    "paint",
-    "paint_tube",
-    "sd_capsule",
-    "sd_radial",
-    "smooth_noise",
-    "window_occupancy",
-]
-
 FOV_MM = 350.0  # display field of view; the pixel spacing is FOV_MM / image size
 
 Region = tuple[slice, slice]  # rows, columns of a window of the grid
@@ -127,8 +112,7 @@ def sd_capsule(
     """Signed distance to a 2-D capsule (segment p0-p1 thickened by radius)."""
     dx, dy = x1 - x0, y1 - y0
     len2 = dx * dx + dy * dy
-    px = x - x0
-    py = y - y0
+    px, py = x - x0, y - y0
     if len2 <= 1e-12:
         return np.hypot(px, py) - radius
     t = np.clip((px * dx + py * dy) / len2, 0.0, 1.0)
@@ -150,6 +134,14 @@ def window_occupancy(
         return None
     region, xs, ys = win
     return region, occupancy(sd_fn(xs, ys), grid.pixel_spacing)
+
+
+def capsule_occupancy(
+    grid: Grid, x0: float, y0: float, x1: float, y1: float, r: float
+) -> tuple[Region, np.ndarray] | None:
+    """(region, occupancy) of the capsule p0-p1 of radius ``r`` on its bounding-box window."""
+    bbox = (min(x0, x1) - r, max(x0, x1) + r, min(y0, y1) - r, max(y0, y1) + r)
+    return window_occupancy(grid, bbox, lambda xs, ys: sd_capsule(xs, ys, x0, y0, x1, y1, r))
 
 
 def smooth_noise(
@@ -179,9 +171,7 @@ def _segment_in_slab(
     """Part of the 3-D segment p0-p1 whose z lies in [z_lo, z_hi] (None when empty)."""
     dz = p1[2] - p0[2]
     if abs(dz) < 1e-9:
-        if z_lo <= p0[2] <= z_hi:
-            return p0, p1
-        return None
+        return (p0, p1) if z_lo <= p0[2] <= z_hi else None
     ta = (z_lo - p0[2]) / dz
     tb = (z_hi - p0[2]) / dz
     t0, t1 = max(min(ta, tb), 0.0), min(max(ta, tb), 1.0)
@@ -212,16 +202,10 @@ def paint_tube(
     if seg is None:
         return
     a, b = seg
-    win = grid.window(
-        min(a[0], b[0]) - radius,
-        max(a[0], b[0]) + radius,
-        min(a[1], b[1]) - radius,
-        max(a[1], b[1]) + radius,
-    )
+    win = capsule_occupancy(grid, a[0], a[1], b[0], b[1], radius)
     if win is None:
         return
-    region, x, y = win
-    occ = occupancy(sd_capsule(x, y, a[0], a[1], b[0], b[1], radius), grid.pixel_spacing)
+    region, occ = win
     if clip_occ is not None:
         occ = occ * clip_occ[region]
     paint(img, region, occ, value)

@@ -19,29 +19,24 @@ from lungct.phantom.anatomy import Anatomy, SliceLevel, aorta_center, slice_leve
 from lungct.phantom.geometry import (
     FOV_MM,
     FULL,
-    BoundingBox,
     Grid,
     Region,
-    SignedDistance,
+    capsule_occupancy,
     occupancy,
     paint,
-    sd_capsule,
     sd_radial,
     window_occupancy,
 )
 
-__all__ = [
-    "PLACEMENT_SIZE",
-    "PlacementMap",
-    "SliceLayers",
-    "StaticLayers",
-    "placement_map",
-    "render_anatomy",
-    "slice_layers",
-]
-
 AIR_HU = -1000.0
 PLACEMENT_SIZE = 128  # reference grid for placing vessels and nodules
+
+
+def _disk(grid: Grid, cx: float, cy: float, r: float) -> tuple[Region, np.ndarray] | None:
+    """(region, occupancy) of the disk of radius ``r`` around (cx, cy)."""
+    return window_occupancy(
+        grid, (cx - r, cx + r, cy - r, cy + r), lambda xs, ys: np.hypot(xs - cx, ys - cy) - r
+    )
 
 
 class StaticLayers:
@@ -54,29 +49,25 @@ class StaticLayers:
     """
 
     def __init__(self, anatomy: Anatomy, grid: Grid) -> None:
-        an = anatomy
+        an, self._grid = anatomy, grid
         x, y, ps = grid.x, grid.y, grid.pixel_spacing
         a_in, b_in = an.inner_semi_axis_x, an.inner_semi_axis_y
-        self.occ_body = occupancy(
-            sd_radial(x, y, 0.0, an.center_y, an.semi_axis_x, an.semi_axis_y, p=an.body_exponent),
-            ps,
-        )
-        self.occ_inner = occupancy(
-            sd_radial(x, y, 0.0, an.center_y, a_in, b_in, p=an.body_exponent), ps
-        )
+
+        def outline(a: float, b: float) -> np.ndarray:  # the body's superellipse, semi-axes a, b
+            return occupancy(sd_radial(x, y, 0.0, an.center_y, a, b, p=an.body_exponent), ps)
+
+        self.occ_body = outline(an.semi_axis_x, an.semi_axis_y)
+        self.occ_inner = outline(a_in, b_in)
         base = np.full((grid.size, grid.size), AIR_HU)
         paint(base, FULL, self.occ_body, an.hu_fat)
         paint(base, FULL, self.occ_inner, an.hu_muscle)
         self.base = base
         wall = an.chest_wall_thickness * 0.5 + 5.0  # the lungs never cross the ribs
-        self.occ_wall_clip = occupancy(
-            sd_radial(x, y, 0.0, an.center_y, a_in - wall, b_in - wall, p=an.body_exponent), ps
-        )
+        self.occ_wall_clip = outline(a_in - wall, b_in - wall)
         # Central mediastinal strip, wider anteriorly (dilated by 3 mm against the lungs).
         ant = np.clip(-(y - an.center_y) / max(b_in, 1.0), 0.0, 1.0)
         half_width = an.mediastinum_half_width + an.mediastinum_anterior_widening * ant
-        sd_strip = np.abs(x - an.mediastinum_x) - half_width - 3.0
-        self.occ_strip = occupancy(sd_strip, ps)
+        self.occ_strip = occupancy(np.abs(x - an.mediastinum_x) - half_width - 3.0, ps)
         # Vertebra with paraspinal muscles: excluded from the lungs, painted as muscle.
         self.spine_layout = sp = spine_layout(an)
         sp_cy = 0.5 * (sp.vertebra_y + sp.spinous_tip_y)
@@ -87,72 +78,52 @@ class StaticLayers:
             grid, bbox, lambda xs, ys: sd_radial(xs, ys, 0.0, sp_cy, sp_a, sp_b)
         )
         ax, ay = aorta_center(an)
-        ar = an.aorta_radius + 3.0
-        self.aorta_dilated = window_occupancy(
-            grid, (ax - ar, ax + ar, ay - ar, ay + ar),
-            lambda xs, ys: np.hypot(xs - ax, ys - ay) - ar,
-        )  # fmt: skip
+        self.aorta_dilated = _disk(grid, ax, ay, an.aorta_radius + 3.0)
         self.ops: list[tuple[Region, np.ndarray, float]] = []
-        self._add(grid, (ax - ar, ax + ar, ay - ar, ay + ar),
-                  lambda xs, ys: np.hypot(xs - ax, ys - ay) - an.aorta_radius, an.hu_heart)  # fmt: skip
+        self._add(_disk(grid, ax, ay, an.aorta_radius), an.hu_heart)
         ex = an.mediastinum_x - 6.0
         ey = sp.vertebra_y - an.vertebra_radius - 9.0
-        self._circle(grid, ex, ey, 6.0, an.hu_muscle - 10.0)  # oesophagus
-        self._circle(grid, ex, ey, 1.5, -900.0)
-        self._add_spine_bones(an, grid)
-        self._add_sternum(an, grid)
-        self._add_ribs(an, grid)
+        self._add(_disk(grid, ex, ey, 6.0), an.hu_muscle - 10.0)  # oesophagus
+        self._add(_disk(grid, ex, ey, 1.5), -900.0)
+        self._add_spine_bones(an)
+        self._add_sternum(an)
+        self._add_ribs(an)
 
-    def _add(self, grid: Grid, bbox: BoundingBox, sd_fn: SignedDistance, value: float) -> None:
-        res = window_occupancy(grid, bbox, sd_fn)
-        if res is not None:
-            self.ops.append((res[0], res[1], value))
-
-    def _circle(self, grid: Grid, cx: float, cy: float, r: float, value: float) -> None:
-        self._add(grid, (cx - r, cx + r, cy - r, cy + r),
-                  lambda xs, ys: np.hypot(xs - cx, ys - cy) - r, value)  # fmt: skip
+    def _add(self, window: tuple[Region, np.ndarray] | None, value: float) -> None:
+        if window is not None:
+            self.ops.append((*window, value))
 
     def _ellipse(
-        self,
-        grid: Grid,
-        cx: float,
-        cy: float,
-        ea: float,
-        eb: float,
-        value: float,
-        angle: float = 0.0,
+        self, cx: float, cy: float, ea: float, eb: float, value: float, angle: float = 0.0
     ) -> None:
         big = max(ea, eb)
-        self._add(grid, (cx - big, cx + big, cy - big, cy + big),
-                  lambda xs, ys: sd_radial(xs, ys, cx, cy, ea, eb, angle=angle), value)  # fmt: skip
-
-    def _capsule(
-        self, grid: Grid, x0: float, y0: float, x1: float, y1: float, r: float, value: float
-    ) -> None:
-        bbox = (min(x0, x1) - r, max(x0, x1) + r, min(y0, y1) - r, max(y0, y1) + r)
-        self._add(grid, bbox, lambda xs, ys: sd_capsule(xs, ys, x0, y0, x1, y1, r), value)
-
-    def _add_spine_bones(self, an: Anatomy, grid: Grid) -> None:
-        """Vertebral body (cortical shell, trabecular core), posterior arch, canal."""
-        sp = self.spine_layout
-        self._circle(grid, 0.0, sp.vertebra_y, an.vertebra_radius, an.hu_cortical)
-        self._circle(grid, 0.0, sp.vertebra_y, an.vertebra_radius - 2.0, an.hu_trabecular)
-        # Posterior arch, transverse and spinous processes, then the canal.
-        self._circle(grid, 0.0, sp.canal_y, an.canal_radius + 4.5, an.hu_cortical * 0.8)
-        for side in (-1.0, 1.0):
-            self._capsule(grid, side * 4.0, sp.canal_y - 2.0, side * (an.vertebra_radius + 14.0),
-                          sp.canal_y - 6.0, 3.5, an.hu_cortical * 0.75)  # fmt: skip
-        self._capsule(
-            grid, 0.0, sp.canal_y, 0.0, sp.spinous_tip_y - 3.0, 3.5, an.hu_cortical * 0.85
+        bbox = (cx - big, cx + big, cy - big, cy + big)
+        window = window_occupancy(
+            self._grid, bbox, lambda xs, ys: sd_radial(xs, ys, cx, cy, ea, eb, angle=angle)
         )
-        self._circle(grid, 0.0, sp.canal_y, an.canal_radius, an.hu_csf)
+        self._add(window, value)
 
-    def _add_sternum(self, an: Anatomy, grid: Grid) -> None:
+    def _add_spine_bones(self, an: Anatomy) -> None:
+        """Vertebral body (cortical shell, trabecular core), posterior arch, canal."""
+        grid, sp = self._grid, self.spine_layout
+        self._add(_disk(grid, 0.0, sp.vertebra_y, an.vertebra_radius), an.hu_cortical)
+        self._add(_disk(grid, 0.0, sp.vertebra_y, an.vertebra_radius - 2.0), an.hu_trabecular)
+        # Posterior arch, transverse and spinous processes, then the canal.
+        self._add(_disk(grid, 0.0, sp.canal_y, an.canal_radius + 4.5), an.hu_cortical * 0.8)
+        for side in (-1.0, 1.0):
+            x1 = side * (an.vertebra_radius + 14.0)
+            arch = capsule_occupancy(grid, side * 4.0, sp.canal_y - 2.0, x1, sp.canal_y - 6.0, 3.5)
+            self._add(arch, an.hu_cortical * 0.75)
+        spinous = capsule_occupancy(grid, 0.0, sp.canal_y, 0.0, sp.spinous_tip_y - 3.0, 3.5)
+        self._add(spinous, an.hu_cortical * 0.85)
+        self._add(_disk(grid, 0.0, sp.canal_y, an.canal_radius), an.hu_csf)
+
+    def _add_sternum(self, an: Anatomy) -> None:
         sy = an.center_y - an.inner_semi_axis_y + an.chest_wall_thickness * 0.5
-        self._ellipse(grid, 0.0, sy, 13.0, 4.5, an.hu_cortical * 0.7)
-        self._ellipse(grid, 0.0, sy, 11.0, 2.5, an.hu_trabecular)
+        self._ellipse(0.0, sy, 13.0, 4.5, an.hu_cortical * 0.7)
+        self._ellipse(0.0, sy, 11.0, 2.5, an.hu_trabecular)
 
-    def _add_ribs(self, an: Anatomy, grid: Grid) -> None:
+    def _add_ribs(self, an: Anatomy) -> None:
         """Ribs: obliquely cut ovals on the chest wall (cortical shell, trabecular core)."""
         ra = an.inner_semi_axis_x - an.chest_wall_thickness * 0.5
         rb = an.inner_semi_axis_y - an.chest_wall_thickness * 0.5
@@ -162,9 +133,9 @@ class StaticLayers:
             rad = (abs(ct / ra) ** p + abs(st / rb) ** p) ** (-1.0 / p)
             cx, cy = rad * ct, an.center_y + rad * st
             ang = theta + math.pi / 2  # long axis along the chest wall
-            self._ellipse(grid, cx, cy, ta, tr, an.hu_cortical * scale, ang)
-            self._ellipse(grid, cx, cy, max(ta - 1.5, 0.5), max(tr - 1.5, 0.5),
-                          an.hu_trabecular * scale, ang)  # fmt: skip
+            self._ellipse(cx, cy, ta, tr, an.hu_cortical * scale, ang)
+            inner = (max(ta - 1.5, 0.5), max(tr - 1.5, 0.5))
+            self._ellipse(cx, cy, *inner, an.hu_trabecular * scale, ang)
 
 
 @dataclass
@@ -225,7 +196,6 @@ def render_anatomy(
         med[region] *= 1.0 - occ_sp
     paint(img, FULL, med, anatomy.hu_mediastinal_fat)
     if static.spine is not None:
-        region, occ_sp = static.spine
         paint(img, region, occ_sp * static.occ_inner[region], anatomy.hu_muscle)
     if layers.heart is not None:
         paint(img, layers.heart[0], layers.heart[1], anatomy.hu_heart)

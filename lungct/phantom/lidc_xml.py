@@ -19,7 +19,7 @@ What the readers do (:func:`read_series`), drawn from the patient's annotation r
   (a reader may leave out the first or last of them): the outline of the true cut
   (:func:`~lungct.phantom.nodules.nodule_outline`) in pixel coordinates, scaled (0.92-1.18),
   shifted (0.6 mm) and wobbled (up to 0.8 mm) per reader, drawn half a pixel outside the
-  body, closed (last point = first).  Now and then a reader adds an ``inclusion`` FALSE roi (a hole).
+  body, closed (last point = first).  A reader may add an ``inclusion`` FALSE roi (a hole).
 * Malignancy (1-5): malignant mostly 4-5, benign mostly 1-2, some 3s; redrawn until the
   mean and the median of the readers who marked it are on the side of 3 of the true class,
   so a consensus rule (mean or median above / below 3) recovers the class.
@@ -45,23 +45,11 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
+from lungct.names import AnnotationForm
 from lungct.phantom.dicom_writer import STUDY_DATE, STUDY_TIME, decimal_string
 from lungct.phantom.nodules import nodule_outline, section_radius
 from lungct.phantom.records import SeriesRecord, annotation_rng
-from lungct.phantom.xml_text import Element, xml_text
-
-__all__ = [
-    "CHARACTERISTICS",
-    "NAMESPACE",
-    "NoduleMark",
-    "NonNoduleMark",
-    "Reading",
-    "Roi",
-    "lidc_xml",
-    "read_series",
-    "reader_pool",
-    "write_lidc_xml",
-]
+from lungct.phantom.xml_text import Element, leaves, xml_text
 
 NAMESPACE = "http://www.nih.gov"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -137,20 +125,13 @@ def reader_pool(seed: int) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _nodule_id(style: int, number: int, rng: np.random.Generator) -> str:
-    if style == 0:
-        return f"Nodule {number:03d}"
-    if style == 1:
-        return str(number - 1)
-    return f"IL057_{int(rng.integers(100000, 1000000))}"
-
-
-def _non_nodule_id(style: int, number: int, rng: np.random.Generator) -> str:
-    if style == 0:
-        return f"Non-nodule {number:03d}"
-    if style == 1:
-        return f"Non-nodule {number}"
-    return f"IL057_{int(rng.integers(100000, 1000000))}"
+def _mark_id(style: int, number: int, rng: np.random.Generator, nodule: bool) -> str:
+    """``noduleID`` (or ``nonNoduleID``) of the reader's ``number``-th mark of that kind."""
+    if style == 2:
+        return f"IL057_{int(rng.integers(100000, 1000000))}"
+    if nodule:
+        return f"Nodule {number:03d}" if style == 0 else str(number - 1)
+    return f"Non-nodule {number:03d}" if style == 0 else f"Non-nodule {number}"
 
 
 def _z_text(style: int, z: float) -> str:
@@ -168,16 +149,14 @@ def _malignancy(rng: np.random.Generator, label: str, n: int) -> list[int]:
     for _ in range(100):
         ratings = rng.choice(values, size=n, p=weights)
         mean, median = float(ratings.mean()), float(np.median(ratings))
-        if label == "malignant" and mean > 3 and median > 3:
-            return [int(v) for v in ratings]
-        if label == "benign" and mean < 3 and median < 3:
+        agree = min(mean, median) > 3 if label == "malignant" else max(mean, median) < 3
+        if agree:  # with the true class
             return [int(v) for v in ratings]
     return [4 if label == "malignant" else 2] * n
 
 
 def _characteristics(rng: np.random.Generator, record: SeriesRecord, rating: int) -> dict:
     nodule = record.patient.nodule
-    assert nodule is not None
     malignant = record.label == "malignant"
 
     def noisy(base: int) -> int:
@@ -189,7 +168,7 @@ def _characteristics(rng: np.random.Generator, record: SeriesRecord, rating: int
     if nodule.calcified and rng.random() < 0.9:  # a reader may miss it
         calcification = int(rng.choice([3, 3, 3, 5, 1, 2]))
     texture = noisy(3) if nodule.halo_hu is not None else (5 if rng.random() < 0.85 else 4)
-    values = {
+    return {  # in CHARACTERISTICS order
         "subtlety": noisy(5 if nodule.radius * 2 >= 15 else 4),
         "internalStructure": 1 if rng.random() < 0.95 else 2,
         "calcification": calcification,
@@ -200,7 +179,6 @@ def _characteristics(rng: np.random.Generator, record: SeriesRecord, rating: int
         "texture": texture,
         "malignancy": int(rating),
     }
-    return {name: values[name] for name in CHARACTERISTICS}
 
 
 def _closed_chain(columns: np.ndarray, rows: np.ndarray, size: int) -> tuple:
@@ -220,7 +198,6 @@ def _closed_chain(columns: np.ndarray, rows: np.ndarray, size: int) -> tuple:
 def _visible_slices(record: SeriesRecord) -> list[int]:
     """Slices where the nodule body's cut is at least one pixel wide."""
     patient, nodule = record.patient, record.patient.nodule
-    assert nodule is not None
     out = []
     for k, z in enumerate(patient.z_positions_mm):
         rz = section_radius(nodule, float(z), patient.slice_spacing_mm)
@@ -229,16 +206,11 @@ def _visible_slices(record: SeriesRecord) -> list[int]:
     return out
 
 
-def _nearest_slice(record: SeriesRecord, z: float) -> int:
-    return int(np.argmin(np.abs(record.patient.z_positions_mm - z)))
-
-
 def _outline_rois(
     rng: np.random.Generator, record: SeriesRecord, slices: list[int], uid_of
 ) -> list[Roi]:
     """One reader's outlines of the true nodule on ``slices``."""
     patient, nodule = record.patient, record.patient.nodule
-    assert nodule is not None
     ps = patient.pixel_spacing_mm
     scale = rng.uniform(0.92, 1.18)
     shift = rng.normal(0.0, 0.6, size=2) / ps  # mm -> pixels
@@ -247,10 +219,8 @@ def _outline_rois(
     for k in slices:
         z = float(patient.z_positions_mm[k])
         rz = section_radius(nodule, z, patient.slice_spacing_mm)
-        assert rz is not None
         n_points = max(16, math.ceil(2 * math.pi * rz / ps * 2.5))
         outline = nodule_outline(nodule, z, patient.slice_spacing_mm, n_points)
-        assert outline is not None
         cols, rows = record.to_pixel(outline[:, 0], outline[:, 1])
         dx, dy = cols - ccol, rows - crow
         radius = np.hypot(dx, dy)
@@ -267,12 +237,9 @@ def _outline_rois(
 
 
 def _hole(rng: np.random.Generator, record: SeriesRecord, k: int, uid_of) -> Roi:
-    """An ``inclusion`` FALSE roi: a small ring inside the nodule on slice ``k``."""
-    nodule = record.patient.nodule
-    assert nodule is not None
-    patient = record.patient
+    """An ``inclusion`` FALSE roi: a small ring inside the nodule on (visible) slice ``k``."""
+    patient, nodule = record.patient, record.patient.nodule
     rz = section_radius(nodule, float(patient.z_positions_mm[k]), patient.slice_spacing_mm)
-    rz = nodule.radius if rz is None else rz
     ps = patient.pixel_spacing_mm
     ccol, crow = record.to_pixel(float(nodule.center[0]), float(nodule.center[1]))
     angle = rng.uniform(0, 2 * math.pi)
@@ -316,7 +283,7 @@ def _point_roi(rng, record: SeriesRecord, k: int, col: float, row: float, uid_of
 
 def read_series(record: SeriesRecord, seed: int) -> tuple[int, list[Reading]]:
     """The message id and the reading sessions of one series (see the module docstring)."""
-    rng = annotation_rng(seed, record.index, "lidc")
+    rng = annotation_rng(seed, record.index, AnnotationForm.LIDC)
     message_id = int(rng.integers(10**8, 10**9))
     pool = reader_pool(seed)
     n_sessions = 4 if rng.random() < 0.9 else 3
@@ -329,7 +296,9 @@ def read_series(record: SeriesRecord, seed: int) -> tuple[int, list[Reading]]:
         marks[int(rng.integers(0, n_sessions))] = False
     ratings = iter(_malignancy(rng, label, int(marks.sum())) if nodule is not None else [])
     visible = _visible_slices(record) if nodule is not None else []
-    centre_k = _nearest_slice(record, float(nodule.center[2])) if nodule is not None else 0
+    centre_k = 0
+    if nodule is not None:
+        centre_k = int(np.argmin(np.abs(record.patient.z_positions_mm - float(nodule.center[2]))))
     micro = [_lung_point(rng, record) for _ in range(int(rng.integers(0, 3)))]
     others = [_lung_point(rng, record) for _ in range(int(rng.integers(0, 3)))]
 
@@ -346,18 +315,13 @@ def read_series(record: SeriesRecord, seed: int) -> tuple[int, list[Reading]]:
             return record.sop_uids[k]
 
         def add_nodule(characteristics, rois, true_nodule, reading=reading) -> None:
-            number = len(reading.nodules) + 1
-            nodule_id = _nodule_id(reading.style, number, rng)
-            reading.nodules.append(NoduleMark(nodule_id, characteristics, rois, true_nodule))
+            mark_id = _mark_id(reading.style, len(reading.nodules) + 1, rng, nodule=True)
+            reading.nodules.append(NoduleMark(mark_id, characteristics, rois, true_nodule))
 
         def add_non_nodule(k: int, col: float, row: float, reading=reading, uid_of=uid_of):
-            number = len(reading.non_nodules) + 1
             roi = _point_roi(rng, record, k, col, row, uid_of)
-            reading.non_nodules.append(
-                NonNoduleMark(
-                    _non_nodule_id(reading.style, number, rng), roi.z, roi.sop_uid, roi.points[0]
-                )
-            )
+            mark_id = _mark_id(reading.style, len(reading.non_nodules) + 1, rng, nodule=False)
+            reading.non_nodules.append(NonNoduleMark(mark_id, roi.z, roi.sop_uid, roi.points[0]))
 
         if nodule is not None:
             ccol, crow = record.to_pixel(float(nodule.center[0]), float(nodule.center[1]))
@@ -388,14 +352,14 @@ def read_series(record: SeriesRecord, seed: int) -> tuple[int, list[Reading]]:
     return message_id, readings
 
 
+def _place(style: int, z: float, sop_uid: str) -> list[Element]:
+    return [("imageZposition", (), _z_text(style, z)), ("imageSOP_UID", (), sop_uid)]
+
+
 def _roi_element(roi: Roi, style: int) -> Element:
-    children: list[Element] = [
-        ("imageZposition", (), _z_text(style, roi.z)),
-        ("imageSOP_UID", (), roi.sop_uid),
-        ("inclusion", (), "TRUE" if roi.inclusion else "FALSE"),
-    ]
-    for col, row in roi.points:
-        children.append(("edgeMap", (), [("xCoord", (), str(col)), ("yCoord", (), str(row))]))
+    children = _place(style, roi.z, roi.sop_uid)
+    children.append(("inclusion", (), "TRUE" if roi.inclusion else "FALSE"))
+    children.extend(("edgeMap", (), leaves(xCoord=col, yCoord=row)) for col, row in roi.points)
     return ("roi", (), children)
 
 
@@ -407,25 +371,16 @@ def _session_element(reading: Reading) -> Element:
     for mark in reading.nodules:
         content: list[Element] = [("noduleID", (), mark.nodule_id)]
         if mark.characteristics is not None:
-            content.append(
-                ("characteristics", (), [(k, (), str(v)) for k, v in mark.characteristics.items()])
-            )
+            content.append(("characteristics", (), leaves(**mark.characteristics)))
         content.extend(_roi_element(roi, reading.style) for roi in mark.rois)
         children.append(("unblindedReadNodule", (), content))
     for mark in reading.non_nodules:
-        col, row = mark.point
-        children.append(
-            (
-                "nonNodule",
-                (),
-                [
-                    ("nonNoduleID", (), mark.non_nodule_id),
-                    ("imageZposition", (), _z_text(reading.style, mark.z)),
-                    ("imageSOP_UID", (), mark.sop_uid),
-                    ("locus", (), [("xCoord", (), str(col)), ("yCoord", (), str(row))]),
-                ],
-            )
-        )
+        content = [
+            ("nonNoduleID", (), mark.non_nodule_id),
+            *_place(reading.style, mark.z, mark.sop_uid),
+            ("locus", (), leaves(xCoord=mark.point[0], yCoord=mark.point[1])),
+        ]
+        children.append(("nonNodule", (), content))
     return ("readingSession", (), children)
 
 
@@ -466,8 +421,6 @@ def lidc_xml(record: SeriesRecord, seed: int) -> bytes:
 def write_lidc_xml(record: SeriesRecord, seed: int) -> Path:
     """Write the series' reading message as ``<series folder>/<NNN>.xml`` (NNN: 1-based
     patient number) and return its path."""
-    if record.series_dir is None:
-        raise ValueError("LIDC reading messages go beside DICOM files; none were written")
     path = record.series_dir / f"{record.index + 1:03d}.xml"
     path.write_bytes(lidc_xml(record, seed))
     return path

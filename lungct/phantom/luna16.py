@@ -20,16 +20,6 @@ import numpy as np
 
 from lungct.phantom.records import RESCALE_INTERCEPT, SeriesRecord
 
-__all__ = [
-    "ANNOTATIONS_CSV",
-    "ANNOTATION_COLUMNS",
-    "SUBSET",
-    "annotation_rows",
-    "metaimage_volume",
-    "write_annotations_csv",
-    "write_metaimage",
-]
-
 ANNOTATIONS_CSV = "annotations.csv"
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 SUBSET = "subset0"
@@ -44,17 +34,13 @@ def annotation_rows(record: SeriesRecord) -> list[tuple[str, float, float, float
     return [(record.series_uid, x, y, z, 2.0 * float(nodule.radius))]
 
 
-def _number(value: float) -> str:
-    return format(float(value) + 0.0, ".10g")
-
-
 def write_annotations_csv(path: Path, rows: Iterable[tuple]) -> Path:
     """Write ``annotations.csv`` (header, then one line per row; ``\\n`` line ends)."""
     lines = [",".join(ANNOTATION_COLUMNS)]
-    for uid, *numbers in rows:
-        lines.append(",".join([str(uid), *(_number(v) for v in numbers)]))
-    Path(path).write_text("\n".join(lines) + "\n", encoding="ascii", newline="")
-    return Path(path)
+    for uid, *numbers in rows:  # + 0.0: never "-0"
+        lines.append(",".join([str(uid), *(format(float(v) + 0.0, ".10g") for v in numbers)]))
+    path.write_text("\n".join(lines) + "\n", encoding="ascii", newline="")
+    return path
 
 
 def metaimage_volume(record: SeriesRecord) -> np.ndarray:
@@ -67,15 +53,10 @@ def write_metaimage(directory: Path, record: SeriesRecord) -> Path:
     """Write ``<directory>/<seriesuid>.mhd`` and ``.raw``; return the ``.mhd`` path."""
     import SimpleITK as sitk  # only this form needs it
 
-    image = sitk.GetImageFromArray(metaimage_volume(record))
-    x0, y0 = record.origin_mm
-    z_positions = record.z_positions_mm
+    image = sitk.GetImageFromArray(metaimage_volume(record))  # identity direction
     ps = record.pixel_spacing_mm
-    spacing = float(record.patient.slice_spacing_mm)
-    image.SetOrigin((x0, y0, float(z_positions.min())))
-    image.SetSpacing((ps, ps, spacing))
-    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    directory = Path(directory)
+    image.SetOrigin((*record.origin_mm, float(record.z_positions_mm.min())))
+    image.SetSpacing((ps, ps, float(record.patient.slice_spacing_mm)))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{record.series_uid}.mhd"
     sitk.WriteImage(image, str(path), useCompression=False)

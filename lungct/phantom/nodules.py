@@ -16,20 +16,6 @@ import numpy as np
 from lungct.phantom.geometry import Grid, occupancy, paint, paint_tube, sd_radial
 from lungct.phantom.layers import PlacementMap
 
-__all__ = [
-    "BENIGN_DIAMETER_MM",
-    "CALCIFIED_PROBABILITY",
-    "MALIGNANT_DIAMETER_MM",
-    "Nodule",
-    "Spicule",
-    "nodule_outline",
-    "place_nodule",
-    "render_nodule",
-    "sample_diameters",
-    "sample_nodule",
-    "section_radius",
-]
-
 BENIGN_DIAMETER_MM = (6.0, 12.0)
 MALIGNANT_DIAMETER_MM = (15.0, 30.0)
 CALCIFIED_PROBABILITY = 0.6
@@ -68,20 +54,13 @@ def sample_diameters(rng: np.random.Generator, label: str) -> tuple[float | None
     and a malignant-like diameter (a large nodule seen through a thin series still shows in
     every slice).  Thin series thus occur in every class.
     """
-    diameter = None
     if label == "benign":
         diameter = rng.uniform(*BENIGN_DIAMETER_MM)
-    elif label == "malignant":
-        diameter = rng.uniform(*MALIGNANT_DIAMETER_MM)
-    if label == "benign":
-        reference = diameter
-    elif rng.random() < 0.5:
-        reference = rng.uniform(*BENIGN_DIAMETER_MM)
-    elif label == "malignant":
-        reference = diameter
-    else:
-        reference = rng.uniform(*MALIGNANT_DIAMETER_MM)
-    return diameter, reference
+        return diameter, diameter
+    diameter = rng.uniform(*MALIGNANT_DIAMETER_MM) if label == "malignant" else None
+    if rng.random() < 0.5:
+        return diameter, rng.uniform(*BENIGN_DIAMETER_MM)
+    return diameter, (diameter if label == "malignant" else rng.uniform(*MALIGNANT_DIAMETER_MM))
 
 
 def place_nodule(
@@ -100,17 +79,13 @@ def place_nodule(
         i, j = lung_pix[int(rng.integers(0, len(lung_pix)))]
         cx = (j - grid.center) * ps
         cy = (i - grid.center) * ps
-        win = grid.window(cx - clearance, cx + clearance, cy - clearance, cy + clearance)
-        if win is None:
-            continue
-        region, xs, ys = win
+        region, xs, ys = grid.window(cx - clearance, cx + clearance, cy - clearance, cy + clearance)
         disk = np.hypot(xs - cx, ys - cy) <= clearance
         frac = float((occ_lung[region][disk] >= 0.5).mean()) if disk.any() else 0.0
         if frac > best_frac:
             best, best_frac = (cx, cy), frac
         if frac >= 1.0:
             break
-    assert best is not None
     return best
 
 
@@ -134,11 +109,7 @@ def _malignant_spicules(
 
 
 def sample_nodule(
-    rng: np.random.Generator,
-    label: str,
-    diameter: float,
-    z_center: float,
-    placement: PlacementMap,
+    rng: np.random.Generator, label: str, diameter: float, z_center: float, placement: PlacementMap
 ) -> Nodule:
     """Draw the nodule of a ``benign`` or ``malignant`` patient near the series centre."""
     radius = diameter / 2.0
@@ -160,16 +131,7 @@ def sample_nodule(
         spicules = _malignant_spicules(rng, nx, ny, nz, radius)
         halo = rng.uniform(-600.0, -450.0) if rng.random() < 0.3 else None
     twist = rng.uniform(-1.0, 1.0, size=len(harm))
-    return Nodule(
-        center=np.array([nx, ny, nz]),
-        radius=radius,
-        hu=hu,
-        harmonics=harm,
-        twist=twist,
-        spicules=spicules,
-        halo_hu=halo,
-        calcified=calcified,
-    )
+    return Nodule(np.array([nx, ny, nz]), radius, hu, harm, twist, spicules, halo, calcified)
 
 
 def _effective_dz(nodule: Nodule, z: float, thickness: float) -> tuple[float, float]:
@@ -204,18 +166,17 @@ def nodule_outline(
 ) -> np.ndarray | None:
     """Boundary of the nodule body (halo and spicules aside) in the slice at ``z``: an
     ``(n_points, 2)`` array of (x, y) mm at angles from +x towards +y (clockwise as the image is
-    displayed), starting at +x; None where the slice misses the body.  It is the zero level of the signed distance that
-    :func:`render_nodule` paints (before clipping to the lungs)."""
+    displayed), starting at +x; None where the slice misses the body.  It is the zero level of
+    the signed distance that :func:`render_nodule` paints (before clipping to the lungs)."""
     rz = section_radius(nodule, z, thickness)
     if rz is None:
         return None
     dz, _ = _effective_dz(nodule, z, thickness)
     theta = np.linspace(0.0, 2.0 * math.pi, int(n_points), endpoint=False)
-    radius = np.full_like(theta, rz)
     pert = np.ones_like(theta)
     for k, amp, phase in _section_harmonics(nodule, dz):
         pert += amp * np.cos(int(k) * theta + phase)
-    radius = radius * pert
+    radius = rz * pert
     c = nodule.center
     return np.stack([c[0] + radius * np.cos(theta), c[1] + radius * np.sin(theta)], axis=1)
 
@@ -243,7 +204,7 @@ def render_nodule(
     if win is not None and dz_eff < r * 1.25:
         region, xs, ys = win
         clip = occ_lung[region]
-        if nodule.halo_hu is not None and dz_eff < r * 1.25:
+        if nodule.halo_hu is not None:
             rh = math.sqrt((r * 1.25) ** 2 - dz_eff**2)
             occ_h = occupancy(np.hypot(xs - c[0], ys - c[1]) - rh, ps) * clip
             paint(img, region, occ_h, nodule.halo_hu + 30.0 * tex[region])

@@ -21,23 +21,9 @@ import numpy as np
 from lungct.params import SYNTHETIC_CLASSES as CLASSES
 from lungct.phantom.anatomy import Anatomy, sample_anatomy, slice_level
 from lungct.phantom.geometry import FOV_MM, Grid, paint_tube, smooth_noise
-from lungct.phantom.layers import (
-    StaticLayers,
-    placement_map,
-    render_anatomy,
-    slice_layers,
-)
+from lungct.phantom.layers import StaticLayers, placement_map, render_anatomy, slice_layers
 from lungct.phantom.nodules import Nodule, render_nodule, sample_diameters, sample_nodule
 from lungct.phantom.vessels import Vessel, sample_vessels
-
-__all__ = [
-    "MIN_IMAGE_SIZE",
-    "PhantomPatient",
-    "check_render_args",
-    "check_slice_spacing",
-    "phantom_patient",
-    "phantom_slices_hu",
-]
 
 MIN_IMAGE_SIZE = 32
 
@@ -157,11 +143,8 @@ def _render_slice(
     layers = slice_layers(anatomy, static, level, grid)
     occ_lung = layers.occ_lung
     img = render_anatomy(anatomy, static, layers, lung_field)
-    for vessel in vessels:
-        paint_tube(
-            img, grid, vessel.start, vessel.end, vessel.radius, z, spacing, vessel.hu,
-            clip_occ=occ_lung,
-        )  # fmt: skip
+    for start, end, radius, hu in vessels:
+        paint_tube(img, grid, start, end, radius, z, spacing, hu, clip_occ=occ_lung)
     occ_nodule = None
     if nodule is not None:
         occ_nodule = np.zeros((grid.size, grid.size))

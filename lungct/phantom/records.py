@@ -17,8 +17,6 @@ import numpy as np
 from lungct.phantom.dicom_writer import decimal_string
 from lungct.phantom.patient import PhantomPatient
 
-__all__ = ["RESCALE_INTERCEPT", "SeriesRecord", "annotation_rng"]
-
 RESCALE_INTERCEPT = -1024.0  # what ct_slice_dataset writes by default (slope 1)
 _ANNOTATION_STREAM = 0xA770  # rng stream of a patient's annotations
 

@@ -1,16 +1,11 @@
-"""Writing phantom slices in any lossless transfer syntax CT is stored in.
+"""Writing phantom slices in any lossless transfer syntax CT is stored in (docs/dicom.md).
 
 :data:`TRANSFER_SYNTAXES` names them (``write_cohort(..., transfer_syntax=NAME)``; a UID is
 accepted too) and :func:`save_slice` writes one :func:`~lungct.phantom.ct_slice_dataset` in
-one of them:
-
-* native: ``explicit`` (the default, byte-identical to before), ``implicit``, ``deflated``
-  and ``big-endian`` (retired, pixel bytes swapped here: pydicom writes OW as it is);
-* ``rle`` (pydicom's own RLE encoder, always there), ``jpeg-ls`` (pyjpegls / CharLS),
-  ``jpeg2000`` (pylibjpeg-openjpeg), all through pydicom 3's ``Dataset.compress``;
-* ``jpeg-lossless`` (process 14, selection value 1, ``.4.70``) and ``jpeg-lossless-p14``
-  (``.4.57``) with GDCM, which pydicom can decode with but not encode with
-  (:func:`gdcm_encode_frame`).
+one of them: the native ones with pydicom (``big-endian``: pixel bytes swapped here, as pydicom
+writes OW as it is); ``rle``, ``jpeg-ls`` and ``jpeg2000`` through ``Dataset.compress``; the
+JPEG Lossless ones with GDCM, which pydicom can decode with but not encode with
+(:func:`gdcm_encode_frame`).
 
 Every encoder is chosen by name, not by what happens to be installed, so the same seed gives
 the same bytes.  Lossy syntaxes are not offered: the phantom's HU must come back exactly.
@@ -36,28 +31,21 @@ from pydicom.uid import (
     RLELossless,
 )
 
-__all__ = [
-    "DEFAULT_TRANSFER_SYNTAX",
-    "GDCM_SYNTAXES",
-    "TRANSFER_SYNTAXES",
-    "gdcm_encode_frame",
-    "resolve_transfer_syntax",
-    "save_slice",
-]
+from lungct.names import TransferSyntax
 
-DEFAULT_TRANSFER_SYNTAX = "explicit"
+DEFAULT_TRANSFER_SYNTAX = TransferSyntax.EXPLICIT
 
 # name -> UID; the names are what params.yaml says (data.synthetic.transfer_syntax)
 TRANSFER_SYNTAXES: dict[str, UID] = {
-    "explicit": ExplicitVRLittleEndian,
-    "implicit": ImplicitVRLittleEndian,
-    "deflated": DeflatedExplicitVRLittleEndian,
-    "big-endian": ExplicitVRBigEndian,
-    "rle": RLELossless,
-    "jpeg-lossless": JPEGLosslessSV1,
-    "jpeg-lossless-p14": JPEGLossless,
-    "jpeg-ls": JPEGLSLossless,
-    "jpeg2000": JPEG2000Lossless,
+    TransferSyntax.EXPLICIT: ExplicitVRLittleEndian,
+    TransferSyntax.IMPLICIT: ImplicitVRLittleEndian,
+    TransferSyntax.DEFLATED: DeflatedExplicitVRLittleEndian,
+    TransferSyntax.BIG_ENDIAN: ExplicitVRBigEndian,
+    TransferSyntax.RLE: RLELossless,
+    TransferSyntax.JPEG_LOSSLESS: JPEGLosslessSV1,
+    TransferSyntax.JPEG_LOSSLESS_P14: JPEGLossless,
+    TransferSyntax.JPEG_LS: JPEGLSLossless,
+    TransferSyntax.JPEG2000: JPEG2000Lossless,
 }
 
 # Dataset.compress(...) plugin per syntax, fixed so that the bytes do not depend on what else
@@ -73,14 +61,12 @@ GDCM_SYNTAXES = (JPEGLosslessSV1, JPEGLossless)
 def resolve_transfer_syntax(name: str) -> UID:
     """The UID of a :data:`TRANSFER_SYNTAXES` name or UID; ValueError for anything else."""
     text = str(name).strip()
-    if text in TRANSFER_SYNTAXES:
-        return TRANSFER_SYNTAXES[text]
-    for uid in TRANSFER_SYNTAXES.values():
-        if text == str(uid):
+    for key, uid in TRANSFER_SYNTAXES.items():
+        if text in (key, uid):
             return uid
     raise ValueError(
         f"unknown or lossy transfer syntax {name!r}; expected one of "
-        f"{sorted(TRANSFER_SYNTAXES)} or their UIDs"
+        f"{', '.join(sorted(TRANSFER_SYNTAXES))} or their UIDs"
     )
 
 
@@ -96,21 +82,11 @@ def gdcm_encode_frame(ds: Dataset, syntax: str, quality: int | None = None) -> b
     image = writer.GetImage()
     image.SetNumberOfDimensions(2)
     image.SetDimensions((int(ds.Columns), int(ds.Rows), 1))
-    image.SetPhotometricInterpretation(
-        gdcm.PhotometricInterpretation(
-            gdcm.PhotometricInterpretation.GetPIType(str(ds.PhotometricInterpretation))
-        )
-    )
+    photometric = gdcm.PhotometricInterpretation.GetPIType(str(ds.PhotometricInterpretation))
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(photometric))
     image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ImplicitVRLittleEndian))
-    image.SetPixelFormat(
-        gdcm.PixelFormat(
-            1,
-            int(ds.BitsAllocated),
-            int(ds.BitsStored),
-            int(ds.HighBit),
-            int(ds.PixelRepresentation),
-        )
-    )
+    bits = (int(ds.BitsAllocated), int(ds.BitsStored), int(ds.HighBit))
+    image.SetPixelFormat(gdcm.PixelFormat(1, *bits, int(ds.PixelRepresentation)))
     element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
     element.SetByteStringValue(bytes(ds.PixelData))
     image.SetDataElement(element)
@@ -131,37 +107,23 @@ def gdcm_encode_frame(ds: Dataset, syntax: str, quality: int | None = None) -> b
     return buffer.encode("utf-8", "surrogateescape")
 
 
-def _set_encapsulated(ds: Dataset, syntax: UID, frames: list[bytes]) -> None:
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = syntax
-
-
 def save_slice(ds: Dataset, path: Path, syntax: UID) -> None:
     """Write ``ds`` (native pixel data, Explicit VR Little Endian file meta, as
     :func:`~lungct.phantom.ct_slice_dataset` returns it) to ``path`` in ``syntax``.
 
     ``ds`` is changed (its pixel data and transfer syntax).  The SOP Instance UID is kept."""
     syntax = UID(syntax)
-    if syntax == ExplicitVRLittleEndian:
-        ds.save_as(path, enforce_file_format=True)
-    elif syntax == ImplicitVRLittleEndian:
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
-    elif syntax == DeflatedExplicitVRLittleEndian:
-        ds.file_meta.TransferSyntaxUID = syntax  # pydicom deflates the data set on writing
-        ds.save_as(path, enforce_file_format=True)
-    elif syntax == ExplicitVRBigEndian:
+    if syntax not in TRANSFER_SYNTAXES.values():
+        raise ValueError(f"cannot write {syntax.name} ({syntax}); see TRANSFER_SYNTAXES")
+    if syntax == ExplicitVRBigEndian:
         stored = np.frombuffer(ds.PixelData, dtype="<i2" if ds.PixelRepresentation else "<u2")
         ds.PixelData = stored.astype(stored.dtype.newbyteorder(">")).tobytes()
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.save_as(path, implicit_vr=False, little_endian=False, enforce_file_format=True)
     elif syntax in _COMPRESS_PLUGIN:
         ds.compress(syntax, encoding_plugin=_COMPRESS_PLUGIN[syntax], generate_instance_uid=False)
-        ds.save_as(path, enforce_file_format=True)
     elif syntax in GDCM_SYNTAXES:
-        _set_encapsulated(ds, syntax, [gdcm_encode_frame(ds, syntax)])
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        raise ValueError(f"cannot write {syntax.name} ({syntax}); see TRANSFER_SYNTAXES")
+        ds.PixelData = encapsulate([gdcm_encode_frame(ds, syntax)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    # pydicom encodes (and deflates) the data set as the file meta's transfer syntax says
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)

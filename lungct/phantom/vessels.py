@@ -15,8 +15,6 @@ import numpy as np
 from lungct.phantom.anatomy import Anatomy
 from lungct.phantom.layers import PlacementMap
 
-__all__ = ["Vessel", "sample_vessels"]
-
 
 class Vessel(NamedTuple):
     """A straight vessel segment (patient coordinates, mm) of constant radius and density."""

@@ -23,18 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.names import AnnotationForm
 from lungct.phantom.records import SeriesRecord, annotation_rng
-from lungct.phantom.xml_text import Element, xml_text
-
-__all__ = [
-    "ANNOTATION_DIR",
-    "LETTERS",
-    "PATIENT_PREFIX",
-    "lung_dx_codes",
-    "slice_boxes",
-    "voc_xml",
-    "write_voc_annotations",
-]
+from lungct.phantom.xml_text import Element, leaves, xml_text
 
 ANNOTATION_DIR = "Annotation"
 PATIENT_PREFIX = "Lung_Dx-"
@@ -66,7 +57,7 @@ def lung_dx_codes(labels: Sequence[str], seed: int) -> dict[int, str]:
 
 def slice_boxes(record: SeriesRecord, seed: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     """``(slice, (xmin, ymin, xmax, ymax))`` for every slice where the nodule shows."""
-    rng = annotation_rng(seed, record.index, "voc")
+    rng = annotation_rng(seed, record.index, AnnotationForm.VOC)
     size = record.size
     boxes = []
     for k, mask in enumerate(record.patient.nodule_mask):
@@ -74,59 +65,29 @@ def slice_boxes(record: SeriesRecord, seed: int) -> list[tuple[int, tuple[int, i
             continue
         rows, cols = np.nonzero(mask)
         margin = rng.integers(0, 3, size=4)
-        boxes.append(
-            (
-                k,
-                (
-                    int(max(cols.min() - margin[0], 0)),
-                    int(max(rows.min() - margin[1], 0)),
-                    int(min(cols.max() + margin[2], size - 1)),
-                    int(min(rows.max() + margin[3], size - 1)),
-                ),
-            )
+        box = (
+            int(max(cols.min() - margin[0], 0)),
+            int(max(rows.min() - margin[1], 0)),
+            int(min(cols.max() + margin[2], size - 1)),
+            int(min(rows.max() + margin[3], size - 1)),
         )
+        boxes.append((k, box))
     return boxes
 
 
 def voc_xml(size: int, letter: str, box: tuple[int, int, int, int]) -> bytes:
     """One slice's annotation, laid out as Lung-PET-CT-Dx's files are."""
     xmin, ymin, xmax, ymax = box
-    root: Element = (
-        "annotation",
-        (("verified", "no"),),
-        [
-            ("folder", (), "Unknow"),
-            ("filename", (), "Unknow"),
-            ("path", (), "Unknow"),
-            ("source", (), ("Unknow", [("database", (), "Unknown")])),
-            (
-                "size",
-                (),
-                [("width", (), str(size)), ("height", (), str(size)), ("depth", (), "1")],
-            ),
-            ("segmented", (), "0"),
-            (
-                "object",
-                (),
-                [
-                    ("name", (), letter),
-                    ("pose", (), "Unspecified"),
-                    ("truncated", (), "0"),
-                    ("Difficult", (), "0"),
-                    (
-                        "bndbox",
-                        (),
-                        [
-                            ("xmin", (), str(xmin)),
-                            ("ymin", (), str(ymin)),
-                            ("xmax", (), str(xmax)),
-                            ("ymax", (), str(ymax)),
-                        ],
-                    ),
-                ],
-            ),
-        ],
-    )
+    obj = leaves(name=letter, pose="Unspecified", truncated=0, Difficult=0)
+    obj.append(("bndbox", (), leaves(xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax)))
+    content: list[Element] = [
+        *leaves(folder="Unknow", filename="Unknow", path="Unknow"),
+        ("source", (), ("Unknow", [("database", (), "Unknown")])),
+        ("size", (), leaves(width=size, height=size, depth=1)),
+        ("segmented", (), "0"),
+        ("object", (), obj),
+    ]
+    root: Element = ("annotation", (("verified", "no"),), content)
     return xml_text(root, declaration=False, final_newline=False)
 
 

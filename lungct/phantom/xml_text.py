@@ -2,8 +2,9 @@
 
 Elements are ``(tag, attributes, content)`` with ``attributes`` a sequence of (name, value)
 pairs written in that order and ``content`` a text (one line), a list of elements, or a
-``(text, elements)`` pair; the
-output is indented by ``indent`` per level, with no declaration unless one is asked for.
+``(text, elements)`` pair: the text and the elements on the start tag's line, then the end tag
+on a line of its own (Lung-PET-CT-Dx's ``<source>``).  The output is indented by two spaces
+per level.
 ElementTree is not used: its namespace handling reorders declarations and it cannot write a
 text followed by elements (which Lung-PET-CT-Dx's files have).
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["Element", "xml_text"]
-
-# (tag, [(name, value), ...], content): content is a text, a list of elements, or a
-# (text, [elements]) pair: a text and elements on the start tag's line, then the end tag on a
-# line of its own (Lung-PET-CT-Dx's <source>).
 Element = tuple[str, Sequence[tuple[str, str]], object]
+
+
+def leaves(**texts: object) -> list[Element]:
+    """Text elements without attributes, in keyword order: ``leaves(width=64)``."""
+    return [(tag, (), str(text)) for tag, text in texts.items()]
 
 
 def _lines(element: Element, depth: int, indent: str) -> list[str]:
@@ -39,10 +40,8 @@ def _lines(element: Element, depth: int, indent: str) -> list[str]:
     return lines
 
 
-def xml_text(
-    root: Element, *, indent: str = "  ", declaration: bool = True, final_newline: bool = True
-) -> bytes:
+def xml_text(root: Element, *, declaration: bool = True, final_newline: bool = True) -> bytes:
     """UTF-8 bytes of the document ``root``."""
     lines = ['<?xml version="1.0" encoding="UTF-8"?>'] if declaration else []
-    lines.extend(_lines(root, 0, indent))
+    lines.extend(_lines(root, 0, "  "))
     return ("\n".join(lines) + ("\n" if final_newline else "")).encode("utf-8")

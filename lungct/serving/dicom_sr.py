@@ -1,26 +1,9 @@
 """Predictions as DICOM Structured Reports (``stages.predict --format dicom-sr``), with
-highdicom.
-
-One SR per DICOM series (a folder's ``series`` row: the mean of its slices, referencing
-every slice) and one per DICOM image given alone (a file, or a frame of a multi-frame
-file, referenced with its frame number). Each is a TID 1500 Measurement Report in a
-Comprehensive SR document, in the study of its source images and in a new series (one per
-study per run): patient and study come from the sources, which are listed as evidence
-(Study, Series and SOP Instance UIDs), and one measurement group holds
-
-* the predicted class: a qualitative evaluation, concept ``(predicted_class, 99LUNGCT,
-  "Predicted class")``, value ``(<class>, 99LUNGCT, <class>)``;
-* every class's probability: a measurement ``(p_<class>, 99LUNGCT, "Probability of
-  <class>")`` in UCUM ``1`` (no units), 0..1;
-* the algorithm (name, the model's sha256, and what it was trained on) and the source
-  images of the group.
-
-``99LUNGCT`` is this project's private coding scheme (DICOM reserves ``99`` prefixes for
-them), declared in the document's Coding Scheme Identification.
-
-An exported image (PNG, JPG) has no Study, Series or SOP Instance UID: there is nothing
-to reference, and nothing to take the patient and study from, so it gets no SR; the
-caller says so (:class:`NoReport`).
+highdicom: one TID 1500 Measurement Report in a Comprehensive SR per DICOM series or DICOM
+image given alone, in the study of its sources and a new series per study; docs/predict.md
+describes the content. ``99LUNGCT`` is this project's private coding scheme (DICOM reserves
+``99`` prefixes for them), declared in the document. An exported image (PNG, JPG) has no
+UIDs to reference nor a patient and study to take, so it gets no SR (:class:`NoReport`).
 """
 
 from __future__ import annotations
@@ -33,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.atomic import atomic_dir
+from lungct.atomic import atomic_dir, sha256_file
 from lungct.contract import Contract
 from lungct.errors import UserError, first_line
-from lungct.evaluation.card import sha256_file
 from lungct.serving.inference import Prediction
 
 SCHEME = "99LUNGCT"
 PREDICTED = "predicted_class"
 SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "lungct classification (research; not for diagnosis)"
+REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 @dataclass(frozen=True)
@@ -78,17 +61,9 @@ def reports(
     ``algorithm``: (name, version, parameters) of the AlgorithmIdentification."""
     series = [row for row in rows if row.level == "series"]
     images = [row for row in rows if row.level == "image"]
-    covered: set[int] = set()
-    groups: list[tuple[Prediction, list[Prediction]]] = []
-    for row in series:
-        members = [
-            image
-            for image in images
-            if image.series_uid == row.series_uid and Path(image.file).is_relative_to(row.file)
-        ]
-        covered.update(id(image) for image in members)
-        groups.append((row, members))
-    groups.extend((image, [image]) for image in images if id(image) not in covered)
+    groups = [(row, [image for image in images if _in_series(image, row)]) for row in series]
+    covered = {id(image) for _, members in groups for image in members}
+    groups += [(image, [image]) for image in images if id(image) not in covered]
 
     headers: dict[str, object] = {}
     out: list[tuple[str, object]] = []
@@ -110,9 +85,12 @@ def reports(
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refuses
             skipped.append(NoReport(row.file, f"highdicom refuses its sources ({first_line(exc)})"))
             continue
-        name = _name(row, evidence[0], names)
-        out.append((name, document))
+        out.append((_name(row, evidence[0], names), document))
     return out, skipped
+
+
+def _in_series(image: Prediction, series: Prediction) -> bool:
+    return image.series_uid == series.series_uid and Path(image.file).is_relative_to(series.file)
 
 
 class _NotDicom(Exception):
@@ -130,11 +108,7 @@ def _header(file: str, cache: dict[str, object]):
             raise _NotDicom(
                 "an exported image has no Study, Series or SOP Instance UID to reference"
             ) from None
-        missing = [
-            key
-            for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-            if not dataset.get(key)
-        ]
+        missing = [key for key in REFERENCED if not dataset.get(key)]
         if missing:
             raise _NotDicom(f"the file has no {', '.join(missing)} to reference")
         cache[file] = dataset
@@ -232,13 +206,11 @@ def _report(row, members, evidence, classes, algorithm, study_series, index):
 
 
 def _unique(datasets: list) -> list:
-    seen: set[str] = set()
-    out = []
+    """The first dataset of each SOP Instance UID."""
+    unique: dict[str, object] = {}
     for dataset in datasets:
-        if dataset.SOPInstanceUID not in seen:
-            seen.add(dataset.SOPInstanceUID)
-            out.append(dataset)
-    return out
+        unique.setdefault(dataset.SOPInstanceUID, dataset)
+    return list(unique.values())
 
 
 def write_reports(

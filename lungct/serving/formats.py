@@ -43,8 +43,7 @@ def render_csv(rows: list[Prediction], classes: Sequence[str]) -> str:
         buffer, fieldnames=columns + [f"p_{c}" for c in classes], lineterminator="\n"
     )
     writer.writeheader()
-    for record in records(rows, classes):
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    writer.writerows(records(rows, classes))  # None (no frame) is written as ""
     return buffer.getvalue()
 
 

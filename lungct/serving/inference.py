@@ -32,8 +32,11 @@ from lungct.contract import Contract, Preprocessing
 from lungct.errors import UserError, first_line
 from lungct.io.images import model_input
 from lungct.io.preprocess import file_problem, model_images
+from lungct.names import Crop
+from lungct.reasons import NOT_A_FILE, NOT_FOUND, UNREADABLE
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
+READ_CHUNK = 8  # files per task on a reader process
 
 
 class Predictor:
@@ -54,29 +57,22 @@ class Predictor:
 
     @classmethod
     def load(
-        cls,
-        model: Path = MODEL_FILE,
-        labels: Path = CONTRACT_FILE,
-        quiet: bool = True,
-        tta: bool = False,
+        cls, model: Path = MODEL_FILE, labels: Path = CONTRACT_FILE, tta: bool = False
     ) -> Predictor:
         """Read the contract, then load the model (Keras safe mode) and check they agree.
-        The model is the float32 inference copy, batch norm folded into the convolutions
-        (``lungct.model.saving.load_model``: same outputs within 1e-5, 1.3x faster on the CPU);
-        its ``conv`` layers keep their names, for Grad-CAM.
-
-        ``quiet``: TensorFlow's native start-up lines (CUDA probing on a machine without a
-        GPU) are kept off stderr, which then holds only what the caller reports.
-        ``tta``: the mean over test-time views (``lungct.model.network.tta_model``), as evaluate
-        with ``evaluate.tta``.
+        The model is its float32 inference copy (``lungct.model.saving.load_model``); its
+        ``conv`` layers keep their names, for Grad-CAM. TensorFlow's native start-up lines
+        (CUDA probing on a machine without a GPU) are kept off stderr, which then holds only
+        what the caller reports. ``tta``: the mean over test-time views
+        (``lungct.model.network.tta_model``), as evaluate with ``evaluate.tta``.
         """
         contract = cls.check(model, labels)
         model = Path(model)
         try:
-            with native_stderr_silenced(quiet):
+            with native_stderr_silenced():
                 from lungct.model.saving import load_model  # imports TensorFlow
 
-                keras_model = load_model(model, fold=True)
+                keras_model = load_model(model)
         except UserError:  # load_model names a truncated or foreign file itself
             raise
         except Exception as exc:  # anything else it lets through: still one line
@@ -107,12 +103,9 @@ class Predictor:
 
 
 @contextmanager
-def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for the block: TensorFlow's C++ start-up logging
     (absl, before its log level applies) writes there directly, not through Python."""
-    if not enabled:
-        yield
-        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -137,11 +130,8 @@ class UploadResult:
 
 def predict_bytes(predictor: Predictor, data: bytes, batch_size: int = 64) -> UploadResult:
     """An uploaded file's bytes, DICOM or image, told apart by content -> :class:`UploadResult`;
-    :class:`SkippedFile` when it is neither a CT image nor an image.
-
-    The readers take paths, so the bytes are written to a file in a fresh private
-    temporary folder (``tempfile.TemporaryDirectory``, mode 700), never to a shared name,
-    and removed before this returns.
+    :class:`SkippedFile` when it is neither a CT image nor an image. The readers take paths:
+    the bytes go to a fresh private temporary folder (mode 700), removed before this returns.
     """
     with tempfile.TemporaryDirectory(prefix="lungct-upload-") as folder:
         path = Path(folder) / "upload"
@@ -157,9 +147,6 @@ def predict_bytes(predictor: Predictor, data: bytes, batch_size: int = 64) -> Up
     return UploadResult(np.stack(pixels), probabilities, images[0].mode, images[0].windows)
 
 
-# --------------------------------------------------------------------------------------------
-# Files -> predictions
-# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Failure:
     """An input that got no prediction, with the reason code of the convert manifest."""
@@ -200,16 +187,16 @@ def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Fa
             mode = path.stat().st_mode
         except FileNotFoundError:
             if path.is_symlink():
-                return "not_found", "a broken symbolic link"
-            return "not_found", "no such file or folder"
+                return NOT_FOUND, "a broken symbolic link"
+            return NOT_FOUND, "no such file or folder"
         except OSError as exc:
-            return "unreadable", exc.strerror or type(exc).__name__
+            return UNREADABLE, exc.strerror or type(exc).__name__
         if stat.S_ISREG(mode):
             return None
         if stat.S_ISDIR(mode):
-            return "not_a_file", "a link to a folder (not followed)"
+            return NOT_A_FILE, "a link to a folder (not followed)"
         what = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
-        return "not_a_file", f"{what or 'a device'}, not a regular file"
+        return NOT_A_FILE, f"{what or 'a device'}, not a regular file"
 
     for index, arg in enumerate(paths):
         path = Path(arg)
@@ -222,7 +209,7 @@ def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Fa
                     with os.scandir(folder) as found:
                         children = [e for e in found if not e.name.startswith(".")]
                 except OSError as exc:  # a folder it may not read: reported, the rest go on
-                    entries.append((folder, ("unreadable", exc.strerror or type(exc).__name__)))
+                    entries.append((folder, (UNREADABLE, exc.strerror or type(exc).__name__)))
                     continue
                 for entry in children:
                     if entry.is_dir(follow_symlinks=False):
@@ -236,9 +223,10 @@ def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Fa
             yield (path, None) if problem is None else Failure(str(path), *problem)
 
 
-# What reading one file gives: (pixels, frame of a multi-frame file, series UID) per image,
-# or the (reason, detail) it failed with. Plain data, so it crosses process boundaries.
-_Images = list[tuple[np.ndarray, int | None, str, float | None]]  # + slice position
+# What reading one file gives: (pixels, frame of a multi-frame file, series UID, slice
+# position) per image, or the (reason, detail) it failed with. Plain data, so it crosses
+# process boundaries.
+_Images = list[tuple[np.ndarray, int | None, str, float | None]]
 _Read = tuple[_Images, tuple[str, str] | None]
 
 
@@ -251,18 +239,11 @@ def read_file(path: Path | str, prep: Preprocessing) -> _Read:
     multi = len(images) > 1
     out: _Images = []
     for image in images:
-        frame = image.frame
-        if frame is None:  # an exported image
+        if (frame := image.frame) is None:  # an exported image
             out.append((image.pixels, None, "", None))
         else:
-            out.append(
-                (
-                    image.pixels,
-                    frame.frame if multi else None,
-                    frame.series_uid,
-                    frame.slice_position,
-                )
-            )
+            index = frame.frame if multi else None
+            out.append((image.pixels, index, frame.series_uid, frame.slice_position))
     return out, None
 
 
@@ -292,13 +273,10 @@ class _Item:
 
 
 def _read_all(
-    entries: Iterator[tuple[Path, int | None]],
-    prep: Preprocessing,
-    pool: Executor | None,
-    chunk: int = 8,
+    entries: Iterator[tuple[Path, int | None]], prep: Preprocessing, pool: Executor | None
 ) -> Iterator[tuple[_Item, _Read]]:
-    """Files read in input order: here, or ``chunk`` files a task on ``pool`` with a bounded
-    number of tasks in flight (memory holds a few batches, whatever the input size)."""
+    """Files read in input order: here, or :data:`READ_CHUNK` files a task on ``pool`` with a
+    bounded number of tasks in flight (memory holds a few batches, whatever the input size)."""
     if pool is None:
         for file, folder in entries:
             yield _Item(file, folder), read_file(file, prep)
@@ -306,7 +284,7 @@ def _read_all(
     in_flight = 4 * max(1, getattr(pool, "_max_workers", 2))  # a few tasks per worker
     pending: deque[tuple[list[_Item], Future[list[_Read]]]] = deque()
     while True:
-        items = [_Item(file, folder) for file, folder in islice(entries, chunk)]
+        items = [_Item(file, folder) for file, folder in islice(entries, READ_CHUNK)]
         if items:
             task = pool.submit(_read_chunk, [str(item.file) for item in items], prep)
             pending.append((items, task))
@@ -332,8 +310,6 @@ def predict_files(
     slices' probabilities, as evaluate averages a patient's slices); and the failures,
     also passed to ``on_failure`` as they happen.
     """
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
     failures: list[Failure] = []
     done: list[_Item] = []
 
@@ -400,7 +376,7 @@ def input_notes(prep: Preprocessing, paths: Sequence[Path | str]) -> list[str]:
             "file given alone has no series around it, so its own slice stands in for its "
             "neighbours (give the series folder to use the real ones)"
         )
-    if prep.crop == "lesion":
+    if prep.crop == Crop.LESION:
         notes.append(
             f"the model was trained on {prep.crop_mm:g} mm crops around annotated lesions; "
             "a raw file carries no annotation, so it sees whole slices, which it was not "
@@ -419,11 +395,7 @@ def restack(
     out = [pixels for _, pixels, _, _ in held]
     if not k:
         return out
-    windows = len(prep.windows)
-
-    def alone(pixels: np.ndarray) -> np.ndarray:  # the slice's own window channels
-        return pixels[..., :windows]
-
+    windows = len(prep.windows)  # a slice's own channels: one per window
     series: dict[str, list[int]] = {}
     for i, (_, _, uid, position) in enumerate(held):
         if uid and position is not None:
@@ -433,21 +405,8 @@ def restack(
         last = len(members) - 1
         for rank, i in enumerate(members):
             near = [members[min(max(rank + d, 0), last)] for d in range(-k, k + 1)]
-            out[i] = np.concatenate([alone(held[j][1]) for j in near], axis=-1)
+            out[i] = np.concatenate([held[j][1][..., :windows] for j in near], axis=-1)
     return out
-
-
-def _image_rows(item: _Item) -> list[Prediction]:
-    return [
-        Prediction(
-            file=str(item.file),
-            level="image",
-            probabilities=p.astype(np.float64),
-            frame=frame,
-            series_uid=series_uid,
-        )
-        for (frame, series_uid), p in zip(item.frames, item.probabilities, strict=True)
-    ]
 
 
 def series_rows(folder: str, images: Iterable[Prediction]) -> list[Prediction]:
@@ -472,7 +431,11 @@ def _rows(done: list[_Item], args: list[str]) -> list[Prediction]:
     """Image rows in input order; after a folder's images, its series rows."""
     rows: list[Prediction] = []
     for folder, items in groupby(done, key=lambda item: item.folder):
-        images = [row for item in items for row in _image_rows(item)]
+        images = [
+            Prediction(str(item.file), "image", p.astype(np.float64), frame=frame, series_uid=uid)
+            for item in items
+            for (frame, uid), p in zip(item.frames, item.probabilities, strict=True)
+        ]
         rows.extend(images)
         if folder is not None:
             rows.extend(series_rows(args[folder], images))

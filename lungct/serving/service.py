@@ -1,37 +1,13 @@
 """The REST inference service (``python -m stages.serve``): Starlette on uvicorn.
 
-Endpoints:
-
-* ``POST /predict``: a ``multipart/form-data`` body, one part per file (DICOM, PNG, JPG,
-  or a zip of a series or of any such files); the answer is the JSON of
-  ``python -m stages.predict --format json`` (:func:`lungct.serving.formats.document`:
-  the classes, one row per image, a ``series`` row per DICOM series of a zip, one
-  ``failures`` entry per file that got no prediction, with the predict command's reason
-  codes) plus ``warning``. A row's ``file`` is the uploaded file's name (a zip's members:
-  ``<zip name>/<member path>``).
-* ``GET /health``: ``{"status": "ok"}`` once the model is loaded.
-* ``GET /model``: what the model is: classes, input (size, channels, windows, 2.5-D
-  context, crop), what it was trained on, its test figures from the model card (only when
-  the card names this model's sha256), the warning, the limits.
-
-Every file goes through :func:`lungct.serving.inference.predict_files`, the predict command's own
-code, with the model loaded once. Uploads are written to a fresh private temporary
-folder per request (``tempfile``, mode 700), zips extracted there by
-:func:`lungct.io.archives.safe_extract` with its rules and this service's limits, all of it
-removed when the request ends.
-
-Limits (:class:`Limits`): the request body (checked against Content-Length before
-reading, and counted while streaming), files per request, a zip's unpacked size and
-members, the decoded-size limit of every image (:mod:`lungct.limits`, a ``too_large``
-failure row as in predict), and a time limit per request (503). A bad request is a 4xx
-with ``{"error": "<one line>"}``; the service goes on. No traceback and no path of the
-server's in a response; one log line per request, with counts and no file names (names
-of medical images often hold patient names).
-
-Batching (``batching``): ``queue`` (default) collects the images of concurrent requests
-in one model call (:class:`MicroBatcher`: the model thread waits up to ``max_wait_ms``
-for more, only while other requests are in progress); ``lock`` runs one model call per
-request batch, one at a time. docs/benchmarks.md has the measurements behind the default.
+``POST /predict`` answers with the JSON of ``python -m stages.predict --format json``
+(:func:`lungct.serving.formats.document`) plus ``warning``, every file going through the
+predict command's own :func:`lungct.serving.inference.predict_files`; ``GET /health``;
+``GET /model``. Uploads go to a fresh private temporary folder per request, zips extracted
+there by :func:`lungct.io.archives.safe_extract`, all of it removed when the request ends.
+docs/deploy.md describes the endpoints, the limits (:class:`Limits`), the errors (one JSON
+line, never a traceback or a server path), the log (counts, never file names: names of
+medical images often hold patient names) and the batching modes.
 """
 
 from __future__ import annotations
@@ -44,22 +20,24 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
-from contextlib import contextmanager
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from lungct.contract import Contract, Preprocessing
+from lungct.atomic import sha256_file
+from lungct.contract import Preprocessing
 from lungct.errors import UserError, describe
-from lungct.evaluation.card import INTENDED_USE, read_card, sha256_file
+from lungct.evaluation.card import INTENDED_USE, read_card
 from lungct.io.archives import ArchiveError, safe_extract
 from lungct.limits import MiB, size_text
 from lungct.model.exported import OnnxModel, card_of
+from lungct.reasons import BAD_ARCHIVE
 from lungct.serving.formats import document
-from lungct.serving.inference import Failure, Prediction, Predictor, predict_files
+from lungct.serving.inference import Failure, Predictor, predict_files
 
 log = logging.getLogger("lungct.serving.service")
 WARNING_HEADER = "X-Model-Warning"
@@ -79,14 +57,9 @@ class Limits:
     batch_size: int = 64  # images per model call
 
 
-class _Job:
-    __slots__ = ("images", "done", "result", "error")
-
-    def __init__(self, images: Sequence[np.ndarray]) -> None:
-        self.images = images
-        self.done = threading.Event()
-        self.result: np.ndarray | None = None
-        self.error: BaseException | None = None
+class _Job(NamedTuple):
+    images: Sequence[np.ndarray]
+    answer: Future[np.ndarray]
 
 
 class MicroBatcher:
@@ -107,14 +80,6 @@ class MicroBatcher:
         self._thread.start()
 
     @property
-    def contract(self) -> Contract:
-        return self.predictor.contract
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.predictor.classes
-
-    @property
     def prep(self) -> Preprocessing:
         return self.predictor.prep
 
@@ -129,13 +94,9 @@ class MicroBatcher:
                 self._active -= 1
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        job = _Job(images)
+        job = _Job(images, Future())
         self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+        return job.answer.result()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -150,16 +111,12 @@ class MicroBatcher:
             count = len(job.images)
             deadline = time.monotonic() + self.max_wait_s
             while count < self.max_batch:
+                others = self._active > len(jobs)  # requests it holds no images from yet
+                wait = max(deadline - time.monotonic(), 0) if others else 0
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=wait)  # 0: only what is queued already
                 except queue.Empty:
-                    wait = deadline - time.monotonic()
-                    if wait <= 0 or self._active <= len(jobs):  # nobody else to wait for
-                        break
-                    try:
-                        more = self._queue.get(timeout=wait)
-                    except queue.Empty:
-                        break
+                    break
                 if more is None:
                     self._queue.put(None)  # stop after this batch
                     break
@@ -170,38 +127,19 @@ class MicroBatcher:
     def _call(self, jobs: list[_Job]) -> None:
         try:
             probabilities = self.predictor.probabilities([i for job in jobs for i in job.images])
-            start = 0
-            for job in jobs:
-                job.result = probabilities[start : start + len(job.images)]
-                start += len(job.images)
         except BaseException as exc:  # handed to every waiting request
             for job in jobs:
-                job.error = exc
-        finally:
-            for job in jobs:
-                job.done.set()
+                job.answer.set_exception(exc)
+            return
+        start = 0
+        for job in jobs:
+            job.answer.set_result(probabilities[start : start + len(job.images)])
+            start += len(job.images)
 
 
 # A body declared over the limit is still read (not kept) up to this many times the
 # limit before the 413 answer; a larger one is refused at once and the connection closed.
 DRAIN_FACTOR = 4
-
-
-class _Refused(Exception):
-    """A request refused before any work: HTTP status and one line."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class RequestPart:
-    """One file part of a ``POST /predict`` request: its name as the client sent it, its bytes."""
-
-    name: str
-    file: IO[bytes]
 
 
 class Service:
@@ -222,9 +160,9 @@ class Service:
         self.limits = limits
         self.batching = batching
         self.pool = pool
-        self.model_name = Path(model_path).name
-        self.model_sha256 = sha256_file(Path(model_path))
-        default_card, source_sha256 = card_of(Path(model_path))
+        self.model_name = model_path.name
+        self.model_sha256 = sha256_file(model_path)
+        default_card, source_sha256 = card_of(model_path)
         self.card, self.card_note = read_card(card_path or default_card, model_path, source_sha256)
         self.batcher = (
             MicroBatcher(predictor, limits.batch_size, max_wait_ms / 1000)
@@ -232,7 +170,6 @@ class Service:
             else None
         )
 
-    # ---------------------------------------------------------------- what the model is
     def model_info(self) -> dict[str, Any]:
         prep = self.contract.prep
         card = self.card
@@ -259,47 +196,48 @@ class Service:
             "batching": self.batching,
         }
 
-    # ------------------------------------------------------------------ a request's work
-    def predict_uploads(self, uploads: list[RequestPart]) -> dict[str, Any]:
-        """Write the uploads to a private temporary folder (zips extracted), predict them
-        with the predict command's code, and answer with its JSON document; file names
-        are the uploads' own."""
+    def predict_uploads(self, uploads: list[tuple[str, IO[bytes]]]) -> dict[str, Any]:
+        """Write the uploads, (name as the client sent it, bytes), to a private temporary
+        folder (zips extracted), predict them with the predict command's code, and answer
+        with its JSON document; file names are the uploads' own."""
+        names = [name for name, _ in uploads]
         with tempfile.TemporaryDirectory(prefix="lungct-serve-") as folder:
             root = Path(folder)
-            names: dict[str, str] = {}
             paths: list[Path] = []
             failures: list[tuple[int, Failure]] = []  # (upload index, failure)
-            for index, upload in enumerate(uploads):
-                key = f"{index:04d}"
-                names[key] = upload.name
-                target = root / key
-                head = upload.file.read(4)
-                upload.file.seek(0)
-                if head in ZIP_MAGIC:
-                    problem = self._extract(upload, root / f"{key}.zip", target)
-                    if problem is not None:
-                        failures.append((index, problem))
-                        continue
+            for index, (name, file) in enumerate(uploads):
+                target = root / f"{index:04d}"
+                is_zip = file.read(4) in ZIP_MAGIC
+                file.seek(0)
+                written = target.with_suffix(".zip") if is_zip else target
+                with open(written, "xb") as out:
+                    shutil.copyfileobj(file, out, 1 << 20)
+                problem = self._extract(written, target) if is_zip else None
+                if problem is None:
+                    paths.append(target)
                 else:
-                    with open(target, "xb") as out:
-                        shutil.copyfileobj(upload.file, out, 1 << 20)
-                paths.append(target)
+                    failures.append((index, Failure(name, BAD_ARCHIVE, problem)))
             predictor: Any = self.batcher or self.predictor
-            with self.batcher.request() if self.batcher else _nothing():
+            with self.batcher.request() if self.batcher else nullcontext():
                 rows, failed = predict_files(
                     predictor, paths, self.limits.batch_size, pool=self.pool
                 )
-            rename = _Renamer(root, names)
-            rows = [rename.row(row) for row in rows]
-            failures += [rename.failure(f) for f in failed]
+            for row in rows:
+                row.file = _uploaded(root, names, row.file)[1]
+            for failure in failed:
+                index, file = _uploaded(root, names, failure.file)
+                detail = failure.detail
+                for key, name in enumerate(names):
+                    detail = detail.replace(str(root / f"{key:04d}"), name)
+                detail = detail.replace(str(root), "")
+                failures.append((index, Failure(file, failure.reason, detail)))
             failures.sort(key=lambda pair: pair[0])  # in upload order
         answer = document(rows, self.contract.classes, [f for _, f in failures])
         answer["warning"] = self.contract.warning
         return answer
 
-    def _extract(self, upload: RequestPart, archive: Path, target: Path) -> Failure | None:
-        with open(archive, "xb") as out:
-            shutil.copyfileobj(upload.file, out, 1 << 20)
+    def _extract(self, archive: Path, target: Path) -> str | None:
+        """Extract (then remove) an uploaded zip; why it was refused, if it was."""
         target.mkdir()
         try:
             safe_extract(
@@ -308,56 +246,20 @@ class Service:
                 max_bytes=self.limits.max_archive_bytes,
                 max_members=self.limits.max_archive_members,
             )
-        except ArchiveError as err:  # one line naming the archive: named as uploaded
-            detail = str(err).removeprefix(f"{archive.name}: ")
-            return Failure(upload.name, "bad_archive", detail)
+        except ArchiveError as err:  # one line naming the archive, named as uploaded instead
+            return str(err).removeprefix(f"{archive.name}: ")
         finally:
             archive.unlink()
         return None
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def _uploaded(root: Path, names: list[str], path: str) -> tuple[int, str]:
+    """A temporary path as uploaded, with its upload's index: ``<root>/0003`` is the fourth
+    upload, ``<root>/0003/a/b.dcm`` its member ``a/b.dcm``."""
+    key, *rest = Path(path).relative_to(root).parts
+    return int(key), "/".join([names[int(key)], *rest])
 
 
-class _Renamer:
-    """Temporary paths back to upload names: ``<root>/0003`` is the fourth upload,
-    ``<root>/0003/a/b.dcm`` its member ``a/b.dcm``."""
-
-    def __init__(self, root: Path, names: dict[str, str]) -> None:
-        self.root = root
-        self.names = names
-
-    def split(self, text: str) -> tuple[str, list[str]]:
-        try:
-            key, *rest = Path(text).relative_to(self.root).parts
-        except ValueError:
-            return "", [text]
-        return key, rest
-
-    def path(self, text: str) -> str:
-        key, rest = self.split(text)
-        return "/".join([self.names[key], *rest]) if key in self.names else "/".join(rest)
-
-    def row(self, row: Prediction) -> Prediction:
-        row.file = self.path(row.file)
-        return row
-
-    def failure(self, failure: Failure) -> tuple[int, Failure]:
-        """The failure, named as uploaded, with the index of its upload."""
-        detail = failure.detail
-        for key, name in self.names.items():
-            detail = detail.replace(str(self.root / key), name)
-        key, _ = self.split(failure.file)
-        index = int(key) if key.isdigit() else len(self.names)
-        renamed = Failure(
-            self.path(failure.file), failure.reason, detail.replace(str(self.root), "")
-        )
-        return index, renamed
-
-
-# ------------------------------------------------------------------------- the ASGI app
 def create_app(service: Service) -> Any:
     """The Starlette application of ``service``."""
     import anyio
@@ -386,10 +288,11 @@ def create_app(service: Service) -> Any:
                 raise _TooLarge("too large")
             yield chunk
 
-    async def uploads_of(request: Request) -> tuple[list[RequestPart], Any]:
+    async def form_of(request: Request) -> Any:
+        """The multipart form of ``request``, read within the limits."""
         kind = request.headers.get("content-type", "")
         if not kind.lower().startswith("multipart/form-data"):
-            raise _Refused(
+            raise HTTPException(
                 415,
                 "send the files as multipart/form-data, one part per file "
                 "(curl -F files=@slice.dcm http://HOST/predict)",
@@ -402,41 +305,39 @@ def create_app(service: Service) -> Any:
                 # sends it all before reading gets this answer, not a reset connection.
                 async for _ in request.stream():
                     pass
-            raise _Refused(413, over)
+            raise HTTPException(413, over)
         parser = MultiPartParser(
             request.headers, body(request), max_files=limits.max_files, max_fields=16
         )
         try:
-            form = await parser.parse()
+            return await parser.parse()
         except _TooLarge:
-            raise _Refused(413, over) from None
+            raise HTTPException(413, over) from None
         except MultiPartException as exc:
             if exc.message.startswith("Too many files"):
-                raise _Refused(
+                raise HTTPException(
                     413, f"more than {limits.max_files} files in one request (the limit)"
                 ) from None
-            raise _Refused(400, f"not a readable multipart/form-data body: {exc.message}") from None
-        files = [
-            RequestPart(value.filename or f"upload-{i + 1}", value.file)
-            for i, (_, value) in enumerate(form.multi_items())
-            if not isinstance(value, str)
-        ]
-        if not files:
-            await form.close()
-            raise _Refused(400, "no files in the request: send one part per file")
-        return files, form
+            raise HTTPException(
+                400, f"not a readable multipart/form-data body: {exc.message}"
+            ) from None
 
     async def predict(request: Request) -> JSONResponse:
         form = None
         try:
             with anyio.fail_after(limits.timeout_s):
-                files, form = await uploads_of(request)
+                form = await form_of(request)
+                files = [
+                    (value.filename or f"upload-{i + 1}", value.file)
+                    for i, (_, value) in enumerate(form.multi_items())
+                    if not isinstance(value, str)
+                ]
+                if not files:
+                    raise HTTPException(400, "no files in the request: send one part per file")
                 request.state.files = len(files)
                 answer = await anyio.to_thread.run_sync(
                     service.predict_uploads, files, limiter=limiter, abandon_on_cancel=True
                 )
-        except _Refused as refused:
-            return error(refused.status, refused.message)
         except TimeoutError:
             return error(503, f"the request took longer than the limit of {limits.timeout_s:g} s")
         finally:
@@ -452,9 +353,11 @@ def create_app(service: Service) -> Any:
     async def model(request: Request) -> JSONResponse:
         return JSONResponse(service.model_info(), headers=headers)
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        return error(exc.status_code, str(exc.detail))
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, exc.detail)
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "internal error"}, status_code=500)
 
     app = Starlette(
         routes=[
@@ -462,15 +365,15 @@ def create_app(service: Service) -> Any:
             Route("/health", health, methods=["GET"]),
             Route("/model", model, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     return RequestLog(app)
 
 
 class RequestLog:
     """ASGI middleware: one log line per request (client, method, path, status, time, and
-    for /predict the counts), and a JSON 500 instead of a traceback for anything
-    unexpected (its type and first line go to the log)."""
+    for /predict the counts); an unexpected exception (answered with a JSON 500 by the
+    app's handler) gets its type and first line in the log instead of a traceback."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -480,39 +383,25 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = {"code": 500, "started": False}
+        status = 500
 
         async def sending(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                status["started"] = True
+                status = message["status"]
             await send(message)
 
         problem = ""
         try:
             await self.app(scope, receive, sending)
-        except Exception as exc:  # a bug: the client gets one line, the log the exception
+        except Exception as exc:  # a bug, re-raised by Starlette once it has answered
             problem = f" error {describe(exc)}"
-            if not status["started"]:
-                from starlette.responses import JSONResponse
-
-                response = JSONResponse({"error": "internal error"}, status_code=500)
-                await response(scope, receive, sending)
         state = scope.get("state", {})
-        counts = "".join(
-            f" {key}={state[key]}" for key in ("files", "images", "failures") if key in state
-        )
-        client = scope.get("client") or ("-", 0)
-        log.info(
-            "%s %s %s %d %.0fms%s%s",
-            client[0],
-            scope["method"],
-            scope["path"],
-            status["code"],
-            1000 * (time.perf_counter() - start),
-            counts,
-            problem,
-        )
+        counts = "".join(f" {k}={state[k]}" for k in ("files", "images", "failures") if k in state)
+        client = (scope.get("client") or ("-",))[0]
+        request = f"{scope['method']} {scope['path']}"
+        took_ms = 1000 * (time.perf_counter() - start)
+        log.info("%s %s %d %.0fms%s%s", client, request, status, took_ms, counts, problem)
 
 
 def load_predictor(model: Path, labels: Path) -> Predictor:
@@ -521,7 +410,6 @@ def load_predictor(model: Path, labels: Path) -> Predictor:
     if Path(model).suffix.lower() != ".onnx":
         return Predictor.load(model, labels)
     contract = Predictor.check(model, labels)
-
     try:
         onnx_model = OnnxModel(model)
     except Exception as exc:  # onnxruntime's many errors: one line

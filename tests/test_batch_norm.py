@@ -1,5 +1,5 @@
-"""lungct.model.network: the fused batch-norm layer, and batch norm folded into the convolutions for
-inference (issue 17)."""
+"""The fused batch-norm layer (lungct.model.network), the precision policy, and the float32
+inference copy of a model (lungct.model.saving)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lungct.model.folding import inference_model
 from lungct.model.gradcam import GradCam
 from lungct.model.network import FusedBatchNormalization, build_cnn
-from lungct.model.saving import load_model, save_model
+from lungct.model.saving import inference_model, load_model, save_model
 
 SIZE = 32
 
@@ -48,66 +47,40 @@ def model_for(tiny, **update) -> keras.Model:
         {},  # the tiny recipe: batch norm, global max head, augmentation on
         {"batch_norm": False},
         {"head": "flatten"},
-        {"head": "global_average"},
-        {"filters": [4, 8, 16], "dense_units": 4},
-        {"convs_per_block": 2},
+        {"filters": [4, 8, 16], "dense_units": 4, "convs_per_block": 2},
     ],
-    ids=["default", "no_batch_norm", "flatten", "global_average", "three_blocks", "two_convs"],
+    ids=["default", "no_batch_norm", "flatten", "three_blocks_two_convs"],
 )
-def test_folded_outputs_equal_the_model(tiny, update):
+def test_inference_copy_equals_the_model(tiny, update):
     model = model_for(tiny, **update)
-    folded = inference_model(model)
+    copy = inference_model(model)
+    assert copy is not model
     x = images()
-    expected = model.predict_on_batch(x)
-    assert np.abs(folded.predict_on_batch(x) - expected).max() <= 1e-5
-    assert not any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
-    convs = [x.name for x in folded.layers if isinstance(x, keras.layers.Conv2D)]
-    assert convs == [x.name for x in model.layers if isinstance(x, keras.layers.Conv2D)]
-    if update.get("batch_norm", True):
-        assert all(x.use_bias for x in folded.layers if isinstance(x, keras.layers.Conv2D))
+    assert np.abs(copy.predict_on_batch(x) - model.predict_on_batch(x)).max() <= 1e-6
+    names = [layer.name for layer in model.layers]
+    assert [layer.name for layer in copy.layers] == names  # Grad-CAM finds conv names
 
 
-def test_bfloat16_model_is_folded_to_float32(tiny):
+def test_bfloat16_model_runs_in_float32_for_inference(tiny):
     """A mixed_bfloat16 model runs in float32 for inference: equal to the float32 model of
     the same weights, not to its own bfloat16 outputs."""
     model = model_for(tiny, precision="mixed_bfloat16")
     float32 = build_cnn(SIZE, 1, 3, tiny.train.model_copy(update={"precision": "float32"}))
     float32.set_weights(model.get_weights())
-    folded = inference_model(model)
-    assert all(x.dtype_policy.name == "float32" for x in folded.layers[1:])
+    copy = inference_model(model)
+    assert all(x.dtype_policy.name == "float32" for x in copy.layers[1:])
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"  # left untouched
     x = images()
-    assert np.abs(folded.predict_on_batch(x) - float32.predict_on_batch(x)).max() <= 1e-5
-    unfolded = inference_model(model, fold=False)
-    assert any(isinstance(x, FusedBatchNormalization) for x in unfolded.layers)
-    assert np.abs(unfolded.predict_on_batch(x) - float32.predict_on_batch(x)).max() <= 1e-5
+    assert np.abs(copy.predict_on_batch(x) - float32.predict_on_batch(x)).max() <= 1e-5
 
 
-def test_pool_between_conv_and_batch_norm_folds_only_with_positive_scales():
-    def chain(gamma_sign: float) -> keras.Model:
-        inputs = keras.Input((SIZE, SIZE, 1), name="image")
-        x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(inputs)
-        x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-        x = FusedBatchNormalization(name="bn1")(x)
-        x = keras.layers.ReLU(name="relu1")(keras.layers.Flatten()(x))
-        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
-        randomize_batch_norm(model)
-        bn = model.get_layer("bn1")
-        bn.gamma.assign(gamma_sign * np.abs(bn.gamma.numpy()))
-        return model
-
-    x = images()
-    for sign, folds in ((1.0, True), (-1.0, False)):
-        model = chain(sign)
-        folded = inference_model(model)
-        has_bn = any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
-        assert has_bn is not folds
-        assert np.abs(folded.predict_on_batch(x) - model.predict_on_batch(x)).max() <= 1e-5
-
-
-def test_backbone_is_left_as_it_is(tiny):
+def test_backbone_copy_equals_the_model(tiny):
     params = tiny.train.model_copy(update={"backbone": "mobilenet_v2"})
     model = build_cnn(SIZE, 1, 3, params)
-    assert inference_model(model) is model
+    x = images(2)
+    assert (
+        np.abs(inference_model(model).predict_on_batch(x) - model.predict_on_batch(x)).max() <= 1e-5
+    )
 
 
 def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(tiny):
@@ -124,9 +97,8 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(tiny):
     assert model.get_layer("probabilities").dtype_policy.name == "float32"
 
 
-def test_gradcam_works_on_the_folded_model(tiny):
-    folded = inference_model(model_for(tiny))
-    gradcam = GradCam(folded)
+def test_gradcam_works_on_the_inference_copy(tiny):
+    gradcam = GradCam(inference_model(model_for(tiny)))
     assert gradcam.layer_name == "conv2"  # the last of the tiny recipe's two blocks
     cam = gradcam(images(1)[0], 0)
     assert cam.shape == (SIZE, SIZE) and 0.0 <= cam.min() <= cam.max() <= 1.0
@@ -172,15 +144,14 @@ def test_model_with_fused_batch_norm_round_trips_in_safe_mode(tiny, tmp_path, pr
     path = tmp_path / "model.keras"
     save_model(model, path)
     # load_model uses keras.saving.load_model(safe_mode=True): the layer is registered.
-    saved = load_model(path, fold=False)
+    saved = load_model(path, for_inference=False)
     bn = saved.get_layer("bn1")
     assert type(bn) is FusedBatchNormalization and bn.momentum == 0.9
     x = images()
     assert np.array_equal(saved.predict_on_batch(x), model.predict_on_batch(x))
-    folded = load_model(path)  # what evaluate and predict get
-    assert not any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
-    expected = inference_model(model, fold=False)  # float32, not folded
-    assert np.abs(folded.predict_on_batch(x) - expected.predict_on_batch(x)).max() <= 1e-5
+    loaded = load_model(path)  # what evaluate and predict get
+    expected = inference_model(model)
+    assert np.abs(loaded.predict_on_batch(x) - expected.predict_on_batch(x)).max() <= 1e-6
     config = keras.saving.serialize_keras_object(bn)
     assert config["registered_name"] == "lungct>FusedBatchNormalization"
     restored = keras.saving.deserialize_keras_object(config, safe_mode=True)
