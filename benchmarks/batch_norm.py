@@ -116,11 +116,11 @@ def folded(model, params):
 
 
 def onnx_runner(model, folder, name: str) -> Callable[[np.ndarray], np.ndarray]:
-    from lungct.model.export import inference_function, write_onnx
+    from lungct.model.export import write_onnx
     from lungct.model.exported import onnx_session
 
     path = folder / f"{name}.onnx"
-    write_onnx(inference_function(model), path)
+    write_onnx(model, path)
     session = onnx_session(path)
     return lambda x: session.run(None, {"image": x})[0]
 

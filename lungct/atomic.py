@@ -78,11 +78,9 @@ def check_replaceable(target: Path) -> None:
 
 @contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temporary path (same suffix) that replaces ``target`` when the block succeeds.
-
+    """Yield a temporary path (same suffix) that replaces ``target`` when the block succeeds:
     ``target`` must be a new path or a regular file (:func:`check_replaceable`), checked
-    before and again just before the move; on any failure the temporary file is removed.
-    """
+    before and again just before the move; on any failure the temporary file is removed."""
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(target)

@@ -1,16 +1,11 @@
 """The model contract: what a trained model needs to be fed exactly as in training.
 
-:class:`~lungct.params.Preprocessing` is how raw files become model inputs (windows,
-input size, context, crop, framing): the convert stage takes it from params, predict and
-the app from the contract, and both are validated by the one schema,
-:class:`lungct.params.PreprocessingSchema`.
-
 Train writes it beside the model (``models/labels.json``); evaluate, export, predict, the
 app, the service and the benchmarks read it here, validated, and check it against the
-loaded model. Its keys: the class order of the model's outputs, the square input size, the
-channels (one per CT window), the windows in HU, whether the first window is the file's
-own, a plain-words description of the preprocessing, and what data the model was trained
-on (:class:`TrainingData`; absent from contracts written before it was recorded).
+loaded model. Its keys: the class order of the model's outputs, the preprocessing
+(:class:`~lungct.params.Preprocessing`, validated by the schema params use too), a
+plain-words description of it, and what data the model was trained on
+(:class:`TrainingData`; absent from contracts written before it was recorded).
 """
 
 from __future__ import annotations
@@ -114,14 +109,12 @@ class TrainingData:
         """Raises ValueError (the caller names the file) for anything that is not one."""
         if not isinstance(data, dict) or not isinstance(data.get("source"), str):
             raise ValueError("data must be an object with a 'source'")
-        split = data.get("split", {})
-        images = data.get("images", {})
+        split, images = data.get("split", {}), data.get("images", {})
         if not isinstance(split, dict) or not isinstance(images, dict):
             raise ValueError("data.split and data.images must be objects")
         texts = ("dataset", "layout", "tree_sha256", "class_mapping")
-        if not all(isinstance(data.get(key, ""), str) for key in texts) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in images.values()
-        ):
+        texts_ok = all(isinstance(data.get(key, ""), str) for key in texts)
+        if not texts_ok or not all(_is_integer(v) for v in images.values()):
             raise ValueError("data: dataset, layout, class_mapping are text; images counts")
         return cls(
             source=data["source"],
@@ -163,10 +156,7 @@ class Contract:
 
     @classmethod
     def from_params(
-        cls,
-        params: Params,
-        classes: list[str] | tuple[str, ...],
-        data: TrainingData | None = None,
+        cls, params: Params, classes: list[str] | tuple[str, ...], data: TrainingData | None = None
     ) -> Contract:
         """The contract of a model trained now: ``convert`` params, the train split's classes
         and what the data was."""
@@ -226,12 +216,8 @@ class Contract:
         if missing:
             raise bad(f"missing key(s) {', '.join(missing)}")
         classes = data["classes"]
-        if (
-            not isinstance(classes, list)
-            or len(classes) < 2
-            or not all(isinstance(c, str) and c for c in classes)
-            or len(set(classes)) != len(classes)
-        ):
+        names = isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+        if not names or len(classes) < 2 or len(set(classes)) != len(classes):
             raise bad("'classes' must list two or more distinct class names")
         if not _is_integer(data["image_size"]) or not _is_integer(data["channels"]):
             raise bad("image_size, channels integers expected")

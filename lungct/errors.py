@@ -20,8 +20,7 @@ class SkippedFile(Exception):  # noqa: N818 - a manifest outcome, not a failure
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 def printable(text: str) -> str:
@@ -31,10 +30,8 @@ def printable(text: str) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception as one short line: the first line of its message, or its type's name.
-
-    Library messages (pydicom, Keras, urllib) can span many lines or be empty; a user sees
-    one line."""
+    """An exception as one short line: the first line of its message, or its type's name
+    (library messages, pydicom's, Keras', urllib's, can span many lines or be empty)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

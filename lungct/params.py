@@ -2,12 +2,7 @@
 
 Every key is required and unknown keys are rejected, so a typo such as
 ``dvc exp run -S train.lrr=1e-3`` fails loudly instead of silently adding a key
-that nothing reads.
-
-:class:`PreprocessingSchema` holds the rules of how raw files become model inputs
-(windows, input size, 2.5-D context, crop, framing), once: the ``convert`` section
-(:class:`ConvertParams`) and :class:`Preprocessing`, which the model contract records
-(:mod:`lungct.contract`) and predict, the app and the service read, both extend it.
+that nothing reads. What each key means: docs/params.md.
 """
 
 from __future__ import annotations
@@ -107,28 +102,27 @@ def url_problem(url: str) -> str | None:
         return "contains a space or a control character (percent-encode it)"
     if secret := url_secret(url):
         return secret
+    shown = _quote(redact(url))
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:  # worded here: urllib's message can quote the URL
         if "IPv6" in str(exc):
-            return f"{_quote(redact(url))}: the host has an unclosed '[' or a stray ']'"
+            return f"{shown}: the host has an unclosed '[' or a stray ']'"
         if "Port" in str(exc):
-            return f"{_quote(redact(url))}: the port is not a number from 1 to 65535"
-        return f"{_quote(redact(url))}: the host is not valid"
+            return f"{shown}: the port is not a number from 1 to 65535"
+        return f"{shown}: the host is not valid"
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
-        return f"{_quote(redact(url))} is not an http, https or file URL"
+        return f"{shown} is not an http, https or file URL"
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            return f"{_quote(redact(url))}: a file URL names a file on this machine (file:///path)"
-        if not parts.path:
-            return f"{_quote(redact(url))}: names no file"
-        return None
+            return f"{shown}: a file URL names a file on this machine (file:///path)"
+        return None if parts.path else f"{shown}: names no file"
     if not parts.hostname:
-        return f"{_quote(redact(url))}: has no host name"
+        return f"{shown}: has no host name"
     if port == 0:
-        return f"{_quote(redact(url))}: the port is not a number from 1 to 65535"
+        return f"{shown}: the port is not a number from 1 to 65535"
     return None
 
 
@@ -147,10 +141,7 @@ class SyntheticParams(_Section):
     slices: Annotated[int, Field(ge=1, le=512)]
     image_size: Annotated[int, Field(ge=32, le=1024)]
     class_balance: dict[ClassName, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
-    # The form real datasets come in: labels (labels.csv by PatientID), lidc (reader XML),
-    # luna16 (annotations.csv; luna16-mhd: MetaImage volumes), voc (Lung-PET-CT-Dx boxes).
     annotations: choices(AnnotationForm)  # type: ignore[valid-type]
-    # How the DICOM files are stored (all lossless): the codecs path of the reader.
     transfer_syntax: choices(TransferSyntax)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -164,10 +155,8 @@ class SyntheticParams(_Section):
                 f"patients: {self.patients} is too few for {len(self.class_balance)} classes "
                 f"in three splits (need at least {need})"
             )
-        if (
-            self.annotations == AnnotationForm.LUNA16_MHD
-            and self.transfer_syntax != TransferSyntax.EXPLICIT
-        ):
+        mhd = self.annotations == AnnotationForm.LUNA16_MHD
+        if mhd and self.transfer_syntax != TransferSyntax.EXPLICIT:
             raise ValueError("transfer_syntax: luna16-mhd writes MetaImage volumes, no DICOM")
         return self
 
@@ -246,18 +235,11 @@ class PreprocessingSchema(_Section):
     :class:`Preprocessing` (the model contract, lungct.contract) are both this schema."""
 
     windows: Windows
-    # Window the first channel with the file's own Window Center/Width when it has one.
     file_window: bool
     image_size: Annotated[int, Field(ge=16, le=1024)]
-    # 2.5-D input: each example stacks its slice with this many neighbours on each side
-    # (in series order) as channels, times the windows.
     context_slices: Annotated[int, Field(ge=0, le=8)]
-    # "lesion": a square of crop_mm around the annotated lesion (normal slices: a point in
-    # the lungs chosen from base.seed), resampled to image_size. Annotated layouts only.
     crop: choices(Crop)  # type: ignore[valid-type]
     crop_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
-    # "body": crop each image to the body's bounding box before the resize (exports that
-    # frame the chest differently); "image": the whole image.
     framing: choices(Framing)  # type: ignore[valid-type]
 
     @property
@@ -313,23 +295,17 @@ class Preprocessing(PreprocessingSchema):
     """How raw files become model inputs (:class:`PreprocessingSchema`): the convert stage
     and train take it from params (:meth:`from_params`), predict, the app and the service
     from the model contract (:class:`lungct.contract.Contract`).
-
     ``Preprocessing(windows, file_window, image_size, **rest)``: ``windows`` as
     ``(center, width)`` pairs, the rest defaulting to :data:`PREPROCESSING_DEFAULTS`.
 
-    ``max_image_bytes`` is the largest declared image decoded (:mod:`lungct.limits`): the
-    convert stage takes it from params, predict and the app use the default. It guards the
-    machine, not the model, so it is not part of the contract (nor of equality)."""
+    ``max_image_bytes``, the largest declared image decoded (:mod:`lungct.limits`), guards
+    the machine, not the model: it is not part of the contract (nor of equality)."""
 
     max_image_bytes: ImageBytes
 
     def __init__(self, windows: Any, file_window: Any, image_size: Any, **rest: Any) -> None:
-        super().__init__(
-            windows=windows,
-            file_window=file_window,
-            image_size=image_size,
-            **{**PREPROCESSING_DEFAULTS, **rest},
-        )
+        rest = {**PREPROCESSING_DEFAULTS, **rest}
+        super().__init__(windows=windows, file_window=file_window, image_size=image_size, **rest)
 
     def _compared(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in PreprocessingSchema.model_fields)
@@ -376,9 +352,7 @@ class Preprocessing(PreprocessingSchema):
 class AnnotationParams(_Section):
     """Slice labels of the annotated layouts (docs/annotations.md)."""
 
-    # LIDC-IDRI: a slice is benign/malignant/indeterminate when this many readers mark it.
-    min_readers: Annotated[int, Field(ge=1, le=4)]
-    # A slice is normal only when no annotation lies within this many mm of it.
+    min_readers: Annotated[int, Field(ge=1, le=4)]  # LIDC-IDRI readers who must mark a slice
     margin_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
 
 
@@ -387,27 +361,16 @@ class ConvertParams(PreprocessingSchema):
     the convert stage runs."""
 
     workers: Annotated[int, Field(ge=0, le=256)]  # processes; 0 = one per CPU core
-    # Fail the stage when more than this share of the input files is skipped.
     max_skipped_fraction: Annotated[float, Field(ge=0, le=1)]
-    # Skip (too_large) an image whose declared size would decode to more bytes than this
-    # (decompression bombs; see lungct/limits.py). Predict and the app use the same default.
-    max_image_bytes: ImageBytes
+    max_image_bytes: ImageBytes  # lungct.limits
     annotations: AnnotationParams
 
 
 class SplitParams(_Section):
-    # grouped: whole groups, stratified; official: the dataset's own folders;
-    # random: image by image (the notebook projects' leaky protocol, for comparison only).
     strategy: Literal["grouped", "official", "random"]
-    # What to do with groups or near duplicates found on two sides of the split.
-    leakage: Literal["fail", "warn", "drop"]
-    # A preset ("default": the layout's own classes; "binary": with/without cancer)
-    # or a mapping of raw labels (folder names) to classes.
-    classes: Literal["default", "binary"] | dict[str, str]
-    # Images without a PatientID: "phash" groups near duplicates of the original image
-    # (pHash within near_duplicate_distance bits, chains included); "patient_likely" groups
-    # likely patients (lungct.data.grouping, docs/splitting.md), with the thresholds below.
-    grouping: Literal["phash", "patient_likely"]
+    leakage: Literal["fail", "warn", "drop"]  # groups or near duplicates across splits
+    classes: Literal["default", "binary"] | dict[str, str]  # a preset, or raw label: class
+    grouping: Literal["phash", "patient_likely"]  # images without a PatientID
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
     view_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # pHash of the model's view
     duplicate_similarity: Annotated[float, Field(ge=-1, le=1)]  # thumbnail correlation
@@ -415,9 +378,7 @@ class SplitParams(_Section):
     patient_similarity: Annotated[float, Field(ge=-1, lt=1)]  # thumbnail correlation, one patient
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
-    # Cross-validation: k grouped, class-stratified folds over the train and val images
-    # (the test split untouched), one model per fold in the cv stage; 0 = off.
-    folds: Annotated[int, Field(ge=0, le=20)]
+    folds: Annotated[int, Field(ge=0, le=20)]  # cross-validation; 0 = off
 
     @model_validator(mode="after")
     def _leaves_train(self) -> SplitParams:
@@ -426,8 +387,7 @@ class SplitParams(_Section):
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 "test_fraction: val_fraction + test_fraction must stay below 0.9 to leave a train "
-                "set "
-                f"(got {self.val_fraction + self.test_fraction:g})"
+                f"set (got {self.val_fraction + self.test_fraction:g})"
             )
         return self
 
@@ -439,21 +399,17 @@ class AugmentParams(_Section):
     rotation: Annotated[float, Field(ge=0, le=0.5)]  # max angle, fraction of a full turn
     zoom: Annotated[float, Field(ge=0, lt=1)]  # max zoom in or out, fraction
     translation: Annotated[float, Field(ge=0, lt=1)]  # max shift, fraction of the side
-    # Intensity jitter (a window that sits a little higher or wider): contrast scales each
-    # image about its mean by up to 1 +- this; brightness adds up to +- this of the range.
-    contrast: Annotated[float, Field(ge=0, lt=1)]
-    brightness: Annotated[float, Field(ge=0, le=1)]
+    contrast: Annotated[float, Field(ge=0, lt=1)]  # scale about the mean by up to 1 +- this
+    brightness: Annotated[float, Field(ge=0, le=1)]  # add up to +- this of the range
 
 
 class TrainParams(_Section):
     epochs: PositiveInt
-    batch_size: PositiveInt
+    batch_size: PositiveInt  # per replica
     lr: Annotated[float, Field(gt=0, le=1)]
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
-    # Conv2D + batch norm + ReLU layers in each block, before its max pool (VGG-style: 2)
     convs_per_block: Annotated[int, Field(ge=1, le=4)]
-    # "cnn": the baseline CNN's conv blocks (filters, batch_norm, head); otherwise a
-    # keras.applications network (filters and head unused).
+    # "cnn": the conv blocks (filters, batch_norm, head); else a keras.applications network
     backbone: Literal["cnn", "mobilenet_v2", "efficientnet_b0"]
     pretrained: bool  # ImageNet weights for a backbone: needs internet the first time
     head: Literal["flatten", "global_max", "global_average"]
@@ -461,40 +417,21 @@ class TrainParams(_Section):
     dropout: Annotated[float, Field(ge=0, lt=1)]
     batch_norm: bool
     augment: AugmentParams
-    # "auto": weights inversely proportional to class frequency in the train split.
     class_weight: Literal["auto", "none"]
-    # Stop when val loss has not improved for this many epochs and keep the best
-    # weights; 0 trains all epochs and keeps the last ones.
-    early_stopping_patience: Annotated[int, Field(ge=0)]
+    early_stopping_patience: Annotated[int, Field(ge=0)]  # 0: all epochs, the last weights
     lr_schedule: Literal["constant", "cosine"]
     cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
-    # "auto": MirroredStrategy over all GPUs when there are several, else the default;
-    # "multi_worker": MultiWorkerMirroredStrategy over the machines of TF_CONFIG
-    # (lungct.model.distributed; only the chief writes outputs).
     strategy: Literal["auto", "default", "mirrored", "multi_worker"]
-    # What the conv blocks train in: float32, or bfloat16 with float32 weights (Keras'
-    # mixed_bfloat16: 2x and more the speed where the CPU has bfloat16 instructions,
-    # AVX512_BF16 or AMX; 0.6x, or failing, where it has not); "auto": mixed_bfloat16 on
-    # such a CPU without a GPU, else float32. Inference (evaluate, predict) is float32.
-    precision: Literal["auto", "float32", "mixed_bfloat16"]
-    # true: the saved model is the cv stage's fold models averaged (one input, the mean
-    # of their softmaxes; needs split.folds); false: one model fitted on train, early
-    # stopping on val.
-    ensemble: bool
-    # Models fitted on train (early stopping on val) from seeds base.seed, base.seed + 1,
-    # ...; more than 1: the saved model averages them (a seed ensemble). Unused with
-    # train.ensemble (the fold models are the ensemble then).
-    seeds: Annotated[int, Field(ge=1, le=20)]
+    precision: Literal["auto", "float32", "mixed_bfloat16"]  # of the conv blocks in training
+    ensemble: bool  # the saved model: the cv stage's fold models averaged
+    seeds: Annotated[int, Field(ge=1, le=20)]  # more than 1: a seed ensemble
 
 
 class EvaluateParams(_Section):
     batch_size: PositiveInt
-    # Patient-level resamples for the 95 % intervals of accuracy and balanced accuracy; 0 = none.
-    bootstrap: Annotated[int, Field(ge=0, le=100_000)]
+    bootstrap: Annotated[int, Field(ge=0, le=100_000)]  # resamples for the 95 % intervals
     grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
-    # Test-time augmentation: the mean over the image and four slightly shifted copies
-    # (lungct.model.network.tta_model); the cv stage reports fold scores with and without it.
-    tta: bool
+    tta: bool  # test-time augmentation (lungct.model.network.tta_model)
 
 
 class Params(_Section):
@@ -582,12 +519,8 @@ class _Loader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"nested deeper than {MAX_DEPTH} levels",
-                    self.peek_event().start_mark,
-                )
+                problem = f"nested deeper than {MAX_DEPTH} levels"
+                raise yaml.composer.ComposerError(None, None, problem, self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -612,12 +545,10 @@ class _Loader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: SafeLoader names it
                     continue
                 if earlier is not key_node:
+                    line = earlier.start_mark.line + 1
+                    problem = f"duplicate key {_quote(str(key), 40)} (first given at line {line})"
                     raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {_quote(str(key), 40)} "
-                        f"(first given at line {earlier.start_mark.line + 1})",
-                        key_node.start_mark,
+                        None, None, problem, key_node.start_mark
                     )
         return super().construct_mapping(node, deep)
 
@@ -674,12 +605,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read
             raise UserError(f"{path}: not a regular file")
-        text = path.read_bytes().decode("utf-8")
-        loader = _Loader(text)
-        try:
-            raw = loader.get_single_data()
-        finally:
-            loader.dispose()
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader)  # a SafeLoader
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run stages from the project root)") from None
     except UnicodeDecodeError as exc:

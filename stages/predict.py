@@ -7,7 +7,9 @@ trained model, preprocessed exactly as the pipeline preprocessed its training im
 Not a DVC stage: it reads ``models/model.keras`` and ``models/labels.json`` (``--model``,
 ``--labels``) and runs the convert stage's own code on each file (``lungct.io.preprocess``)
 with the windows, channels and input size the contract records. A file that cannot be
-predicted gets one line on stderr and the rest still run. docs/predict.md has the rest.
+predicted gets one line on stderr and the rest still run; a folder's metadata files (by
+name) are passed over and counted. CSV and JSON carry the model's identity and warning.
+docs/predict.md has the rest.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.atomic import atomic_file, check_replaceable
 from lungct.errors import UserError, run_stage
 from lungct.serving.dicom_sr import check_output_dir, write_reports
-from lungct.serving.formats import FORMATS, render
+from lungct.serving.formats import FORMATS, About, render
 from lungct.serving.inference import (
+    METADATA_NAMES,
+    METADATA_SUFFIXES,
     Failure,
+    PassedOver,
     Predictor,
     expand,
     input_notes,
@@ -103,11 +108,14 @@ def predict(argv: Sequence[str] | None = None) -> int:
     Predictor.check(args.model, args.labels)  # a missing model: one line, at once
     workers = args.workers
     if workers is None:
-        many = sum(1 for _ in islice(expand(args.paths), POOL_MIN_FILES)) >= POOL_MIN_FILES
+        files = (e for e in expand(args.paths) if not isinstance(e, PassedOver))
+        many = sum(1 for _ in islice(files, POOL_MIN_FILES)) >= POOL_MIN_FILES
         workers = min(MAX_WORKERS, os.cpu_count() or 1) if many else 0
 
     def report(failure: Failure) -> None:
         print(failure, file=sys.stderr, flush=True)
+
+    passed_over: list[PassedOver] = []
 
     # The pool first: its workers fork from this process before TensorFlow is imported.
     with preprocess_pool(workers) if workers else nullcontext() as pool:
@@ -117,22 +125,37 @@ def predict(argv: Sequence[str] | None = None) -> int:
         for line in input_notes(predictor.prep, args.paths):
             print(f"note: {line}", file=sys.stderr)
         rows, failures = predict_files(
-            predictor, args.paths, args.batch_size, on_failure=report, pool=pool
+            predictor,
+            args.paths,
+            args.batch_size,
+            on_failure=report,
+            pool=pool,
+            on_passed_over=passed_over.append,
         )
     if args.format == DICOM_SR:  # the SRs' paths on stdout; what got none on stderr
         written, skipped = write_reports(args.output, rows, predictor.contract, args.model)
         for skip in skipped:
             print(f"note: {skip}", file=sys.stderr)
         sys.stdout.write("".join(f"{path}\n" for path in written))
-    elif args.output is None:
-        sys.stdout.write(render(args.format, rows, predictor.classes, failures))
-    else:
-        text = render(args.format, rows, predictor.classes, failures)
-        try:
-            with atomic_file(args.output) as tmp:
-                tmp.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+    else:  # with the model's identity and warning (the table: in a file only)
+        about = About.read(predictor.contract, args.model)
+        to_file = args.output is not None
+        text = render(args.format, rows, predictor.classes, failures, about, to_file=to_file)
+        if not to_file:
+            sys.stdout.write(text)
+        else:
+            try:
+                with atomic_file(args.output) as tmp:
+                    tmp.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+    if passed_over:
+        kinds = ", ".join([*METADATA_SUFFIXES, *(name.upper() for name in METADATA_NAMES)])
+        count = len(passed_over)
+        print(
+            f"note: passed over {count} metadata file{'s' * (count != 1)} ({kinds})",
+            file=sys.stderr,
+        )
     if failures:
         images = sum(r.level == "image" for r in rows)
         print(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -17,22 +21,13 @@ from streamlit.testing.v1 import AppTest
 
 from lungct.errors import SkippedFile
 from lungct.serving.inference import Predictor, predict_bytes
+from tests.browser import launch, needs_chromium
 from tests.conftest import ROOT
 from tests.dicom_fixtures import enhanced_ct, sr_document
 from tests.trained import stage_env, trained_project
 
 APP = ROOT / "app.py"
 REJECTED = "Rejected: not a CT slice or image this app can read."
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -190,51 +185,33 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 90) -> Non
     raise AssertionError(f"streamlit not up at {url} after {timeout} s")
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install chromium; .ci/run does)"
-)
-def test_upload_in_a_real_browser(project, predictor, tmp_path):
-    from playwright.sync_api import sync_playwright
+class Served(NamedTuple):
+    url: str
+    port: int
+    server: subprocess.Popen
 
+
+@pytest.fixture(scope="module")
+def served(project: Path) -> Iterator[Served]:
+    """`streamlit run app.py` as a user starts it: from the project root, so with the
+    project's .streamlit/config.toml, and no flag but a free port and no browser to open."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = stage_env()
     env["LUNGCT_MODEL"] = str(project / "models/model.keras")
     env["LUNGCT_LABELS"] = str(project / "models/labels.json")
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP)]
-        + ["--server.headless", "true", "--server.address", "127.0.0.1"]
-        + ["--server.port", str(port), "--server.fileWatcherType", "none"]
-        + ["--browser.gatherUsageStats", "false"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "streamlit", "run", "app.py"]
+        + ["--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    png = sorted((project / "data/splits/test").rglob("*.png"))[0]
-    expected = predictor.probabilities(predict_bytes(predictor, png.read_bytes()).pixels)[0]
-    screenshot = tmp_path / "app.png"
+    url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, server)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(url)
-                page.wait_for_selector("input[type=file]", state="attached", timeout=90_000)
-                page.set_input_files("input[type=file]", str(png))
-                page.get_by_text("Predicted:").wait_for(timeout=90_000)
-                page.get_by_text("not a lesion segmentation").first.wait_for(timeout=30_000)
-                for p in expected:  # the probability table's cells
-                    page.get_by_text(f"{p:.4f}", exact=True).first.wait_for(timeout=60_000)
-                page.wait_for_selector("img", timeout=30_000)
-                text = page.inner_text("body")
-                page.screenshot(path=str(screenshot), full_page=True)
-            finally:
-                browser.close()
+        yield Served(url, port, server)
     finally:
         server.terminate()
         try:
@@ -242,6 +219,74 @@ def test_upload_in_a_real_browser(project, predictor, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.communicate()
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses of the sockets listening on ``port`` (Linux's /proc/net)."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        path = Path("/proc/net") / table
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                # /proc/net writes each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(str(ipaddress.ip_address(words)))
+    return found
+
+
+def test_app_is_private_by_default(served):
+    """The shipped config: this machine only, no usage statistics; and the app started from
+    the project root listens on 127.0.0.1 alone (another loopback address is refused)."""
+    config = tomllib.loads((ROOT / ".streamlit/config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamlit", "config", "show"],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert 'address = "127.0.0.1"' in shown.splitlines()
+    assert "gatherUsageStats = false" in shown.splitlines()
+
+    assert listening(served.port) == ["127.0.0.1"]
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.2", served.port), timeout=5),
+    ):
+        pass
+
+
+@needs_chromium
+def test_upload_in_a_real_browser(served, predictor, project, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    png = sorted((project / "data/splits/test").rglob("*.png"))[0]
+    expected = predictor.probabilities(predict_bytes(predictor, png.read_bytes()).pixels)[0]
+    screenshot = tmp_path / "app.png"
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(served.url)
+            page.wait_for_selector("input[type=file]", state="attached", timeout=90_000)
+            page.set_input_files("input[type=file]", str(png))
+            page.get_by_text("Predicted:").wait_for(timeout=90_000)
+            page.get_by_text("not a lesion segmentation").first.wait_for(timeout=30_000)
+            for p in expected:  # the probability table's cells
+                page.get_by_text(f"{p:.4f}", exact=True).first.wait_for(timeout=60_000)
+            page.wait_for_selector("img", timeout=30_000)
+            text = page.inner_text("body")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
     for name, p in zip(predictor.classes, expected, strict=True):
         assert name in text and f"{p:.4f}" in text, text
     assert screenshot.stat().st_size > 10_000

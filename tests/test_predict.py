@@ -14,13 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungct.atomic import atomic_file, check_replaceable
+from lungct.atomic import atomic_file, check_replaceable, sha256_file
+from lungct.contract import Contract
 from lungct.errors import UserError
 from stages.predict import predict
 from tests.dicom_fixtures import enhanced_ct, sr_document, truncated_pixel_data
 from tests.trained import stage_env, trained_project
 
 TOLERANCE = 1e-5
+
+
+def passed_over(count: int) -> str:
+    """predict's stderr line for the metadata files its folder walks passed over."""
+    files = "file" if count == 1 else "files"
+    return f"note: passed over {count} metadata {files} (.xml, .csv, .json, .txt, .md, DICOMDIR)"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def model_args(project: Path) -> list[str]:
 
 def run_predict(args: list[str], out: Path, fmt: str = "csv") -> pd.DataFrame:
     assert predict([*args, "--output", str(out), "--format", fmt]) == 0
-    return pd.read_csv(out, keep_default_na=False)
+    return pd.read_csv(out, keep_default_na=False, comment="#")
 
 
 def evaluated(project: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -116,12 +123,15 @@ def test_bad_inputs_one_line_each_and_the_rest_still_run(project, tmp_path):
     folder.mkdir()
     good = sorted((project / "data/splits/test").rglob("*.png"))[0]
     (folder / "good.png").write_bytes(good.read_bytes())
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("passed over: metadata by its name")
+    (folder / "scan.bin").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image, and given by name: read")
     sr = sr_document(folder).path
     truncated = truncated_pixel_data(folder).path
     (folder / ".hidden").write_text("left out")
     result = subprocess.run(
         [sys.executable, "-m", "stages.predict", str(folder), str(tmp_path / "missing.dcm")]
+        + [str(tmp_path / "notes.txt")]
         + model_args(project)
         + ["--workers", "2"],  # reader processes forked before TensorFlow loads, as by default
         cwd=tmp_path,
@@ -135,15 +145,17 @@ def test_bad_inputs_one_line_each_and_the_rest_still_run(project, tmp_path):
     # The tiny project's model was trained on the phantom: predict says so first.
     assert warning.startswith("warning: this model was trained on the built-in synthetic")
     expected = [  # each line starts so; the detail may say more
-        f"{folder / 'notes.txt'}: not_image: neither a DICOM file nor an image format Pillow can read",
+        f"{folder / 'scan.bin'}: not_image: neither a DICOM file nor an image format Pillow can read",
         f"{sr}: not_ct: SOP class Basic Text SR Storage",
         f"{truncated}: truncated_pixel_data: 440 bytes of pixel data",
         f"{tmp_path / 'missing.dcm'}: not_found: no such file or folder",
+        f"{tmp_path / 'notes.txt'}: not_image: neither a DICOM file nor an image format",
     ]
-    assert len(lines) == len(expected) + 1, result.stderr
-    for start, line in zip(sorted(expected), sorted(lines[:-1]), strict=True):
+    assert len(lines) == len(expected) + 2, result.stderr
+    for start, line in zip(sorted(expected), sorted(lines[:-2]), strict=True):
         assert line.startswith(start), result.stderr
-    assert lines[-1] == "predict: 4 input(s) failed, 1 image(s) predicted"
+    assert lines[-2] == passed_over(1)
+    assert lines[-1] == "predict: 5 input(s) failed, 1 image(s) predicted"
     table = result.stdout.splitlines()
     assert table[0].split()[:2] == ["file", "predicted"] and len(table) == 2
     assert table[1].startswith(str(folder / "good.png"))
@@ -205,6 +217,98 @@ def test_formats_output_and_batches(project, tmp_path, capsys):
     assert len(lines) == len(csv) + 1
 
 
+def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
+    """JSON: ``model`` (file name, sha256, classes, what it was trained on) and ``warning``;
+    CSV: the same as leading ``# key: value`` lines that ``pandas.read_csv(comment="#")``
+    skips (a '#' in a file name stays data); a table written to a file: the same lines."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for k, png in enumerate(sorted((project / "data/splits/test").rglob("*.png"))[:2]):
+        shutil.copy(png, folder / f"scan#{k}.png")
+    labels = json.loads((project / "models/labels.json").read_text())
+    model = {
+        "file": "model.keras",
+        "sha256": sha256_file(project / "models/model.keras"),
+        "classes": labels["classes"],
+        "trained_on": Contract.read(project / "models/labels.json").describe_data(),
+        "data": labels["data"],
+    }
+    assert model["trained_on"].startswith("trained on synthetic data (lungct.phantom")
+    args = [str(folder), *model_args(project)]
+    assert predict([*args, "--output", str(tmp_path / "p.json")]) == 0
+    document = json.loads((tmp_path / "p.json").read_text())
+    assert document["model"] == model
+    assert document["warning"] == labels["warning"] and "not for real CT" in labels["warning"]
+
+    assert predict([*args, "--output", str(tmp_path / "p.csv")]) == 0
+    header = (
+        "# model_file: model.keras\n"
+        f"# model_sha256: {model['sha256']}\n"
+        f"# classes: {', '.join(model['classes'])}\n"
+        f"# trained_on: {model['trained_on']}\n"
+        f"# warning: {labels['warning']}\n"
+    )
+    text = (tmp_path / "p.csv").read_text()
+    assert text.startswith(header + "file,level,")
+    table = pd.read_csv(tmp_path / "p.csv", comment="#", keep_default_na=False)
+    assert list(table["file"]) == [str(folder / f"scan#{k}.png") for k in range(2)]
+    assert list(table["file"]) == [row["file"] for row in document["predictions"]]
+    p_columns = [f"p_{c}" for c in model["classes"]]
+    np.testing.assert_allclose(
+        table[p_columns].to_numpy(dtype=float),
+        [[row[c] for c in p_columns] for row in document["predictions"]],
+    )
+    assert predict([*args, "--output", str(tmp_path / "p.txt")]) == 0  # the table
+    assert (tmp_path / "p.txt").read_text().startswith(header + "file ")
+
+    # A contract without the training-data record: no warning, and the lines say so.
+    unrecorded = tmp_path / "labels.json"
+    unrecorded.write_text(json.dumps({k: v for k, v in labels.items() if k != "data"}))
+    args = [str(folder), "--model", model_args(project)[1], "--labels", str(unrecorded)]
+    assert predict([*args, "--output", str(tmp_path / "old.csv")]) == 0
+    lines = (tmp_path / "old.csv").read_text().splitlines()
+    assert lines[3:5] == [
+        "# trained_on: training data not recorded (a contract from before it was)",
+        f"file,level,frame,series_uid,images,predicted,{','.join(p_columns)}",
+    ]
+
+
+def test_a_download_folders_metadata_is_passed_over_and_counted(project, tmp_path, capsys):
+    """A download as TCIA's come: the readers' XML beside the slices, a manifest, notes and a
+    DICOMDIR: every slice predicted, nothing failed (exit 0), the metadata counted on one
+    stderr line. The same XML given by name is read, and is no image."""
+    series = sorted((project / "data/raw").rglob("*.dcm"))[0].parent
+    download = tmp_path / "download"
+    shutil.copytree(series, download / "LIDC-IDRI-0001" / "series")
+    metadata = [
+        "LIDC-IDRI-0001/series/069.xml",
+        "LIDC-IDRI-0001/series/README.MD",
+        "LIDC-IDRI-0001/DICOMDIR",
+        "LIDC-IDRI-0001/dicomdir",
+        "manifest-1600709154662/metadata.CSV",
+        "manifest-1600709154662/LICENSE.txt",
+        "study.json",
+    ]
+    for name in metadata:
+        (download / name).parent.mkdir(parents=True, exist_ok=True)
+        (download / name).write_text("<LidcReadMessage/>")
+    args = [*model_args(project), "--format", "json"]
+    capsys.readouterr()
+    assert predict([str(download), *args]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["failures"] == []
+    images = [row["file"] for row in document["predictions"] if row["level"] == "image"]
+    slices = sorted(series.glob("*.dcm"))
+    assert images == [str(download / "LIDC-IDRI-0001/series" / f.name) for f in slices]
+    warning, *lines = captured.err.strip().splitlines()
+    assert warning.startswith("warning: ") and lines == [passed_over(len(metadata))]
+
+    xml = download / metadata[0]
+    assert predict([str(xml), *args]) == 1
+    assert f"{xml}: not_image" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2(project):
     with pytest.raises(SystemExit) as stop:
         predict([str(project), "--batch-size", "0"])
@@ -217,7 +321,8 @@ def test_usage_errors_exit_2(project):
 def test_reader_processes_give_the_same_rows_and_failures(project, tmp_path, capsys):
     folder = tmp_path / "inputs"
     shutil.copytree(project / "data/raw", folder)
-    (folder / "zz-notes.txt").write_text("not an image")
+    (folder / "zz-notes.txt").write_text("metadata, by its name")  # as labels.csv, SOURCE.json
+    (folder / "zz-scan.bin").write_text("not an image")
     args = [str(folder), *model_args(project), "--format", "json"]
     outputs = []
     for workers in ("0", "2"):
@@ -225,10 +330,11 @@ def test_reader_processes_give_the_same_rows_and_failures(project, tmp_path, cap
         assert predict([*args, "--workers", workers]) == 1
         captured = capsys.readouterr()
         outputs.append(json.loads(captured.out))
-        assert f"{folder / 'zz-notes.txt'}: not_image" in captured.err
+        assert f"{folder / 'zz-scan.bin'}: not_image" in captured.err
+        assert passed_over(3) in captured.err.splitlines()
     alone, pooled = outputs
     assert [r["file"] for r in alone["predictions"]] == [r["file"] for r in pooled["predictions"]]
-    assert alone["failures"] == pooled["failures"] and len(alone["failures"]) == 3
+    assert alone["failures"] == pooled["failures"] and len(alone["failures"]) == 1
     for a, b in zip(alone["predictions"], pooled["predictions"], strict=True):
         assert a == pytest.approx(b, abs=TOLERANCE)
     assert sum(r["level"] == "series" for r in pooled["predictions"]) == 9  # TINY's patients

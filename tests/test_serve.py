@@ -197,6 +197,8 @@ def test_predict_matches_the_predict_command(server, project, tmp_path):
     )
     assert status == 200, answer
     assert without_names(answer) == without_names(expected)
+    # the same model record (name, sha256, classes, training data) and warning as predict's
+    assert answer["model"] == expected["model"] and answer["warning"] == expected["warning"]
     assert "not for real CT" in answer["warning"] and headers["X-Model-Warning"]
     files = [row["file"] for row in answer["predictions"]]
     levels = [row["level"] for row in answer["predictions"]]

@@ -46,7 +46,7 @@ def test_predict_tta(tmp_path: Path, monkeypatch):
     for name, extra in (("plain", []), ("tta", ["--tta"])):
         out = tmp_path / f"{name}.csv"
         assert predict(["data/splits/test", *extra, "--output", str(out)]) == 0
-        outputs[name] = pd.read_csv(out).set_index("file")
+        outputs[name] = pd.read_csv(out, comment="#").set_index("file")
     columns = [c for c in outputs["tta"].columns if c.startswith("p_")]
     x = np.stack([np.asarray(Image.open(f), dtype=np.float32)[..., None] for f in files])
     model = load_model(project / "models/model.keras")

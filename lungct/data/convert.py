@@ -1,28 +1,19 @@
 """Raw files -> model-ready PNGs and manifest rows: the convert stage's work, over a pool
 of processes, one *unit* at a time: a file, or (2.5-D input) a series in slice order.
 
-Each file gives one manifest row per image (a frame of a DICOM file, a slice of a
-MetaImage volume, or an exported image), or one skipped row with a reason code. A slice
-is labelled by ``labels.csv`` (PatientID), its class folder, or, in the annotated
-layouts, by its annotations (``lungct.data.slice_labels``); an unlabelled slice is a skipped
-row with the label rule's reason. With ``convert.context_slices: k`` each image stacks
-its slice with the k neighbours on each side in series order (the series ends repeat
-the edge slice); with ``convert.crop: lesion`` each is a ``crop_mm`` square around the
-lesion (``lungct.data.crops``). The pixels come from
-``lungct.io.preprocess``, the path predict and the app run too, and so does the rule that
-turns any exception on one file into its reason (``file_problem``): a bad file never
-stops the stage, nor the pool of worker processes. Writing the PNGs is outside that
-rule: a full disk stops the stage (one line, ``lungct.errors.run_stage``).
+Each file gives one manifest row per image (DICOM frame, MetaImage slice, exported image)
+or one skipped row with a reason code. Pixels, and the rule that turns any exception on
+one file into its reason (``file_problem``), come from ``lungct.io.preprocess``: a bad
+file never stops the stage nor the pool; a full disk does (``lungct.errors.run_stage``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -54,8 +45,6 @@ from lungct.io.windowing import window_channels
 from lungct.names import IMAGE_LAYOUTS, Crop, Framing
 from lungct.params import ConvertParams
 from lungct.reasons import LOCALIZER, NOT_CT, UNLABELED
-
-log = logging.getLogger("convert")
 
 
 @dataclass(frozen=True)
@@ -109,8 +98,11 @@ def series_units(indexed: list[Indexed], files: list[str]) -> list[Unit]:
     return units
 
 
-def _volume_frames(path: Path, prep: Preprocessing) -> list[CTFrame]:
-    """A MetaImage volume (LUNA16) as CT frames: one per slice, keyed like the index."""
+def _read_frames(path: Path, prep: Preprocessing) -> list[CTFrame]:
+    """The CT frames of a DICOM file, or of a MetaImage volume (LUNA16): one per slice, keyed
+    like the index."""
+    if not is_metaimage(path):
+        return read_ct(path, prep.max_image_bytes, prep.image_size**2 * prep.channels)
     volume = read_metaimage(path, prep.max_image_bytes)
     refs = volume.geometry.slice_refs(patient_id=path.stem)
     return [
@@ -125,29 +117,14 @@ def _volume_frames(path: Path, prep: Preprocessing) -> list[CTFrame]:
             transfer_syntax="MetaImage",
             gantry_tilt=None,
             window=None,
-            geometry=FrameGeometry(
-                ref.key,
-                ref.series_uid,
-                ref.patient_id,
-                k,
-                ref.position,
-                ref.origin,
-                ref.orientation,
-                ref.spacing,
-            ),
+            geometry=FrameGeometry(frame=k, **asdict(ref)),
         )
         for k, ref in enumerate(refs)
     ]
 
 
 def _base(rel: str, job: Job) -> dict:
-    base: dict = {
-        "source": rel,
-        "output": "",
-        "status": "skipped",
-        "reason": "",
-        "layout": job.layout,
-    }
+    base = dict(source=rel, output="", status="skipped", reason="", layout=job.layout)
     from_path = label_from_path(PurePosixPath(rel), job.layout)
     if from_path is not None:
         base["label"], base["official_split"] = from_path
@@ -162,23 +139,15 @@ def _slices(unit: Unit, job: Job, rows: list[dict]) -> Iterator[tuple[CTFrame, d
     loaded: dict[str, list[CTFrame]] = {}
     for rel, frame in unit.order:
         if rel not in loaded:
-            path = job.raw / rel
             try:
-                if is_metaimage(path):
-                    frames = _volume_frames(path, job.prep)
-                else:
-                    frames = read_ct(
-                        path, job.prep.max_image_bytes, job.prep.image_size**2 * job.prep.channels
-                    )
+                loaded[rel] = _read_frames(job.raw / rel, job.prep)
             except Exception as exc:  # any exception on this one file: its row says why
                 reason, detail = file_problem(exc)
                 rows.append(dict(_base(rel, job), reason=reason, detail=detail))
-                frames = []
-            loaded[rel] = frames
-        frames = loaded[rel]
+                loaded[rel] = []
         uses[rel] -= 1
-        if not uses[rel]:
-            del loaded[rel]  # the window below keeps what it still needs
+        # Dropped after its last frame: the window below keeps what it still needs.
+        frames = loaded[rel] if uses[rel] else loaded.pop(rel)
         chosen = frames if frame < 0 else [f for f in frames if f.frame == frame]
         for item in chosen:
             yield item, _base(rel, job), len(frames)
@@ -201,9 +170,8 @@ def convert_unit(unit: Unit) -> list[dict]:
         return [_finish(row, image.pixels, image.gray, "", job)]
     k = job.prep.context_slices
     window: list[tuple[CTFrame, dict, int] | None] = []
-    stream = _slices(unit, job, rows)
     done = 0
-    for item in stream:
+    for item in _slices(unit, job, rows):
         window.append(item)
         while done + k < len(window):
             rows.append(_slice_row(window, done, k, job))
@@ -220,8 +188,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
     """The manifest row (and PNG) of slice ``index`` of a unit, its neighbours from
     ``window`` (the ends repeat the edge slice)."""
     frame, base, count = window[index]
-    geometry = frame.geometry
-    key = geometry.key if geometry is not None else ""
+    key = frame.geometry.key  # read_ct and MetaImage volumes give every frame its geometry
     row = dict(
         base,
         patient_id=frame.patient_id,
@@ -239,12 +206,8 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
     )
     if job.slice_labels is not None:
         label = job.slice_labels.get(key) or SliceLabel("", NOT_ANNOTATED)
-        row.update(
-            label=label.label,
-            readers=label.readers,
-            score=label.score,
-            label_source=_relative(label.source, job.raw),
-        )
+        row.update(label=label.label, readers=label.readers, score=label.score)
+        row["label_source"] = _relative(label.source, job.raw)
         if not label.labelled:
             return dict(row, reason=label.reason, detail=label.detail)
     elif job.labels is not None:  # labels.csv keyed on PatientID, else class subfolders
@@ -255,24 +218,23 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
     last = len(window) - 1
     neighbours = [window[min(max(index + d, 0), last)][0] for d in range(-k, k + 1)]
     try:
-        box = _crop_box(frame, job, row.get("label", ""))
+        box = _crop_box(frame, job)
         if box is not None:
             row["crop_center"] = f"{(box[0] + box[2]) / 2:.1f};{(box[1] + box[3]) / 2:.1f}"
-        images, windows = [], None
+        images = []
         for neighbour in neighbours:
             slice_windows = job.prep.windows_for(neighbour)
-            if neighbour is frame:
-                windows = slice_windows
             if box is None:
                 images.append(_view(neighbour, slice_windows, job.prep, 2 * k + 1))
             else:
                 hu = crop_hu(neighbour.hu, box, job.prep.image_size)
                 pixels = window_channels(hu, slice_windows)
                 images.append((pixels, pixels))
+        windows = job.prep.windows_for(frame)  # one of the neighbours': it raises no more
     except Exception as exc:  # a crop or window this slice cannot have
         reason, detail = file_problem(exc)
         return dict(row, reason=reason, detail=detail)
-    row["windows"] = ";".join(f"{c:g}/{w:g}" for c, w in windows or [])
+    row["windows"] = ";".join(f"{c:g}/{w:g}" for c, w in windows)
     centre = images[k][1]
     gray = centre if centre.ndim == 2 else centre[..., 0]
     suffix = f".f{frame.frame + 1:04d}" if count > 1 else ""
@@ -288,9 +250,6 @@ def _view(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A frame's (model image, unresized channels): windowed and resized once a frame,
     though with ``context_slices`` it is a channel of ``keep`` images."""
-    if keep == 1:
-        unresized = frame_channels(frame, windows)
-        return model_view(unresized, prep, frame), unresized
     key = (tuple(windows), prep.image_size)
     hit = _VIEWS.get(id(frame))
     if hit is not None and hit[0] is frame and hit[1] == key:
@@ -304,22 +263,21 @@ def _view(
     return view
 
 
-def _crop_box(frame: CTFrame, job: Job, label: str) -> tuple[float, float, float, float] | None:
-    if job.prep.crop != Crop.LESION:
+def _crop_box(frame: CTFrame, job: Job) -> tuple[float, float, float, float] | None:
+    if job.prep.crop != Crop.LESION:  # only in annotated layouts (plan): slice_labels are set
         return None
-    geometry = frame.geometry
-    annotated = job.slice_labels.get(geometry.key) if job.slice_labels and geometry else None
-    center = annotated.center if annotated is not None else None
+    key = frame.geometry.key
+    center = job.slice_labels[key].center  # a labelled slice's
     if center is None:  # a normal slice (or a lesion without a centre): a lung point
-        center = lung_point(frame.hu, job.seed, geometry.key if geometry else label)
-    return crop_box(center, job.prep.crop_mm, geometry.spacing if geometry else None)
+        center = lung_point(frame.hu, job.seed, key)
+    return crop_box(center, job.prep.crop_mm, frame.geometry.spacing)
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:
     """Slices (each one channel per window) -> one image, their channels in series order."""
     if len(images) == 1:
         return images[0]
-    return np.concatenate([i if i.ndim == 3 else i[..., None] for i in images], axis=-1)
+    return np.dstack(images)
 
 
 def _relative(source: str, raw: Path) -> str:
@@ -335,32 +293,24 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
     """Label check, perceptual hash and PNG write for one converted image."""
     if not row.get("label"):
         return dict(row, reason=UNLABELED)
-    # Near duplicates are found (split stage) on what the model sees, before resizing.
     output = f"images/{row['source']}{suffix}.png"
     save_png(job.out / output, pixels)
-    # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
-    resized = pixels if job.prep.framing == Framing.IMAGE else None
     if not row.get("patient_id"):  # no id: the split groups it by this evidence
         row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
-        # The body at full resolution: what convert.framing body shows the model (bit for
-        # bit for an exported image); cropped from the small view instead, 313 of the
-        # 1,470 pairs of Chest CT-Scan images within 2 bits were missed.
+        # The body at full resolution, as convert.framing body shows it; cropped from the
+        # small view instead, 313 of 1,470 Chest CT-Scan pairs within 2 bits were missed.
         body = fit_square(frame_to_body(gray), job.prep.image_size)
         row["body_phash"] = phash(body, reducing_gap=None)  # as view_record hashes a view
-    return dict(
-        row,
-        phash=phash(gray, resized),  # resized: a reduce() of gray it can start from
-        output=output,
-        status="converted",
-    )
+    # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
+    resized = pixels if job.prep.framing == Framing.IMAGE else None
+    return dict(row, phash=phash(gray, resized), output=output, status="converted")
 
 
 def evidence_view(pixels: np.ndarray, gray: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """What the split's likely-patient evidence looks at (:func:`lungct.data.grouping.view_record`):
-    the image before framing (its first channel, ``gray``: the whole slice, or the lesion
-    crop) resized to the model's square, so that ``convert.framing`` does not change the
-    groups. With ``framing: image``, no crop and no 2.5-D stacking that is the model image
-    ``pixels`` itself (its first channel), not computed again."""
+    ``gray`` (the whole slice or the lesion crop, before framing, so that ``convert.framing``
+    does not change the groups) resized to the model's square; with ``framing: image``, no
+    crop and no 2.5-D stacking, that is the model image ``pixels`` itself, not redone."""
     if prep.framing == Framing.IMAGE and prep.crop == Crop.NONE and prep.context_slices == 0:
         return pixels if pixels.ndim == 2 else pixels[..., 0]
     return fit_square(gray, prep.image_size)

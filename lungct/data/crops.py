@@ -1,10 +1,8 @@
 """Lesion-centred crops (``convert.crop: lesion``): a square of ``crop_mm`` millimetres of
-a slice, around a point, resampled to the model's input size.
-
-The point is the annotated lesion's centre (docs/annotations.md); for a ``normal``
-slice it is a point inside the lungs chosen from ``base.seed`` and the slice's key, so
-that normal crops show lung, as nodule crops do, and the same seed picks the same
-points. Crops are taken from HU (outside the slice counts as air), before windowing.
+a slice, around a point, resampled to the model's input size, taken from HU (outside the
+slice counts as air) before windowing. The point is the annotated lesion's centre
+(docs/annotations.md); for a ``normal`` slice a point inside the lungs chosen from
+``base.seed`` and the slice's key, so that normal crops show lung as nodule crops do.
 """
 
 from __future__ import annotations
@@ -42,12 +40,8 @@ def crop_hu(hu: np.ndarray, box: tuple[float, float, float, float], size: int) -
     # Pad so that the box lies inside the array, then let Pillow resample the box itself.
     pad = int(np.ceil(max(0.0, -left, -top, right - hu.shape[1], bottom - hu.shape[0]))) + 1
     padded = np.pad(hu.astype(np.float32), pad, constant_values=AIR_HU)
-    image = Image.fromarray(padded, mode="F")
-    out = image.resize(
-        (size, size),
-        Image.Resampling.BILINEAR,
-        box=(left + pad, top + pad, right + pad, bottom + pad),
-    )
+    box = (left + pad, top + pad, right + pad, bottom + pad)
+    out = Image.fromarray(padded, mode="F").resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out, dtype=np.float32)
 
 

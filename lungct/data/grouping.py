@@ -1,53 +1,20 @@
-"""Likely patients among images without a PatientID (``split.grouping: patient_likely``).
+"""Likely patients among images without a PatientID (``split.grouping: patient_likely``;
+the rule, its thresholds and the measurements behind them: docs/splitting.md).
 
-Exported slices (PNG/JPG datasets) carry no patient id, and a perceptual hash of the
-original image alone (``split.grouping: phash``) both misses neighbouring slices of one
-patient (6-10 bits apart) and chains unrelated images whose hashes happen to be close.
-This rule weighs three kinds of evidence per pair of images:
-
-- ``phash``: the 64-bit pHash of the original image (the convert manifest), before the
-  resize and padding: the same picture, re-exported at another size or window;
-- ``view``: the pHash of the whole image at the model's size (the converted PNG with
-  ``convert.framing: image``; with ``body`` the image before the body crop, so that the
-  evidence does not depend on the framing): the original's crop and aspect ratio, which
-  one export of one patient shares, show in it as the padding and the place of the body
-  in the square. The original's size itself adds
-  nothing: on the Chest CT-Scan copy, 813 of the 836 pairs of images of one size are
-  near duplicates anyway, and 470 of the 1283 near-duplicate pairs differ in size (one
-  slice exported at two resolutions);
-- ``thumb``: the Pearson correlation of 16 x 16 thumbnails of that view: the
-  layout of body, lungs and mediastinum, brightness and contrast taken out.
-
-- ``body``: the pHash of the body cropped out of the image (:func:`lungct.io.images.frame_to_body`)
-  at the model's size: one slice exported twice with different margins (the official
-  Chest CT-Scan folders hold many: tight crops in train, wide with the table in test)
-  has whole views 12-36 bits apart and body views within 2.
-
-Two images are **near duplicates** when their views or their body views are within
-``view_duplicate_distance`` bits (the model sees the same picture, in one framing or
-the other), or when their
-originals are within ``near_duplicate_distance`` bits *and* their thumbnails agree
-(``duplicate_similarity``): two kinds of evidence, because the hash of the original
-alone links different patients (on the Chest CT-Scan copy, 4 pairs 4 bits apart are
-visibly different patients, 2 of them filed under different classes; their thumbnails
-correlate at 0.76-0.90, the other 1259 such pairs at 0.905 and above). Near duplicates
-always share a group, chains included; the leakage gate checks exactly this relation
-(:func:`duplicate_pairs`).
-
-Groups of near duplicates then merge into **likely patients** by average linkage
-(UPGMA): two groups merge while the *mean*, over all their image pairs, of
-
-    max(view bits / patient_distance, (1 - correlation) / (1 - patient_similarity))
-
-is at most 1. The ``max`` asks both the view hash and the thumbnails to agree; the mean
-over all pairs is the guard against chaining: A ~ B ~ C with A and C unrelated merges
-only if the group stays close on average, which single linkage (connected components)
-never asks.
+The rule compares (:class:`Evidence`) the pHash of the original image, the pHash of the
+whole image at the model's size before ``convert.framing`` (``view``), the correlation of
+thumbnails of that view, and the pHash of the body cropped out of it. **Near duplicates**
+(views or bodies within ``view_duplicate_distance`` bits, or originals within
+``near_duplicate_distance`` bits *and* thumbnails correlating at ``duplicate_similarity``)
+share a group, chains included (:func:`duplicate_pairs`, which the leakage gate checks).
+Groups then merge into **likely patients** by average linkage (UPGMA) while the *mean*
+over all their image pairs of ``max(view bits / patient_distance, (1 - correlation) /
+(1 - patient_similarity))`` is at most 1: the mean guards against chaining.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +42,7 @@ class Evidence:
     def __len__(self) -> int:
         return len(self.phash)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> Evidence:
-        index = np.asarray(index, dtype=np.int64)
+    def subset(self, index: list[int] | np.ndarray) -> Evidence:
         return Evidence(self.phash[index], self.view[index], self.thumb[index], self.body[index])
 
 
@@ -97,10 +63,9 @@ class Rule:
 
 
 def view_record(view: np.ndarray) -> tuple[str, str]:
-    """The evidence of one image as the convert manifest records it (``view_phash``,
-    ``view_thumb``): the pHash of its view, the whole image at the model's size in
-    grayscale (2-D uint8, :func:`lungct.data.convert.evidence_view`), and that view's
-    :data:`THUMB` x :data:`THUMB` BOX thumbnail as hex bytes."""
+    """The manifest's ``view_phash`` and ``view_thumb`` of an image's view (2-D uint8,
+    :func:`lungct.data.convert.evidence_view`): its pHash, and its :data:`THUMB` x
+    :data:`THUMB` BOX thumbnail as hex bytes."""
     image = Image.fromarray(view)
     thumb = np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.uint8)
     return phash(view, reducing_gap=None), thumb.tobytes().hex()
@@ -113,10 +78,9 @@ def manifest_evidence(
     body_phashes: Sequence[str],
     where: Path,
 ) -> Evidence:
-    """The :class:`Evidence` of images from their manifest columns (``phash``,
-    ``view_phash``, ``view_thumb``, ``body_phash``); a :class:`UserError` naming ``where``
-    when one is not what convert writes (the manifest was damaged or is an older
-    version's)."""
+    """The :class:`Evidence` of images from their manifest columns (``phash``, ``view_phash``,
+    ``view_thumb``, ``body_phash``); a :class:`UserError` naming ``where`` when one is not
+    what convert writes (a damaged or older manifest)."""
     try:
         originals, views = hash_values(phashes), hash_values(view_phashes)
         bodies = hash_values(body_phashes)
@@ -133,10 +97,17 @@ def manifest_evidence(
     return Evidence(originals, views, np.divide(thumb, norm, out=thumb, where=norm > 0), bodies)
 
 
-def _blocks(n: int, width: int) -> list[np.ndarray]:
-    """Row indices in blocks of at most CELLS / width rows."""
-    rows = max(1, CELLS // max(width, 1))
-    return [np.arange(start, min(start + rows, n)) for start in range(0, n, rows)]
+def block_pairs(
+    n: int, width: int, test: Callable[[np.ndarray], np.ndarray]
+) -> list[tuple[int, int]]:
+    """Index pairs (i, j) where ``test(rows)``, booleans of row indices ``rows`` (< ``n``) x
+    ``width``, holds; asked for blocks of rows of at most :data:`CELLS` cells."""
+    pairs: list[tuple[int, int]] = []
+    step = max(1, CELLS // max(width, 1))
+    for start in range(0, n, step):
+        rows, cols = np.nonzero(test(np.arange(start, min(start + step, n))))
+        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
+    return pairs
 
 
 def _bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -145,9 +116,9 @@ def _bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def duplicate_pairs(left: Evidence, right: Evidence, rule: Rule) -> list[tuple[int, int]]:
     """Index pairs (i in left, j in right) of near duplicates (module docstring)."""
-    pairs: list[tuple[int, int]] = []
-    for block in _blocks(len(left), len(right)):
-        part, start = left.subset(block), int(block[0])
+
+    def near(block: np.ndarray) -> np.ndarray:
+        part = left.subset(block)
         view = _bits(part.view, right.view) <= rule.view_duplicate_distance
         view |= _bits(part.body, right.body) <= rule.view_duplicate_distance
         rows, cols = np.nonzero(
@@ -155,9 +126,9 @@ def duplicate_pairs(left: Evidence, right: Evidence, rule: Rule) -> list[tuple[i
         )
         similar = np.einsum("ij,ij->i", part.thumb[rows], right.thumb[cols])
         view[rows, cols] = similar >= rule.duplicate_similarity
-        rows, cols = np.nonzero(view)
-        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
-    return pairs
+        return view
+
+    return block_pairs(len(left), len(right), near)
 
 
 def _distance(a: Evidence, b: Evidence, rule: Rule) -> np.ndarray:
@@ -167,7 +138,8 @@ def _distance(a: Evidence, b: Evidence, rule: Rule) -> np.ndarray:
     return np.maximum(view, thumb)
 
 
-def _components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+def connected(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """A label per item of the connected components of ``n`` items joined by ``pairs``."""
     if not pairs:
         return np.arange(n)
     rows, cols = np.array(pairs, dtype=np.int64).T
@@ -175,16 +147,19 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def first_index(labels: np.ndarray) -> np.ndarray:
+    """Per item, the index of the first item with its label (equal inputs, equal names)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return first[inverse]
+
+
 # Not scipy's linkage+fcluster (0.11 vs 0.16 s, 944 real images): it breaks ties at the limit otherwise (2 regroup).
 def average_linkage(distance: np.ndarray, sizes: np.ndarray, limit: float) -> np.ndarray:
-    """Average linkage (UPGMA) of clusters, stopped at ``limit``.
-
-    ``distance``: the clusters' mean pairwise image distances (k x k); ``sizes``: their
-    image counts. Two clusters merge while the mean distance over all image pairs between
-    them is at most ``limit``, closest first. Returns a label per cluster (the lowest
-    cluster index of its merged cluster). The nearest-neighbour-chain algorithm: the same
-    merges as the greedy closest-first order (average linkage is reducible), O(k^2).
-    """
+    """Average linkage (UPGMA) of k clusters (``distance``: their mean pairwise image
+    distances, k x k; ``sizes``: their image counts): two merge while the mean distance over
+    all image pairs between them is at most ``limit``, closest first. A label per cluster
+    (the lowest index of its merged cluster). The nearest-neighbour-chain algorithm: the
+    same merges as the greedy closest-first order (average linkage is reducible), O(k^2)."""
     k = len(sizes)
     mean = np.array(distance, dtype=np.float64)
     np.fill_diagonal(mean, np.inf)
@@ -205,9 +180,8 @@ def average_linkage(distance: np.ndarray, sizes: np.ndarray, limit: float) -> np
             active[a] = False
             chain.pop()
             continue
-        if len(chain) > 1 and row[chain[-2]] <= row[b]:
+        if len(chain) > 1 and row[chain[-2]] <= row[b]:  # reciprocal nearest neighbours
             b = chain[-2]
-        if len(chain) > 1 and b == chain[-2]:
             chain.pop()
             chain.pop()
             keep, gone = min(a, b), max(a, b)
@@ -228,15 +202,12 @@ def likely_patients(evidence: Evidence, rule: Rule) -> np.ndarray:
     n = len(evidence)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    duplicates = _components(n, duplicate_pairs(evidence, evidence, rule))
+    duplicates = connected(n, duplicate_pairs(evidence, evidence, rule))
     # Only images with some pair within the patient distance can end up together:
     # average linkage runs within each connected part of that graph, not over all images.
-    close: list[tuple[int, int]] = []
-    for block in _blocks(n, n):
-        rows, cols = np.nonzero(_distance(evidence.subset(block), evidence, rule) <= 1.0)
-        close.extend(zip((rows + int(block[0])).tolist(), cols.tolist(), strict=True))
-    close += [(i, j) for i, j in enumerate(duplicates.tolist())]
-    parts = _components(n, close)
+    close = block_pairs(n, n, lambda rows: _distance(evidence.subset(rows), evidence, rule) <= 1)
+    close += list(enumerate(duplicates.tolist()))
+    parts = connected(n, close)
     labels = duplicates.copy()  # a part of one group of near duplicates stays as it is
     order = np.argsort(parts, kind="stable")
     starts = np.flatnonzero(np.diff(parts[order], prepend=-1))
@@ -254,8 +225,4 @@ def likely_patients(evidence: Evidence, rule: Rule) -> np.ndarray:
         merged = average_linkage(sums / np.outer(sizes, sizes), sizes, 1.0)
         labels[members] = offset + merged[cluster]
         offset += k
-    # The first image of each group names it, whatever the order of the parts.
-    first = {}
-    for i, label in enumerate(labels.tolist()):
-        first.setdefault(label, i)
-    return np.array([first[label] for label in labels.tolist()], dtype=np.int64)
+    return first_index(labels)  # whatever the order of the parts

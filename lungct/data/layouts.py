@@ -1,19 +1,13 @@
-"""Known dataset layouts, recognised from folder and file names (docs/data.md).
-
-- ``iqothnccd``: IQ-OTH/NCCD, class folders ``Bengin cases`` (sic), ``Malignant cases``,
-  ``Normal cases``, possibly nested one or two folders deep.
-- ``chest-ctscan``: Kaggle Chest CT-Scan images, ``Data/{train,valid,test}/<class>/``, the
-  train and valid class folders with TNM suffixes.
-- ``dicom``: a DICOM tree, labelled by ``labels.csv`` (PatientID,label) at its top or by class
-  subfolders. The synthetic cohort is written in this layout.
-- ``folders``: any other image dataset in class folders (``<class>/<image>``, at any depth;
-  ``train``/``valid``/``test`` folders above the class folders are its official split),
-  the classes named after the folders. Recognised last: images (by their Pillow file
-  extension) in two or more folders of different names, and no DICOM file.
+"""Known dataset layouts, recognised from folder and file names, their labels and class
+presets (the table in docs/data.md): ``iqothnccd``, ``chest-ctscan`` (train and valid class
+folders with TNM suffixes), the annotated layouts (``lungct.annotations``), ``dicom``
+(labelled by ``labels.csv`` or class subfolders; the synthetic cohort's layout) and, last,
+``folders`` (any other image dataset in class folders).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -35,12 +29,6 @@ OFFICIAL_SPLITS = {
     "validation": "val",
     "test": "test",
 }
-CHEST_CTSCAN_CLASSES = (
-    "adenocarcinoma",
-    "large.cell.carcinoma",
-    "squamous.cell.carcinoma",
-    "normal",
-)
 DICOM_PROBES = 200  # files to open when looking for DICOM
 
 
@@ -59,22 +47,18 @@ def detect_layout(root: Path) -> Layout:
     names = {p.name.lower() for p in folders}
     if names & IQOTHNCCD_FOLDERS:
         return Layout.IQOTHNCCD
+    chest_classes = tuple(CLASS_PRESETS[Layout.CHEST_CTSCAN]["default"])  # its class folders
     for folder in folders:  # every class folder one of its four ("normal" alone is not enough)
         if folder.name.lower() in CHEST_CTSCAN_SPLITS:
             children = [c.name.lower() for c in folder.iterdir() if c.is_dir()]
-            if children and all(c.startswith(CHEST_CTSCAN_CLASSES) for c in children):
+            if children and all(c.startswith(chest_classes) for c in children):
                 return Layout.CHEST_CTSCAN
     annotated = detect_annotated(root)  # before the DICOM probe: these are DICOM trees too
     if annotated is not None:
         return annotated
-    probes = 0
-    for path in entries:
-        if path.is_file():
-            if is_dicom_file(path):
-                return Layout.DICOM
-            probes += 1
-            if probes >= DICOM_PROBES:
-                break
+    files = (path for path in entries if path.is_file())
+    if any(is_dicom_file(path) for path in itertools.islice(files, DICOM_PROBES)):
+        return Layout.DICOM
     classes = image_folders(root, entries)
     if len(classes) >= 2:
         return Layout.FOLDERS
@@ -109,11 +93,8 @@ def folder_class(raw: str) -> str:
 
 
 def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
-    """The raw label and official split ("" if none) a layout gives a file by its path.
-
-    None when the path carries no label in that layout (a description file, say).
-    DICOM trees labelled by ``labels.csv`` are labelled by PatientID instead.
-    """
+    """The raw label and official split ("" if none) a layout gives a file by its path; None
+    when the path carries none (a description file, or a tree labelled by ``labels.csv``)."""
     parts = rel.parts
     if layout == Layout.IQOTHNCCD:
         for part in reversed(parts[:-1]):
@@ -136,70 +117,50 @@ def label_from_path(rel: PurePosixPath, layout: str) -> tuple[str, str] | None:
 
 DROPPED = ""  # a class mapping's value for raw labels left out of the split
 
+
+def _with_binary(default: dict[str, str]) -> dict[str, dict[str, str]]:
+    """A ``default`` preset and its ``binary`` task: normal and benign without cancer, every
+    other class with, the labels it leaves out (:data:`DROPPED`) still out."""
+
+    def binary(name: str) -> str:
+        if name == DROPPED:
+            return DROPPED
+        return "without_cancer" if name in ("normal", "benign") else "with_cancer"
+
+    return {"default": default, "binary": {raw: binary(name) for raw, name in default.items()}}
+
+
 # Raw label -> class, per layout. Chest CT-Scan train/valid folders carry TNM suffixes
 # (adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib): a key matches the label or its part
 # before the first underscore.
 CLASS_PRESETS: dict[str, dict[str, dict[str, str]]] = {
-    Layout.DICOM: {
-        "default": {name: name for name in SYNTHETIC_CLASSES},
-        "binary": {
-            name: "with_cancer" if name == "malignant" else "without_cancer"
-            for name in SYNTHETIC_CLASSES
-        },
-    },
-    Layout.IQOTHNCCD: {
-        "default": {
+    Layout.DICOM: _with_binary({name: name for name in SYNTHETIC_CLASSES}),
+    Layout.IQOTHNCCD: _with_binary(
+        {
             "bengin cases": "benign",  # sic, as the dataset spells it
             "benign cases": "benign",
             "malignant cases": "malignant",
             "normal cases": "normal",
-        },
-        "binary": {
-            "bengin cases": "without_cancer",
-            "benign cases": "without_cancer",
-            "malignant cases": "with_cancer",
-            "normal cases": "without_cancer",
-        },
-    },
+        }
+    ),
     # LIDC-IDRI slices (docs/annotations.md): a median malignancy of exactly 3 is left out.
-    Layout.LIDC: {
-        "default": {
-            "malignant": "malignant",
-            "benign": "benign",
-            "normal": "normal",
-            "indeterminate": DROPPED,
-        },
-        "binary": {
-            "malignant": "with_cancer",
-            "benign": "without_cancer",
-            "normal": "without_cancer",
-            "indeterminate": DROPPED,
-        },
-    },
+    Layout.LIDC: _with_binary(
+        {"malignant": "malignant", "benign": "benign", "normal": "normal", "indeterminate": DROPPED}
+    ),
     Layout.LUNA16: {"default": {"nodule": "nodule", "normal": "normal"}},
     # Lung-PET-CT-Dx: the histology letters of the tumour boxes (every box is a cancer).
     Layout.LUNG_PET_CT_DX: {
-        "default": {
-            "a": "adenocarcinoma",
-            "b": "small_cell",
-            "e": "large_cell",
-            "g": "squamous",
-        },
+        "default": {"a": "adenocarcinoma", "b": "small_cell", "e": "large_cell", "g": "squamous"},
     },
-    Layout.CHEST_CTSCAN: {
-        "default": {
+    # binary: the binary notebook project's task
+    Layout.CHEST_CTSCAN: _with_binary(
+        {
             "adenocarcinoma": "adenocarcinoma",
             "large.cell.carcinoma": "large_cell",
             "squamous.cell.carcinoma": "squamous",
             "normal": "normal",
-        },
-        "binary": {  # the binary notebook project's task
-            "adenocarcinoma": "with_cancer",
-            "large.cell.carcinoma": "with_cancer",
-            "squamous.cell.carcinoma": "with_cancer",
-            "normal": "without_cancer",
-        },
-    },
+        }
+    ),
 }
 
 

@@ -1,10 +1,9 @@
 """Slices in series order, and what a radiologist would want flagged about a series.
 
-A series is the converted rows that share a SeriesInstanceUID. They are ordered by
-position along the slice normal (``lungct.io.dicom.slice_position``); InstanceNumber is only
-a fallback, with a warning, for a series without geometry. Flags: two slices at one
-position, a gap (a spacing over :data:`GAP_FACTOR` times the series' median), a tilted
-gantry (recorded per frame by the reader).
+A series is the converted rows that share a SeriesInstanceUID, ordered by position along
+the slice normal (``lungct.io.dicom.slice_position``); InstanceNumber is only a fallback,
+with a warning, for a series without geometry. Flags: two slices at one position, a gap
+(a spacing over :data:`GAP_FACTOR` times the series' median), a tilted gantry.
 """
 
 from __future__ import annotations
@@ -20,36 +19,28 @@ log = logging.getLogger("convert")
 
 
 def series_order(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Order slices within each series and flag what a radiologist would want to know.
-
-    Slices are sorted by position along the slice normal; InstanceNumber is only a
-    fallback (with a warning) for series without geometry. Flags: two slices at one
-    position, a gap (a spacing over 1.5 times the series' median), a tilted gantry.
-    """
+    """The manifest with each converted series' ``slice_index``, ``position_source``,
+    ``duplicate_position`` and ``gap`` columns (module docstring)."""
     manifest = manifest.copy()
     manifest[["slice_index", "position_source"]] = [pd.NA, ""]
     manifest[["duplicate_position", "gap"]] = False
-    done = manifest[
-        (manifest["status"] == "converted")
-        & (manifest["series_uid"].astype(object).fillna("") != "")
-    ]
+    has_series = manifest["series_uid"].astype(object).fillna("") != ""
+    done = manifest[(manifest["status"] == "converted") & has_series]
     for series, rows in done.groupby("series_uid"):
         # A position that is missing, not a number or infinite is no geometry.
-        positions = pd.to_numeric(rows["slice_position"], errors="coerce").astype(float)
-        if np.isfinite(positions.to_numpy()).all():
+        positions = pd.to_numeric(rows["slice_position"], errors="coerce").astype(float).to_numpy()
+        if np.isfinite(positions).all():
             order = rows.sort_values(["slice_position", "instance_number", "frame"]).index
             manifest.loc[rows.index, "position_source"] = "position"
-            values = np.sort(positions.to_numpy(dtype=float))
+            values = np.sort(positions)
             steps = np.diff(values)
-            duplicate = (
-                np.isclose(positions.to_numpy(dtype=float)[:, None], values[None]).sum(1) > 1
-            )
+            duplicate = np.isclose(positions[:, None], values[None]).sum(1) > 1
             manifest.loc[rows.index, "duplicate_position"] = duplicate
             moving = steps[steps > 1e-3]
             if len(moving):
                 median = float(np.median(moving))
                 gap_after = values[1:][steps > GAP_FACTOR * median]
-                manifest.loc[rows.index, "gap"] = positions.isin(gap_after).to_numpy()
+                manifest.loc[rows.index, "gap"] = np.isin(positions, gap_after)
         else:
             log.warning(
                 "convert: series %s has no slice geometry; sorted by InstanceNumber", series

@@ -1,23 +1,20 @@
 """Per-slice labels of the annotated layouts (LIDC-IDRI, LUNA16, Lung-PET-CT-Dx), and the
-header index of a raw tree that the convert stage orders series and crops lesions with.
-
-:func:`index_frames` reads every input file's header (no pixel data): one
-:class:`Indexed` per frame (a DICOM frame, or a slice of a MetaImage volume), with the
-identity and geometry the annotation files refer to. :func:`label_frames` then applies
-the dataset's rule (``lungct.annotations``, docs/annotations.md) to every frame.
+header index the convert stage orders series and crops lesions with: :func:`index_file`
+reads a file's header (no pixel data), one :class:`Indexed` per frame with the identity
+and geometry annotation files refer to; :func:`label_frames` applies the dataset's rule
+(``lungct.annotations``, docs/annotations.md) to every frame.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lungct.annotations import (
     LIDC,
     LUNA16,
-    LUNG_PET_CT_DX,
     REASONS,
     SliceLabel,
     SliceRef,
@@ -60,22 +57,12 @@ def metadata_files(raw: Path, layout: str) -> set[Path]:
     files of MetaImage volumes (read through their ``.mhd`` header)."""
     if layout not in ANNOTATED_LAYOUTS:
         return set()
-    files = set(annotation_files(raw, layout))
-    files |= {p for p in raw.rglob("*.raw") if p.with_suffix(".mhd").is_file()}
-    files |= {p for p in raw.rglob("*.zraw") if p.with_suffix(".mhd").is_file()}
-    return files
+    data = [p for s in ("*.raw", "*.zraw") for p in raw.rglob(s) if p.with_suffix(".mhd").is_file()]
+    return set(annotation_files(raw, layout)) | set(data)
 
 
 def _ref(geometry: FrameGeometry) -> SliceRef:
-    return SliceRef(
-        key=geometry.key,
-        series_uid=geometry.series_uid,
-        patient_id=geometry.patient_id,
-        position=geometry.position,
-        origin=geometry.origin,
-        orientation=geometry.orientation,
-        spacing=geometry.spacing,
-    )
+    return SliceRef(**{f.name: getattr(geometry, f.name) for f in fields(SliceRef)})
 
 
 def index_file(raw: Path, rel: str, *, max_image_bytes: int) -> list[Indexed]:
@@ -101,8 +88,8 @@ def index_file(raw: Path, rel: str, *, max_image_bytes: int) -> list[Indexed]:
 def label_frames(
     layout: str, raw: Path, frames: Sequence[Indexed], cfg: AnnotationParams
 ) -> dict[str, SliceLabel]:
-    """Every frame's label (by key) under the layout's rule; annotation files that could
-    not be used are logged, one line each."""
+    """Every frame's label (by key) under the rule of ``layout``, one of
+    :data:`ANNOTATED_LAYOUTS`; annotation files that could not be used are logged."""
     refs = [f.ref for f in frames]
     files = annotation_files(raw, layout)
     if layout == LIDC:
@@ -113,16 +100,10 @@ def label_frames(
         labelled = luna16_labels(files[0], refs, cfg.margin_mm)
         for extra in files[1:]:
             log.warning("convert: %s: a second annotations.csv, not read", extra.relative_to(raw))
-    elif layout == LUNG_PET_CT_DX:
+    else:  # Lung-PET-CT-Dx
         labelled = voc_labels(files, refs)
-    else:
-        raise ValueError(f"layout {layout!r} has no annotation rule")
     for problem in labelled.problems:
         where = problem.file.relative_to(raw) if problem.file.is_relative_to(raw) else problem.file
-        log.warning(
-            "convert: %s: %s%s",
-            where,
-            problem.reason,
-            f" ({problem.detail})" * bool(problem.detail),
-        )
+        detail = f" ({problem.detail})" if problem.detail else ""
+        log.warning("convert: %s: %s%s", where, problem.reason, detail)
     return labelled.labels

@@ -1,13 +1,7 @@
-"""Leakage-free splitting: whole groups (patients) go to one split, stratified by class.
-
-A group is a patient (DICOM PatientID) or, for images without ids, a likely patient
-(``split.grouping: patient_likely``, :mod:`lungct.data.grouping`) or a set of near duplicates
-(``phash``: perceptual hash within ``split.near_duplicate_distance`` bits, chains
-included). ``split.strategy``: ``grouped`` (whole groups, stratified by class, seeded),
-``official`` (the dataset's own train/valid/test folders), ``random`` (image by image:
-the notebook protocol, leaky, for comparison only). Then the leakage gate counts groups
-and near-duplicate pairs across splits, and ``split.leakage`` decides: ``fail``,
-``warn``, or ``drop`` the later-split copies (:func:`apply_leakage_policy`).
+"""Leakage-free splitting (docs/splitting.md): whole groups (patients, or for images
+without ids likely patients or near duplicates, ``split.grouping``) go to one split,
+stratified by class, as ``split.strategy`` says; then the leakage gate counts groups and
+near-duplicate pairs across splits and applies ``split.leakage`` (:func:`apply_leakage_policy`).
 """
 
 from __future__ import annotations
@@ -20,12 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from lungct.artifacts import EVIDENCE_COLUMNS, MANIFEST, SPLITS
 from lungct.atomic import sha256_file
-from lungct.data.grouping import Evidence, Rule, duplicate_pairs, likely_patients, manifest_evidence
+from lungct.data.grouping import (
+    Evidence,
+    Rule,
+    block_pairs,
+    connected,
+    duplicate_pairs,
+    first_index,
+    likely_patients,
+    manifest_evidence,
+)
 from lungct.data.layouts import DROPPED, OFFICIAL_SPLITS, class_mapping, map_labels
 from lungct.data.tables import read_manifest
 from lungct.errors import UserError
@@ -36,34 +37,16 @@ log = logging.getLogger("split")
 
 
 def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
-    """Connected components of images whose 64-bit perceptual hashes differ in at most
-    ``distance`` bits (chains included). Returns, per image, the index of the first
-    image of its component, so equal inputs give equal labels."""
-    values = hash_values(phashes)
-    parent = np.arange(len(values))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    for i in range(len(values) - 1):
-        close = np.nonzero(np.bitwise_count(values[i] ^ values[i + 1 :]) <= distance)[0] + i + 1
-        for j in close:
-            a, b = root(i), root(int(j))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(len(values))], dtype=np.int64)
+    """Per image, the index of the first image of its connected component of images whose
+    pHashes differ in at most ``distance`` bits (chains included)."""
+    pairs = close_pairs(phashes, phashes, distance)
+    return first_index(connected(len(phashes), pairs))
 
 
 def group_classes(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
-    """One class per group, for stratification, from a table with ``group`` and ``class``.
-
-    A group whose images carry several classes (near duplicates filed under two
-    classes) stays whole and counts as its most frequent class; such groups are
-    returned too, to be reported. Returns (class per group, mixed groups).
-    """
+    """(class per group, mixed groups) of a table with ``group`` and ``class``, for
+    stratification: a group whose images carry several classes (near duplicates filed
+    under two) stays whole, counts as its most frequent class, and is reported."""
     counts = images.groupby(["group", "class"]).size().reset_index(name="n")
     counts = counts.sort_values(["group", "n", "class"], ascending=[True, False, True])
     majority = counts.drop_duplicates("group").set_index("group")["class"].sort_index()
@@ -74,19 +57,10 @@ def group_classes(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
 def split_groups(
     classes: pd.Series, val_fraction: float, test_fraction: float, seed: int
 ) -> pd.Series:
-    """Assign every group to train, val or test, per class, with a seeded shuffle.
-
-    Args:
-        classes: class of each group, indexed by group id.
-        val_fraction: share of each class's groups for validation.
-        test_fraction: share of each class's groups for test.
-        seed: shuffle seed; same inputs and seed give the same assignment.
-
-    Returns:
-        Split name per group, indexed like ``classes`` (sorted).
-
-    Each class keeps at least one group in every split, so a class needs three groups.
-    """
+    """The split (train, val or test) of every group (``classes``: the class of each,
+    indexed by group id), each class's groups shuffled from ``seed`` and shared out by
+    the fractions; indexed like ``classes`` (sorted). Each class keeps at least one group
+    in every split, so a class needs three groups."""
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     for name in sorted(classes.unique()):
@@ -97,10 +71,8 @@ def split_groups(
                 "needed to give train, val and test one each"
             )
         order = groups[rng.permutation(len(groups))]
-        n_test = max(1, round(len(groups) * test_fraction))
-        n_val = max(1, round(len(groups) * val_fraction))
-        n_test = min(n_test, len(groups) - 2)
-        n_val = min(n_val, len(groups) - n_test - 1)
+        n_test = min(max(1, round(len(groups) * test_fraction)), len(groups) - 2)
+        n_val = min(max(1, round(len(groups) * val_fraction)), len(groups) - n_test - 1)
         for i, group in enumerate(order):
             assignment[str(group)] = (
                 "test" if i < n_test else "val" if i < n_test + n_val else "train"
@@ -114,18 +86,10 @@ def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
     return sorted(counts.index[counts > 1].astype(str))
 
 
-def close_pairs(
-    phashes_a: list[str], phashes_b: list[str], distance: int, chunk: int = 1024
-) -> list[tuple[int, int]]:
-    """Index pairs (i in a, j in b) whose perceptual hashes differ in at most ``distance``
-    bits; compared a chunk of rows at a time so memory stays small."""
+def close_pairs(phashes_a: list[str], phashes_b: list[str], distance: int) -> list[tuple[int, int]]:
+    """Index pairs (i in a, j in b) whose perceptual hashes differ in at most ``distance`` bits."""
     a, b = hash_values(phashes_a), hash_values(phashes_b)
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, len(a), chunk):
-        close = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :]) <= distance
-        rows, cols = np.nonzero(close)
-        pairs.extend(zip((rows + start).tolist(), cols.tolist(), strict=True))
-    return pairs
+    return block_pairs(len(a), len(b), lambda rows: np.bitwise_count(a[rows, None] ^ b) <= distance)
 
 
 def near_duplicate_pairs(
@@ -151,21 +115,17 @@ def _evidence(table: pd.DataFrame) -> Evidence:
 
 
 def leakage_pairs(table: pd.DataFrame, cfg: SplitParams) -> pd.DataFrame:
-    """Near-duplicate image pairs that sit in two different splits.
-
-    Images with a patient id are compared by exact content (``content`` column): a
-    perceptual hash cannot tell one patient's CT slice from another's (on the phantom,
-    34 pairs of different patients' slices share a pHash). Images without ids are
-    compared as they were grouped (:func:`near_duplicate_pairs`).
-    Returns columns ``a``, ``b`` (row labels of ``table``, ``a`` in the earlier split).
+    """Near-duplicate image pairs in two different splits: columns ``a``, ``b`` (row labels
+    of ``table``, ``a`` in the earlier split). Images with a patient id are compared by
+    exact ``content``: a pHash cannot tell one patient's CT slice from another's (34 pairs
+    on the phantom); images without ids as they were grouped (:func:`near_duplicate_pairs`).
     """
     order = {name: i for i, name in enumerate(SPLITS)}
     found: set[tuple[object, object]] = set()
     for _, same in table.groupby("content"):
-        for a in same.index:
-            for b in same.index:
-                if order[table.at[a, "split"]] < order[table.at[b, "split"]]:
-                    found.add((a, b))
+        for a, b in itertools.permutations(same.index, 2):
+            if order[table.at[a, "split"]] < order[table.at[b, "split"]]:
+                found.add((a, b))
     anonymous = table[~table["has_id"]]
     for first, second in itertools.combinations(SPLITS, 2):
         left = anonymous[anonymous["split"] == first]
@@ -179,11 +139,9 @@ def leakage_pairs(table: pd.DataFrame, cfg: SplitParams) -> pd.DataFrame:
 
 def join_identical(components: np.ndarray, content: list[str], rows: np.ndarray) -> np.ndarray:
     """``components`` (a group label per image) with the groups of the images ``rows`` whose
-    model views are identical (``content``: their PNGs' hashes) joined, whatever the
-    evidence said: one picture is one group, and the leakage gate checks exactly this
-    (:func:`leakage_pairs`). With ``convert.framing: body`` one slice exported with two
-    margins is such a pair: its whole images differ, its framed views do not. A joined
-    group takes the label of its first image; nothing else changes."""
+    model views are identical (``content``: their PNGs' hashes) joined, named by their first
+    image's label: one picture is one group, as the leakage gate checks (with ``framing:
+    body`` one slice exported with two margins has two whole images, one framed view)."""
     first: dict[str, int] = {}
     pairs = []
     for i in rows.tolist():
@@ -192,15 +150,9 @@ def join_identical(components: np.ndarray, content: list[str], rows: np.ndarray)
             pairs.append((i, j))
     if not pairs:
         return components
-    labels, index = np.unique(components, return_inverse=True)
-    edges = np.array([(index[i], index[j]) for i, j in pairs]).T
-    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(len(labels),) * 2)
-    merged = connected_components(graph, directed=False)[1][index]  # per image
-    # Each joined group is named by its first image's label; the others keep theirs.
-    name = {}
-    for i, part in enumerate(merged.tolist()):
-        name.setdefault(part, components[i])
-    return np.array([name[part] for part in merged.tolist()], dtype=components.dtype)
+    # Each image joined to the first of its group, and to its identical first image.
+    pairs += list(enumerate(first_index(components).tolist()))
+    return components[first_index(connected(len(components), pairs))]
 
 
 def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, str]:

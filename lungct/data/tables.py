@@ -120,15 +120,7 @@ def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
 
 def read_labels(raw: Path) -> dict[str, str]:
     path = raw / RAW_LABELS
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the download stage first)") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable table ({first_line(exc)})") from None
-    missing = {"PatientID", "label"} - set(table.columns)
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    table = _read_table(path, "download", ["PatientID", "label"])
     duplicated = table["PatientID"][table["PatientID"].duplicated()]
     if not duplicated.empty:
         raise UserError(f"{path}: PatientID {duplicated.iloc[0]!r} is listed twice")
@@ -143,20 +135,19 @@ def read_source(raw: Path = RAW_DIR) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the download stage first)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: not valid JSON (rerun download)") from None
+        record = None
     if not isinstance(record, dict):
         raise UserError(f"{path}: not a download record (rerun download)")
     return record
 
 
 def read_layout(raw: Path) -> str:
-    path = raw / RAW_SOURCE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["layout"]
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the download stage first)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: not a download record with a 'layout' (rerun download)") from None
+    record = read_source(raw)
+    if "layout" not in record:
+        raise UserError(
+            f"{raw / RAW_SOURCE}: not a download record with a 'layout' (rerun download)"
+        )
+    return record["layout"]
 
 
 def input_files(raw: Path) -> list[Path]:

@@ -1,13 +1,6 @@
-"""The model card, ``models/card.json``: what a trained model is, for whoever serves it.
-
-Written by evaluate (train runs before the test split is scored, so the contract
-``models/labels.json`` cannot hold the test figures; and a DVC output has one stage, so
-evaluate cannot add them to it). It holds the sha256 of the model file it scored, the
-contract's classes and training data, the headline test figures of ``metrics/eval.json``
-with the test split's size, and the contract's warning. Readers (the service, the app)
-show its figures only for the model they describe: ``metrics/eval.json`` is committed to
-git and can belong to another model than the one in the workspace or on a server; the
-card travels with the model (``models/``) and names it by content.
+"""The model card, ``models/card.json``: what a trained model is, for whoever serves it
+(why a card of its own, written by evaluate: docs/deploy.md). It names the model file it
+scored by sha256: readers (the service, the app) show its figures for that model only.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""Static PNG charts for ``metrics/report.md``: readable offline, unlike ``dvc plots show``.
-
-``dvc plots show`` writes an HTML page that loads vega from a CDN; these PNGs show the
-headline charts anywhere (a terminal image viewer, a code-hosting page). Drawn with
-:class:`matplotlib.figure.Figure` and the Agg renderer, without pyplot, under
-matplotlib's default style, at a fixed size and dpi and without the ``Software``
-metadata: equal inputs give equal bytes.
+"""Static PNG charts for ``metrics/report.md``: readable offline, unlike the HTML page of
+``dvc plots show`` (which loads vega from a CDN). Drawn with matplotlib's
+:class:`~matplotlib.figure.Figure` (no pyplot) in the default style, at a fixed size and
+dpi, without the ``Software`` metadata: equal inputs give equal bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +16,7 @@ import pandas as pd
 from matplotlib import colormaps, style
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import confusion_matrix
 
 from lungct.atomic import atomic_file
 
@@ -31,6 +30,7 @@ ROC_TITLE = "Test ROC, one class vs the rest"
 # DVCLive's layout under metrics/train/plots/metrics: <side>/<metric>.tsv, columns step, <metric>.
 CURVE_SIDES = {"train": "train", "eval": "val"}
 CURVE_METRICS = {"loss": "cross-entropy", "accuracy": "accuracy"}
+RocCurves = Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # metrics.roc_curves output
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,22 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def read_curves(folder: Path) -> dict[str, dict[str, pd.DataFrame]] | None:
-    """DVCLive's per-epoch tables, ``{metric: {side: DataFrame(step, value)}}``.
-
-    None (and a log line) when a file is missing or unreadable: a model trained outside
-    the pipeline has no curves.
-    """
-    curves: dict[str, dict[str, pd.DataFrame]] = {}
-    for metric in CURVE_METRICS:
-        curves[metric] = {}
-        for side in CURVE_SIDES:
-            path = folder / side / f"{metric}.tsv"
-            try:
-                table = pd.read_csv(path, sep="\t")[["step", metric]].astype(float)
-                if table.empty:
-                    raise ValueError("no rows")
-                curves[metric][side] = table
-            except FileNotFoundError:
-                log.info("charts: %s not found; no training curves chart", path)
-                return None
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, ValueError) as exc:
-                log.info("charts: %s unreadable (%s); no training curves chart", path, exc)
-                return None
+    """DVCLive's per-epoch tables, ``{metric: {side: DataFrame(step, value)}}``; None (and a
+    log line) when a file is missing or unreadable (a model trained outside the pipeline)."""
+    curves: dict[str, dict[str, pd.DataFrame]] = {metric: {} for metric in CURVE_METRICS}
+    for metric, side in itertools.product(CURVE_METRICS, CURVE_SIDES):
+        path = folder / side / f"{metric}.tsv"
+        try:
+            table = pd.read_csv(path, sep="\t")[["step", metric]].astype(float)
+            if table.empty:
+                raise ValueError("no rows")
+            curves[metric][side] = table
+        except FileNotFoundError:
+            log.info("charts: %s not found; no training curves chart", path)
+            return None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, ValueError) as exc:
+            log.info("charts: %s unreadable (%s); no training curves chart", path, exc)
+            return None
     return curves
 
 
@@ -75,9 +70,7 @@ def training_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], path: Path
                 table = curves[metric][side]
                 # DVCLive counts steps from 0; epochs are counted from 1.
                 ax.plot(table["step"] + 1, table[metric], marker="o", label=name)
-            ax.set_title(f"{label.capitalize()} per epoch")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(label)
+            ax.set(title=f"{label.capitalize()} per epoch", xlabel="epoch", ylabel=label)
             # Whole epochs on the axis, a single epoch (the tiny pipeline) included.
             last = max(curves[metric][side]["step"].max() for side in CURVE_SIDES) + 1
             ax.set_xlim(0.5, last + 0.5)
@@ -95,14 +88,9 @@ def confusion_chart(
     classes: list[str],
     path: Path,
 ) -> None:
-    """Row-normalised confusion matrix (rows: actual, columns: predicted), counts in the cells.
-
-    A class without test images has an empty (grey) row.
-    """
-    index = {name: i for i, name in enumerate(classes)}
-    counts = np.zeros((len(classes), len(classes)), dtype=int)
-    for a, p in zip(actual, predicted, strict=True):
-        counts[index[a], index[p]] += 1
+    """Row-normalised confusion matrix (rows: actual, columns: predicted), counts in the cells;
+    a class without test images has an empty (grey) row."""
+    counts = confusion_matrix(actual, predicted, labels=classes)
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.ma.masked_invalid(counts / totals)
@@ -112,24 +100,22 @@ def confusion_chart(
         cmap = colormaps["Blues"].with_extremes(bad="0.85")
         image = ax.imshow(share, cmap=cmap, vmin=0.0, vmax=1.0)
         fig.colorbar(image, ax=ax, label="share of the actual class")
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                if totals[i, 0] == 0:
-                    text, colour = "no images", "black"
-                else:
-                    text = f"{share[i, j]:.2f}\n({counts[i, j]})"
-                    colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
+        for i, j in itertools.product(range(len(classes)), repeat=2):
+            if totals[i, 0] == 0:
+                text, colour = "no images", "black"
+            else:
+                text = f"{share[i, j]:.2f}\n({counts[i, j]})"
+                colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
         ticks = range(len(classes))
         ax.set_xticks(ticks, classes, rotation=30, ha="right")
         ax.set_yticks(ticks, classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("actual")
+        ax.set(xlabel="predicted", ylabel="actual")
         ax.set_title(f"Test confusion matrix, row-normalised ({counts.sum()} images)")
         _save(fig, path)
 
 
-def roc_chart(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+def roc_chart(curves: RocCurves, path: Path) -> None:
     """One-vs-rest ROC, one line per class (``lungct.evaluation.metrics.roc_curves`` output), AUC in the legend."""
     with style.context("default"):
         fig = Figure(figsize=(6, 5), layout="constrained")
@@ -138,34 +124,19 @@ def roc_chart(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], p
         for name, (fpr, tpr, _threshold) in curves.items():
             auc = float(np.trapezoid(tpr, fpr))
             ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(ROC_TITLE)
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=ROC_TITLE)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
         _save(fig, path)
 
 
 def write_charts(
-    folder: Path,
-    curves_dir: Path,
-    predictions: pd.DataFrame,
-    classes: list[str],
-    roc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    folder: Path, curves_dir: Path, predictions: pd.DataFrame, classes: list[str], roc: RocCurves
 ) -> list[tuple[str, str]]:
-    """Draw every chart there is data for into ``folder``; ``(title, file name)`` of each drawn.
-
-    Args:
-        folder: where the PNGs go.
-        curves_dir: DVCLive's folder (``metrics/train/plots/metrics``); no curves chart,
-            with a log line, when its files are missing.
-        predictions: one row per test image, columns ``actual`` and ``predicted``.
-        classes: class names in model output order.
-        roc: ``lungct.evaluation.metrics.roc_curves`` output; no ROC chart when it is empty.
-    """
+    """Draw every chart there is data for into ``folder``; ``(title, file name)`` of each drawn:
+    no curves chart (a log line) when DVCLive's files in ``curves_dir`` are missing, no ROC
+    chart when ``roc`` is empty; ``predictions``: columns ``actual``, ``predicted``."""
     drawn = []
     curves = read_curves(curves_dir)
     if curves is not None:

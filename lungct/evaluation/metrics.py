@@ -1,9 +1,8 @@
 """Test-set metrics as stable JSON keys, computed with scikit-learn.
 
-Every number is a finite float rounded to 6 decimals, an int, or ``null`` where
-it is undefined (the recall of a class with no test image, the AUC of a class
-that is all or none of the test set). Never NaN: ``dvc metrics diff`` and JSON
-readers must be able to trust every key.
+Every number is a finite float rounded to 6 decimals, an int, or ``null`` where it is
+undefined (the recall of a class with no test image, the AUC of a class that is all or
+none of the test set). Never NaN: ``dvc metrics diff`` and JSON readers trust every key.
 """
 
 from __future__ import annotations
@@ -40,10 +39,6 @@ def _r(value: float | None) -> float | None:
     return round(float(value), 6)
 
 
-def _present(y_true: np.ndarray, n_classes: int) -> list[int]:
-    return [k for k in range(n_classes) if np.any(y_true == k)]
-
-
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     # Mean recall over the classes present in y_true; sklearn warns when y_pred has others.
     with warnings.catch_warnings():
@@ -58,19 +53,15 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(positive, score))
 
 
-def expected_calibration_error(
-    y_true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
-) -> float:
-    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by size.
-
-    scikit-learn has no ECE; this is the standard definition (Guo et al. 2017).
-    """
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by size
+    (the standard definition, Guo et al. 2017; scikit-learn has none)."""
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
     error = 0.0
-    for b in range(bins):
+    for b in range(ECE_BINS):
         in_bin = which == b
         if in_bin.any():
             error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -80,11 +71,8 @@ def expected_calibration_error(
 def group_probabilities(
     groups: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average slice probabilities per group (patient or duplicate group).
-
-    Returns (group ids, group labels, group probabilities); a group's label is its
-    most common image label (ties: the lower class index), as the split counts it.
-    """
+    """(group ids, labels, mean slice probabilities) per group (patient or duplicate group);
+    a group's label is its most common image label (ties: the lower class index)."""
     ids, index = np.unique(groups, return_inverse=True)
     n_classes = probabilities.shape[1]
     sums = np.zeros((len(ids), n_classes))
@@ -103,12 +91,9 @@ def bootstrap_intervals(
     resamples: int,
     seed: int,
 ) -> dict:
-    """95 % percentile intervals for accuracy and balanced accuracy.
-
-    Resamples whole groups (patients) with replacement, not images: slices of one
-    patient are not independent, and an image-level bootstrap would give
-    intervals that are too narrow.
-    """
+    """95 % percentile intervals for accuracy and balanced accuracy, resampling whole groups
+    (patients), not images: slices of one patient are not independent, and an image-level
+    bootstrap would give intervals that are too narrow."""
     ids, index = np.unique(groups, return_inverse=True)
     hits = np.zeros((len(ids), n_classes))
     totals = np.zeros((len(ids), n_classes))
@@ -161,13 +146,10 @@ HEADLINE = (
 
 
 def eval_headline(metrics: dict) -> dict:
-    """The figures a user compares across experiments (``metrics/eval.json``, DVC's declared
-    metrics, so that ``dvc metrics show`` fits 120 columns), from the full record
-    :func:`classification_metrics` gives with the split's ``leaky`` flag added by evaluate.
-
-    ``ci_low``/``ci_high``: the 95 % group-bootstrap interval of ``balanced_accuracy``
-    (``None`` without bootstrap); ``ece``: the calibration error.
-    """
+    """The figures compared across experiments (``metrics/eval.json``, DVC's declared metrics,
+    so that ``dvc metrics show`` fits 120 columns) from :func:`classification_metrics`' record,
+    with the ``split`` evaluate adds; ``ci_low``/``ci_high``: the 95 % group-bootstrap interval
+    of ``balanced_accuracy`` (None without bootstrap)."""
     interval = metrics.get("ci95", {}).get("balanced_accuracy", {})
     figures = {
         "accuracy": metrics["accuracy"],
@@ -194,25 +176,18 @@ def classification_metrics(
 ) -> dict:
     """Image-level, cancer-vs-normal, calibration and group-level metrics of one test set.
 
-    Args:
-        y_true: true class indices, shape (n,).
-        probabilities: predicted class probabilities, shape (n, len(classes)).
-        classes: class names in model output order.
-        groups: patient or duplicate-group id per image; each image is its own group if None.
-        bootstrap: group resamples for the 95 % intervals (0: no intervals).
-        seed: seeds the bootstrap.
-
+    ``y_true``: class indices (n,); ``probabilities``: (n, len(classes)), in model output
+    order; ``groups``: patient or duplicate-group id per image (None: each image its own);
+    ``bootstrap``: group resamples for the 95 % intervals (0: none), seeded by ``seed``.
     Averages (balanced accuracy, macro F1, macro AUC) run over the classes present
     in ``y_true``; the others are listed in ``absent_classes``.
     """
     y_true = np.asarray(y_true)
     n_classes = len(classes)
     labels = list(range(n_classes))
-    present = _present(y_true, n_classes)
+    present = [k for k in labels if np.any(y_true == k)]
     y_pred = probabilities.argmax(axis=1)
-    if groups is None:
-        groups = np.arange(len(y_true))
-    groups = np.asarray(groups)
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
 
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -222,8 +197,7 @@ def classification_metrics(
     clipped = np.clip(probabilities, 1e-7, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
 
-    per_class = {}
-    aucs = {}
+    per_class, aucs = {}, {}
     for k, name in enumerate(classes):
         negatives = n - matrix[k, :].sum()
         false_positives = matrix[:, k].sum() - matrix[k, k]
@@ -258,16 +232,13 @@ def classification_metrics(
         },
     }
 
-    normal_names = [c for c in NO_CANCER if c in classes]
-    if normal_names:
-        normal = classes.index(normal_names[0])
-        cancer_true, cancer_pred = y_true != normal, y_pred != normal
+    normal = next((classes.index(c) for c in NO_CANCER if c in classes), None)
+    if normal is not None:
+        cancer, called = y_true != normal, y_pred != normal  # truth, prediction
         metrics["cancer_vs_normal"] = {
-            "sensitivity": _r(cancer_pred[cancer_true].mean()) if cancer_true.any() else None,
-            "specificity": _r((~cancer_pred[~cancer_true]).mean())
-            if (~cancer_true).any()
-            else None,
-            "roc_auc": _r(_auc(cancer_true, 1.0 - probabilities[:, normal])),
+            "sensitivity": _r(called[cancer].mean()) if cancer.any() else None,
+            "specificity": _r((~called[~cancer]).mean()) if (~cancer).any() else None,
+            "roc_auc": _r(_auc(cancer, 1.0 - probabilities[:, normal])),
         }
 
     _, group_true, group_probs = group_probabilities(groups, y_true, probabilities)
@@ -283,9 +254,8 @@ def classification_metrics(
 
 
 def image_phashes(paths: Sequence[str | Path]) -> np.ndarray:
-    """64-bit perceptual hashes (:func:`lungct.io.images.phash`, ImageHash's bit for bit, of
-    the grayscale image) of image files, as uint64: an independent look at what the model
-    reads, for :func:`leak_sensitivity`."""
+    """The uint64 pHashes (ImageHash's, bit for bit) of image files in grayscale: an
+    independent look at what the model reads, for :func:`leak_sensitivity`."""
     hashes = []
     for path in paths:
         with Image.open(path) as image:
@@ -307,13 +277,9 @@ def nearest_bits(test: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> 
 def leak_sensitivity(y_true: np.ndarray, probabilities: np.ndarray, distances: np.ndarray) -> dict:
     """How much near neighbours in train/val lift the test score: accuracy and balanced
     accuracy on the half of the test images farthest from any train/val image (by
-    ``distances``, pHash bits to the nearest), on the nearer half, and the count of test
-    images within 2 bits (near copies of a training image, to the model's eye).
-
-    The halves are exact: test images sorted by distance, farthest first, ties in test
-    order; the far half gets the odd image. A far-half score well below the full-test score
-    says the test set is partly remembered, not generalised to.
-    """
+    ``distances``, pHash bits to the nearest; ties in test order, the odd image in the far
+    half), on the nearer half, and the count of test images within 2 bits. A far-half score
+    well below the full-test score says the test set is partly remembered."""
     y_true, distances = np.asarray(y_true), np.asarray(distances)
     y_pred = probabilities.argmax(axis=1)
     order = np.lexsort((np.arange(len(distances)), -distances))  # farthest first, stable

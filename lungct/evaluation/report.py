@@ -50,10 +50,7 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 
 def markdown_report(
-    metrics: dict,
-    split: dict,
-    charts: Sequence[tuple[str, str]] = (),
-    charts_dir: str = "charts",
+    metrics: dict, split: dict, charts: Sequence[tuple[str, str]] = (), charts_dir: str = "charts"
 ) -> str:
     """The metrics table, confusion matrix, charts, dataset and split summary, and caveats.
 
@@ -64,9 +61,8 @@ def markdown_report(
     lines = ["# Test-set evaluation", ""]
     if is_leaky(split):
         lines += [
-            "> **Leaky split:** images of one patient or near-duplicate group are on both "
-            "sides of the split; these numbers overstate what the model does on new "
-            "patients.",
+            "> **Leaky split:** images of one patient or near-duplicate group are on both sides "
+            "of the split; these numbers overstate what the model does on new patients.",
             "",
         ]
     lines += ["## Summary", ""]
@@ -87,10 +83,7 @@ def markdown_report(
     ]
     cvn = metrics.get("cancer_vs_normal")
     if cvn:
-        rows += [
-            ["cancer-vs-normal sensitivity", cvn["sensitivity"], ""],
-            ["cancer-vs-normal specificity", cvn["specificity"], ""],
-        ]
+        rows += [[f"cancer-vs-normal {k}", cvn[k], ""] for k in ("sensitivity", "specificity")]
     lines += _table(["metric", "value", "95 % interval (patient bootstrap)"], rows)
     lines += [
         "",
@@ -110,20 +103,10 @@ def markdown_report(
             "",
         ]
     lines += ["## Per class", ""]
+    columns = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
     lines += _table(
         ["class", "precision", "recall (sensitivity)", "specificity", "F1", "ROC AUC", "support"],
-        [
-            [
-                name,
-                m["precision"],
-                m["recall"],
-                m["specificity"],
-                m["f1"],
-                m["roc_auc"],
-                m["support"],
-            ]
-            for name, m in metrics["per_class"].items()
-        ],
+        [[name, *(m[c] for c in columns)] for name, m in metrics["per_class"].items()],
     )
     if metrics["absent_classes"]:
         lines += ["", f"No test images of: {', '.join(metrics['absent_classes'])}."]
@@ -141,18 +124,12 @@ def markdown_report(
         for title, name in charts:
             lines += ["", f"![{title}]({charts_dir}/{name})"]
     lines += ["", "## Dataset and split", ""]
-    lines += _table(
-        ["split", "images", "groups", *classes],
-        [
-            [
-                s,
-                split["images"][s],
-                split["groups"][s],
-                *(split["images_per_class"][s].get(c, 0) for c in classes),
-            ]
-            for s in SPLITS
-        ],
-    )
+    per_class = split["images_per_class"]
+    rows = [
+        [s, split["images"][s], split["groups"][s], *(per_class[s].get(c, 0) for c in classes)]
+        for s in SPLITS
+    ]
+    lines += _table(["split", "images", "groups", *classes], rows)
     lines += [
         "",
         f"Layout `{split['layout']}`, classes `{split['classes']}`, split strategy "
@@ -175,11 +152,8 @@ def image_grid(
     probabilities: np.ndarray,
     count: int,
 ) -> Image.Image:
-    """Test images with true class, predicted class and its probability, misclassified first.
-
-    Misclassified images come most-confident first; then the correct ones, least
-    confident first (the ones closest to being wrong).
-    """
+    """Test images with true class, predicted class and its probability: misclassified ones
+    most confident first, then the correct ones least confident first (closest to wrong)."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     wrong = (predictions["actual"] != predictions["predicted"]).to_numpy()
@@ -195,11 +169,8 @@ def image_grid(
             grid.paste(image.convert("RGB").resize((TILE - 2, TILE - 2)), (x + 1, y + 1))
         colour = (255, 90, 90) if wrong[i] else (120, 220, 120)
         draw.text((x + 3, y + TILE), f"true {predictions['actual'].iloc[i]}", fill="white")
-        draw.text(
-            (x + 3, y + TILE + 14),
-            f"pred {classes[predicted[i]]} {confidence[i]:.2f}",
-            fill=colour,
-        )
+        caption = f"pred {classes[predicted[i]]} {confidence[i]:.2f}"
+        draw.text((x + 3, y + TILE + 14), caption, fill=colour)
     return grid
 
 
@@ -217,9 +188,7 @@ def write_samples(images: pd.DataFrame, splits_dir: Path, target: Path) -> None:
     train = images[images["split"] == "train"]
     classes = sorted(train["class"].unique())
     label_w = SAMPLE_LABEL_WIDTH
-    grid = Image.new(
-        "L", (label_w + SAMPLES_PER_CLASS * SAMPLE_TILE, len(classes) * SAMPLE_TILE), 0
-    )
+    grid = Image.new("L", (label_w + SAMPLES_PER_CLASS * SAMPLE_TILE, len(classes) * SAMPLE_TILE))
     draw = ImageDraw.Draw(grid)
     for row, name in enumerate(classes):
         draw.text((6, row * SAMPLE_TILE + SAMPLE_TILE // 2 - 6), name, fill=255)
@@ -227,9 +196,7 @@ def write_samples(images: pd.DataFrame, splits_dir: Path, target: Path) -> None:
         samples = train[train["class"] == name].drop_duplicates("group")["image"]
         for col, image in enumerate(samples[:SAMPLES_PER_CLASS]):
             with Image.open(splits_dir / image) as tile:
-                small = tile.convert("L").resize(
-                    (SAMPLE_TILE - 4, SAMPLE_TILE - 4), Image.Resampling.BILINEAR
-                )
+                small = tile.convert("L").resize((SAMPLE_TILE - 4,) * 2, Image.Resampling.BILINEAR)
             grid.paste(small, (label_w + col * SAMPLE_TILE + 2, row * SAMPLE_TILE + 2))
     with atomic_file(target) as tmp:
         grid.save(tmp, format="PNG")

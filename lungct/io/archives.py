@@ -1,21 +1,16 @@
 """Safe extraction of downloaded dataset archives (zip and tar, compressed or not).
 
-A downloaded archive is untrusted input. Everything is checked from the archive's
-index before a single byte is written, and limits are enforced again while streaming:
-
-- member paths must stay inside the target folder: absolute paths (``/etc/x``; in a zip
-  also ``C:\\x`` and ``\\x``) and ``..`` that climbs out are refused;
-- only regular files and folders are extracted: every link (symbolic or hard, pointing
-  inside or outside) is refused, because a dataset has no need for them and a link that
-  is harmless alone can redirect a later member; devices, FIFOs and sockets are refused;
-- the member count and the total unpacked size are capped (decompression bombs);
-- permissions, owners and times stored in the archive are ignored: files are created
-  with the default mode (0o666 minus the umask), owned by whoever runs the stage.
+A downloaded archive is untrusted input: every member is checked from the index before a
+byte is written, and the limits hold again while streaming. Refused: a member path that
+leaves the target folder (absolute: ``/etc/x``, in a zip also ``C:\\x`` and ``\\x``; or
+``..`` that climbs out); every link, symbolic or hard, inside or out (a dataset needs
+none, and a harmless link can redirect a later member); devices, FIFOs and sockets; more
+members or unpacked bytes than the limits (decompression bombs). Permissions, owners and
+times in the archive are ignored: files get the default mode (0o666 minus the umask).
 
 Nothing is dropped silently: macOS leftovers (``__MACOSX/``, ``._*``) are extracted like
-any other file and accounted for by a later stage. A refused or broken archive raises
-:class:`ArchiveError` (one line, starting with the archive's file name) and leaves the
-target folder empty again.
+any other file. A refused or broken archive raises :class:`ArchiveError` (one line,
+starting with the archive's file name) and leaves the target folder empty again.
 """
 
 from __future__ import annotations
@@ -32,6 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Literal
 
@@ -122,8 +118,7 @@ def archive_kind(path: Path) -> tuple[Literal["zip", "tar"] | None, str]:
     try:
         if tarfile.is_tarfile(path):
             return "tar", ""
-    except _READ_ERRORS as err:
-        # is_tarfile lets e.g. EOFError through for a compressed stream cut short
+    except _READ_ERRORS as err:  # e.g. EOFError, for a compressed stream cut short
         broken = err
     if zipfile.is_zipfile(path):  # a zip with data in front (self-extracting)
         return "zip", ""
@@ -218,10 +213,15 @@ def _zip_entries(archive: Path, zf: zipfile.ZipFile, *, max_members: int) -> lis
                 "(repack the archive with plain deflate)",
                 info.filename,
             )
-        entries.append(
-            _Entry(info.filename, parts, False, info.file_size, lambda i=info: zf.open(i))
-        )
+        entries.append(_Entry(info.filename, parts, False, info.file_size, partial(zf.open, info)))
     return entries
+
+
+_TAR_KINDS = {
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
 
 
 def _tar_refusal(member: tarfile.TarInfo) -> str | None:
@@ -232,14 +232,7 @@ def _tar_refusal(member: tarfile.TarInfo) -> str | None:
         return f"is a hard link to '{printable(member.linkname)}'; links are not allowed"
     if member.isreg() or member.isdir():
         return None
-    if member.ischr():
-        kind = "a character device"
-    elif member.isblk():
-        kind = "a block device"
-    elif member.isfifo():
-        kind = "a FIFO"
-    else:
-        kind = f"of unknown type {member.type!r}"
+    kind = _TAR_KINDS.get(member.type, f"of unknown type {member.type!r}")
     return f"is {kind}; only files and folders are allowed"
 
 
@@ -247,8 +240,7 @@ def _tar_entries(
     archive: Path, tf: tarfile.TarFile, dest: Path, *, max_members: int
 ) -> list[_Entry]:
     entries = []
-    # Iterating reads the headers one by one; stopping at the limit keeps a tar with
-    # millions of members from filling memory with them.
+    # Headers are read one by one: a tar of millions of members stops at the limit.
     for count, member in enumerate(tf, start=1):
         if count > max_members:
             raise _too_many(archive, f"more than {max_members}", max_members)
@@ -256,8 +248,7 @@ def _tar_entries(
         if reason:
             raise _error(archive, reason, member.name)
         parts = _member_parts(archive, member.name, zip_names=False)
-        # Second line of defence: the stdlib's own rules for untrusted tars (3.11.4+).
-        # Our checks above are stricter, so this only fires if they have a hole.
+        # Second line of defence (3.11.4+): the stdlib's rules, laxer than ours above.
         data_filter = getattr(tarfile, "data_filter", None)
         if data_filter is not None:
             try:
@@ -266,78 +257,31 @@ def _tar_entries(
                 raise _error(archive, f"is refused: {_detail(err)}", member.name) from err
         if member.isdir():
             entries.append(_Entry(member.name, parts, True, 0, None))
-        else:
+        else:  # a regular file: extractfile gives its data
             entries.append(
-                _Entry(member.name, parts, False, member.size, lambda m=member: _tar_open(tf, m))
+                _Entry(member.name, parts, False, member.size, partial(tf.extractfile, member))
             )
-    # tarfile stops quietly when the data just ends, so a tar cut at a member boundary
-    # would look complete with files missing. A whole tar ends with a zero block where
-    # the listing stopped (tf.offset).
-    assert tf.fileobj is not None
+    # tarfile stops quietly where the data ends: a tar cut at a member boundary would look
+    # whole. A whole tar has a zero block where the listing stopped (tf.offset).
     tf.fileobj.seek(tf.offset)
     if tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
         raise _error(archive, "corrupt or truncated archive (the end-of-archive marker is missing)")
     return entries
 
 
-def _tar_open(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
-    src = tf.extractfile(member)
-    assert src is not None  # only regular files get here
-    return src
+@contextmanager
+def _reading(archive: Path, member: str | None = None) -> Iterator[None]:
+    """What goes wrong reading the archive (:data:`_READ_ERRORS`) as an ArchiveError."""
+    try:
+        yield
+    except _READ_ERRORS as err:
+        raise _corrupt(archive, err, member) from err
 
 
-class _Budget:
-    """Bytes written so far, against max_bytes, across all members."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-
-class _GuardedReader:
-    """A member's data stream that turns read errors into ArchiveError and stops as soon as
-    more comes out than declared or than the byte budget allows (sizes can lie)."""
-
-    def __init__(
-        self,
-        src: IO[bytes],
-        archive: Path,
-        entry: _Entry,
-        budget: _Budget,
-        bar: tqdm | None,
-    ) -> None:
-        self.src, self.archive, self.entry, self.budget, self.bar = src, archive, entry, budget, bar
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self.src.read(size)
-        except _READ_ERRORS as err:
-            raise _corrupt(self.archive, err, self.entry.member) from err
-        self.count += len(data)
-        self.budget.used += len(data)
-        if self.budget.used > self.budget.limit:
-            raise _error(
-                self.archive,
-                f"unpacks to more than the limit max_bytes={self.budget.limit} "
-                f"({size_text(self.budget.limit)}), more than its index declared",
-                self.entry.member,
-            )
-        if self.count > self.entry.size:
-            raise _error(
-                self.archive,
-                f"holds more data than the {self.entry.size} bytes its header declares",
-                self.entry.member,
-            )
-        if self.bar is not None:
-            self.bar.update(len(data))
-        return data
-
-
-def _write(
-    archive: Path, dest: Path, entries: list[_Entry], budget: _Budget, bar: tqdm | None
-) -> int:
-    """Create the folders and stream the files; return the bytes written."""
+def _write(archive: Path, dest: Path, entries: list[_Entry], max_bytes: int, bar: tqdm) -> int:
+    """Create the folders and stream the files, stopping as soon as more comes out than a
+    member declares or than ``max_bytes`` in all (sizes can lie); return the bytes written."""
+    written = 0
     for entry in entries:
         target = dest.joinpath(*entry.parts)
         try:
@@ -346,25 +290,42 @@ def _write(
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             assert entry.open is not None
-            try:
+            with _reading(archive, entry.member):
                 src = entry.open()
-            except _READ_ERRORS as err:
-                raise _corrupt(archive, err, entry.member) from err
-            reader = _GuardedReader(src, archive, entry, budget, bar)
-            # "xb": never replace or follow anything already there; the checks above
-            # make that impossible, this makes it certain.
+            count = 0
+            # "xb": never replace or follow anything there (as the checks already ensure)
             with src, open(target, "xb") as out:
-                shutil.copyfileobj(reader, out, 1 << 20)  # type: ignore[arg-type]
-            if reader.count != entry.size:
-                detail = f"ended after {reader.count} of {entry.size} bytes"
+                while True:
+                    with _reading(archive, entry.member):
+                        data = src.read(1 << 20)
+                    if not data:
+                        break
+                    count += len(data)
+                    written += len(data)
+                    if written > max_bytes:
+                        raise _error(
+                            archive,
+                            f"unpacks to more than the limit max_bytes={max_bytes} "
+                            f"({size_text(max_bytes)}), more than its index declared",
+                            entry.member,
+                        )
+                    if count > entry.size:
+                        raise _error(
+                            archive,
+                            f"holds more data than the {entry.size} bytes its header declares",
+                            entry.member,
+                        )
+                    bar.update(len(data))
+                    out.write(data)
+            if count != entry.size:
+                detail = f"ended after {count} of {entry.size} bytes"
                 raise _corrupt(archive, detail, entry.member)
         except ArchiveError:
             raise
         except OSError as err:
-            # Writing failed (disk full, name too long, no permission): a one-line
-            # message naming the member helps more than a traceback.
+            # Writing failed (disk full, name too long, no permission): one line, naming it
             raise _error(archive, f"cannot be written: {_detail(err)}", entry.member) from err
-    return budget.used
+    return written
 
 
 def _empty(dest: Path) -> None:
@@ -378,43 +339,18 @@ def _empty(dest: Path) -> None:
                 child.unlink(missing_ok=True)
 
 
-@contextmanager
-def _opened(archive: Path, kind: str) -> Iterator[zipfile.ZipFile | tarfile.TarFile]:
-    # Opening reads the index (zip) or the first header (tar), so it is wrapped too.
-    # tarfile.open's default mode "r" is "r:*": any compression, or none.
-    opener = zipfile.ZipFile if kind == "zip" else tarfile.open
-    try:
-        handle = opener(archive)
-    except _READ_ERRORS as err:
-        raise _corrupt(archive, err) from err
-    with handle:
-        yield handle
-
-
 def safe_extract(
     archive: Path, dest: Path, *, max_bytes: int, max_members: int, progress: bool = False
 ) -> ExtractStats:
-    """Extract a zip or tar ``archive`` into the existing empty folder ``dest``.
+    """Extract a zip or tar ``archive`` (its kind found by content) into the existing,
+    empty folder ``dest``; return the number of regular files written and their bytes.
 
-    All members are checked before anything is written; see the module docstring for
-    the rules. A tar.gz is decompressed twice (once to list, once to extract): tar has
-    no index, and the limits must hold before writing.
-
-    Args:
-        archive: The archive; its kind is found by content, not by extension.
-        dest: An existing, empty folder (e.g. the temporary folder of ``atomic_dir``).
-        max_bytes: Refuse if the files unpack to more bytes than this (checked from the
-            index first, then again while streaming).
-        max_members: Refuse if the archive has more members (files and folders).
-        progress: Show a progress bar over bytes (hidden when stderr is not a terminal).
-
-    Returns:
-        The number of regular files written and their total size in bytes.
-
-    Raises:
-        ArchiveError: The archive is not a zip or tar, is corrupt or truncated, holds no
-            files, or is refused by a rule; ``dest`` is left empty again.
-        ValueError: ``dest`` is not an existing empty folder (a bug in the caller).
+    All members are checked before anything is written (the rules: the module docstring);
+    ``max_bytes`` holds from the index, then again while streaming. A tar.gz is
+    decompressed twice (to list, then to extract): tar has no index. ``progress`` shows a
+    bar over bytes (hidden when stderr is not a terminal). A refused or broken archive is
+    an :class:`ArchiveError` and leaves ``dest`` empty; a ``dest`` that is not an existing
+    empty folder is a ValueError (a bug in the caller).
     """
     if not dest.is_dir() or any(dest.iterdir()):
         raise ValueError(f"safe_extract needs an existing empty folder, got {dest}")
@@ -422,14 +358,17 @@ def safe_extract(
     if kind is None:
         raise _error(archive, why)
     try:
-        with _opened(archive, kind) as handle:
-            try:
+        # Opening reads the index (zip) or the first header (tar); tarfile.open's default
+        # mode "r" is "r:*": any compression, or none.
+        opener = zipfile.ZipFile if kind == "zip" else tarfile.open
+        with _reading(archive):
+            handle = opener(archive)
+        with handle:
+            with _reading(archive):
                 if isinstance(handle, zipfile.ZipFile):
                     entries = _zip_entries(archive, handle, max_members=max_members)
                 else:
                     entries = _tar_entries(archive, handle, dest, max_members=max_members)
-            except _READ_ERRORS as err:
-                raise _corrupt(archive, err) from err
             files = [e for e in entries if not e.is_dir]
             if not files:
                 raise _error(archive, "contains no files")
@@ -443,7 +382,7 @@ def safe_extract(
                 desc=f"extract {archive.name}",
                 disable=None if progress else True,
             ) as bar:
-                written = _write(archive, dest, entries, _Budget(max_bytes), bar)
+                written = _write(archive, dest, entries, max_bytes, bar)
     except BaseException:
         # Also on KeyboardInterrupt: the caller's atomic folder must not keep half an archive.
         _empty(dest)

@@ -1,20 +1,14 @@
 """Reading CT DICOM files into Hounsfield units, one frame (slice) at a time.
 
-Stored values -> HU follows PS3.3 C.11.1 (Modality LUT: a Modality LUT Sequence, or
-``HU = stored * slope + intercept``), per slice, and per frame for the enhanced
-multi-frame objects (C.7.6.16.2.9, Pixel Value Transformation in the functional
-groups). Pixel Padding Value and Pixel Padding Range Limit (C.7.5.1.1.2) are compared
-with *stored* values, before any rescale, and padded pixels become air. Arithmetic is
-done in float32: pydicom 3 returns int16/uint16 arrays, and under NumPy 2
-``uint16 - 1024`` wraps around silently. MONOCHROME1 only says how to *display*
-values (C.7.6.3.1.2); it never changes HU, so nothing here inverts it.
+Stored values -> HU follows PS3.3 C.11.1 (a Modality LUT Sequence, or a linear rescale),
+per slice, and per frame in the enhanced multi-frame objects (C.7.6.16.2.9). Padding
+(C.7.5.1.1.2) is compared with *stored* values and becomes air. Arithmetic is float32:
+pydicom 3 returns int16/uint16 arrays, and under NumPy 2 ``uint16 - 1024`` wraps around
+silently. MONOCHROME1 is a display instruction (C.7.6.3.1.2), so nothing inverts it.
 
 A file that is not a CT slice we can use raises :class:`SkippedFile` with a reason code,
-before anything is decoded where the header tells: every attribute the reader uses must
-be well formed (``bad_attribute``, ``bad_rescale``, ``bad_lut``), and the declared image
-size must pass :mod:`lungct.limits` (``too_large``). Deflated files are inflated once,
-counting bytes, before pydicom inflates them whole; large elements are read only when
-needed (``defer_size``).
+before anything is decoded where the header tells (docs/dicom.md, "Broken headers and
+decompression bombs").
 """
 
 from __future__ import annotations
@@ -23,8 +17,6 @@ import logging
 import math
 import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.misc import is_dicom
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import (
@@ -73,8 +66,6 @@ from lungct.reasons import (
 
 AIR_HU = -1000.0
 CT_SOP_CLASSES = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
-PREAMBLE = 128
-PREFIX = b"DICM"  # after the preamble, in every Part 10 file
 DEFER_BYTES = 64 * 1024  # elements larger than this are read from the file only when used
 CHUNK_BYTES = 2**20  # inflating a deflated file, a chunk at a time
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -84,18 +75,15 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 class _LazyHU:
-    """``CTFrame.hu``: the HU given when the frame was made, or, given None, computed from
-    ``CTFrame.stored`` the first time it is read. The reader gives None: convert's windows
-    are lookup tables on the stored values (:class:`StoredPixels`) and never need the
-    float32 image; crops and annotation rules read it, and get it then."""
+    """``CTFrame.hu``: the HU given when the frame was made or, given None (the reader:
+    convert's windows are lookup tables on :class:`StoredPixels`), computed from
+    ``CTFrame.stored`` the first time it is read (crops, annotation rules)."""
 
     def __get__(self, frame: CTFrame | None, owner: type | None = None) -> np.ndarray:
         if frame is None:
             raise AttributeError("hu")  # no default: the dataclass field stays required
         hu = frame.__dict__.get("hu")
         if hu is None:
-            if frame.stored is None:
-                raise ValueError("a CTFrame needs hu or stored pixels")
             hu = frame.__dict__["hu"] = frame.stored.hu()
         return hu
 
@@ -116,8 +104,7 @@ class CTFrame:
     rescale_type: str  # "HU" unless the file says otherwise
     transfer_syntax: str
     gantry_tilt: float | None  # degrees, when the file records it
-    # The file's own first Window Center/Width as found (NaN where not a number); checked
-    # where it is used (Preprocessing.windows_for, file_window).
+    # The file's first Window Center/Width (NaN where not a number): checked where used.
     window: tuple[float, float] | None
     geometry: FrameGeometry | None = None  # where the slice lies (crops, annotations)
     stored: StoredPixels | None = None  # a linear rescale's stored values (HU on demand)
@@ -152,12 +139,9 @@ def padding_mask(
     bits_stored: int = 16,
     signed: bool = True,
 ) -> np.ndarray | None:
-    """Pixels that are padding (PS3.3 C.7.5.1.1.2), compared on stored values.
-
-    A negative padding value may arrive encoded as unsigned (e.g. -2000 as 63536
-    when the VR was resolved to US); it is re-interpreted for signed pixel data.
-    Returns None when the file declares no padding.
-    """
+    """Pixels that are padding (PS3.3 C.7.5.1.1.2), compared on stored values; None when
+    the file declares none. A negative value encoded as unsigned (-2000 as 63536, the VR
+    resolved to US) is re-interpreted for signed pixel data."""
     if padding_value is None:
         return None
 
@@ -170,8 +154,7 @@ def padding_mask(
     low = as_stored(padding_value)
     if padding_limit is None:
         return stored == low
-    high = as_stored(padding_limit)
-    low, high = min(low, high), max(low, high)
+    low, high = sorted((low, as_stored(padding_limit)))
     return (stored >= low) & (stored <= high)
 
 
@@ -193,14 +176,10 @@ def stored_to_hu(
 @dataclass(frozen=True)
 class StoredPixels:
     """One frame's stored values and the linear Modality LUT that makes them HU (PS3.3
-    C.11.1.1.2), padding (C.7.5.1.1.2) included.
-
-    HU is affine in the stored integer, so any CT window of it is a function of the stored
-    value: for 8- and 16-bit integers :func:`code_hu` gives the HU of every possible value,
-    by the float32 path itself (:meth:`hu`), and a window of that is a lookup table
-    (``lungct.io.preprocess.frame_channels``): the very pixels the float path gives, for one
-    table lookup per pixel.
-    """
+    C.11.1.1.2), padding (C.7.5.1.1.2) included. HU is affine in the stored integer, so a
+    CT window of it is a lookup table on 8- and 16-bit values (:func:`code_hu`,
+    ``lungct.io.preprocess.frame_channels``), built by the float32 path (:meth:`hu`) itself:
+    the same pixels for one table lookup each."""
 
     values: np.ndarray  # rows x columns, as decoded (int16, uint16, ...)
     slope: float
@@ -226,15 +205,8 @@ class StoredPixels:
     @property
     def rescale(self) -> tuple:
         """What maps a stored value to HU, hashable: dtype, slope, intercept, padding, bits."""
-        padding = tuple(None if v is None else int(v) for v in self.padding)
-        return (
-            self.values.dtype.str,
-            self.slope,
-            self.intercept,
-            padding,
-            self.bits_stored,
-            self.signed,
-        )
+        dtype = self.values.dtype.str
+        return (dtype, self.slope, self.intercept, self.padding, self.bits_stored, self.signed)
 
 
 @lru_cache(maxsize=16)
@@ -260,9 +232,7 @@ def slice_position(position: object, orientation: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# --------------------------------------------------------------------------------------------
-# Attributes: every value the reader uses is checked before it is used
-# --------------------------------------------------------------------------------------------
+# Attributes: every value the reader uses is checked before it is used.
 def _show(value: object) -> str:
     text = repr(value) if isinstance(value, (str, bytes)) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -331,12 +301,12 @@ def _first(value: object) -> float:
         return math.nan
 
 
-def _window(center_in: Dataset | None, width_in: Dataset | None) -> tuple[float, float] | None:
-    """The file's first Window Center/Width as found (NaN where it is not a number), None
-    without one: it is checked only where it is used (``file_window``)."""
+def _window(ds: Dataset, index: int) -> tuple[float, float] | None:
+    """Frame ``index``'s first Window Center/Width as found (NaN where it is not a number),
+    None without one: it is checked only where it is used (``file_window``)."""
     try:
-        center = _value(center_in, "WindowCenter")
-        width = _value(width_in, "WindowWidth")
+        center = _frame_value(ds, index, "FrameVOILUTSequence", "WindowCenter")
+        width = _frame_value(ds, index, "FrameVOILUTSequence", "WindowWidth")
     except SkippedFile:
         return (math.nan, math.nan)
     if center is None or width is None:
@@ -377,23 +347,27 @@ def _layout(ds: Dataset) -> _Layout:
     frames = _integer(ds, "NumberOfFrames", 1, default=1)
     bits_stored = _integer(ds, "BitsStored", 1, bits, default=bits)
     signed = _integer(ds, "PixelRepresentation", 0, 1, default=0) == 1
-    assert rows and columns and bits and frames and bits_stored  # required or defaulted
     return _Layout(rows, columns, frames, bits, bits_stored, signed)
 
 
 def _frame_item(ds: Dataset, index: int, sequence: str, keyword: str) -> Dataset | None:
-    """Where an attribute of an enhanced multi-frame object is: the frame's own functional
-    group first, then the shared one; None when neither has it."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    groups = [per_frame[index] if per_frame and index < len(per_frame) else None]
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    groups.append(shared[0] if shared else None)
-    for group in groups:
-        seq = group.get(sequence) if group is not None else None
-        item = seq[0] if seq else None
-        if item is not None and keyword in item:
-            return item
+    """Where frame ``index``'s ``keyword`` is: the data set itself in a single-frame CT file;
+    in the enhanced multi-frame objects, the item of ``sequence`` in the frame's own
+    functional group, else in the shared one (PS3.3 C.7.6.16); None when neither has it."""
+    if ds.get("SOPClassUID") == CTImageStorage:
+        return ds
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for group in [*per_frame[index : index + 1], *shared[:1]]:
+        seq = group.get(sequence)
+        if seq and keyword in seq[0]:
+            return seq[0]
     return None
+
+
+def _frame_value(ds: Dataset, index: int, sequence: str, keyword: str) -> object:
+    """:func:`_value` of frame ``index``'s ``keyword`` (:func:`_frame_item`)."""
+    return _value(_frame_item(ds, index, sequence, keyword), keyword)
 
 
 def _check_lut(ds: Dataset) -> None:
@@ -416,21 +390,10 @@ def _check_lut(ds: Dataset) -> None:
         raise SkippedFile(BAD_LUT, f"LUT Data has {length} entries, LUTDescriptor says {entries}")
 
 
-# --------------------------------------------------------------------------------------------
 # Reading
-# --------------------------------------------------------------------------------------------
 def has_dicom_prefix(path: Path) -> bool:
     """A DICOM Part 10 file: a 128-byte preamble, then ``DICM`` (PS3.10 7.1)."""
-    with Path(path).open("rb") as stream:
-        return stream.read(PREAMBLE + len(PREFIX))[PREAMBLE:] == PREFIX
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """pydicom warns at length about odd values; a skipped file's reason says it once."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    return is_dicom(path)
 
 
 def _check_preamble(path: Path) -> None:
@@ -453,7 +416,7 @@ def _check_preamble(path: Path) -> None:
 def _file_meta(stream: BinaryIO) -> tuple[int, str]:
     """Where the data set starts, after the File Meta group (explicit VR little endian,
     PS3.10 7.1), and the Transfer Syntax UID the group names ("" without one)."""
-    stream.seek(PREAMBLE + len(PREFIX))
+    stream.seek(128 + 4)  # the preamble and "DICM"
     syntax = ""
     while True:
         start = stream.tell()
@@ -619,12 +582,10 @@ def _check_codestreams(ds: Dataset, syntax: UID, layout: _Layout) -> None:
 def read_ct(path: Path, max_bytes: int = MAX_IMAGE_BYTES, frame_bytes: int = 0) -> list[CTFrame]:
     """Read one CT file (single-frame, Enhanced CT or Legacy Converted Enhanced CT)
     into HU frames; raise :class:`SkippedFile` with a reason code otherwise.
-
-    ``max_bytes``: the largest declared image to decode (``convert.max_image_bytes``).
-    ``frame_bytes``: what each frame becomes besides its pixels (a model image): 100 000
-    frames of 1 x 1 pixels declare little, but make 100 000 model images."""
+    ``max_bytes``: the largest declared image to decode (``convert.max_image_bytes``);
+    ``frame_bytes``: what each frame becomes besides its pixels (a model image)."""
     path = Path(path)
-    with _quiet():
+    with warnings.catch_warnings(action="ignore"):  # the reason says once what pydicom warns
         _check_preamble(path)
         return _read_ct(path, max_bytes, frame_bytes)
 
@@ -647,8 +608,7 @@ def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
         raise SkippedFile(NO_PIXEL_DATA)
     layout = _layout(ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    problem = _decoder_problem(syntax)
-    if problem:
+    if problem := _decoder_problem(syntax):
         raise SkippedFile(NO_DECODER, problem)
     if layout.frames * frame_bytes > layout.nbytes:
         what = f"{layout} ({layout.frames} model images of {size_text(frame_bytes)})"
@@ -681,30 +641,21 @@ def _frame(
     layout: _Layout,
     padding: tuple[int | None, int | None],
 ) -> CTFrame:
-    enhanced = ds.SOPClassUID != CTImageStorage
-
-    def where(sequence: str, keyword: str) -> Dataset | None:
-        """The item holding ``keyword`` for this frame (functional groups, PS3.3 C.7.6.16)."""
-        return _frame_item(ds, index, sequence, keyword) if enhanced else ds
-
     transform = "PixelValueTransformationSequence"
-    slope_in, intercept_in = where(transform, "RescaleSlope"), where(transform, "RescaleIntercept")
+    slope_in = _frame_item(ds, index, transform, "RescaleSlope")
+    intercept_in = _frame_item(ds, index, transform, "RescaleIntercept")
     if slope_in is None and intercept_in is None:  # some writers keep the top-level module
         slope_in = intercept_in = ds
     slope = _number(slope_in, "RescaleSlope", BAD_RESCALE)
     intercept = _number(intercept_in, "RescaleIntercept", BAD_RESCALE)
-    rescale_type = _value(where(transform, "RescaleType"), "RescaleType")
+    rescale_type = _frame_value(ds, index, transform, "RescaleType")
     geometry = _geometry(ds, index, layout.frames)
-    window = _window(
-        where("FrameVOILUTSequence", "WindowCenter"), where("FrameVOILUTSequence", "WindowWidth")
-    )
+    window = _window(ds, index)
     if "ModalityLUTSequence" in ds and slope is None:
         # A lookup table instead of a linear rescale (PS3.3 C.11.1); pydicom applies it.
         _check_lut(ds)
-        hu = apply_modality_lut(stored, ds).astype(np.float32)
-        mask = padding_mask(stored, *padding, bits_stored=layout.bits_stored, signed=layout.signed)
-        if mask is not None:
-            hu[mask] = AIR_HU
+        mask = padding_mask(stored, *padding, layout.bits_stored, layout.signed)
+        hu = stored_to_hu(apply_modality_lut(stored, ds), mask=mask)
         rescale_type = rescale_type or ds.ModalityLUTSequence[0].get("ModalityLUTType")
         pixels = None
     else:
@@ -721,18 +672,16 @@ def _frame(
         # HU on demand (CTFrame.hu): a window is a lookup table on the stored values.
         hu = None
         pixels = StoredPixels(stored, slope, intercept, padding, layout.bits_stored, layout.signed)
-    instance = _integer(ds, "InstanceNumber", -(2**31), 2**31 - 1)
-    tilt = _number(ds, "GantryDetectorTilt")
     return CTFrame(
         hu=hu,
         patient_id=str(ds.get("PatientID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),
-        instance_number=instance,
+        instance_number=_integer(ds, "InstanceNumber", -(2**31), 2**31 - 1),
         frame=index,
         slice_position=geometry.position,
         rescale_type=str(rescale_type) if rescale_type else "HU",
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        gantry_tilt=tilt,
+        gantry_tilt=_number(ds, "GantryDetectorTilt"),
         window=window,
         geometry=geometry,
         stored=pixels,
@@ -742,18 +691,9 @@ def _frame(
 def _geometry(ds: Dataset, index: int, frames: int) -> FrameGeometry:
     """Frame ``index``'s identity and geometry, from the top level or, in the enhanced
     objects, its functional groups; a malformed value is ``bad_attribute``."""
-    enhanced = ds.get("SOPClassUID") != CTImageStorage
-
-    def where(sequence: str, keyword: str) -> Dataset | None:
-        return _frame_item(ds, index, sequence, keyword) if enhanced else ds
-
-    position = _value(
-        where("PlanePositionSequence", "ImagePositionPatient"), "ImagePositionPatient"
-    )
-    orientation = _value(
-        where("PlaneOrientationSequence", "ImageOrientationPatient"), "ImageOrientationPatient"
-    )
-    spacing = _value(where("PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing")
+    position = _frame_value(ds, index, "PlanePositionSequence", "ImagePositionPatient")
+    orientation = _frame_value(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _frame_value(ds, index, "PixelMeasuresSequence", "PixelSpacing")
     if position is not None:
         position = tuple(_numbers(position, "ImagePositionPatient", 3))
     if orientation is not None:
@@ -782,7 +722,7 @@ def read_geometry(path: Path) -> list[FrameGeometry]:
     read or decoded); :class:`SkippedFile` when it is not a CT file with a usable header
     (the full read, :func:`read_ct`, then says exactly why)."""
     path = Path(path)
-    with _quiet():
+    with warnings.catch_warnings(action="ignore"):
         _check_preamble(path)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES)

@@ -15,25 +15,18 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 from lungct.errors import SkippedFile, describe
 from lungct.limits import MAX_IMAGE_BYTES, check_size
 from lungct.names import Framing
-from lungct.reasons import NOT_IMAGE, TOO_LARGE, UNREADABLE_IMAGE
+from lungct.reasons import NOT_IMAGE, UNREADABLE_IMAGE
 
-# read_image checks an image's declared size against lungct.limits before decoding it, the
-# rule DICOM follows too; Pillow's own check (a warning, then an error, at pixel counts of
-# its own) would be a second, different limit.
+# read_image checks the declared size against lungct.limits, as DICOM does; Pillow's own
+# check, at pixel counts of its own, would be a second, different limit.
 Image.MAX_IMAGE_PIXELS = None
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 image (rows x cols, or rows x cols x channels) to ``size x size``,
-    keeping its aspect ratio and padding the short side with black, centred.
-
-    Shrinking by an integer factor (both sides multiples of the new ones: a 512 x 512 CT
-    slice to 128) takes the mean of each factor x factor block, in one pass (Pillow's
-    ``reduce``); any other factor is BILINEAR (docs/benchmarks.md, "Convert: the work
-    after decoding").
-    """
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected a 2-D image or channels last, got shape {image.shape}")
+    keeping its aspect ratio and padding the short side with black, centred. Shrinking by
+    an integer factor (a 512 x 512 slice to 128) is Pillow's ``reduce`` (block means), any
+    other BILINEAR (docs/benchmarks.md, "Convert: the work after decoding")."""
     height, width = image.shape[:2]
     if (height, width) == (size, size):
         return image
@@ -60,14 +53,12 @@ def model_input(images: Sequence[np.ndarray]) -> np.ndarray:
     return batch[..., None] if batch.ndim == 3 else batch
 
 
-# Framing (convert.framing: body). The body is what is denser than BODY_HU in a CT frame,
-# or, in an exported image (rendered with air dark), brighter than BODY_LEVEL of 255.
+# Framing (convert.framing: body): the body is denser than BODY_HU in a CT frame, or, in
+# an exported image (air dark), brighter than BODY_LEVEL of 255.
 BODY_HU = -500.0
 BODY_LEVEL = 40
-# The body is found on a copy at most this many pixels a side (every k-th pixel).
-BODY_SEARCH_SIDE = 256
-# A largest region under this share of the image is no body: nothing is cropped.
-BODY_MIN_SHARE = 0.01
+BODY_SEARCH_SIDE = 256  # the body is found on every k-th pixel, at most this many a side
+BODY_MIN_SHARE = 0.01  # a largest region under this share of the image is no body
 
 
 def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -75,12 +66,7 @@ def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
     in a 2-D mask (True where a pixel is body-dense or body-bright): its largest connected
     region after a morphological opening that cuts thin bridges (the CT table, a line of
     text); None when that region covers under :data:`BODY_MIN_SHARE` of the image.
-
-    Exports of one dataset frame the chest differently (tight crops, wide margins with the
-    table): cropping to this box before the resize shows the model the body at one scale
-    (docs/benchmarks.md, "Framing")."""
-    if body.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {body.shape}")
+    Cropping to it shows the model the body at one scale, however an export framed it."""
     from scipy import ndimage  # imported here: only convert.framing: body needs it
 
     step = max(1, -(-max(body.shape) // BODY_SEARCH_SIDE))
@@ -93,13 +79,8 @@ def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
     if sizes[largest] < BODY_MIN_SHARE * opened.size:
         return None
     rows, cols = ndimage.find_objects(labels)[largest]
-    height, width = body.shape
-    return (
-        rows.start * step,
-        min(height, rows.stop * step),
-        cols.start * step,
-        min(width, cols.stop * step),
-    )
+    bottom, right = min(body.shape[0], rows.stop * step), min(body.shape[1], cols.stop * step)
+    return rows.start * step, bottom, cols.start * step, right
 
 
 def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
@@ -115,10 +96,8 @@ def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarr
     return image[top:bottom, left:right]
 
 
-# The framing shift of cross-validation (the cv stage's ``reframed`` scores): each
-# held-out image is shown again with a black margin of each of these shares of its side on
-# every side, as an export with a wider framing would show it (docs/benchmarks.md, "A
-# framing-robust choice").
+# The cv stage's ``reframed`` scores show each held-out image again with a black margin of
+# these shares of its side (docs/benchmarks.md, "A framing-robust choice").
 REFRAME_MARGINS = (0.15, 0.3)
 
 
@@ -140,11 +119,8 @@ def reframe(image: np.ndarray, margin: float, framing: str) -> np.ndarray:
 # LANCZOS thumbnail, each bit whether one is above their median.
 HASH_SIZE = 8
 HASH_IMAGE = 32
-# The thumbnail: Pillow first shrinks the image with reduce() by the integer factor that
-# leaves it at least this many times the thumbnail, then resamples with LANCZOS; a 512 x 512
-# slice becomes 128 x 128 (4 x 4 means), then 32 x 32. Under 256 pixels a side nothing is
-# reduced and the hash is imagehash.phash's, bit for bit (docs/benchmarks.md, "Convert: the
-# work after decoding").
+# Pillow's reducing_gap: reduce() first to at least this many times the thumbnail (512 x 512
+# -> 128 x 128 -> 32 x 32); under 256 pixels a side, imagehash.phash's hash bit for bit.
 HASH_REDUCING_GAP = 4.0
 
 
@@ -153,17 +129,14 @@ def phash(
     resized: np.ndarray | None = None,
     reducing_gap: float | None = HASH_REDUCING_GAP,
 ) -> str:
-    """The 64-bit perceptual hash (16 hex digits), the one pHash of the project (the
-    split's evidence, evaluate's leak sensitivity): ``imagehash.phash`` of a 2-D uint8
-    image, with its thumbnail made by way of ``reducing_gap`` (:data:`HASH_REDUCING_GAP`),
-    about a sixth of the time on a 512 x 512 slice. The DCT (scipy's, imported here:
+    """The 64-bit perceptual hash (16 hex digits) of a 2-D uint8 image, the one pHash of
+    the project: ``imagehash.phash`` with its thumbnail made by way of ``reducing_gap``
+    (about a sixth of the time on a 512 x 512 slice). The DCT (scipy's, imported here:
     predict and the app never hash), the median and the bit order are imagehash's.
 
-    ``resized``: ``fit_square(gray, size)`` where the caller has it. When that was the
-    very ``reduce()`` the thumbnail starts with (a 512 x 512 slice to 128), the thumbnail
-    starts from it rather than reducing the slice a second time; the hash is the same.
-    ``reducing_gap=None``: one LANCZOS resize, ``imagehash.phash`` bit for bit at any
-    size (the hashes of model-sized images, as the manifest has always recorded them).
+    ``resized``: ``fit_square(gray, size)`` where the caller has it; when that was the very
+    ``reduce()`` the thumbnail starts with, the thumbnail starts from it (the same hash).
+    ``reducing_gap=None``: one LANCZOS resize, ``imagehash.phash`` bit for bit at any size.
     """
     height, width = gray.shape
     fx = fy = 1  # Pillow's reducing_gap rule: reduce by these factors first (1: no reduce)
@@ -204,13 +177,10 @@ PNG_SUB_FILTER = 1
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """A uint8 image (rows x cols, or rows x cols x 1-4 channels) as PNG file bytes.
-
-    Every row with the Sub filter (each byte minus the one a pixel to its left), zlib level
-    1 with the run-length strategy: on CT slices a third of Pillow's PNG time (level 1,
-    adaptive filters) for 5-10 % fewer bytes. Nothing but IHDR, IDAT and IEND: no time,
-    no gamma, so the same pixels give the same bytes (for a given zlib).
-    """
+    """A uint8 image (rows x cols, or rows x cols x 1-4 channels) as PNG file bytes: every
+    row Sub-filtered, zlib level 1 with the run-length strategy (a third of Pillow's time
+    on CT slices, for 5-10 % fewer bytes); nothing but IHDR, IDAT and IEND, so the same
+    pixels give the same bytes (for a given zlib)."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(f"expected a uint8 image, got {image.dtype} of shape {image.shape}")
     height, width = image.shape[:2]
@@ -245,12 +215,10 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> 8-bit grayscale, deliberately.
-
-    Transparency is composited on black (the background of a CT image); colour is
-    reduced to ITU-R 601-2 luma; 16- and 32-bit integer images keep their top 8 bits
-    of a 16-bit range (CT exports store 0..65535); float images are clipped to 0..255.
-    """
+    """Any PIL mode -> 8-bit grayscale, deliberately: transparency is composited on black
+    (a CT image's background); colour becomes ITU-R 601-2 luma; 16- and 32-bit integer
+    images keep the top 8 bits of a 16-bit range (CT exports store 0..65535); float images
+    are clipped to 0..255."""
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -279,22 +247,17 @@ def declared_bytes(image: Image.Image) -> int:
 
 def read_image(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[np.ndarray, str]:
     """Decode a PNG/JPG/... file to 8-bit grayscale; return it and the original mode.
-
-    Raises :class:`SkippedFile`: ``not_image`` for files PIL cannot identify,
-    ``too_large`` for an image whose declared size fails :mod:`lungct.limits` (checked from
-    the header, before decoding), ``unreadable_image`` for one PIL cannot decode.
-    """
+    :class:`SkippedFile`: ``not_image`` for files PIL cannot identify, ``too_large`` for a
+    declared size :mod:`lungct.limits` refuses (before decoding), ``unreadable_image`` for
+    one PIL cannot decode."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the reason says it
+        with warnings.catch_warnings(action="ignore"):  # "Corrupt EXIF data": the reason says it
             return _decode(path, max_bytes)
     except UnidentifiedImageError:
         raise SkippedFile(NOT_IMAGE) from None
     except (SkippedFile, MemoryError):
         raise
-    except Image.DecompressionBombError as exc:  # Pillow's own check, should it be back on
-        raise SkippedFile(TOO_LARGE, describe(exc)) from None
     except Exception as exc:  # truncated or corrupt image data; a plugin's odd error
         raise SkippedFile(UNREADABLE_IMAGE, describe(exc)) from None
 

@@ -1,24 +1,16 @@
 """Raw file -> the uint8 image the model sees: the one preprocessing path of convert,
-predict and the app.
+predict and the app, so predicting on a raw file feeds the model the pixels the convert
+stage wrote as PNG. A CT DICOM file gives one image per frame, one 8-bit channel per CT
+window (``lungct.io.windowing``); an exported image (PNG, JPG, ...) is deliberate
+grayscale, repeated once per window channel; both are then framed and resized
+(:func:`model_view`). No I/O beyond reading the one input file.
 
-A CT DICOM file gives one image per frame: HU (``lungct.io.dicom``), one 8-bit channel per
-CT window (``lungct.io.windowing``; with ``file_window`` the first channel uses the file's
-own Window Center/Width). An exported image (PNG, JPG, ...) is turned to grayscale
-deliberately and repeated once per window channel (``lungct.io.images``). Both are then
-resized to ``image_size`` keeping their aspect ratio, padded with black (with
-``convert.framing: body``, cropped to the body's bounding box first).
-
-The result is exactly what the convert stage writes as PNG and what train and evaluate
-decode from it, so predicting on a raw file feeds the model the same pixels as the
-pipeline did. No I/O here beyond reading the one input file.
-
-:func:`file_problem` is the one rule for what goes wrong on one input file: every
-exception becomes a reason code and a detail (the convert manifest's skipped row, the
-failure line of predict and the app), except running out of memory.
+:func:`file_problem` is the one rule for what goes wrong on one input file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,26 +65,19 @@ def dicom_images(path: Path, prep: Preprocessing) -> list[ModelImage]:
     images = []
     model_image = prep.image_size**2 * prep.channels  # bytes: each frame makes one
     for frame in read_ct(path, prep.max_image_bytes, model_image):
-        windows = prep.windows_for(frame)
+        windows = tuple(prep.windows_for(frame))
         pixels = frame_channels(frame, windows)
+        view = repeat_slice(model_view(pixels, prep, frame), prep.depth)
         images.append(
-            ModelImage(
-                pixels=repeat_slice(model_view(pixels, prep, frame), prep.depth),
-                unresized=pixels,
-                mode="HU",
-                frame=frame,
-                windows=tuple(windows),
-            )
+            ModelImage(pixels=view, unresized=pixels, mode="HU", frame=frame, windows=windows)
         )
     return images
 
 
-def frame_channels(frame: CTFrame, windows: list[tuple[float, float]]) -> np.ndarray:
-    """A CT frame's 8-bit channels, one per window: ``window_channels`` of its HU, computed
-    as a table lookup on the stored values where the file has a linear rescale of 8- or
-    16-bit integers (the tables are built by that float path, so the pixels are the same;
-    ``lungct.io.dicom.StoredPixels``), on the HU otherwise (a Modality LUT Sequence, a
-    MetaImage volume, 32-bit values)."""
+def frame_channels(frame: CTFrame, windows: Sequence[tuple[float, float]]) -> np.ndarray:
+    """A CT frame's 8-bit channels, one per window: ``window_channels`` of its HU, as a
+    table lookup on the stored values where they allow (``lungct.io.dicom.StoredPixels``:
+    the same pixels), on the HU otherwise (a Modality LUT Sequence, MetaImage, 32 bits)."""
     stored = frame.stored
     codes = stored.codes() if stored is not None else None
     if codes is None:

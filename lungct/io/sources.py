@@ -3,13 +3,9 @@
 Every function here brings files into a folder it is given (an empty temporary folder
 that the download stage moves into place only when all is well) and raises
 :class:`UserError` with one line naming the URL, handle or path when it cannot.
-
-Secrets never reach params.yaml (it is recorded in dvc.lock; ``lungct.params`` refuses
-a URL holding one): credentials for ``data.url`` come from the environment
-(``LUNGCT_URL_TOKEN``, or ``LUNGCT_URL_USER`` and ``LUNGCT_URL_PASSWORD``) or from
-``~/.netrc`` (or the file ``$NETRC`` names). They are sent to the host ``data.url``
-names only (:func:`may_send_credentials`), and no message shows them or the URL's
-query string (:func:`lungct.params.redact`).
+Credentials for ``data.url`` (docs/data.md, "Credentials for a URL") go to its host only
+(:func:`may_send_credentials`); no message shows them or the URL's query string
+(:func:`lungct.params.redact`).
 """
 
 from __future__ import annotations
@@ -24,6 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import requests
@@ -45,9 +42,7 @@ _LINKS = (
 )
 
 
-# --------------------------------------------------------------------------------------------
 # Credentials
-# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Credentials:
     """An ``Authorization`` header for ``data.url``'s host, and what no message may show."""
@@ -143,25 +138,17 @@ def may_send_credentials(named: str, url: str) -> bool:
     return (a[0], a[2], b[0], b[2]) == ("http", 80, "https", 443)
 
 
-class _Unchanged(requests.auth.AuthBase):
-    """No authentication from requests itself (it would read netrc on its own terms)."""
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        return request
-
-
 class _Session(requests.Session):
     """A session that decides on every request, redirects included, whether the
-    credentials go with it (:func:`may_send_credentials`); requests' own rule lets them
-    follow a redirect from https to http on the same host, and adds netrc entries of
-    other hosts."""
+    credentials go with it (:func:`may_send_credentials`), not by requests' own rule
+    (https to http on the same host; netrc entries of other hosts)."""
 
     def __init__(self, named: str, credentials: Credentials | None) -> None:
         super().__init__()
         self.named = named
         self.credentials = credentials
         self.max_redirects = MAX_REDIRECTS
-        self.auth = _Unchanged()
+        self.auth = lambda request: request  # not requests' own: it reads netrc on its terms
         self.headers["Accept-Encoding"] = "identity"  # the bytes the checksum is of
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response) -> None:  # type: ignore[no-untyped-def]
@@ -178,9 +165,7 @@ class _Session(requests.Session):
         return prepared
 
 
-# --------------------------------------------------------------------------------------------
 # Downloads
-# --------------------------------------------------------------------------------------------
 def _reason(err: BaseException) -> str:
     """Why a request failed, in words that never hold the URL (requests' and urllib3's
     messages quote it, query string and all): the OS's reason, or the error's kind."""
@@ -209,9 +194,9 @@ def _reason(err: BaseException) -> str:
 
 def _stream(
     read: Callable[[int], bytes],
-    target: Path,
-    *,
     expected: int | None,
+    *,
+    target: Path,
     max_bytes: int,
     shown: str,
     progress: bool,
@@ -235,15 +220,12 @@ def _stream(
         while True:
             try:
                 chunk = read(CHUNK)
-            except (requests.RequestException, http.client.HTTPException, OSError) as err:
-                raise UserError(
-                    f"{shown}: the connection broke after {received} bytes ({_reason(err)}); "
-                    "the download is incomplete"
-                ) from None
             except Exception as err:  # urllib3's protocol errors (a short body) and the like
+                known = (requests.RequestException, http.client.HTTPException, OSError)
+                why = _reason(err) if isinstance(err, known) else type(err).__name__
                 raise UserError(
-                    f"{shown}: the connection broke after {received} bytes "
-                    f"({type(err).__name__}); the download is incomplete"
+                    f"{shown}: the connection broke after {received} bytes ({why}); "
+                    "the download is incomplete"
                 ) from None
             if not chunk:
                 break
@@ -261,7 +243,7 @@ def _stream(
     return digest.hexdigest()
 
 
-def _fetch_file(url: str, target: Path, *, max_bytes: int, progress: bool) -> str:
+def _fetch_file(url: str, save: Callable[..., str]) -> str:
     shown = redact(url)
     path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
     try:
@@ -271,19 +253,10 @@ def _fetch_file(url: str, target: Path, *, max_bytes: int, progress: bool) -> st
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{shown}: not a regular file")
     with path.open("rb") as stream:
-        return _stream(
-            stream.read,
-            target,
-            expected=info.st_size,
-            max_bytes=max_bytes,
-            shown=shown,
-            progress=progress,
-        )
+        return save(stream.read, info.st_size)
 
 
-def _fetch_http(
-    url: str, target: Path, credentials: Credentials | None, *, max_bytes: int, progress: bool
-) -> str:
+def _fetch_http(url: str, credentials: Credentials | None, save: Callable[..., str]) -> str:
     shown = redact(url)
     with _Session(url, credentials) as session:
         try:
@@ -307,38 +280,30 @@ def _fetch_http(
                 raise UserError(f"{shown}: HTTP {response.status_code} {reason}{hint}".rstrip())
             length = response.headers.get("Content-Length", "")
             expected = int(length) if length.isascii() and length.isdigit() else None
-            return _stream(
-                lambda n: response.raw.read(n, decode_content=False),
-                target,
-                expected=expected,
-                max_bytes=max_bytes,
-                shown=shown,
-                progress=progress,
-            )
+            return save(lambda n: response.raw.read(n, decode_content=False), expected)
 
 
 def fetch_url(url: str, target: Path, *, max_bytes: int, progress: bool = False) -> str:
     """Stream ``url`` (http, https or file) into the file ``target``; return its sha256.
-
-    A short read (the server closed the connection before Content-Length bytes), or more
-    than ``max_bytes``, is an error and ``target`` is removed, never left truncated.
-    Credentials (:func:`url_credentials`) go to ``url``'s host only; no message shows
-    them, the URL's user and password, or its query string.
+    A short read (fewer than Content-Length bytes), or more than ``max_bytes``, is an error
+    and ``target`` is removed, never left truncated. Credentials (:func:`url_credentials`)
+    go to ``url``'s host only; no message shows them, or the URL's user, password or query.
     """
     if problem := url_problem(url):
         raise UserError(f"data.url: {problem}")
+    save = partial(
+        _stream, target=target, max_bytes=max_bytes, shown=redact(url), progress=progress
+    )
     credentials = None
     try:
         if urllib.parse.urlsplit(url).scheme.lower() == "file":
-            return _fetch_file(url, target, max_bytes=max_bytes, progress=progress)
+            return _fetch_file(url, save)
         credentials = url_credentials(url)
-        return _fetch_http(url, target, credentials, max_bytes=max_bytes, progress=progress)
-    except UserError as err:
+        return _fetch_http(url, credentials, save)
+    except BaseException as err:
         target.unlink(missing_ok=True)
-        message = credentials.scrub(str(err)) if credentials else str(err)
-        raise UserError(message) from None
-    except BaseException:
-        target.unlink(missing_ok=True)
+        if isinstance(err, UserError) and credentials:
+            raise UserError(credentials.scrub(str(err))) from None
         raise
 
 
@@ -347,19 +312,12 @@ def verify_sha256(name: str, actual: str, expected: str) -> None:
         raise UserError(f"{name}: sha256 mismatch: expected {expected.lower()}, got {actual}")
 
 
-# --------------------------------------------------------------------------------------------
 # Local folders and archives
-# --------------------------------------------------------------------------------------------
+_KINDS = {"l": "a symbolic link", "p": "a FIFO", "s": "a socket", "c": "a device", "b": "a device"}
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
+    return _KINDS.get(stat.filemode(mode)[0], "not a regular file")
 
 
 def _copy_file(source: Path, dest: Path, budget: int) -> int:
@@ -386,13 +344,9 @@ def _copy_file(source: Path, dest: Path, budget: int) -> int:
 
 def copy_folder(source: Path, dest: Path, *, max_bytes: int, max_members: int) -> None:
     """Copy the folder ``source`` into the empty folder ``dest``: regular files and
-    folders only, the rule :func:`lungct.io.archives.safe_extract` applies to archive members.
-
-    A symbolic link (to a file or folder, inside the tree or out of it), FIFO, socket or
-    device is refused, naming it: links are not followed, so ``data.max_members`` (files
-    and folders) and ``data.max_bytes`` count exactly what is copied, and a link to ``.``
-    cannot copy without end. The tree is walked, and the limits checked, before a byte is
-    copied; the bytes are counted again while copying.
+    folders only, as :func:`lungct.io.archives.safe_extract` extracts (any link, FIFO,
+    socket or device is refused: docs/data.md, "Local folders"). The tree is walked, and
+    the limits checked, before a byte is copied; the bytes are counted again while copying.
     """
     if dest.resolve().is_relative_to(source.resolve()):
         raise UserError(
@@ -460,10 +414,8 @@ def unpack_or_copy(
 
 def kaggle_download(handle: str) -> Path:
     """Download a public Kaggle dataset with kagglehub (into its own cache); return its folder.
-
-    kagglehub's failures (no network, no credentials, unknown handle) arrive as many
-    exception types; each becomes one line naming the handle (the Kaggle key never shown).
-    """
+    kagglehub's failures, of many exception types (no network, no credentials, unknown
+    handle), become one line naming the handle (the Kaggle key never shown)."""
     try:
         import kagglehub
 

@@ -21,27 +21,15 @@ def is_window(center: float, width: float) -> bool:
     return math.isfinite(center) and math.isfinite(width) and width > 0
 
 
-def _check(center: float, width: float) -> None:
+def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Window HU (any shape; integers do not wrap around) into 8-bit grayscale of that
+    shape: ``center - width/2`` -> 0 and ``center + width/2`` -> 255, linear between,
+    clipped, rounded half up (the middle of the window is 128); a window that is not
+    :func:`is_window` is a ValueError. Computed in one float32 buffer (the convert stage's
+    hot loop), so a value within float32 rounding of a .5 tie may land on either neighbour:
+    at most 1 off the exact rounding, for under 0.1 % of values."""
     if not is_window(center, width):
         raise ValueError(f"window {center:g}/{width:g}: needs a finite center and a positive width")
-
-
-def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Window HU into an 8-bit grayscale image: ``center - width/2`` -> 0 and
-    ``center + width/2`` -> 255, linear between, clipped, rounded half up (the middle of
-    the window is 128). Computed in one float32 buffer (the convert stage's hot loop), so
-    a value within float32 rounding of a .5 tie may land on either neighbour: at most 1
-    off the exact rounding, for under 0.1 % of values (``tests/test_windowing.py``).
-
-    Args:
-        hu: Hounsfield units, any shape (integers do not wrap around).
-        center: window level in HU.
-        width: window width in HU; must be positive and finite.
-
-    Returns:
-        uint8 array of the same shape.
-    """
-    _check(center, width)
     out = np.subtract(hu, np.float32(center - width / 2.0), dtype=np.float32)
     out *= np.float32(255.0)
     out /= np.float32(width)
@@ -53,9 +41,7 @@ def window_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
 def window_channels(hu: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
     """One 8-bit channel per (center, width) window: (rows, cols) for one window,
     (rows, cols, n) for several (for example lung, mediastinum and bone)."""
-    if len(windows) == 1:
-        return window_uint8(hu, *windows[0])
-    return np.stack([window_uint8(hu, c, w) for c, w in windows], axis=-1)
+    return _channels([window_uint8(hu, c, w) for c, w in windows])
 
 
 def window_lookup(codes: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
@@ -63,6 +49,8 @@ def window_lookup(codes: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
     uint8 or uint16 indices, each table the window's uint8 for every index
     (``lungct.io.preprocess.window_table``). One gather per pixel and window instead of the
     float32 rescale and window; the same pixels."""
-    if len(tables) == 1:
-        return np.take(tables[0], codes)
-    return np.stack([np.take(table, codes) for table in tables], axis=-1)
+    return _channels([np.take(table, codes) for table in tables])
+
+
+def _channels(planes: list[np.ndarray]) -> np.ndarray:
+    return planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)

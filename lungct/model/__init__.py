@@ -1,8 +1,6 @@
 """The network and what is done with it: building, training (one machine or several),
-cross-validation, export, Grad-CAM.
-
-Importing any module of this package that uses TensorFlow imports it quietly: TensorFlow's
-C++ start-up chatter is kept out of the logs (here, before the first import of it).
+cross-validation, export, Grad-CAM (docs/development.md). Importing the package keeps
+TensorFlow's C++ start-up chatter out of the logs (set before the first import of it).
 """
 
 import os

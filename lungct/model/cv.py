@@ -1,13 +1,9 @@
 """Cross-validation (``split.folds``) and the fold ensemble (``train.ensemble``).
 
-The split stage gives every train and val image a fold (whole groups, stratified by
-class; :func:`lungct.data.split.assign_folds`). Here one model is fitted per fold, on
-the other folds, with early stopping on its own fold, by the train stage's recipe
-(:func:`lungct.model.train.fit_model`), and scored on that fold: the validation figures by
-which recipes are compared, never the test split. The fold models are kept, so that
-``train.ensemble`` can average them into the one model that evaluate, predict, the
-app and Grad-CAM use (:func:`lungct.model.network.ensemble`).
-
+One model per fold of the split stage (:func:`lungct.data.split.assign_folds`), fitted on
+the other folds by the train stage's recipe (:func:`lungct.model.train.fit_model`) and
+scored on its own fold: the validation figures by which recipes are compared, never the
+test split. ``train.ensemble`` averages the fold models (:func:`fold_ensemble`).
 TensorFlow is imported only where a model is fitted or loaded.
 """
 
@@ -32,10 +28,6 @@ log = logging.getLogger("cv")
 
 FOLDS_FILE = "folds.json"  # in FOLDS_DIR: the folds, their classes and model files
 SCORES = ("balanced_accuracy", "macro_f1", "loss")  # per fold; their means are metrics/cv.json
-
-
-def fold_model_file(fold: int) -> str:
-    return f"fold{fold}.keras"
 
 
 def cross_validate(
@@ -64,49 +56,38 @@ def cross_validate(
     from lungct.model.train import fit_model
 
     classes = train_classes(table, splits_dir)
-    contract = Contract.from_params(params, classes, None)
+    contract = Contract.from_params(params, classes)
     rows = []
+    fold_of = pd.to_numeric(table["fold"], errors="coerce")
     for fold in folds:
         train, val = fold_images(table, fold, classes, splits_dir)
-        fitted = fit_model(
-            params.train,
-            contract,
-            params.base.seed,
-            train,
-            val,
-            live_dir=None if live_dir is None else live_dir / f"fold{fold}",
-            name=f"cv fold {fold}/{len(folds)}",
-        )
-        model_file = out / fold_model_file(fold)
+        curves = None if live_dir is None else live_dir / f"fold{fold}"
+        name = f"cv fold {fold}/{len(folds)}"
+        fitted = fit_model(params.train, contract, params.base.seed, train, val, curves, name)
+        model_file = out / f"fold{fold}.keras"
         save_model(fitted.model, model_file)
         model = inference_model(fitted.model)
-        scores = classification_metrics(
-            np.asarray(val[1]), predict_images(model, contract, val[0], params), classes
-        )
-        shifted = classification_metrics(
-            np.asarray(val[1]), predict_images(tta_model(model), contract, val[0], params), classes
-        )
-        reframed = reframed_scores(model, contract, val, classes, params)
+        scores, shifted = [  # as it is, and with test-time augmentation
+            classification_metrics(
+                np.asarray(val[1]), predict_images(m, contract, val[0], params), classes
+            )
+            for m in (model, tta_model(model))
+        ]
         row = {
             "fold": fold,
             "train_images": len(train[0]),
             "val_images": len(val[0]),
-            "val_groups": int(table.loc[_fold_rows(table, fold), "group"].nunique()),
+            "val_groups": int(table.loc[fold_of == fold, "group"].nunique()),
             **{key: scores[key] for key in SCORES},
             "accuracy": scores["accuracy"],
             "epochs": len(fitted.history["loss"]),
             "best_epoch": fitted.best_epoch,
             "tta": {key: shifted[key] for key in SCORES},
-            "reframed": reframed,
+            "reframed": reframed_scores(model, contract, val, classes, params),
         }
         log.info(
-            "cv fold %d/%d: balanced accuracy %.3f, macro F1 %.3f, loss %.4f (%d images)",
-            fold,
-            len(folds),
-            row["balanced_accuracy"],
-            row["macro_f1"],
-            row["loss"],
-            row["val_images"],
+            f"{name}: balanced accuracy {row['balanced_accuracy']:.3f}, "
+            f"macro F1 {row['macro_f1']:.3f}, loss {row['loss']:.4f} ({len(val[0])} images)"
         )
         rows.append(row)
         record["models"].append(model_file.name)
@@ -139,10 +120,6 @@ def cv_headline(details: dict) -> dict:
     return {key: details[key]["mean"] for key in SCORES} if details.get("folds") else {}
 
 
-def _fold_rows(table: pd.DataFrame, fold: int) -> pd.Series:
-    return pd.to_numeric(table["fold"], errors="coerce") == fold
-
-
 def predict_images(model, contract: Contract, paths: list[str], params: Params) -> np.ndarray:
     """``model``'s class probabilities (float64) for the split PNGs at ``paths``."""
     from lungct.model.dataset import image_dataset
@@ -169,13 +146,12 @@ def reframed_scores(
     for path in val[0]:
         with Image.open(path) as image:
             images.append(np.asarray(image))
+    truth = np.asarray(val[1])
     per_margin = []
     for margin in REFRAME_MARGINS:
         batch = model_input([reframe(image, margin, contract.prep.framing) for image in images])
         probabilities = model.predict(batch, batch_size=params.evaluate.batch_size, verbose=0)
-        scores = classification_metrics(
-            np.asarray(val[1]), probabilities.astype(np.float64), classes
-        )
+        scores = classification_metrics(truth, probabilities.astype(np.float64), classes)
         per_margin.append([scores[key] for key in SCORES])
     return {
         key: round(float(v), 6) for key, v in zip(SCORES, np.mean(per_margin, axis=0), strict=True)

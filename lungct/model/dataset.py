@@ -12,10 +12,8 @@ import tensorflow as tf
 def decode_images(
     paths: list[str], image_size: int, channels: int, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Decode PNG files once, in parallel, into one uint8 array (n, size, size, channels).
-
-    ``out`` may be a preallocated array, for example a ``numpy.memmap`` on disk.
-    """
+    """Decode PNG files once, in parallel, into one uint8 array (n, size, size, channels):
+    ``out`` if given, a preallocated array (for example a ``numpy.memmap`` on disk)."""
 
     def decode(path: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_png(tf.io.read_file(path), channels=channels)
@@ -68,12 +66,7 @@ def image_dataset(
             # of one name would truncate the first map under it (SIGBUS on the next read).
             fd, name = tempfile.mkstemp(prefix="images-", suffix=".npy", dir=cache_dir)
             os.close(fd)
-            out = np.lib.format.open_memmap(
-                name,
-                mode="w+",
-                dtype=np.uint8,
-                shape=(len(paths), *shape),
-            )
+            out = np.lib.format.open_memmap(name, "w+", np.uint8, (len(paths), *shape))
         images = decode_images(paths, image_size, channels, out)
 
         def pixels(index: tf.Tensor) -> tf.Tensor:

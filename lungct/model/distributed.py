@@ -1,44 +1,11 @@
-"""Training on several machines: ``train.strategy: multi_worker``.
+"""Training on several machines: ``train.strategy: multi_worker`` (docs/scale.md, "Several
+machines": the setup, the data each worker reads, batch norm, a worker that dies).
 
-TensorFlow's ``MultiWorkerMirroredStrategy``: one process per machine (a *worker*), each
-with a copy of the model; every step, each worker computes gradients on its own images
-and the workers sum them (a ring all-reduce over gRPC), so the weights stay identical
-everywhere. The cluster comes from the ``TF_CONFIG`` environment variable, as TensorFlow
-defines it::
-
-    {"cluster": {"worker": ["host1:12345", "host2:12345"]},
-     "task": {"type": "worker", "index": 0}}
-
-(a ``chief`` job of one task may stand first; then it is the chief, otherwise worker 0
-is). Only the chief writes outputs (:func:`is_chief`); the others write nothing.
-
+TensorFlow's ``MultiWorkerMirroredStrategy`` on the cluster of ``TF_CONFIG``, one process
+per machine; only the chief (the ``chief`` task, else worker 0) writes (:func:`is_chief`).
 Keras 3's ``model.fit`` does not run under this strategy (keras-team/keras#20585), so
-:func:`fit_multi_worker` is a training loop of its own with ``model.fit``'s recipe as the
-train stage uses it: ``build_cnn``'s model, optimizer and learning-rate schedule,
-per-example class weights, Keras' epoch figures (``loss``, ``accuracy``, ``val_loss``,
-``val_accuracy``), early stopping on the validation loss with the best weights restored,
-and the DVCLive curves (chief only).
-
-Data: worker ``r`` of ``n`` (chief first) reads only the train and val images ``r``,
-``r + n``, ... of the splits table's order, each epoch in its own seeded shuffle. A
-step's batch is ``train.batch_size`` images on each worker; a worker whose shard has run
-out takes part in the step with no images (zero gradients), so every worker runs the
-same steps and the loss is each step's mean over the images of all workers. The
-validation sums are added up across workers, so every worker sees the same validation
-loss and early stopping stops all of them on the same epoch.
-
-Batch norm's moving statistics, which each worker computes from its own images, are
-replaced at the end of every epoch by their mean over the workers: every worker validates,
-and the chief saves, the same model.
-
-A worker that dies: a step's all-reduce fails when its connection drops, TensorFlow's
-coordination service reports a peer that stops answering (heartbeats), and every collective
-operation gives up after ``LUNGCT_PEER_TIMEOUT`` seconds (default
-:data:`DEFAULT_PEER_TIMEOUT_S`); the others then stop with one
-:class:`~lungct.errors.UserError` line and write nothing. At the start, each worker waits
-as long for all the others to join, then ends with one line (:func:`_watchdog`).
-
-Reading the cluster does not import TensorFlow; training does.
+:func:`fit_multi_worker` is a loop of its own with the train stage's recipe. Reading the
+cluster does not import TensorFlow; training does.
 """
 
 from __future__ import annotations
@@ -95,9 +62,7 @@ class Cluster:
     @property
     def rank(self) -> int:
         """This worker's place in the cluster, 0 .. size - 1: the chief (or worker 0) is 0."""
-        if self.task_type == "chief":
-            return 0
-        return len(self.jobs.get("chief", [])) + self.task_index
+        return 0 if self.task_type == "chief" else len(self.jobs.get("chief", [])) + self.task_index
 
     @property
     def is_chief(self) -> bool:
@@ -106,15 +71,6 @@ class Cluster:
 
 def _fail(problem: str) -> UserError:
     return UserError(f"{TF_CONFIG}: {problem} ({HINT})")
-
-
-def _address_problem(address: object) -> str | None:
-    if not isinstance(address, str):
-        return f"{address!r} is not a host:port string"
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"{address!r} is not host:port (a port 1..65535)"
-    return None
 
 
 def parse_cluster(text: str | None) -> Cluster:
@@ -139,9 +95,11 @@ def parse_cluster(text: str | None) -> Cluster:
         if not isinstance(addresses, list) or not addresses:
             raise _fail(f"cluster.{job}: must be a non-empty list of host:port")
         for address in addresses:
-            problem = _address_problem(address)
-            if problem:
-                raise _fail(f"cluster.{job}: {problem}")
+            if not isinstance(address, str):
+                raise _fail(f"cluster.{job}: {address!r} is not a host:port string")
+            host, sep, port = address.rpartition(":")
+            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                raise _fail(f"cluster.{job}: {address!r} is not host:port (a port 1..65535)")
             if address in seen:
                 raise _fail(f"cluster: {address} is listed twice")
             seen.add(address)
@@ -203,13 +161,8 @@ def multi_worker_strategy():
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
         timeout_seconds=float(timeout),
     )
-    log.info(
-        "multi-worker: task %s:%d of %d, waiting for the cluster %s",
-        cluster.task_type,
-        cluster.task_index,
-        cluster.size,
-        cluster.jobs,
-    )
+    task = f"{cluster.task_type}:{cluster.task_index} of {cluster.size}"
+    log.info("multi-worker: task %s, waiting for the cluster %s", task, cluster.jobs)
     sigterm = signal.getsignal(signal.SIGTERM)
     late = (
         f"multi-worker training: not every worker of {TF_CONFIG} joined within {timeout} s "
@@ -256,7 +209,7 @@ def _watchdog(seconds: int, message: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _peer_errors(doing: str, cluster: Cluster | None = None) -> Iterator[None]:
+def _peer_errors(doing: str, cluster: Cluster) -> Iterator[None]:
     """TensorFlow's errors of a lost or unreachable peer as one :class:`UserError` line."""
     import tensorflow as tf
 
@@ -338,14 +291,14 @@ def fit_multi_worker(
         )
     strategy = multi_worker_strategy()  # before any other TensorFlow work
     from lungct.atomic import atomic_dir
-    from lungct.model.history import Fitted
+    from lungct.model.history import Fitted, live_curves
     from lungct.model.runtime import seed_everything
 
     seed_everything(seed)
     with contextlib.ExitStack() as stack:
         live = None
         if live_dir is not None and cluster.is_chief:
-            live = stack.enter_context(_live_curves(stack.enter_context(atomic_dir(live_dir))))
+            live = stack.enter_context(live_curves(stack.enter_context(atomic_dir(live_dir))))
         cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lungct-cache-"))
         with _peer_errors("training", cluster):
             loop = _Loop(cfg, contract, seed, train, val, strategy, cluster, cache_dir, name)
@@ -353,24 +306,8 @@ def fit_multi_worker(
     return Fitted(loop.model, history, int(strategy.num_replicas_in_sync))
 
 
-@contextlib.contextmanager
-def _live_curves(folder: Path):
-    """DVCLive's Keras callback on ``folder``, fed the epoch figures; Live's own summary
-    file dropped (the stage writes its own metrics), as :mod:`lungct.model.train` does."""
-    from dvclive.keras import DVCLiveCallback
-
-    from lungct.model.history import open_live
-
-    live = open_live(folder)
-    try:
-        yield DVCLiveCallback(live=live)
-    finally:
-        live.end()
-        (folder / "metrics.json").unlink(missing_ok=True)
-
-
 class _Loop:
-    """The model, its optimizer, this worker's shards and the compiled steps."""
+    """The model, this worker's shards and the compiled steps."""
 
     def __init__(self, cfg, contract, seed, train, val, strategy, cluster, cache_dir, name):
         import keras
@@ -379,44 +316,34 @@ class _Loop:
         from lungct.model.dataset import image_dataset
         from lungct.model.network import build_cnn, class_weights
 
-        self.cfg, self.strategy, self.name = cfg, strategy, name
+        self.cfg, self.name = cfg, name
         self.rank, self.workers = cluster.rank, cluster.size
         size, channels = contract.prep.image_size, contract.prep.channels
-        n_classes = len(contract.classes)
-        (train_x, train_y), (val_x, val_y) = train, val
         batch = cfg.batch_size  # per replica, as with the other strategies
-        self.steps = step_batches(len(train_x), self.workers, batch)
-        self.train_images, self.val_images = len(train_x), len(val_x)
+        self.steps = step_batches(len(train[0]), self.workers, batch)
+        self.train_images = len(train[0])
         cache = {"cache": cfg.cache, "cache_dir": cache_dir}
-        mine = (shard(train_x, self.rank, self.workers), shard(train_y, self.rank, self.workers))
+        mine = [shard(items, self.rank, self.workers) for items in train]
+        val_mine = [shard(items, self.rank, self.workers) for items in val]
         self.train_data = image_dataset(*mine, size, channels, batch, seed + self.rank, **cache)
-        val_mine = (shard(val_x, self.rank, self.workers), shard(val_y, self.rank, self.workers))
         self.val_data = (
-            image_dataset(*val_mine, size, channels, batch, **cache) if val_mine[0] else None
+            image_dataset(*val_mine, size, channels, batch, **cache) if val_mine[0] else ()
         )
-        weights = class_weights(train_y) if cfg.class_weight == "auto" else {}
-        table = [weights.get(i, 1.0) for i in range(n_classes)]
+        weights = class_weights(train[1]) if cfg.class_weight == "auto" else {}
         with strategy.scope():
-            self.model = build_cnn(size, channels, n_classes, cfg, seed, len(self.steps))
-            self.optimizer = self.model.optimizer
-            self.optimizer.build(self.model.trainable_variables)
+            model = build_cnn(size, channels, len(contract.classes), cfg, seed, len(self.steps))
+            optimizer = model.optimizer
+            optimizer.build(model.trainable_variables)
+        self.model = model
+        shown = {contract.classes[i]: round(w, 3) for i, w in weights.items()} or "none"
         log.info(
-            "%s: worker %d of %d: %d of %d train / %d of %d val images, classes %s, "
-            "%d weights, %d steps an epoch, class weights %s",
-            name,
-            self.rank,
-            self.workers,
-            len(mine[0]),
-            len(train_x),
-            len(val_mine[0]),
-            len(val_x),
-            list(contract.classes),
-            self.model.count_params(),
-            len(self.steps),
-            {contract.classes[i]: round(w, 3) for i, w in weights.items()} or "none",
+            f"{name}: worker {self.rank} of {self.workers}: {len(mine[0])} of {len(train[0])} "
+            f"train / {len(val_mine[0])} of {len(val[0])} val images, classes "
+            f"{list(contract.classes)}, {model.count_params()} weights, {len(self.steps)} "
+            f"steps an epoch, class weights {shown}"
         )
-        model, optimizer = self.model, self.optimizer
         per_example = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        table = [weights.get(i, 1.0) for i in range(len(contract.classes))]
         class_weight = tf.constant(table, tf.float32)
         variables = model.trainable_variables
 
@@ -424,9 +351,8 @@ class _Loop:
             """Weighted loss, weighted correct, total weight: the epoch figures' parts."""
             losses = per_example(y, probs) * w
             hits = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32)
-            return losses, tf.stack(
-                [tf.reduce_sum(losses), tf.reduce_sum(hits * w), tf.reduce_sum(w)]
-            )
+            parts = [tf.reduce_sum(losses), tf.reduce_sum(hits * w), tf.reduce_sum(w)]
+            return losses, tf.stack(parts)
 
         def replica_step(x, y, global_batch):
             w = tf.gather(class_weight, y)
@@ -460,17 +386,15 @@ class _Loop:
             per_worker = strategy.run(tf.identity, args=(values,))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_worker, axis=None)
 
+        def all_sum_numpy(values: np.ndarray) -> np.ndarray:
+            """``values`` added up over the workers (the same result on every worker)."""
+            return all_sum(tf.constant(values, tf.float64)).numpy()
+
         self._train_step, self._train_idle, self._val_step = train_step, train_idle, val_step
-        self._sum = all_sum
+        self._all_sum = all_sum_numpy
         self.moving_stats = [
             v for v in model.non_trainable_variables if v.name in ("moving_mean", "moving_variance")
         ]
-
-    def _all_sum(self, values: np.ndarray) -> np.ndarray:
-        """``values`` added up over the workers (the same result on every worker)."""
-        import tensorflow as tf
-
-        return self._sum(tf.constant(values, tf.float64)).numpy()
 
     def _epoch(self) -> dict[str, float]:
         import tensorflow as tf
@@ -484,18 +408,15 @@ class _Loop:
                 continue
             x, y = batch
             train_sums += self._train_step(x, y, tf.constant(global_batch, tf.int64)).numpy()
-        # Batch norm's moving statistics are each worker's own (from its images): their
-        # mean over the workers, so that every worker validates, and the chief saves, the
-        # same model, with statistics of all the images.
+        # Batch norm's moving statistics, each worker's own: their mean over the workers
         stats = [v.numpy().astype(np.float64) for v in self.moving_stats]
         totals = self._all_sum(np.concatenate([train_sums, *(s.ravel() for s in stats)]))
-        train_sums, start = totals[:3], 3
-        for variable, value in zip(self.moving_stats, stats, strict=True):
-            mean = totals[start : start + value.size] / self.workers
-            variable.assign(mean.reshape(value.shape).astype(np.float32))
-            start += value.size
+        offsets = np.cumsum([3, *(s.size for s in stats)])[:-1]  # the train sums, then each stat
+        train_sums, *stat_sums = np.split(totals, offsets)
+        for variable, value, total in zip(self.moving_stats, stats, stat_sums, strict=True):
+            variable.assign((total / self.workers).reshape(value.shape).astype(np.float32))
         val_sums = np.zeros(3)
-        for x, y in self.val_data if self.val_data is not None else ():
+        for x, y in self.val_data:
             val_sums += self._val_step(x, y).numpy()
         val_loss, val_hits, val_n = self._all_sum(val_sums)
         loss, hits, weight = train_sums
@@ -516,24 +437,16 @@ class _Loop:
             logs = self._epoch()
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
-            log.info(
-                "%s: epoch %d/%d: %s",
-                self.name,
-                epoch + 1,
-                self.cfg.epochs,
-                " - ".join(f"{key}: {value:.4f}" for key, value in logs.items()),
-            )
+            figures = " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+            log.info("%s: epoch %d/%d: %s", self.name, epoch + 1, self.cfg.epochs, figures)
             if live is not None:
                 live.on_epoch_end(epoch, logs)
             if not patience:
                 continue
-            if best_weights is None:
-                best_weights = self.model.get_weights()
             wait += 1
             if best is None or logs["val_loss"] < best:
                 best, best_weights, wait = logs["val_loss"], self.model.get_weights(), 0
-                continue
-            if wait >= patience and epoch > 0:
+            elif wait >= patience:
                 log.info("%s: early stopping after epoch %d", self.name, epoch + 1)
                 break
         if best_weights is not None:

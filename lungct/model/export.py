@@ -1,38 +1,12 @@
-"""Deployable copies of the trained model: a TensorFlow SavedModel and an ONNX model, each
-with the model contract beside it, each checked against the Keras model when written.
+"""Deployable copies of the trained model in ``models/export/`` (docs/deploy.md, "The
+exports"): a TensorFlow SavedModel and an ONNX model, each with the model contract beside
+it and checked against the Keras model on the test split, and ``export.json``, the record.
 
-``models/export/``::
-
-    savedmodel/    saved_model.pb, variables/, fingerprint.pb, labels.json
-    onnx/          model.onnx, labels.json
-    export.json    what was exported, from which model (sha256), how it was checked
-
-Both take ``image``: float32 N x H x W x C, pixel values 0..255 (the contract's input),
-and give ``probabilities``: float32 N x classes, in the contract's class order. Both are
-traced from ``model(image, training=False)``: the augmentation layers of a Keras 3 model
-are active when ``training`` is not given (they default to ``training=True``), so
-``model.export()`` would serve randomly flipped and rotated inputs.
-
-The check: the test split's images (``data/splits``, the ``test`` rows of
-``splits.csv``, decoded as evaluate decodes them) through each export, against the Keras
-model's outputs, within :data:`TOLERANCE`. Anything else is a :class:`UserError`, and
-nothing is left: the folder is written under a temporary name and moved into place only
-once both exports passed (:func:`lungct.atomic.atomic_dir`).
-
-Same model, same bytes, so DVC gives one hash per model (measured: export twice in two
-processes, compare every file):
-
-* SavedModel: only the variables the inference function reads are saved (the Keras seed
-  generators' states, random for an unseeded layer at every load, are left out, and the
-  inference path does not read them); ``fingerprint.pb`` holds a random ``uuid``, which
-  is replaced by one derived from the content (the sha256 of ``saved_model.pb`` and the
-  variables), so equal SavedModels have equal ids.
-* ONNX: two of tf2onnx's graph optimizers (``optimize_transpose``, ``merge_duplication``)
-  visit nodes in an order that changes from process to process (sets of node objects), so
-  an ensemble's parallel members came out with other names and node orders: the same
-  graph, other bytes. They are left out (:data:`ORDER_DEPENDENT_OPTIMIZERS`, through tf2onnx's own setting);
-  ONNX Runtime removes the transposes they would have removed when it loads the model
-  (as fast, measured: docs/benchmarks.md).
+Both are traced from ``model(image, training=False)``: Keras 3's augmentation layers default
+to ``training=True``, so ``model.export()`` would serve randomly flipped and rotated inputs.
+Same model, same bytes (docs/deploy.md, "Reproducible bytes"): the SavedModel holds only the
+variables inference reads, with a fingerprint id derived from its content; tf2onnx runs
+without its optimizers that visit nodes in a per-process order.
 """
 
 from __future__ import annotations
@@ -50,7 +24,6 @@ from lungct.contract import Contract
 from lungct.data.tables import read_splits, split_images
 from lungct.errors import UserError, first_line
 from lungct.model.exported import (
-    BATCH,
     EXPORT_DIR,
     INPUT_NAME,
     ONNX_DIR,
@@ -65,7 +38,7 @@ from lungct.model.exported import (
 CONTRACT_NAME = CONTRACT_FILE.name  # labels.json, beside each export
 SIGNATURE = "serving_default"
 OPSET = 17  # ONNX operator set: onnxruntime 1.17+ and every maintained runtime read it
-# tf2onnx's optimizers whose result depends on the order of a set (see the module docstring)
+# tf2onnx's optimizers whose result depends on the order of a set (docs/deploy.md)
 ORDER_DEPENDENT_OPTIMIZERS = ("optimize_transpose", "merge_duplication")
 TOLERANCE = 1e-5  # largest absolute difference of a probability from the Keras model's
 
@@ -96,7 +69,7 @@ def export(
     model = contract.check_model(load_model(model_path), model_path, contract_path)
     prep = contract.prep
     images = decode_images(paths, prep.image_size, prep.channels).astype(np.float32)
-    expected = keras_outputs(model, images)
+    expected = batched(model.predict_on_batch, images)  # as predict and evaluate compute
     serve = inference_function(model)
     record: dict[str, Any] = {
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, *contract.input_shape]},
@@ -123,16 +96,6 @@ def export(
         log.info("export: ONNX, largest difference %.2g on %d images", worst, len(paths))
         write_json(tmp / RECORD_FILE, record)
     return record
-
-
-def keras_outputs(model: Any, images: np.ndarray) -> np.ndarray:
-    """The Keras model's probabilities, as predict and evaluate compute them."""
-    return np.concatenate(
-        [
-            np.asarray(model.predict_on_batch(images[i : i + BATCH]), dtype=np.float32)
-            for i in range(0, len(images), BATCH)
-        ]
-    )
 
 
 def check(actual: np.ndarray, expected: np.ndarray, what: Path) -> float:
@@ -167,11 +130,9 @@ def inference_function(model: Any) -> Any:
 def read_variables(concrete: Any, model: Any) -> list[Any]:
     """The variables a traced function reads, in the model's own order (the function
     lists them in an order that changes from run to run, and so would the files)."""
-    wanted = {id(v): v for v in concrete.variables}
-    ordered = [v.value for v in model.variables if id(v.value) in wanted]
-    seen = {id(v) for v in ordered}
-    rest = sorted((v for k, v in wanted.items() if k not in seen), key=lambda v: v.name)
-    return ordered + rest
+    rest = {id(v): v for v in concrete.variables}
+    ordered = [rest.pop(id(v.value)) for v in model.variables if id(v.value) in rest]
+    return ordered + sorted(rest.values(), key=lambda v: v.name)
 
 
 def write_savedmodel(serve: Any, model: Any, path: Path) -> None:
@@ -197,8 +158,6 @@ def content_fingerprint(path: Path) -> None:
     from tensorflow.core.protobuf import fingerprint_pb2
 
     fingerprint_file = path / "fingerprint.pb"
-    if not fingerprint_file.is_file():  # an older TF writes none
-        return
     digest = hashlib.sha256()
     content = [path / "saved_model.pb", *sorted((path / "variables").rglob("*"))]
     for file in content:

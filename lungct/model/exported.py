@@ -38,12 +38,9 @@ def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def batched(run: Callable[[np.ndarray], Any], images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [
-            np.asarray(run(images[i : i + BATCH]), dtype=np.float32)
-            for i in range(0, len(images), BATCH)
-        ]
-    )
+    """``run``'s float32 outputs on ``images``, :data:`BATCH` at a time."""
+    chunks = (images[i : i + BATCH] for i in range(0, len(images), BATCH))
+    return np.concatenate([np.asarray(run(chunk), dtype=np.float32) for chunk in chunks])
 
 
 def card_of(model: Path) -> tuple[Path, str | None]:

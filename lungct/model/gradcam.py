@@ -1,16 +1,13 @@
 """Grad-CAM (Selvaraju et al., 2017): which parts of the input pushed the model towards a
-class, as seen by its last convolutional layer.
+class, as seen by its last convolutional layer. A coarse map of influence (at that layer's
+resolution, upsampled), not a lesion segmentation: it can light up anatomy, padding or
+artefacts, and the app says so next to every map.
 
-It is a coarse map of influence on the model's output (at the resolution of that layer,
-upsampled), not a lesion segmentation: it can light up anatomy, padding or artefacts,
-and a bright region is not a finding. The app says so next to every map.
-
-The gradient is taken of the log-probability of the class (the model ends in a softmax;
-the log undoes its saturation, so a confident prediction still gets a map). Works for the
-project's CNN (``train.backbone: cnn``, the last ``Conv2D`` is a layer of the model) and
-for the keras.applications backbones (the last ``Conv2D`` inside the nested backbone);
-and for a fold ensemble (``train.ensemble``: the map is the mean of each member's map of
-the ensemble's log-probability); any other structure raises :class:`GradCamUnavailable`.
+The gradient is of the class's log-probability (the log undoes the softmax's saturation, so
+a confident prediction still gets a map). Works for the project's CNN, the keras.applications
+backbones (the last ``Conv2D`` inside the nested backbone) and an ensemble (the mean of each
+member's map of the ensemble's log-probability); any other structure raises
+:class:`GradCamUnavailable`.
 """
 
 from __future__ import annotations
@@ -56,7 +53,12 @@ class GradCam:
             self._forward = keras.Model(model.inputs, [conv.output, model.output])
         else:
             self._forward = self._chain(model, nested, conv)
-            self._check(model)
+            # the re-run chain must give the model's output, or the map is of another function
+            shape = (1, *model.input_shape[1:])
+            x = tf.constant(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
+            _, chained = self._forward(x, training=False)
+            if not np.allclose(chained.numpy(), model(x, training=False).numpy(), atol=1e-5):
+                raise GradCamUnavailable(f"cannot follow the layers of model {model.name!r}")
 
     @staticmethod
     def _ensemble(members: list[keras.Model]):
@@ -94,15 +96,6 @@ class GradCam:
 
         return forward
 
-    def _check(self, model: keras.Model) -> None:
-        """The re-run chain must give the model's own output, or the map would be of
-        another function."""
-        shape = (1, *model.input_shape[1:])
-        x = tf.constant(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
-        _, chained = self._forward(x, training=False)
-        if not np.allclose(chained.numpy(), model(x, training=False).numpy(), atol=1e-5):
-            raise GradCamUnavailable(f"cannot follow the layers of model {model.name!r}")
-
     def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """The map of one model input (H x W x C, float32 0..255) for ``class_index``:
         float32 H x W in [0, 1] (all zero when nothing pushed the class up)."""
@@ -115,14 +108,10 @@ class GradCam:
         for member_maps, grads in zip(members, tape.gradient(score, members), strict=True):
             weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per feature map
             cams.append(tf.nn.relu(tf.reduce_sum(member_maps * weights[:, None, None, :], axis=-1)))
-        cam = (tf.add_n(cams) / len(cams))[0].numpy()
+        cam = Image.fromarray((tf.add_n(cams) / len(cams))[0].numpy().astype(np.float32))
         height, width = image.shape[:2]
-        cam = np.asarray(
-            Image.fromarray(cam.astype(np.float32)).resize(
-                (width, height), Image.Resampling.BILINEAR
-            ),
-            dtype=np.float32,
-        ).clip(0.0, None)
+        cam = np.asarray(cam.resize((width, height), Image.Resampling.BILINEAR), np.float32)
+        cam = cam.clip(0.0, None)
         peak = float(cam.max())
         return cam / peak if peak > 0 else np.zeros_like(cam)
 

@@ -1,10 +1,13 @@
 """What fitting gives, on one machine or several: the fitted model with its per-epoch history
-(:class:`Fitted`), and DVCLive's logger of the per-epoch curves (:func:`open_live`)."""
+(:class:`Fitted`), and DVCLive's callback logging the per-epoch curves (:func:`live_curves`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -27,17 +30,25 @@ class Fitted:
         return min(range(len(losses)), key=losses.__getitem__) + 1
 
 
-def open_live(folder: Path):
-    """DVCLive's logger of per-epoch curves into ``folder``: its own dvc.yaml and experiment
-    off (the plots are declared in dvc.yaml). DVCLive reads the git HEAD when it starts; in
-    a repository without a commit that raises, and here it is one :class:`UserError`."""
+@contextlib.contextmanager
+def live_curves(folder: Path) -> Iterator[Any]:
+    """DVCLive's Keras callback, logging per-epoch curves into ``folder``: its own dvc.yaml
+    and experiment off (dvc.yaml declares the plots), its summary file dropped at the end
+    (the stage writes its own metrics). DVCLive reads the git HEAD when it starts; in a
+    repository without a commit that raises, and here it is one :class:`UserError`."""
     from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
     from scmrepo.exceptions import SCMError  # what DVCLive lets through (dvc's git layer)
 
     try:
-        return Live(str(folder), dvcyaml=False, save_dvc_exp=False)
+        live = Live(str(folder), dvcyaml=False, save_dvc_exp=False)
     except SCMError as exc:
         raise UserError(
             f"{Path.cwd()}: git says '{exc}': DVCLive, which logs the training curves, needs "
             "a commit to start from; commit once (git add -A && git commit) and rerun"
         ) from None
+    try:
+        yield DVCLiveCallback(live=live)
+    finally:
+        live.end()
+        (Path(folder) / "metrics.json").unlink(missing_ok=True)

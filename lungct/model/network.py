@@ -16,30 +16,17 @@ from lungct.params import AugmentParams, TrainParams
 
 @keras.saving.register_keras_serializable(package="lungct")
 class FusedBatchNormalization(layers.BatchNormalization):
-    """Keras' ``BatchNormalization``, computed by TensorFlow's fused kernel.
-
-    Keras 3 computes batch norm from a dozen element-wise ops (``tf.nn.moments``, then
-    ``tf.nn.batch_normalization``), each a pass over the feature map, and as many again in
-    the gradient: on the CPU, a third of the default CNN's training time
-    (docs/benchmarks.md). ``tf.compat.v1.nn.fused_batch_norm`` is one op forward and one
-    backward (oneDNN's batch norm on the CPU). Same weights, same maths: the moving
-    variance is Keras' (the biased batch variance), the layer's config is Keras', and a
-    model saved with it loads in safe mode (the class is registered). Inputs it cannot
-    take (a mask, renorm, synchronized, not 4-D with channels last) go to Keras' own code.
+    """Keras' ``BatchNormalization``, computed by TensorFlow's fused kernel: one op forward
+    and one backward where Keras 3 runs a dozen element-wise ops, a third of the default
+    CNN's training time on the CPU (docs/benchmarks.md). Same weights and maths (the moving
+    variance is Keras' biased one), Keras' config, loadable in safe mode (registered).
+    Inputs it cannot take (a mask, renorm, synchronized, not 4-D channels last) go to Keras.
     """
 
-    def _fusable(self, inputs, mask) -> bool:
-        rank = len(inputs.shape)
-        return (
-            mask is None
-            and rank == 4
-            and self.axis in (-1, rank - 1)
-            and not self.renorm
-            and not self.synchronized
-        )
-
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        rank = len(inputs.shape)
+        fusable = rank == 4 and self.axis in (-1, rank - 1)
+        if mask is not None or not fusable or self.renorm or self.synchronized:
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32) if inputs.dtype == tf.float64 else inputs
         channels = x.shape[-1]
@@ -53,21 +40,14 @@ class FusedBatchNormalization(layers.BatchNormalization):
             # Keras averages the biased one, which the kernel normalized with.
             n = tf.cast(tf.size(x) // channels, tf.float32)
             variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(
-                self.moving_variance * momentum + variance * (1.0 - momentum)
-            )
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
         else:
+            mean = tf.cast(self.moving_mean, tf.float32)
+            variance = tf.cast(self.moving_variance, tf.float32)
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x,
-                scale,
-                offset,
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon,
-                data_format="NHWC",
-                is_training=False,
+                x, scale, offset, mean, variance, self.epsilon, "NHWC", is_training=False
             )
         return tf.cast(y, self.compute_dtype)
 
@@ -87,17 +67,16 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
     at inference). Empty areas are filled with black, as the convert stage pads; jittered
     pixels stay within 0..255. None when every transform is off."""
     steps: list[layers.Layer] = []
+    black = {"fill_mode": "constant", "seed": seed}
     if params.flip:
         steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
     if params.rotation:
-        steps.append(
-            layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed, name="rotate")
-        )
+        steps.append(layers.RandomRotation(params.rotation, name="rotate", **black))
     if params.zoom:
-        steps.append(layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed, name="zoom"))
+        steps.append(layers.RandomZoom(params.zoom, name="zoom", **black))
     if params.translation:
         t = params.translation
-        steps.append(layers.RandomTranslation(t, t, fill_mode="constant", seed=seed, name="shift"))
+        steps.append(layers.RandomTranslation(t, t, name="shift", **black))
     if params.contrast:
         steps.append(layers.RandomContrast(params.contrast, seed=seed, name="contrast"))
     if params.brightness:
@@ -142,25 +121,17 @@ def build_cnn(
     dtype = compute_dtype(params.precision)
     if params.backbone == "cnn":
         x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=dtype)(x)
+        conv_options = {"padding": "same", "use_bias": not params.batch_norm, "dtype": dtype}
         for i, width in enumerate(params.filters, start=1):
             for j in range(1, params.convs_per_block + 1):
                 # conv1, bn1, relu1 with one conv a block (the names of earlier models);
                 # conv1_1, conv1_2, ... with more
                 n = f"{i}" if params.convs_per_block == 1 else f"{i}_{j}"
-                x = layers.Conv2D(
-                    width,
-                    3,
-                    padding="same",
-                    use_bias=not params.batch_norm,
-                    name=f"conv{n}",
-                    dtype=dtype,
-                )(x)
+                x = layers.Conv2D(width, 3, name=f"conv{n}", **conv_options)(x)
                 if params.batch_norm:
                     # Momentum 0.9, not Keras' 0.99: with a few dozen steps an epoch the
                     # moving statistics must settle within an epoch or two, or validation
                     # (and early stopping on it) sees a model that predicts one class.
-                    # Fused: one op, not a dozen (Keras' own layer trained 1.4x slower on
-                    # the CPU).
                     x = FusedBatchNormalization(momentum=0.9, name=f"bn{n}", dtype=dtype)(x)
                 x = layers.ReLU(name=f"relu{n}", dtype=dtype)(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
@@ -170,9 +141,8 @@ def build_cnn(
         x = backbone(params.backbone, params.pretrained, x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense", dtype=dtype)(x)
     x = layers.Dropout(params.dropout, name="dropout", dtype=dtype)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities", dtype="float32")(
-        x
-    )
+    head = layers.Dense(n_classes, activation="softmax", name="probabilities", dtype="float32")
+    outputs = head(x)
     model = keras.Model(inputs, outputs, name="lung_ct_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
@@ -191,12 +161,7 @@ def backbone(name: str, pretrained: bool, x: keras.KerasTensor) -> keras.KerasTe
     if pretrained and x.shape[-1] != 3:
         x = layers.Concatenate(name="gray_to_rgb")([x] * (3 // x.shape[-1]))
     weights = "imagenet" if pretrained else None
-    kwargs = {
-        "include_top": False,
-        "weights": weights,
-        "pooling": "avg",
-        "input_shape": x.shape[1:],
-    }
+    kwargs = dict(include_top=False, weights=weights, pooling="avg", input_shape=x.shape[1:])
     try:
         if name == "mobilenet_v2":
             x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)  # to [-1, 1]
@@ -218,9 +183,8 @@ def learning_rate(
     return params.lr
 
 
-# Test-time augmentation (evaluate.tta, predict --tta): the image and four copies shifted
-# by this fraction of its side, up, down, left and right (5 px at 128), the uncovered
-# border black as convert pads; no flips (a mirrored chest is not a chest).
+# Test-time augmentation (evaluate.tta, predict --tta, docs/params.md): the image and four
+# copies shifted by this fraction of its side; no flips (a mirrored chest is not a chest).
 TTA_SHIFT = 0.04
 
 
@@ -286,11 +250,7 @@ def ensemble(members: list[keras.Model]) -> keras.Model:
 def ensemble_members(model: keras.Model) -> list[keras.Model]:
     """The members of a model :func:`ensemble` built (in order); [] for any other model."""
     inner = model.layers[1:-1]
-    if (
-        model.name != ENSEMBLE_NAME
-        or len(model.layers) < 4
-        or not isinstance(model.layers[-1], layers.Average)
-        or not all(isinstance(m, keras.Model) for m in inner)
-    ):
-        return []
-    return list(inner)
+    averaged = model.name == ENSEMBLE_NAME and isinstance(model.layers[-1], layers.Average)
+    if averaged and len(inner) >= 2 and all(isinstance(m, keras.Model) for m in inner):
+        return list(inner)
+    return []

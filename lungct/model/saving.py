@@ -12,8 +12,7 @@ from lungct.errors import UserError, first_line
 from lungct.model import network  # noqa: F401  (registers the project's layers for loading)
 
 
-def _renumber_shared_objects(config: object, ids: dict | None = None) -> object:
-    ids = {} if ids is None else ids
+def _renumber_shared_objects(config: object, ids: dict) -> object:
     if isinstance(config, dict):
         return {
             key: ids.setdefault(value, len(ids))
@@ -43,19 +42,17 @@ def save_model(model: keras.Model, path: os.PathLike) -> None:
                 metadata.pop("date_saved", None)
                 data = json.dumps(metadata, sort_keys=True).encode()
             elif info.filename == "config.json":
-                data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type = info.compress_type
             fixed.external_attr = info.external_attr
-            archive.writestr(fixed, data)
+            archive.writestr(fixed, data, compress_type=info.compress_type)
 
 
 def inference_model(model: keras.Model) -> keras.Model:
     """A float32 copy of ``model`` for inference, with its weights: a ``train.precision:
     mixed_bfloat16`` model computes in float32 here, as its exports do; the model itself is
-    left untouched. Each convolution and the batch norm after it are fused by TensorFlow's
-    graph optimiser (and by ONNX Runtime for the export): folding them by hand gained 1-3 %
-    (``python -m benchmarks.batch_norm``)."""
+    left untouched. Batch norm is not folded into the convolutions: TensorFlow's graph
+    optimiser (and ONNX Runtime) fuse them (``python -m benchmarks.batch_norm``)."""
 
     def float32(layer: keras.Layer) -> keras.Layer:
         return type(layer).from_config({**layer.get_config(), "dtype": "float32"})
@@ -66,13 +63,9 @@ def inference_model(model: keras.Model) -> keras.Model:
 
 
 def load_model(path: os.PathLike, for_inference: bool = True) -> keras.Model:
-    """Load a trained model in Keras safe mode (no arbitrary code from the file): with
-    ``for_inference`` (the default), its float32 copy (:func:`inference_model`; the file
-    stays the trained model); otherwise the model as it was saved (to train on, or to
-    compare).
-
-    A missing, truncated or foreign file is a :class:`UserError` naming it.
-    """
+    """Load a trained model in Keras safe mode (no arbitrary code from the file): its float32
+    copy (:func:`inference_model`) ``for_inference``, else the model as saved (to train on, or
+    to compare). A missing, truncated or foreign file is a :class:`UserError` naming it."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: not found (train a model first: dvc repro)")
     if not zipfile.is_zipfile(path):

@@ -1,14 +1,12 @@
-"""Fitting one model: the recipe of ``train`` in params, on lists of PNG files.
-
-The train stage fits the model it saves with :func:`fit_seed_ensemble` (one
-:func:`fit_model` per seed), and cross-validation
-(``split.folds``, :mod:`lungct.model.cv`) fits one model per fold with it: one home for the
-input pipeline, class weights, early stopping and the distribution strategy.
+"""Fitting one model by the recipe of ``train`` in params, on lists of PNG files: one home
+for the input pipeline, class weights, early stopping and the distribution strategy, shared
+by the train stage (:func:`fit_seed_ensemble`) and cross-validation (:mod:`lungct.model.cv`).
 Importing this module imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -18,7 +16,7 @@ import keras
 
 from lungct.contract import Contract
 from lungct.model.dataset import image_dataset
-from lungct.model.history import Fitted, open_live
+from lungct.model.history import Fitted, live_curves
 from lungct.model.network import build_cnn, class_weights, ensemble
 from lungct.model.runtime import distribution_strategy, seed_everything
 from lungct.params import TrainParams
@@ -45,27 +43,23 @@ def fit_model(
         return fit_multi_worker(cfg, contract, seed, train, val, live_dir, name)
     seed_everything(seed)
     size, channels = contract.prep.image_size, contract.prep.channels
-    n_classes = len(contract.classes)
     (train_x, train_y), (val_x, val_y) = train, val
     strategy = distribution_strategy(cfg.strategy)
     batch = cfg.batch_size * strategy.num_replicas_in_sync  # train.batch_size is per replica
-    with tempfile.TemporaryDirectory(prefix="lungct-cache-") as cache_dir:
+    with contextlib.ExitStack() as stack:
+        cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lungct-cache-"))
         cache = {"cache": cfg.cache, "cache_dir": cache_dir}
         train_data = image_dataset(train_x, train_y, size, channels, batch, seed, **cache)
         val_data = image_dataset(val_x, val_y, size, channels, batch, **cache)
         with strategy.scope():
             steps = -(-len(train_x) // batch)
-            model = build_cnn(size, channels, n_classes, cfg, seed, steps)
+            model = build_cnn(size, channels, len(contract.classes), cfg, seed, steps)
         weights = class_weights(train_y) if cfg.class_weight == "auto" else None
+        shown = {contract.classes[i]: round(w, 3) for i, w in (weights or {}).items()} or "none"
         log.info(
-            "%s: %d train / %d val images, classes %s, %d weights, %d replica(s), class weights %s",
-            name,
-            len(train_x),
-            len(val_x),
-            list(contract.classes),
-            model.count_params(),
-            strategy.num_replicas_in_sync,
-            {contract.classes[i]: round(w, 3) for i, w in (weights or {}).items()} or "none",
+            f"{name}: {len(train_x)} train / {len(val_x)} val images, classes "
+            f"{list(contract.classes)}, {model.count_params()} weights, "
+            f"{strategy.num_replicas_in_sync} replica(s), class weights {shown}"
         )
         callbacks: list = []
         if cfg.early_stopping_patience:
@@ -76,7 +70,17 @@ def fit_model(
                     restore_best_weights=True,
                 )
             )
-        history = _fit(model, train_data, val_data, cfg.epochs, weights, callbacks, live_dir)
+        if live_dir is not None:
+            callbacks.append(stack.enter_context(live_curves(live_dir)))
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=cfg.epochs,
+            shuffle=False,  # train_data is already shuffled, from the seed
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=2,
+        ).history
     return Fitted(model, history, int(strategy.num_replicas_in_sync))
 
 
@@ -101,31 +105,3 @@ def fit_seed_ensemble(
     if len(members) == 1:
         return members[0].model, members
     return ensemble([member.model for member in members]), members
-
-
-def _fit(model, train_data, val_data, epochs: int, weights, callbacks: list, live_dir) -> dict:
-    """``model.fit``, one log line per epoch, with per-epoch curves logged by DVCLive
-    into ``live_dir`` when given."""
-    live = None
-    if live_dir is not None:
-        from dvclive.keras import DVCLiveCallback
-
-        # Live's own summary file is dropped below: the stage writes its own metrics file.
-        live = open_live(live_dir)
-        callbacks = [*callbacks, DVCLiveCallback(live=live)]
-    try:
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=epochs,
-            shuffle=False,  # train_data is already shuffled, from the seed
-            class_weight=weights,
-            callbacks=callbacks,
-            verbose=2,
-        ).history
-    finally:
-        if live is not None:
-            live.end()
-    if live_dir is not None:
-        (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
-    return history

@@ -2,20 +2,69 @@
 
 The rows are :class:`lungct.serving.inference.Prediction` (an image, a frame, or a folder's
 series); probabilities are rounded to :data:`DECIMALS` places, as in
-``metrics/predictions.csv``.
+``metrics/predictions.csv``. What a screen shows beside them travels with them
+(:class:`About`): the model (file name, sha256, classes, what it was trained on) and the
+contract's warning, as the JSON's ``model`` and ``warning`` and as the CSV's leading
+``# key: value`` lines.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from lungct.artifacts import PROBABILITY_DECIMALS as DECIMALS
+from lungct.atomic import sha256_file
+from lungct.contract import Contract
 from lungct.serving.inference import Failure, Prediction
 
 FORMATS = ("table", "csv", "json")
+COLUMNS = ("file", "level", "frame", "series_uid", "images", "predicted")
+# A cell quoted as the csv module quotes (delimiter, quote, line break), and also for a '#',
+# so that a file name holding one stays data for ``pandas.read_csv(path, comment="#")``.
+NEEDS_QUOTES = re.compile(r'[,"\r\n#]')
+
+
+@dataclass(frozen=True)
+class About:
+    """The model an answer came from, and the warning its contract gives (or None)."""
+
+    model: dict[str, Any]  # file (name only), sha256, classes, trained_on, data
+    warning: str | None
+
+    @classmethod
+    def of(cls, contract: Contract, model_file: str, sha256: str) -> About:
+        """From the contract, the model file's name and its sha256."""
+        model = {
+            "file": model_file,
+            "sha256": sha256,
+            "classes": list(contract.classes),
+            "trained_on": contract.describe_data(),
+            "data": contract.data.to_dict() if contract.data is not None else None,
+        }
+        return cls(model, contract.warning)
+
+    @classmethod
+    def read(cls, contract: Contract, model_path: Path) -> About:
+        """Of the model file at ``model_path`` (its sha256 read here)."""
+        return cls.of(contract, Path(model_path).name, sha256_file(Path(model_path)))
+
+    def comment_lines(self) -> str:
+        """``# key: value`` lines, one line each (model_file, model_sha256, classes,
+        trained_on, and warning when there is one)."""
+        items = [
+            ("model_file", self.model["file"]),
+            ("model_sha256", self.model["sha256"]),
+            ("classes", ", ".join(self.model["classes"])),
+            ("trained_on", self.model["trained_on"]),
+        ]
+        if self.warning:
+            items.append(("warning", self.warning))
+        return "".join(f"# {key}: {' '.join(str(value).split())}\n" for key, value in items)
 
 
 def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
@@ -36,29 +85,36 @@ def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
     return out
 
 
-def render_csv(rows: list[Prediction], classes: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    columns = ["file", "level", "frame", "series_uid", "images", "predicted"]
-    writer = csv.DictWriter(
-        buffer, fieldnames=columns + [f"p_{c}" for c in classes], lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(records(rows, classes))  # None (no frame) is written as ""
-    return buffer.getvalue()
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)  # None (no frame) is written as ""
+    return '"' + text.replace('"', '""') + '"' if NEEDS_QUOTES.search(text) else text
 
 
-def document(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> dict:
-    """The JSON answer: the classes, one record per row, one per failure (the predict
-    command's ``--format json`` and the service's ``POST /predict``)."""
+def render_csv(rows: list[Prediction], classes: Sequence[str], about: About) -> str:
+    """The ``# key: value`` lines of ``about``, then a header and one line per row."""
+    columns = [*COLUMNS, *(f"p_{c}" for c in classes)]
+    lines = [columns, *([record[c] for c in columns] for record in records(rows, classes))]
+    return about.comment_lines() + "".join(",".join(map(_cell, line)) + "\n" for line in lines)
+
+
+def document(
+    rows: list[Prediction], classes: Sequence[str], failures: list[Failure], about: About
+) -> dict:
+    """The JSON answer: the model and its warning, the classes, one record per row, one per
+    failure (the predict command's ``--format json`` and the service's ``POST /predict``)."""
     return {
+        "model": about.model,
+        "warning": about.warning,
         "classes": list(classes),
         "predictions": records(rows, classes),
         "failures": [{"file": f.file, "reason": f.reason, "detail": f.detail} for f in failures],
     }
 
 
-def render_json(rows: list[Prediction], classes: Sequence[str], failures: list[Failure]) -> str:
-    return json.dumps(document(rows, classes, failures), indent=2) + "\n"
+def render_json(
+    rows: list[Prediction], classes: Sequence[str], failures: list[Failure], about: About
+) -> str:
+    return json.dumps(document(rows, classes, failures, about), indent=2) + "\n"
 
 
 def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
@@ -84,11 +140,19 @@ def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
 
 
 def render(
-    fmt: str, rows: list[Prediction], classes: Sequence[str], failures: list[Failure]
+    fmt: str,
+    rows: list[Prediction],
+    classes: Sequence[str],
+    failures: list[Failure],
+    about: About,
+    to_file: bool = False,
 ) -> str:
-    """The predictions in one of :data:`FORMATS`."""
+    """The predictions in one of :data:`FORMATS`. CSV and JSON always carry ``about``; the
+    table (for a screen, where predict prints the warning on stderr) carries its
+    ``# key: value`` lines when written ``to_file``."""
     if fmt == "csv":
-        return render_csv(rows, classes)
+        return render_csv(rows, classes, about)
     if fmt == "json":
-        return render_json(rows, classes, failures)
-    return render_table(rows, classes)
+        return render_json(rows, classes, failures, about)
+    table = render_table(rows, classes)
+    return about.comment_lines() + table if to_file else table

@@ -37,6 +37,11 @@ from lungct.reasons import NOT_A_FILE, NOT_FOUND, UNREADABLE
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
 READ_CHUNK = 8  # files per task on a reader process
+# What a folder walk passes over by name (case-insensitive), never opened, only counted: the
+# metadata a download keeps beside its images (TCIA's readers' XML, manifests, notes, the
+# media directory). A file given by name is still read.
+METADATA_SUFFIXES = (".xml", ".csv", ".json", ".txt", ".md")
+METADATA_NAMES = ("DICOMDIR",)  # the DICOM media directory file
 
 
 class Predictor:
@@ -174,12 +179,29 @@ class Prediction:
         return classes[int(np.argmax(self.probabilities))]
 
 
-def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Failure]:
+@dataclass(frozen=True)
+class PassedOver:
+    """A file a folder walk passed over: plainly metadata by its name (:func:`is_metadata`)."""
+
+    file: str
+
+
+def is_metadata(name: str) -> bool:
+    """Whether a file name is plainly metadata: :data:`METADATA_SUFFIXES`, or
+    :data:`METADATA_NAMES` (case-insensitive)."""
+    return name.upper() in METADATA_NAMES or name.lower().endswith(METADATA_SUFFIXES)
+
+
+def expand(
+    paths: Iterable[Path | str],
+) -> Iterator[tuple[Path, int | None] | Failure | PassedOver]:
     """Each argument: a file, or a folder walked recursively (sorted; hidden files and
     folders left out; links to folders not followed). Yields (file, index of its folder
-    argument or None), or a :class:`Failure` for an argument that does not exist and for
-    anything that is not a regular file (a FIFO, socket or device: never opened, a read
-    would block; a link to a folder inside a folder argument; a broken link)."""
+    argument or None); a :class:`PassedOver` for a file in a folder that is plainly
+    metadata by its name (never opened); or a :class:`Failure` for an argument that does
+    not exist and for anything that is not a regular file (a FIFO, socket or device: never
+    opened, a read would block; a link to a folder inside a folder argument; a broken link).
+    """
 
     def kind(path: Path) -> tuple[str, str] | None:
         """None for a regular file (through links); else (reason, detail)."""
@@ -202,6 +224,7 @@ def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Fa
         path = Path(arg)
         if path.is_dir():
             entries: list[tuple[Path, tuple[str, str] | None]] = []
+            passed: list[Path] = []
             todo = [path]
             while todo:  # no recursion: a deep tree cannot overflow the stack
                 folder = todo.pop()
@@ -214,8 +237,11 @@ def expand(paths: Iterable[Path | str]) -> Iterator[tuple[Path, int | None] | Fa
                 for entry in children:
                     if entry.is_dir(follow_symlinks=False):
                         todo.append(Path(entry.path))
+                    elif is_metadata(entry.name):
+                        passed.append(Path(entry.path))
                     else:
                         entries.append((Path(entry.path), kind(Path(entry.path))))
+            yield from (PassedOver(str(file)) for file in sorted(passed))
             for file, problem in sorted(entries, key=lambda item: item[0]):
                 yield (file, index) if problem is None else Failure(str(file), *problem)
         else:
@@ -301,6 +327,7 @@ def predict_files(
     batch_size: int = 64,
     on_failure: Callable[[Failure], None] | None = None,
     pool: Executor | None = None,
+    on_passed_over: Callable[[PassedOver], None] | None = None,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Predict every image of every file under ``paths``, ``batch_size`` images per model
     call; files are read here, or on ``pool`` (:func:`preprocess_pool`) while the model runs.
@@ -308,7 +335,8 @@ def predict_files(
     Returns the predictions, in argument order: the images of each argument, then, for a
     folder argument, one ``series`` row per DICOM series found in it (the mean of its
     slices' probabilities, as evaluate averages a patient's slices); and the failures,
-    also passed to ``on_failure`` as they happen.
+    also passed to ``on_failure`` as they happen. The metadata files a folder walk passes
+    over (:class:`PassedOver`) are neither: they go to ``on_passed_over``.
     """
     failures: list[Failure] = []
     done: list[_Item] = []
@@ -322,6 +350,9 @@ def predict_files(
         for entry in expand(paths):
             if isinstance(entry, Failure):
                 fail(entry)
+            elif isinstance(entry, PassedOver):
+                if on_passed_over is not None:
+                    on_passed_over(entry)
             else:
                 yield entry
 

@@ -1,8 +1,9 @@
 """The REST inference service (``python -m stages.serve``): Starlette on uvicorn.
 
 ``POST /predict`` answers with the JSON of ``python -m stages.predict --format json``
-(:func:`lungct.serving.formats.document`) plus ``warning``, every file going through the
-predict command's own :func:`lungct.serving.inference.predict_files`; ``GET /health``;
+(:func:`lungct.serving.formats.document`: the model, its warning, the rows, the failures),
+every file going through the predict command's own
+:func:`lungct.serving.inference.predict_files`; ``GET /health``;
 ``GET /model``. Uploads go to a fresh private temporary folder per request, zips extracted
 there by :func:`lungct.io.archives.safe_extract`, all of it removed when the request ends.
 docs/deploy.md describes the endpoints, the limits (:class:`Limits`), the errors (one JSON
@@ -36,7 +37,7 @@ from lungct.io.archives import ArchiveError, safe_extract
 from lungct.limits import MiB, size_text
 from lungct.model.exported import OnnxModel, card_of
 from lungct.reasons import BAD_ARCHIVE
-from lungct.serving.formats import document
+from lungct.serving.formats import About, document
 from lungct.serving.inference import Failure, Predictor, predict_files
 
 log = logging.getLogger("lungct.serving.service")
@@ -162,6 +163,7 @@ class Service:
         self.pool = pool
         self.model_name = model_path.name
         self.model_sha256 = sha256_file(model_path)
+        self.about = About.of(self.contract, self.model_name, self.model_sha256)
         default_card, source_sha256 = card_of(model_path)
         self.card, self.card_note = read_card(card_path or default_card, model_path, source_sha256)
         self.batcher = (
@@ -232,9 +234,7 @@ class Service:
                 detail = detail.replace(str(root), "")
                 failures.append((index, Failure(file, failure.reason, detail)))
             failures.sort(key=lambda pair: pair[0])  # in upload order
-        answer = document(rows, self.contract.classes, [f for _, f in failures])
-        answer["warning"] = self.contract.warning
-        return answer
+        return document(rows, self.contract.classes, [f for _, f in failures], self.about)
 
     def _extract(self, archive: Path, target: Path) -> str | None:
         """Extract (then remove) an uploaded zip; why it was refused, if it was."""
