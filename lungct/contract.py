@@ -166,13 +166,7 @@ class Contract:
         prep = self.prep
         return {
             "classes": list(self.classes),
-            "image_size": prep.image_size,
-            "channels": prep.channels,
-            "windows": [{"center": c, "width": w} for c, w in prep.windows],
-            "file_window": prep.file_window,
-            "context_slices": prep.context_slices,
-            "crop": {"kind": prep.crop, "mm": prep.crop_mm},
-            "framing": prep.framing,
+            **prep.to_json(),
             "input": MODEL_INPUT,
             "preprocessing": [
                 *PREPROCESSING_STEPS[:-1],

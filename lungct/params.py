@@ -328,6 +328,19 @@ class Preprocessing(PreprocessingSchema):
             fields["crop_mm"] = 0.0
         return cls(**fields, max_image_bytes=params.max_image_bytes)
 
+    def to_json(self) -> dict[str, Any]:
+        """The preprocessing as the contract (``models/labels.json``) and the service's
+        ``GET /model`` write it."""
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "windows": [{"center": c, "width": w} for c, w in self.windows],
+            "file_window": self.file_window,
+            "context_slices": self.context_slices,
+            "crop": {"kind": self.crop, "mm": self.crop_mm},
+            "framing": self.framing,
+        }
+
     def windows_for(self, frame: _FrameLike) -> list[tuple[float, float]]:
         """The windows of one frame: the configured ones, the first replaced by the file's
         own Window Center/Width when ``file_window`` is on and the file has one.

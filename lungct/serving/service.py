@@ -177,16 +177,7 @@ class Service:
         card = self.card
         return {
             "classes": list(self.contract.classes),
-            "input": {
-                "image_size": prep.image_size,
-                "channels": prep.channels,
-                "windows": [{"center": c, "width": w} for c, w in prep.windows],
-                "file_window": prep.file_window,
-                "context_slices": prep.context_slices,
-                "crop": {"kind": prep.crop, "mm": prep.crop_mm},
-                "framing": prep.framing,
-                "max_image_bytes": prep.max_image_bytes,
-            },
+            "input": {**prep.to_json(), "max_image_bytes": prep.max_image_bytes},
             "model": {"file": self.model_name, "sha256": self.model_sha256},
             "trained_on": self.contract.describe_data(),
             "data": self.contract.data.to_dict() if self.contract.data else None,
