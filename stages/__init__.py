@@ -1,2 +1,2 @@
-"""The commands: one module per DVC stage (download, convert, split, train, evaluate),
-each run as ``python -m stages.<name>``, and ``predict``, run by hand on new files."""
+"""The commands: one module per DVC stage (download, convert, split, cv, train, evaluate,
+export), each run as ``python -m stages.<name>``; ``predict`` and ``serve``, run by hand."""
