@@ -24,7 +24,7 @@ Geometry and conventions
   centred on the isocentre.
 * Slice index 0 / ``InstanceNumber`` 1 is the most superior slice; z decreases by the slice
   spacing from one instance to the next.  Slices are contiguous (thickness == spacing).
-* Anatomy (HU): air -1000, subcutaneous fat ~-100, muscle/soft tissue 30..60, lungs ~-850 with
+* Anatomy (HU): air -1000, subcutaneous fat ~-100, muscle/soft tissue between 30 and 60, lungs ~-850 with
   texture, a gravity gradient and vessels (~+40), mediastinal fat, heart and aorta, vertebra,
   spinal canal, ribs and sternum (bone 180..1000), Gaussian noise (sigma 10..25 HU per patient).
 * Classes: ``benign`` and ``malignant`` patients have one nodule
