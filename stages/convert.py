@@ -12,6 +12,9 @@ reason code), and ``metrics/convert.json``.
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import logging
 import os
 from pathlib import Path

@@ -13,6 +13,9 @@ curves in ``metrics/cv/fold<k>/`` (DVCLive). With ``split.folds: 0`` it trains n
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import logging
 import shutil
 

@@ -15,6 +15,9 @@ complete. ``data/raw/SOURCE.json`` says what came from where.
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import hashlib
 import logging
 import tempfile

@@ -20,6 +20,9 @@ sha256 of the model they belong to and what it was trained on, for whoever serve
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import logging
 from pathlib import Path
 

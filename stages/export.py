@@ -8,6 +8,9 @@ folder is moved into place; a failed check is one ``error:`` line and leaves not
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 from lungct.errors import run_stage
 from lungct.model.export import export
 

@@ -14,6 +14,9 @@ docs/predict.md has the rest.
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import argparse
 import os
 import sys

@@ -10,6 +10,9 @@ limits: :mod:`lungct.serving.service` and docs/deploy.md.
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import argparse
 import logging
 from collections.abc import Sequence

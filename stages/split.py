@@ -12,6 +12,9 @@ and ``metrics/split_samples.png`` (sample training images per class).
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import logging
 import shutil
 from pathlib import Path

@@ -12,6 +12,9 @@ multi_worker`` every worker of ``TF_CONFIG`` runs this stage and only the chief 
 
 from __future__ import annotations
 
+if not __package__:  # started as a file: stages/stages.py says how to start it
+    import stages  # noqa: F401
+
 import logging
 from pathlib import Path
 
