@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,44 @@ def test_s3_remote_round_trip_and_experiments(tmp_path: Path, project: Path, s3:
 
     for repo in (project, clone, origin):
         assert_no_credentials(repo)
+
+
+def test_model_artifacts_come_from_the_remote_by_name(tmp_path: Path, project: Path, s3: S3):
+    """dvc.yaml's `artifacts:` name the models: `dvc artifacts get <repo> <name>` finds a
+    registered version (an annotated tag <name>@v<semver>) in a git repository and fetches
+    the files from its DVC remote, without knowing their paths."""
+    declared = yaml.safe_load((project / "dvc.yaml").read_text())["artifacts"]
+    assert {name: item["type"] for name, item in declared.items()} == {
+        "classifier": "model",
+        "classifier-onnx": "model",
+        "classifier-savedmodel": "model",
+    }
+    add_s3_remote(project, s3)
+    for name in declared:
+        git("tag", "-a", f"{name}@v1.0.0", "-m", f"{name} v1.0.0", cwd=project)
+    origin = tmp_path / "origin.git"
+    git("init", "-q", "--bare", "-b", "main", str(origin), cwd=tmp_path)
+    git("push", "-q", "--follow-tags", str(origin), "main", cwd=project)
+    dvc("push", cwd=project, env=CREDENTIALS)
+    shutil.rmtree(project / ".dvc/cache")  # what is fetched can only come from S3
+
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for name in declared:
+        dvc("artifacts", "get", str(origin), name, "-o", name, cwd=fetched, env=CREDENTIALS)
+    assert (fetched / "classifier").read_bytes() == (project / "models/model.keras").read_bytes()
+    for name, folder in (("classifier-onnx", "onnx"), ("classifier-savedmodel", "savedmodel")):
+        source = project / "models/export" / folder
+        files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+        assert "labels.json" in {str(f) for f in files}
+        assert (
+            sorted(
+                p.relative_to(fetched / name) for p in (fetched / name).rglob("*") if p.is_file()
+            )
+            == files
+        )
+        for relative in files:
+            assert (fetched / name / relative).read_bytes() == (source / relative).read_bytes()
 
 
 @pytest.mark.slow
