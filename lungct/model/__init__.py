@@ -1,8 +1,9 @@
 """The network and what is done with it: building, training (one machine or several),
 cross-validation, export, Grad-CAM (docs/development.md). Importing the package keeps
-TensorFlow's C++ start-up chatter out of the logs (set before the first import of it).
+TensorFlow's start-up chatter out of the logs (:mod:`lungct.model.quiet`; every
+TensorFlow import of the project comes after it).
 """
 
-import os
+from lungct.model.quiet import quiet_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()

@@ -19,7 +19,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
@@ -66,18 +65,18 @@ class Predictor:
     ) -> Predictor:
         """Read the contract, then load the model (Keras safe mode) and check they agree.
         The model is its float32 inference copy (``lungct.model.saving.load_model``); its
-        ``conv`` layers keep their names, for Grad-CAM. TensorFlow's native start-up lines
-        (CUDA probing on a machine without a GPU) are kept off stderr, which then holds only
-        what the caller reports. ``tta``: the mean over test-time views
-        (``lungct.model.network.tta_model``), as evaluate with ``evaluate.tta``.
+        ``conv`` layers keep their names, for Grad-CAM. TensorFlow's start-up chatter
+        (CUDA probing on a machine without a GPU) stays off stderr, as in every stage
+        (:mod:`lungct.model.quiet`, applied by the import of ``lungct.model``). ``tta``:
+        the mean over test-time views (``lungct.model.network.tta_model``), as evaluate
+        with ``evaluate.tta``.
         """
         contract = cls.check(model, labels)
         model = Path(model)
         try:
-            with native_stderr_silenced():
-                from lungct.model.saving import load_model  # imports TensorFlow
+            from lungct.model.saving import load_model  # imports TensorFlow
 
-                keras_model = load_model(model)
+            keras_model = load_model(model)
         except UserError:  # load_model names a truncated or foreign file itself
             raise
         except Exception as exc:  # anything else it lets through: still one line
@@ -105,22 +104,6 @@ class Predictor:
         if not Path(model).is_file():
             raise UserError(f"{model}: not found; {NO_MODEL_HINT}")
         return contract
-
-
-@contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null for the block: TensorFlow's C++ start-up logging
-    (absl, before its log level applies) writes there directly, not through Python."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 @dataclass(frozen=True)
