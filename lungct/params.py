@@ -2,7 +2,10 @@
 
 Every key is required and unknown keys are rejected, so a typo such as
 ``dvc exp run -S train.lrr=1e-3`` fails loudly instead of silently adding a key
-that nothing reads. What each key means: docs/params.md.
+that nothing reads. A key that only some values of another key read (:data:`GATES`)
+holds its unset value while they do not, so a setting with no effect is an error too.
+Every error about the file ends with how to get back to a good one
+(:data:`RESTORE`). What each key means: docs/params.md.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ KAGGLE_HANDLE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9_-]{0,49}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}(/versions/[1-9][0-9]{0,8})?",
     re.ASCII,
 )
+# The data sources other than the built-in phantom (data.source).
+EXTERNAL_SOURCES = ("kaggle", "url", "path")
+# train.backbone besides the project's CNN: keras.applications networks.
+APPLICATIONS = ("mobilenet_v2", "efficientnet_b0")
+CROP_MM = 64.0  # convert.crop_mm where unset (null): the side of a lesion crop in mm
+# How a user gets back from a bad params.yaml (an experiment's -S, a hand edit), after
+# what to change: every error about the file ends with it.
+RESTORE = "or restore the committed file: git checkout {path}"
 # The raw labels of the built-in synthetic cohort (class_balance keys, the dicom presets).
 SYNTHETIC_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
@@ -164,7 +175,7 @@ class SyntheticParams(_Section):
 class DataParams(_Section):
     """Where the raw data comes from. Only the keys of the chosen source are used."""
 
-    source: Literal["synthetic", "kaggle", "url", "path"]
+    source: Literal[("synthetic", *EXTERNAL_SOURCES)]  # type: ignore[valid-type]
     layout: choices(Layout, "auto")  # type: ignore[valid-type]  # auto: detect (and record)
     kaggle_handle: str
     url: str
@@ -226,6 +237,7 @@ Windows = Annotated[
     PlainSerializer(lambda windows: [window._asdict() for window in windows]),
 ]
 ImageBytes = Annotated[int, Field(gt=0)]
+CropSide = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # mm
 
 
 class PreprocessingSchema(_Section):
@@ -239,7 +251,7 @@ class PreprocessingSchema(_Section):
     image_size: Annotated[int, Field(ge=16, le=1024)]
     context_slices: Annotated[int, Field(ge=0, le=8)]
     crop: choices(Crop)  # type: ignore[valid-type]
-    crop_mm: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+    crop_mm: CropSide
     framing: choices(Framing)  # type: ignore[valid-type]
 
     @property
@@ -265,7 +277,8 @@ class PreprocessingSchema(_Section):
                 f"gives {self.channels} channels; the converted PNGs hold 1 or 3 (use "
                 "context_slices 1 with one window, or 0)"
             )
-        if self.crop == Crop.LESION and not self.crop_mm > 0:
+        # None: convert.crop_mm unset, CROP_MM (Preprocessing.from_params)
+        if self.crop == Crop.LESION and self.crop_mm is not None and not self.crop_mm > 0:
             raise ValueError("crop_mm: a lesion crop needs a side above 0 mm")
         if self.framing == Framing.BODY and (self.context_slices or self.crop != Crop.NONE):
             raise ValueError(
@@ -322,10 +335,12 @@ class Preprocessing(PreprocessingSchema):
     def from_params(cls, params: ConvertParams) -> Preprocessing:
         """From the ``convert`` section of params.yaml (the convert stage and train; predict
         reads it from the model contract, :class:`lungct.contract.Contract`). Without a
-        crop, ``crop_mm`` is unused and recorded as 0."""
+        crop, ``crop_mm`` is unused and recorded as 0; with one, unset is :data:`CROP_MM`."""
         fields = {name: getattr(params, name) for name in PreprocessingSchema.model_fields}
         if params.crop == Crop.NONE:
             fields["crop_mm"] = 0.0
+        elif params.crop_mm is None:
+            fields["crop_mm"] = CROP_MM
         return cls(**fields, max_image_bytes=params.max_image_bytes)
 
     def to_json(self) -> dict[str, Any]:
@@ -373,6 +388,8 @@ class ConvertParams(PreprocessingSchema):
     """The ``convert`` section: the preprocessing (:class:`PreprocessingSchema`), and how
     the convert stage runs."""
 
+    # null: unset (GATES), CROP_MM with convert.crop: lesion
+    crop_mm: CropSide | None  # type: ignore[assignment]
     workers: Annotated[int, Field(ge=0, le=256)]  # processes; 0 = one per CPU core
     max_skipped_fraction: Annotated[float, Field(ge=0, le=1)]
     max_image_bytes: ImageBytes  # lungct.limits
@@ -423,7 +440,7 @@ class TrainParams(_Section):
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
     convs_per_block: Annotated[int, Field(ge=1, le=4)]
     # "cnn": the conv blocks (filters, batch_norm, head); else a keras.applications network
-    backbone: Literal["cnn", "mobilenet_v2", "efficientnet_b0"]
+    backbone: Literal[("cnn", *APPLICATIONS)]  # type: ignore[valid-type]
     pretrained: bool  # ImageNet weights for a backbone: needs internet the first time
     head: Literal["flatten", "global_max", "global_average"]
     dense_units: PositiveInt
@@ -445,6 +462,60 @@ class EvaluateParams(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100_000)]  # resamples for the 95 % intervals
     grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
     tta: bool  # test-time augmentation (lungct.model.network.tta_model)
+
+
+class Gate(NamedTuple):
+    """``key`` is read only while ``governor`` holds one of ``reads``; otherwise it must
+    hold ``unset``, the value params.yaml gives it while nothing reads it. An unset key
+    that is read is asked for by its section's own check (a url source without data.url),
+    or takes its default (:data:`CROP_MM`)."""
+
+    key: str
+    governor: str
+    reads: tuple[object, ...]
+    unset: object
+
+
+# Every key that only some values of another key read: one that holds anything but its
+# unset value while those values are not chosen would be silently ignored (docs/params.md).
+GATES = (
+    Gate("data.kaggle_handle", "data.source", ("kaggle",), ""),
+    Gate("data.url", "data.source", ("url",), ""),
+    Gate("data.sha256", "data.source", ("url",), ""),
+    Gate("data.path", "data.source", ("path",), ""),
+    Gate("data.layout", "data.source", EXTERNAL_SOURCES, "auto"),  # the phantom's: its form
+    Gate("convert.crop_mm", "convert.crop", (Crop.LESION.value,), None),
+    Gate("train.pretrained", "train.backbone", APPLICATIONS, False),
+    Gate("train.precision", "train.backbone", ("cnn",), "auto"),  # applications: float32
+)
+
+
+def yaml_value(value: object) -> str:
+    """A scalar as params.yaml writes it: ``""``, ``null``, ``false``, ``auto``, ``0``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return printable(str(value)) if value != "" else '""'
+
+
+class UnreadKey(ValueError):
+    """A :data:`GATES` key set while its governor does not read it; ``fix`` says how to
+    unset it."""
+
+    def __init__(self, gate: Gate, governor: object) -> None:
+        reads = " or ".join(", ".join(map(str, gate.reads)).rsplit(", ", 1))
+        super().__init__(
+            f"{gate.key}: set, but {gate.governor} is {yaml_value(governor)} "
+            f"(only {gate.governor}: {reads} reads it)"
+        )
+        self.fix = f"unset it ({gate.key}: {yaml_value(gate.unset)})"
+
+
+def _value(params: BaseModel, key: str) -> object:
+    for part in key.split("."):
+        params = getattr(params, part)
+    return params
 
 
 class Params(_Section):
@@ -470,6 +541,10 @@ class Params(_Section):
                 "train.ensemble: averages the cross-validation fold models; set split.folds "
                 "(2 or more) too"
             )
+        for gate in GATES:
+            governor = _value(self, gate.governor)
+            if governor not in gate.reads and _value(self, gate.key) != gate.unset:
+                raise UnreadKey(gate, governor)
         return self
 
 
@@ -581,6 +656,22 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
+def bad_params(source: object, problem: str, fix: str = "correct it") -> UserError:
+    """The one-line error about a params file: what is wrong, then how to get back
+    (``fix``, or :data:`RESTORE`)."""
+    return UserError(f"{source}: {problem}; {fix}, {RESTORE.format(path=source)}")
+
+
+def _recovery(err: Mapping[str, Any]) -> str:
+    """How to undo what a pydantic error of :func:`parse_params` is about."""
+    if err["type"] == "extra_forbidden":
+        return "remove it"
+    if err["type"] == "missing":
+        return "add it (docs/params.md)"
+    error = err.get("ctx", {}).get("error")
+    return error.fix if isinstance(error, UnreadKey) else "correct it"
+
+
 def _check_tree(raw: object, source: str) -> None:
     """What the schema cannot say: nesting deeper than ``MAX_DEPTH`` and integers beyond
     ``MAX_INT`` (Python reads any size; NumPy, TensorFlow and DVC do not), named by key."""
@@ -593,24 +684,26 @@ def _check_tree(raw: object, source: str) -> None:
         if isinstance(value, _LongInt) or (
             isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT
         ):
-            raise UserError(f"{source}: {shown}: integer too large (at most {MAX_INT})")
+            raise bad_params(source, f"{shown}: integer too large (at most {MAX_INT})")
         if isinstance(value, dict | list) and id(value) not in seen:
             seen.add(id(value))
             if len(path) >= MAX_DEPTH:
-                raise UserError(f"{source}: {shown}: nested deeper than {MAX_DEPTH} levels")
+                raise bad_params(source, f"{shown}: nested deeper than {MAX_DEPTH} levels")
             items = value.items() if isinstance(value, dict) else enumerate(value)
             stack.extend((item, (*path, key)) for key, item in items)
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
-    """Validate an already-loaded params mapping; raise :class:`UserError` on the first problem."""
+    """Validate an already-loaded params mapping; raise :class:`UserError` on the first
+    problem (:func:`bad_params`)."""
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        raise bad_params(source, f"expected a mapping of sections, got {type(raw).__name__}")
     _check_tree(raw, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{source}: {describe_error(exc.errors()[0])}") from None
+        err = exc.errors()[0]
+        raise bad_params(source, describe_error(err), _recovery(err)) from None
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -620,13 +713,12 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
             raise UserError(f"{path}: not a regular file")
         raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader)  # a SafeLoader
     except FileNotFoundError:
-        raise UserError(f"{path}: not found (run stages from the project root)") from None
+        raise bad_params(path, "not found", "run stages from the project root") from None
     except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
-        ) from None
+        problem = f"not UTF-8 text (byte {exc.start} cannot be decoded)"
+        raise bad_params(path, problem, "save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        raise bad_params(path, f"not valid YAML ({_yaml_problem(exc)})") from None
     except RecursionError:
-        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+        raise bad_params(path, "not valid YAML (nested too deeply)") from None
     return parse_params(raw, str(path))

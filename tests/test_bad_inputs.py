@@ -636,6 +636,38 @@ PARAMS_CASES = [
         ["metrics/eval.json"],
     ),
     Case(
+        "params-path-without-its-source",
+        data_params(path="/some/folder"),
+        DOWNLOAD,
+        "data.path: set, but data.source is synthetic (only data.source: path reads it)",
+        RAW,
+        real=True,
+    ),
+    Case(
+        "params-crop-side-without-a-crop",
+        params_with({"convert": {"crop_mm": 48.0}}),
+        ["stages.convert"],
+        "convert.crop_mm: set, but convert.crop is none (only convert.crop: lesion reads it)",
+        ["data/converted", "metrics/convert.json"],
+    ),
+    Case(
+        "params-pretrained-without-a-backbone",
+        params_with({"train": {"pretrained": True}}),
+        ["stages.train"],
+        "train.pretrained: set, but train.backbone is cnn",
+        ["models/model.keras", "metrics/train.json"],
+    ),
+    Case(
+        "params-unknown-key-says-how-to-get-back",
+        # what `dvc exp run -S +train.lrr=0.1` adds, and leaves after the failed run
+        params_text(lambda t: t.replace("\nevaluate:", "  lrr: 0.1\n\nevaluate:")),
+        ["stages.train"],
+        "train.lrr: unknown key; remove it, or restore the committed file: "
+        "git checkout params.yaml",
+        ["models/model.keras", "metrics/train.json"],
+        real=True,
+    ),
+    Case(
         "params-broken-in-a-trained-project",
         trained(then(remove("metrics/train.json"), write("params.yaml", "base: ["))),
         ["stages.train"],

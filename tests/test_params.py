@@ -6,8 +6,20 @@ import pytest
 import yaml
 
 from lungct.errors import UserError
-from lungct.params import load_params, merge, parse_params
+from lungct.names import Crop
+from lungct.params import (
+    CROP_MM,
+    GATES,
+    RESTORE,
+    Preprocessing,
+    load_params,
+    merge,
+    parse_params,
+    yaml_value,
+)
 from tests.conftest import ROOT, TINY, project_params
+
+BACK = RESTORE.format(path="params.yaml")  # how every params error ends
 
 
 def test_project_params_are_valid():
@@ -57,13 +69,129 @@ def test_bad_params_name_the_key(override, message):
     text = str(err.value)
     assert "\n" not in text
     assert message in text
+    assert text.endswith(f"; correct it, {BACK}") or "unknown key" in text
 
 
 def test_missing_key_is_named():
     raw = project_params()
     del raw["train"]["epochs"]
-    with pytest.raises(UserError, match=r"train\.epochs: missing"):
+    with pytest.raises(UserError) as err:
         parse_params(raw)
+    assert str(err.value) == f"params.yaml: train.epochs: missing; add it (docs/params.md), {BACK}"
+
+
+def test_unknown_key_says_how_to_get_back():
+    """What `dvc exp run -S +train.lrr=0.1` leaves in params.yaml stops every later run:
+    the line says how to undo it."""
+    with pytest.raises(UserError) as err:
+        parse_params(merge(project_params(), {"train": {"lrr": 0.1}}))
+    assert str(err.value) == (
+        "params.yaml: train.lrr: unknown key; remove it, "
+        "or restore the committed file: git checkout params.yaml"
+    )
+
+
+# --------------------------------------------------------------------------- unread keys
+
+# For each gated key: a value that is not its unset one, and a value of its governor
+# that does not read it.
+SET_UNREAD = {
+    "data.kaggle_handle": ("owner/dataset", "synthetic"),
+    "data.url": ("https://data.example/ct.zip", "synthetic"),
+    "data.sha256": ("a" * 64, "synthetic"),
+    "data.path": ("/some/folder", "synthetic"),
+    "data.layout": ("dicom", "synthetic"),
+    "convert.crop_mm": (48.0, "none"),
+    "train.pretrained": (True, "cnn"),
+    "train.precision": ("float32", "mobilenet_v2"),
+}
+
+
+def nested(key: str, value: object) -> dict:
+    """``{"a": {"b": value}}`` for ``"a.b"``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value  # type: ignore[return-value]
+
+
+def test_every_gate_has_a_case():
+    assert list(SET_UNREAD) == [gate.key for gate in GATES]
+
+
+@pytest.mark.parametrize("gate", GATES, ids=[gate.key for gate in GATES])
+def test_a_key_set_where_nothing_reads_it_is_an_error(gate):
+    value, governor = SET_UNREAD[gate.key]
+    raw = merge(merge(project_params(), nested(gate.key, value)), nested(gate.governor, governor))
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    reads = " or ".join(", ".join(map(str, gate.reads)).rsplit(", ", 1))
+    assert str(err.value) == (
+        f"params.yaml: {gate.key}: set, but {gate.governor} is {governor} "
+        f"(only {gate.governor}: {reads} reads it); "
+        f"unset it ({gate.key}: {yaml_value(gate.unset)}), {BACK}"
+    )
+
+
+def test_the_unset_value_is_accepted_whatever_the_governor():
+    for gate in GATES:
+        _, governor = SET_UNREAD[gate.key]
+        raw = merge(project_params(), nested(gate.governor, governor))
+        parse_params(merge(raw, nested(gate.key, gate.unset)))
+
+
+def test_the_example_of_a_path_without_its_source():
+    with pytest.raises(UserError) as err:
+        parse_params(merge(project_params(), {"data": {"path": "/some/folder"}}))
+    assert str(err.value).startswith(
+        "params.yaml: data.path: set, but data.source is synthetic "
+        "(only data.source: path reads it); "
+    )
+
+
+@pytest.mark.parametrize(
+    "override",
+    [  # the README's and docs' experiments, and each gated key where it is read
+        {"data": {"source": "kaggle", "kaggle_handle": "mohamedhanyyy/chest-ctscan-images"}},
+        {"data": {"source": "path", "path": "path/to/chest-ctscan-images.zip"}},
+        {"data": {"source": "path", "path": "path/to/LUNA16"}, "convert": {"crop": "lesion"}},
+        {"data": {"source": "url", "url": "https://data.example.org/ct.zip", "sha256": "a" * 64}},
+        {"data": {"source": "path", "path": "x", "layout": "lidc"}},
+        {"convert": {"crop": "lesion", "crop_mm": 40.0}},
+        {"train": {"backbone": "mobilenet_v2", "pretrained": True}},
+        {"train": {"backbone": "efficientnet_b0"}},
+        {"train": {"precision": "float32"}},
+    ],
+)
+def test_a_key_where_it_is_read_is_accepted(override):
+    framing = {"convert": {"framing": "image"}} if "crop" in override.get("convert", {}) else {}
+    parse_params(merge(merge(project_params(), override), framing))
+
+
+def test_an_unset_crop_side_is_the_default_where_a_crop_reads_it():
+    raw = merge(project_params(), {"convert": {"framing": "image"}})
+    assert raw["convert"]["crop_mm"] is None  # params.yaml: unset, as nothing reads it
+    none = Preprocessing.from_params(parse_params(raw).convert)
+    lesion = parse_params(merge(raw, {"convert": {"crop": Crop.LESION.value}})).convert
+    assert none.crop_mm == 0.0 and Preprocessing.from_params(lesion).crop_mm == CROP_MM
+    set_side = merge(raw, {"convert": {"crop": Crop.LESION.value, "crop_mm": 40.0}})
+    assert Preprocessing.from_params(parse_params(set_side).convert).crop_mm == 40.0
+    # a dump (benchmarks lay overrides over one) parses again: unset stays unset
+    dumped = parse_params(raw).model_dump()
+    assert dumped["convert"]["crop_mm"] is None and parse_params(dumped) == parse_params(raw)
+
+
+def test_params_docs_list_the_gated_keys():
+    """docs/params.md's list of the keys read only under another key's value is GATES."""
+    text = (ROOT / "docs/params.md").read_text(encoding="utf-8")
+    listed = text.split("## Keys read only under another key", 1)[1].split("\n\n", 2)[1]
+    expected = [
+        f"- `{gate.key}`, read only with `{gate.governor}`: "
+        + ", ".join(f"`{value}`" for value in gate.reads)
+        + f"; unset: `{yaml_value(gate.unset)}`"
+        for gate in GATES
+    ]
+    assert listed.splitlines() == expected
+    assert f"{CROP_MM:g} mm" in text
 
 
 def test_tiny_overrides_are_valid():
@@ -82,7 +210,8 @@ def test_stage_reports_bad_params_in_one_line_and_writes_nothing(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: params.yaml: train.epochs: input should be greater than 0 (got 0)"
+        "error: params.yaml: train.epochs: input should be greater than 0 (got 0); "
+        "correct it, or restore the committed file: git checkout params.yaml"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -105,7 +234,9 @@ def refused(tmp_path, data: bytes) -> str:
     with pytest.raises(UserError) as err:
         load_params(tmp_path / "params.yaml")
     text = str(err.value)
-    assert "\n" not in text and len(text) < 400, text
+    assert "\n" not in text, text
+    assert len(text.replace(str(tmp_path / "params.yaml"), "params.yaml")) < 400, text
+    assert text.endswith(RESTORE.format(path=tmp_path / "params.yaml")), text
     return text.removeprefix(f"{tmp_path / 'params.yaml'}: ")
 
 
