@@ -7,7 +7,9 @@ process pool are ``lungct.data.convert``, slice order and series flags ``lungct.
 
 Writes ``data/converted/images/<raw relative path>.png`` and
 ``data/converted/manifest.csv`` (one row per input file, converted or skipped with a
-reason code), and ``metrics/convert.json``.
+reason code), and ``metrics/convert.json``. Skips are of two kinds
+(``lungct.data.convert.excluded_reasons``): slices an annotation rule excludes, and files
+that are unreadable or unusable, which alone count against ``convert.max_skipped_fraction``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from lungct.artifacts import (
 )
 from lungct.atomic import atomic_dir, write_csv, write_json
 from lungct.contract import Preprocessing
-from lungct.data.convert import Job, check_skips, convert_all, convert_metrics, plan
+from lungct.data.convert import (
+    Job,
+    check_skips,
+    convert_all,
+    convert_metrics,
+    convert_summary,
+    plan,
+)
 from lungct.data.series import series_order
 from lungct.data.tables import read_labels, read_layout
 from lungct.errors import UserError, run_stage
@@ -66,12 +75,7 @@ def convert(
         write_csv(tmp / MANIFEST, manifest[MANIFEST_COLUMNS])
     metrics = convert_metrics(manifest, layout)
     write_json(METRICS_FILE, metrics)
-    log.info(
-        "convert: %d images from %d files, %d files skipped",
-        metrics["converted"],
-        metrics["files"],
-        metrics["skipped"],
-    )
+    log.info("%s", convert_summary(metrics))
     return metrics
 
 

@@ -7,7 +7,8 @@ splits by ``split.strategy``, and the leakage gate applies ``split.leakage`` (al
 
 Writes the split images, ``data/splits/splits.csv`` (image, class, split, group,
 source, and the cross-validation fold), ``data/splits/dropped.csv`` (copies the gate dropped), ``metrics/split.json``
-and ``metrics/split_samples.png`` (sample training images per class).
+and ``metrics/split_samples.png`` (sample training images per class). A class with too few
+patients in a split gets a ``warning:`` line (``lungct.data.split.warn_few_groups``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lungct.data.split import (
     group_classes,
     read_converted,
     split_metrics,
+    warn_few_groups,
     with_image_paths,
 )
 from lungct.errors import run_stage
@@ -64,6 +66,7 @@ def split(params: Params, converted: Path = CONVERTED_DIR, out: Path = SPLITS_DI
             tmp / DROPPED_TABLE, gate.dropped[["source", "class", "split", "group", "reason"]]
         )
     metrics = split_metrics(images)
+    warn_few_groups(metrics["groups_per_class"])
     metrics.update(
         strategy=cfg.strategy,
         leakage=cfg.leakage,

@@ -23,7 +23,10 @@ def raw(workdir, tiny):
 
 def test_every_file_in_the_manifest_converted_or_skipped(workdir, tiny, raw):
     (raw / "PHANTOM-0001" / "notes.txt").write_text("not DICOM")
-    with pytest.raises(UserError, match=r"1 of 19 files skipped, more than convert.max_skipped"):
+    with pytest.raises(
+        UserError,
+        match=r"1 of 19 files skipped as unreadable or unusable, more than convert.max_skipped",
+    ):
         convert(tiny.convert)  # 1/19 > 0.05
     assert not (workdir / "data/converted").exists() and not (workdir / "metrics").exists()
     metrics = convert(tiny.convert.model_copy(update={"max_skipped_fraction": 0.1}))

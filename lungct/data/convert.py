@@ -29,7 +29,7 @@ from lungct.data.grouping import view_record
 from lungct.data.layouts import label_from_path
 from lungct.data.slice_labels import (
     ANNOTATED_LAYOUTS,
-    LABEL_REASONS,
+    RULE_REASONS,
     Indexed,
     index_file,
     is_metaimage,
@@ -205,7 +205,9 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
         gantry_tilt=frame.gantry_tilt,
     )
     if job.slice_labels is not None:
-        label = job.slice_labels.get(key) or SliceLabel("", NOT_ANNOTATED)
+        label = job.slice_labels.get(key) or SliceLabel(
+            "", NOT_ANNOTATED, detail="the slice was not in the header index the rule labels"
+        )
         row.update(label=label.label, readers=label.readers, score=label.score)
         row["label_source"] = _relative(label.source, job.raw)
         if not label.labelled:
@@ -214,7 +216,7 @@ def _slice_row(window: list, index: int, k: int, job: Job) -> dict:
         row["label"] = job.labels.get(frame.patient_id, "")
         row["label_source"] = "labels.csv"
     if not row.get("label"):
-        return dict(row, reason=UNLABELED)
+        return dict(row, reason=UNLABELED, detail=_no_label(row, job))
     last = len(window) - 1
     neighbours = [window[min(max(index + d, 0), last)][0] for d in range(-k, k + 1)]
     try:
@@ -289,10 +291,20 @@ def _relative(source: str, raw: Path) -> str:
     return ";".join(parts)
 
 
+def _no_label(row: dict, job: Job) -> str:
+    """An ``unlabeled`` row's detail: where the label was looked for."""
+    if job.labels is not None:
+        patient = row.get("patient_id", "")
+        if not patient:
+            return "no PatientID to look up in labels.csv"
+        return f"PatientID {patient!r} has no label in labels.csv"
+    return f"no class folder in the path (layout {job.layout})"
+
+
 def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: Job) -> dict:
     """Label check, perceptual hash and PNG write for one converted image."""
     if not row.get("label"):
-        return dict(row, reason=UNLABELED)
+        return dict(row, reason=UNLABELED, detail=_no_label(row, job))
     output = f"images/{row['source']}{suffix}.png"
     save_png(job.out / output, pixels)
     if not row.get("patient_id"):  # no id: the split groups it by this evidence
@@ -375,38 +387,57 @@ def convert_all(units: list[Unit], job: Job, workers: int) -> list[dict]:
         ) from None
 
 
-def expected_skips(layout: str) -> frozenset[str]:
-    """Skip reasons that are outcomes, not failures of the data: what an annotation rule
-    says of a slice, and, in the annotated datasets, the images that are not CT slices
-    they ship beside them (Lung-PET-CT-Dx's PET series, LIDC-IDRI's radiographs)."""
+def excluded_reasons(layout: str) -> frozenset[str]:
+    """Skip reasons that exclude a slice by rule rather than say the data is unusable: in
+    the annotated layouts, what the slice-label rule decides (``RULE_REASONS``), and the
+    images that are not CT slices the datasets ship beside them (Lung-PET-CT-Dx's PET
+    series, LIDC-IDRI's radiographs, localizers). Every other skip is unreadable or
+    unusable, and counts against ``convert.max_skipped_fraction``."""
     if layout in ANNOTATED_LAYOUTS:
-        return (LABEL_REASONS - {UNLABELED}) | {NOT_CT, LOCALIZER}
+        return RULE_REASONS | {NOT_CT, LOCALIZER}
     return frozenset()
+
+
+def excluded(manifest: pd.DataFrame, layout: str) -> pd.Series:
+    """Per manifest row: skipped, by a reason of :func:`excluded_reasons`."""
+    return (manifest["status"] == "skipped") & manifest["reason"].isin(excluded_reasons(layout))
+
+
+def unusable(manifest: pd.DataFrame, layout: str) -> pd.Series:
+    """Per manifest row: skipped as unreadable or unusable (any other skip reason)."""
+    return (manifest["status"] == "skipped") & ~excluded(manifest, layout)
 
 
 def check_skips(
     manifest: pd.DataFrame, raw: Path, files: int, max_fraction: float, layout: str = ""
 ) -> None:
-    """Fail when nothing converted, or when more than ``max_fraction`` of the files failed
-    (:func:`expected_skips` do not count)."""
+    """Fail when nothing converted, or when more than ``max_fraction`` of the files were
+    skipped as unreadable or unusable (:func:`unusable`; what a rule excludes does not
+    count)."""
     converted = manifest["status"] == "converted"
-    reasons = manifest.loc[~converted, "reason"].value_counts().to_dict()
     if not converted.any():
+        reasons = manifest.loc[~converted, "reason"].value_counts().to_dict()
         raise UserError(f"{raw}: no file could be converted ({files} files; skipped: {reasons})")
-    failed = ~converted & ~manifest["reason"].isin(expected_skips(layout))
+    failed = unusable(manifest, layout)
     skipped = manifest.loc[failed, "source"].nunique()
     if skipped > max_fraction * files:
+        reasons = manifest.loc[failed, "reason"].value_counts().to_dict()
+        ruled = int(excluded(manifest, layout).sum())
         first = manifest[failed].iloc[0]
         raise UserError(
-            f"{raw}: {skipped} of {files} files skipped, more than "
-            f"convert.max_skipped_fraction ({max_fraction:g}); reasons {reasons}; "
-            f"first: {first['source']} ({first['reason']}{': ' + first['detail'] if first['detail'] else ''})"
+            f"{raw}: {skipped} of {files} files skipped as unreadable or unusable, more than "
+            f"convert.max_skipped_fraction ({max_fraction:g}); reasons {reasons}"
+            + (f" ({ruled} excluded by rule, not counted)" if ruled else "")
+            + f"; first: {first['source']} ({first['reason']}"
+            f"{': ' + first['detail'] if first['detail'] else ''})"
         )
 
 
 def convert_metrics(manifest: pd.DataFrame, layout: str) -> dict:
     converted = manifest[manifest["status"] == "converted"]
     skipped = manifest[manifest["status"] == "skipped"]
+    ruled = manifest[excluded(manifest, layout)]
+    failed = manifest[unusable(manifest, layout)]
 
     def counts(column: pd.Series) -> dict[str, int]:
         return {str(k): int(v) for k, v in column.value_counts().sort_index().items()}
@@ -417,6 +448,11 @@ def convert_metrics(manifest: pd.DataFrame, layout: str) -> dict:
         "converted": len(converted),
         "skipped": len(skipped),
         "skipped_by_reason": counts(skipped["reason"]),
+        "excluded": len(ruled),
+        "excluded_by_reason": counts(ruled["reason"]),
+        "unusable": len(failed),
+        "unusable_by_reason": counts(failed["reason"]),
+        "unusable_files": int(failed["source"].nunique()),
         "patients": int(converted["patient_id"].replace("", pd.NA).dropna().nunique()),
         "series": int(converted["series_uid"].replace("", pd.NA).dropna().nunique()),
         "images_by_label": counts(converted["label"]),
@@ -427,3 +463,19 @@ def convert_metrics(manifest: pd.DataFrame, layout: str) -> dict:
         "gaps": int(converted["gap"].sum()),
         "tilted": int((converted["gantry_tilt"].fillna(0).astype(float) != 0).sum()),
     }
+
+
+def convert_summary(metrics: dict) -> str:
+    """The stage's log line: images, and skips told apart: slices excluded by rule (by
+    reason), files skipped as unreadable or unusable (what convert.max_skipped_fraction
+    is checked against)."""
+
+    def by_reason(counts: dict[str, int]) -> str:
+        return f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
+
+    return (
+        f"convert: {metrics['converted']} images from {metrics['files']} files; "
+        f"{metrics['excluded']} slices excluded by rule{by_reason(metrics['excluded_by_reason'])}; "
+        f"{metrics['unusable_files']} files skipped as unreadable or unusable"
+        f"{by_reason(metrics['unusable_by_reason'])}"
+    )

@@ -15,7 +15,6 @@ from pathlib import Path
 from lungct.annotations import (
     LIDC,
     LUNA16,
-    REASONS,
     SliceLabel,
     SliceRef,
     annotation_files,
@@ -24,17 +23,41 @@ from lungct.annotations import (
     luna16_labels,
     voc_labels,
 )
-from lungct.annotations.reasons import NOT_ANNOTATED
+from lungct.annotations.reasons import (
+    LIDC_NEAR_ANNOTATION,
+    LIDC_NO_MALIGNANCY,
+    LIDC_TOO_FEW_READERS,
+    LIDC_UNPLACED_ANNOTATION,
+    LUNA16_NEAR_NODULE,
+    NOT_ANNOTATED,
+    VOC_CONFLICTING_LABELS,
+    VOC_UNANNOTATED_SLICE,
+    VOC_UNKNOWN_LABEL,
+)
 from lungct.errors import SkippedFile
 from lungct.io.dicom import FrameGeometry, read_geometry
 from lungct.names import ANNOTATED_LAYOUTS
 from lungct.params import AnnotationParams
-from lungct.reasons import TOO_LARGE, UNLABELED
 
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
-# What a slice-label rule says about a slice is an outcome, not a failure of the data: it
-# does not count against convert.max_skipped_fraction.
-LABEL_REASONS = frozenset(REASONS) - {TOO_LARGE} | {UNLABELED}
+# What a slice-label rule decides about a slice it could place: the slice is excluded by
+# the rule, an outcome, not a failure of the data, and does not count against
+# convert.max_skipped_fraction. The other codes of lungct.annotations (an annotation file
+# that cannot be used, a slice without the position the rule needs, a MetaImage volume that
+# cannot be read) say the data is unusable, like a DICOM file that cannot be read.
+RULE_REASONS = frozenset(
+    {
+        NOT_ANNOTATED,
+        LIDC_TOO_FEW_READERS,
+        LIDC_NO_MALIGNANCY,
+        LIDC_NEAR_ANNOTATION,
+        LIDC_UNPLACED_ANNOTATION,
+        LUNA16_NEAR_NODULE,
+        VOC_UNANNOTATED_SLICE,
+        VOC_UNKNOWN_LABEL,
+        VOC_CONFLICTING_LABELS,
+    }
+)
 
 log = logging.getLogger("convert")
 

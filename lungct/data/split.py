@@ -2,6 +2,8 @@
 without ids likely patients or near duplicates, ``split.grouping``) go to one split,
 stratified by class, as ``split.strategy`` says; then the leakage gate counts groups and
 near-duplicate pairs across splits and applies ``split.leakage`` (:func:`apply_leakage_policy`).
+A class with fewer than :data:`MIN_GROUPS_PER_CLASS` patients in a split is warned of
+(:func:`warn_few_groups`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,11 @@ from lungct.io.images import hash_values
 from lungct.params import Params, SplitParams
 
 log = logging.getLogger("split")
+
+# A class with fewer patients (groups) than this in one split gets a warning: its figures
+# there, or what the model learns of it, rest on too few patients.
+MIN_GROUPS_PER_CLASS = 5
+CLASSES_DOC = "docs/data.md#layouts-and-classes"  # split.classes: presets and mappings
 
 
 def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
@@ -68,7 +76,8 @@ def split_groups(
         if len(groups) < len(SPLITS):
             raise UserError(
                 f"class {name!r} has {len(groups)} patient(s); at least {len(SPLITS)} are "
-                "needed to give train, val and test one each"
+                "needed to give train, val and test one each: bring more patients, or map "
+                f"its raw labels together with another class's (split.classes, {CLASSES_DOC})"
             )
         order = groups[rng.permutation(len(groups))]
         n_test = min(max(1, round(len(groups) * test_fraction)), len(groups) - 2)
@@ -165,18 +174,16 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
     mapping = class_mapping(layout, params.classes, sorted(set(rows["label"])))
     classes = map_labels(rows["label"].tolist(), mapping)
     kept = [c != DROPPED for c in classes]
+    left_out: list[str] = []
     if not all(kept):  # raw labels the mapping leaves out (LIDC-IDRI's indeterminate, say)
         left_out = sorted(set(rows.loc[[not k for k in kept], "label"]))
         log.info("split: %d image(s) left out by split.classes: %s", kept.count(False), left_out)
         rows = rows[kept]
         classes = [c for c in classes if c != DROPPED]
     missing = sorted(set(mapping.values()) - set(classes) - {DROPPED})
-    if missing:
-        raise UserError(
-            f"{converted}: no images of class(es) {missing} (split.classes: "
-            f"{params.classes if isinstance(params.classes, str) else 'custom'}); "
-            f"the data has {sorted(set(classes))}"
-        )
+    if missing and rows.empty:  # every image left out: no groups to count
+        none = pd.DataFrame({"class": [], "group": []})
+        raise UserError(missing_classes(converted, missing, none, left_out, layout, params))
     # Patients where the data has ids; likely patients or near-duplicate groups where it has none.
     anonymous = np.nonzero((rows["patient_id"] == "").to_numpy())[0]
     thumb = [None] * len(rows)  # patient_likely: the normalised thumbnails the gate compares
@@ -216,7 +223,55 @@ def read_converted(converted: Path, params: SplitParams) -> tuple[pd.DataFrame, 
             "content": content,
         }
     )
+    if missing:  # said once the groups are known: the message counts patients per class
+        labels = rows["label"].tolist()
+        raise UserError(missing_classes(converted, missing, table, labels, layout, params))
     return table, layout
+
+
+def missing_classes(
+    where: Path,
+    missing: list[str],
+    table: pd.DataFrame,
+    labels: Sequence[str],
+    layout: str,
+    params: SplitParams,
+) -> str:
+    """The one line for classes of ``split.classes`` without images: the classes the data
+    has, with their patients (groups), and what to do (``labels``: the raw label of each
+    row of ``table``; of the images left out when it has none)."""
+    preset = params.classes if isinstance(params.classes, str) else "custom"
+    patients = table.groupby("class")["group"].nunique()
+    has = ", ".join(f"{name} ({n} patient{'' if n == 1 else 's'})" for name, n in patients.items())
+    hints = [
+        f"bring patients with {' or '.join(missing)} images (each class needs images of at "
+        f"least {len(SPLITS)} patients: one each for train, val and test)"
+    ]
+    fits = not table.empty and _preset_fits(layout, "binary", labels, table["group"])
+    if preset != "binary" and fits:
+        hints.append("set split.classes: binary")
+    hints.append(
+        f"map the raw labels {sorted(set(labels))} to the classes you want "
+        f"(split.classes: {{raw label: class}}, {CLASSES_DOC})"
+    )
+    return (
+        f"{where}: no images of class(es) {missing} (split.classes: {preset}); the data has "
+        f"{has or 'no class'}: " + ", or ".join(hints)
+    )
+
+
+def _preset_fits(layout: str, preset: str, labels: Sequence[str], groups: pd.Series) -> bool:
+    """Whether the layout has the preset and it would give each of its classes images of
+    enough patients for a split (``labels``: raw labels, ``groups``: their groups)."""
+    try:
+        mapping = class_mapping(layout, preset, sorted(set(labels)))
+        classes = map_labels(list(labels), mapping)
+    except UserError:
+        return False
+    per_class = pd.DataFrame({"class": classes, "group": groups.to_numpy()})
+    patients = per_class[per_class["class"] != DROPPED].groupby("class")["group"].nunique()
+    wanted = set(mapping.values()) - {DROPPED}
+    return wanted <= set(patients.index) and bool((patients >= len(SPLITS)).all())
 
 
 def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
@@ -352,10 +407,54 @@ def with_image_paths(images: pd.DataFrame) -> pd.DataFrame:
     return images.sort_values(["order", "class", "image"]).reset_index(drop=True)
 
 
+def groups_per_class(images: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Patients (groups) with images of each class, per split: a group whose images carry
+    several classes counts in each."""
+    counts = images.groupby(["split", "class"])["group"].nunique()
+    classes = sorted(images["class"].unique())
+    return {s: {c: int(counts.get((s, c), 0)) for c in classes} for s in SPLITS}
+
+
+def few_groups(counts: dict[str, dict[str, int]]) -> list[str]:
+    """``<split>/<class>`` of every class with fewer than :data:`MIN_GROUPS_PER_CLASS`
+    patients in a split (``counts``: :func:`groups_per_class`)."""
+    return [
+        f"{split}/{name}"
+        for split, per_class in counts.items()
+        for name, n in per_class.items()
+        if n < MIN_GROUPS_PER_CLASS
+    ]
+
+
+_TOO_FEW = {  # what a split with too few patients of a class costs
+    "train": "the model learns the class from too few patients",
+    "val": "validation (early stopping, the best epoch) sees too few patients of the class",
+    "test": "the test figures of the class rest on too few patients",
+}
+
+
+def warn_few_groups(counts: dict[str, dict[str, int]]) -> None:
+    """One ``warning:`` line per split and class of :func:`few_groups`."""
+    for cell in few_groups(counts):
+        split, name = cell.split("/", 1)
+        n = counts[split][name]
+        log.warning(
+            "warning: split: %s holds %d patient%s of class %r, fewer than %d: %s (bring "
+            "more patients)",
+            split,
+            n,
+            "" if n == 1 else "s",
+            name,
+            MIN_GROUPS_PER_CLASS,
+            _TOO_FEW[split],
+        )
+
+
 def split_metrics(images: pd.DataFrame) -> dict:
     per_class = images.groupby(["split", "class"]).size()
     class_counts = images.groupby("class").size()
     group_sizes = images.groupby("group").size()
+    patients = groups_per_class(images)
     return {
         "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
         "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
@@ -368,4 +467,7 @@ def split_metrics(images: pd.DataFrame) -> dict:
         else 0,
         "largest_group": int(group_sizes.max()),
         "class_imbalance_ratio": round(float(class_counts.max() / class_counts.min()), 4),
+        "groups_per_class": patients,
+        "min_groups_per_class": MIN_GROUPS_PER_CLASS,
+        "few_groups": few_groups(patients),
     }

@@ -13,6 +13,7 @@ decompression bombs").
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import warnings
@@ -410,7 +411,50 @@ def _check_preamble(path: Path) -> None:
         looks_dicom = False
     if looks_dicom:
         raise SkippedFile(NO_PREAMBLE, "no 128-byte preamble and DICM prefix (PS3.10 7.1)")
-    raise SkippedFile(NOT_DICOM)
+    raise SkippedFile(NOT_DICOM, f"no DICOM preamble or data set: {_looks_like(path)}")
+
+
+# What a file that is not DICOM is, by its first bytes: a not_dicom row's detail.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+)
+_SNIFF_BYTES = 4096
+
+
+def _looks_like(path: Path) -> str:
+    """A file that is not DICOM in a few words: a known format by its signature, a text
+    file (CSV, JSON, XML or plain) by its first bytes, or binary data."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_SNIFF_BYTES)
+    except OSError as exc:
+        return f"its first bytes cannot be read ({exc.strerror or type(exc).__name__})"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    controls = sum(byte < 32 and byte not in b"\t\n\r\f" for byte in head)
+    if not head or controls > len(head) // 100:  # text has (almost) no control bytes
+        return f"binary data (first bytes {head[:8].hex(' ')})"
+    start = head.decode("utf-8-sig", errors="replace").lstrip()
+    if start.startswith("<"):
+        return "a text file (XML)"
+    if start.startswith(("{", "[")):
+        return "a text file (JSON)"
+    lines = start.splitlines()
+    if len(head) == _SNIFF_BYTES:  # the last line may be cut
+        lines = lines[:-1]
+    rows = [row for row in csv.reader(lines[:5]) if row]
+    if len(rows) > 1 and len(rows[0]) > 1 and all(len(row) == len(rows[0]) for row in rows):
+        return "a text file (CSV)"
+    return "a text file"
 
 
 def _file_meta(stream: BinaryIO) -> tuple[int, str]:
