@@ -4,8 +4,14 @@ Train writes it beside the model (``models/labels.json``); evaluate, export, pre
 app, the service and the benchmarks read it here, validated, and check it against the
 loaded model. Its keys: the class order of the model's outputs, the preprocessing
 (:class:`~lungct.params.Preprocessing`, validated by the schema params use too), a
-plain-words description of it, and what data the model was trained on
-(:class:`TrainingData`; absent from contracts written before it was recorded).
+plain-words description of it, what data the model was trained on
+(:class:`TrainingData`; absent from contracts written before it was recorded), and the
+top-two probability margin below which an answer is uncertain
+(:meth:`Contract.is_uncertain`; :data:`DEFAULT_UNCERTAIN_MARGIN` where absent).
+
+A model's version (:func:`model_version`) is not in the contract: it is computed from the
+files, the software's version and the model file's sha256, by whatever names the model
+(the card, predict's JSON and CSV, the service, the DICOM SR).
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
+from lungct import __version__
 from lungct.artifacts import CONTRACT_FILE, LEAKY, is_leaky
 from lungct.atomic import write_json
 from lungct.errors import UserError
 from lungct.names import Framing
 from lungct.params import Params, Preprocessing, describe_error
 
-__all__ = ["Contract", "Preprocessing", "TrainingData"]
+__all__ = ["Contract", "Preprocessing", "TrainingData", "model_version"]
 
 # What the model takes, and how raw files become it (for a person reading labels.json).
 MODEL_INPUT = "float32 pixel values 0..255 (the model rescales to 0..1)"
@@ -38,12 +46,28 @@ FRAMING_STEP = "framing body: cropped to the body's bounding box before the resi
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 # Keys added later (and crop): a contract without them is of a model of whole slices.
 OPTIONAL_KEYS = ("context_slices", "framing")
+# An answer whose two most probable classes are closer than this is uncertain, not a class:
+# the margin of a contract without one; train writes it into every contract.
+DEFAULT_UNCERTAIN_MARGIN = 0.05
+UNCERTAIN_KEY = "uncertain_margin"
+# sha256 hex digits in a model version: 64 bits, and the version fits a DICOM LO (64).
+MODEL_VERSION_HEX = 16
 CROP_SHAPE = "crop must be {kind: none | lesion, mm: a number}"
 RETRAIN = "rerun dvc repro"
 SYNTHETIC_WARNING = (
     "this model was trained on the built-in synthetic CT cohort (data.source: synthetic), "
     "a check of the pipeline: it is not for real CT, and its classes mean nothing on a real scan"
 )
+# The same in a few words, for fields a screen shows whole (a DICOM series description).
+SYNTHETIC_WARNING_BRIEF = "not for real CT (synthetic phantom)"
+
+
+def model_version(sha256: str) -> str:
+    """The one name of a model's version: the software's version and the first
+    :data:`MODEL_VERSION_HEX` hex digits of the model file's sha256, as a PEP 440 local
+    version (``0.1.0+sha256.1100a878e889b9fe``). Computed from the files, never recorded
+    at train time: the pipeline's outputs do not depend on the commit they were made at."""
+    return f"{__version__}+sha256.{sha256[:MODEL_VERSION_HEX]}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,11 @@ class TrainingData:
         """What a user of the model must be told before trusting its output, or None."""
         return SYNTHETIC_WARNING if self.source == "synthetic" else None
 
+    @property
+    def brief_warning(self) -> str | None:
+        """:attr:`warning` in a few words (at most 40 characters), or None."""
+        return SYNTHETIC_WARNING_BRIEF if self.source == "synthetic" else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -130,17 +159,31 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Contract:
-    """Class order (the model's outputs), the preprocessing of its input, and the data it
-    was trained on (None for a contract written before that was recorded)."""
+    """Class order (the model's outputs), the preprocessing of its input, the data it was
+    trained on (None for a contract written before that was recorded), and the top-two
+    probability margin below which an answer is uncertain."""
 
     classes: tuple[str, ...]
     prep: Preprocessing
     data: TrainingData | None = None
+    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN
 
     @property
     def warning(self) -> str | None:
         """The line predict, the app and the service show with every answer, or None."""
         return self.data.warning if self.data is not None else None
+
+    @property
+    def brief_warning(self) -> str | None:
+        """:attr:`warning` in a few words, or None."""
+        return self.data.brief_warning if self.data is not None else None
+
+    def is_uncertain(self, probabilities: Any) -> bool:
+        """Whether an answer (one probability per class, in class order) is uncertain: its
+        two most probable classes are less than :attr:`uncertain_margin` apart. The one
+        rule for it; a margin of 0 makes no answer uncertain."""
+        top, second = np.sort(np.asarray(probabilities, dtype=np.float64).ravel())[::-1][:2]
+        return bool(top - second < self.uncertain_margin)
 
     def describe_data(self) -> str:
         """What the model was trained on, in one line for people."""
@@ -174,6 +217,7 @@ class Contract:
                 PREPROCESSING_STEPS[-1],
             ],
             **({"data": self.data.to_dict()} if self.data is not None else {}),
+            UNCERTAIN_KEY: self.uncertain_margin,
             # for a person reading the file; readers derive it from data.source
             **({"warning": self.warning} if self.warning else {}),
         }
@@ -239,7 +283,11 @@ class Contract:
                 trained_on = TrainingData.from_dict(data["data"])
             except ValueError as exc:
                 raise bad(str(exc)) from None
-        return cls(tuple(classes), prep, trained_on)
+        margin = data.get(UNCERTAIN_KEY, DEFAULT_UNCERTAIN_MARGIN)
+        number = isinstance(margin, int | float) and not isinstance(margin, bool)
+        if not number or not 0 <= margin < 1:
+            raise bad(f"{UNCERTAIN_KEY} must be a number from 0 up to (not including) 1")
+        return cls(tuple(classes), prep, trained_on, float(margin))
 
     def check_model(self, model: Any, model_path: Path | str, source: Path | str = CONTRACT_FILE):
         """A loaded Keras model that takes this input and gives one output per class, or a

@@ -171,3 +171,39 @@ def test_preprocessing_is_frozen_hashable_and_ignores_the_machine_limit():
         prep.image_size = 32  # frozen
     with pytest.raises(ValidationError, match="crop_mm: a lesion crop needs a side above 0"):
         Preprocessing(prep.windows, False, 64, crop="lesion", crop_mm=0.0)
+
+
+def test_uncertain_margin_round_trips_defaults_and_decides_near_ties(tmp_path):
+    from lungct.contract import DEFAULT_UNCERTAIN_MARGIN
+
+    raw = load_params().model_dump()
+    contract = Contract.from_params(parse_params(raw), ["benign", "malignant", "normal"])
+    assert contract.uncertain_margin == DEFAULT_UNCERTAIN_MARGIN  # train writes it
+    path = tmp_path / "labels.json"
+    contract.write(path)
+    assert json.loads(path.read_text())["uncertain_margin"] == DEFAULT_UNCERTAIN_MARGIN
+    assert Contract.read(path) == contract
+    # A contract without it (written before it existed) reads the default.
+    assert Contract.from_dict(contract_dict()).uncertain_margin == DEFAULT_UNCERTAIN_MARGIN
+    narrow = Contract.from_dict(contract_dict(classes=["a", "b", "c"], uncertain_margin=0.01))
+    assert narrow.uncertain_margin == 0.01
+    # The near tie seen in an SR: 0.4202 against 0.4195 is no answer; any order of classes.
+    assert contract.is_uncertain([0.1603, 0.4202, 0.4195])
+    assert contract.is_uncertain([0.4195, 0.1603, 0.4202])
+    assert not contract.is_uncertain([0.1, 0.7, 0.2])
+    assert narrow.is_uncertain([0.5, 0.495, 0.005]) and not narrow.is_uncertain([0.5, 0.48, 0.02])
+    never = Contract.from_dict(contract_dict(uncertain_margin=0))
+    assert not never.is_uncertain([0.5, 0.5])
+    for value in (-0.1, 1, 1.5, "0.1", True, None, float("nan")):
+        with pytest.raises(UserError, match=r"x.json: uncertain_margin must be a number"):
+            Contract.from_dict(contract_dict(uncertain_margin=value), "x.json")
+
+
+def test_model_version_is_the_software_version_and_the_model_sha256():
+    from lungct import __version__
+    from lungct.contract import model_version
+
+    sha256 = "1100a878e889b9fe82497f758421cd1b682a24e6458e732f449a7717f0d35390"
+    version = model_version(sha256)
+    assert version == f"{__version__}+sha256.1100a878e889b9fe"
+    assert len(version) <= 64  # a DICOM LO (the SR's algorithm version)

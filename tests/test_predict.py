@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from lungct.atomic import atomic_file, check_replaceable, sha256_file
-from lungct.contract import Contract
+from lungct.contract import Contract, model_version
 from lungct.errors import UserError
 from stages.predict import predict
 from tests.dicom_fixtures import enhanced_ct, sr_document, truncated_pixel_data
@@ -218,9 +218,10 @@ def test_formats_output_and_batches(project, tmp_path, capsys):
 
 
 def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
-    """JSON: ``model`` (file name, sha256, classes, what it was trained on) and ``warning``;
-    CSV: the same as leading ``# key: value`` lines that ``pandas.read_csv(comment="#")``
-    skips (a '#' in a file name stays data); a table written to a file: the same lines."""
+    """JSON: ``model`` (file name, sha256, version, classes, what it was trained on) and
+    ``warning``; CSV: the same as leading ``# key: value`` lines that
+    ``pandas.read_csv(comment="#")`` skips (a '#' in a file name stays data); a table written
+    to a file: the same lines."""
     folder = tmp_path / "inputs"
     folder.mkdir()
     for k, png in enumerate(sorted((project / "data/splits/test").rglob("*.png"))[:2]):
@@ -229,6 +230,7 @@ def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
     model = {
         "file": "model.keras",
         "sha256": sha256_file(project / "models/model.keras"),
+        "version": model_version(sha256_file(project / "models/model.keras")),
         "classes": labels["classes"],
         "trained_on": Contract.read(project / "models/labels.json").describe_data(),
         "data": labels["data"],
@@ -244,6 +246,7 @@ def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
     header = (
         "# model_file: model.keras\n"
         f"# model_sha256: {model['sha256']}\n"
+        f"# model_version: {model['version']}\n"
         f"# classes: {', '.join(model['classes'])}\n"
         f"# trained_on: {model['trained_on']}\n"
         f"# warning: {labels['warning']}\n"
@@ -267,7 +270,7 @@ def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
     args = [str(folder), "--model", model_args(project)[1], "--labels", str(unrecorded)]
     assert predict([*args, "--output", str(tmp_path / "old.csv")]) == 0
     lines = (tmp_path / "old.csv").read_text().splitlines()
-    assert lines[3:5] == [
+    assert lines[4:6] == [
         "# trained_on: training data not recorded (a contract from before it was)",
         f"file,level,frame,series_uid,images,predicted,{','.join(p_columns)}",
     ]

@@ -176,6 +176,49 @@ def test_health_and_model(server, project):
     assert "/" not in info["model"]["file"]  # no server path in an answer
 
 
+def test_card_service_predict_and_sr_name_one_model_version(server, project, tmp_path):
+    """The model card, ``GET /model``, predict's JSON and the DICOM SR of the same model name
+    the same version: the software's version and the model file's sha256."""
+    from lungct import __version__
+    from lungct.atomic import sha256_file
+    from lungct.contract import model_version
+
+    sha256 = sha256_file(project / "models/model.keras")
+    version = model_version(sha256)
+    assert version.startswith(f"{__version__}+sha256.{sha256[:16]}")
+    card = json.loads((project / "models/card.json").read_text())
+    assert (card["model_sha256"], card["model_version"]) == (sha256, version)
+    _, _, info = call(f"{server.url}/model")
+    assert info["model"] == {"file": "model.keras", "sha256": sha256, "version": version}
+    series = sorted((project / "data/raw").iterdir())[0]
+    assert predict_json(project, tmp_path, [series])["model"]["version"] == version
+    reports = tmp_path / "reports"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.predict", str(series), "--format", "dicom-sr"]
+        + ["--output", str(reports), "--model", str(project / "models/model.keras")]
+        + ["--labels", str(project / "models/labels.json")],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    (sr,) = [pydicom.dcmread(path) for path in reports.iterdir()]
+
+    def items(node: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
+        for item in node.get("ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    algorithm_versions = [
+        item.TextValue
+        for item in items(sr)
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Version"
+    ]
+    assert algorithm_versions == [version]
+    assert list(sr.SoftwareVersions) == [__version__, f"model sha256 {sha256[:16]}"]
+
+
 def test_predict_matches_the_predict_command(server, project, tmp_path):
     """A DICOM, a PNG, a bad file and a zip of a series, in one request: the rows and
     reason codes of `stages.predict --format json` on the same files."""

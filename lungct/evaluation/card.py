@@ -1,6 +1,8 @@
 """The model card, ``models/card.json``: what a trained model is, for whoever serves it
 (why a card of its own, written by evaluate: docs/deploy.md). It names the model file it
-scored by sha256: readers (the service, the app) show its figures for that model only.
+scored by sha256: readers (the service, the app) show its figures for that model only. Its
+``model_version`` is :func:`lungct.contract.model_version` of that sha256, the version the
+service, predict and the DICOM SR name the same model by.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 from pathlib import Path
 
 from lungct.atomic import sha256_file, write_json
-from lungct.contract import Contract
+from lungct.contract import Contract, model_version
 
 CARD_FILE = Path("models/card.json")
 INTENDED_USE = (
@@ -21,8 +23,10 @@ INTENDED_USE = (
 def write_card(
     path: Path, model: Path, contract: Contract, headline: dict, images: int, groups: int
 ) -> dict:
+    sha256 = sha256_file(model)
     card = {
-        "model_sha256": sha256_file(model),
+        "model_sha256": sha256,
+        "model_version": model_version(sha256),
         "classes": list(contract.classes),
         "data": contract.data.to_dict() if contract.data is not None else None,
         "test": {**headline, "images": images, "groups": groups},

@@ -4,6 +4,14 @@ image given alone, in the study of its sources and a new series per study; docs/
 describes the content. ``99LUNGCT`` is this project's private coding scheme (DICOM reserves
 ``99`` prefixes for them), declared in the document. An exported image (PNG, JPG) has no
 UIDs to reference nor a patient and study to take, so it gets no SR (:class:`NoReport`).
+
+What a reader sees first: the series description and the report's first content item (a
+TEXT ``Warning``, before the findings) say it is for research use only, with the model's
+training-data warning. The software and the model are named as DICOM names equipment
+(Manufacturer, Manufacturer's Model Name, Software Versions, a device observer) and as the
+algorithm's version, :func:`lungct.contract.model_version`. A near tie
+(:meth:`lungct.contract.Contract.is_uncertain`) is recorded as an uncertain finding, not a
+class.
 """
 
 from __future__ import annotations
@@ -16,16 +24,72 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct import __version__
 from lungct.atomic import atomic_dir, sha256_file
-from lungct.contract import Contract
+from lungct.contract import MODEL_VERSION_HEX, Contract, model_version
 from lungct.errors import UserError, first_line
 from lungct.serving.inference import Prediction
 
 SCHEME = "99LUNGCT"
 PREDICTED = "predicted_class"
+UNCERTAIN = "uncertain"  # the finding of a near tie, in place of a class
+WARNING = "warning"  # the report's first content item
 SERIES_NUMBER = 9901
-SERIES_DESCRIPTION = "lungct classification (research; not for diagnosis)"
+MANUFACTURER = "lungct project"
+MODEL_NAME = "lungct"  # Manufacturer's Model Name
+ALGORITHM = "lungct CNN"
+RESEARCH_ONLY = "For research use only; not for diagnosis or any clinical use."
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+@dataclass(frozen=True)
+class Authoring:
+    """What every SR of one run says of the software and the model that made it: the
+    model's contract and the sha256 of the model file."""
+
+    contract: Contract
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        """The model's version (the algorithm's version in the SR)."""
+        return model_version(self.sha256)
+
+    @property
+    def software_versions(self) -> list[str]:
+        """Software Versions: the software's, then the model file's."""
+        return [__version__, f"model sha256 {self.sha256[:MODEL_VERSION_HEX]}"]
+
+    @property
+    def device_uid(self) -> str:
+        """The device observer's UID: the same for every SR of this model version."""
+        from pydicom.uid import generate_uid
+
+        return generate_uid(entropy_srcs=[ALGORITHM, self.version])
+
+    @property
+    def notice(self) -> str:
+        """The report's first words: research use only, and the training-data warning."""
+        warning = self.contract.warning
+        return RESEARCH_ONLY + (f" WARNING: {warning}." if warning else "")
+
+    @property
+    def series_description(self) -> str:
+        """The series description (at most 64 characters): research use only, and the
+        training-data warning in a few words."""
+        brief = self.contract.brief_warning
+        if brief:
+            return f"lungct, research use only: {brief}"
+        return "lungct classification, research use only; not for diagnosis"
+
+    @property
+    def parameters(self) -> list[str]:
+        """The algorithm's parameters: what it was trained on, the rule of a near tie."""
+        return [
+            self.contract.describe_data(),
+            f"{UNCERTAIN} when the two most probable classes are less than "
+            f"{self.contract.uncertain_margin:g} apart",
+        ]
 
 
 @dataclass(frozen=True)
@@ -54,11 +118,9 @@ def check_output_dir(path: Path) -> None:
 
 
 def reports(
-    rows: Sequence[Prediction], classes: Sequence[str], algorithm: tuple[str, str, list[str]]
+    rows: Sequence[Prediction], authoring: Authoring
 ) -> tuple[list[tuple[str, object]], list[NoReport]]:
-    """The SR datasets to write, as (file name, dataset), and the rows that get none.
-
-    ``algorithm``: (name, version, parameters) of the AlgorithmIdentification."""
+    """The SR datasets to write, as (file name, dataset), and the rows that get none."""
     series = [row for row in rows if row.level == "series"]
     images = [row for row in rows if row.level == "image"]
     groups = [(row, [image for image in images if _in_series(image, row)]) for row in series]
@@ -79,9 +141,7 @@ def reports(
         try:
             with warnings.catch_warnings():  # the sources' own names, copied as they are
                 warnings.filterwarnings("ignore", message=".*intended person name")
-                document = _report(
-                    row, members, evidence, classes, algorithm, study_series, len(out)
-                )
+                document = _report(row, members, evidence, authoring, study_series, len(out))
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refuses
             skipped.append(NoReport(row.file, f"highdicom refuses its sources ({first_line(exc)})"))
             continue
@@ -136,13 +196,19 @@ def _code(value: str, meaning: str):
     return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning[:64])
 
 
-def _report(row, members, evidence, classes, algorithm, study_series, index):
+def _report(row, members, evidence, authoring: Authoring, study_series, index):
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from pydicom.sr.codedict import codes
 
+    contract = authoring.contract
     probabilities = np.asarray(row.probabilities, dtype=np.float64)
-    predicted = row.predicted(classes)
+    if contract.is_uncertain(probabilities):
+        margin = f"{contract.uncertain_margin:g}"
+        finding = _code(UNCERTAIN, f"Uncertain: top two classes within {margin}")
+    else:
+        predicted = row.predicted(contract.classes)
+        finding = _code(predicted, predicted)
     sources = [
         hd.sr.SourceImageForMeasurementGroup.from_source_image(
             dataset,
@@ -150,18 +216,15 @@ def _report(row, members, evidence, classes, algorithm, study_series, index):
         )
         for image, dataset in zip(members, evidence, strict=True)
     ]
-    name, version, parameters = algorithm
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=hd.UID(), identifier=f"lungct {row.level} classification"
         ),
         algorithm_id=hd.sr.AlgorithmIdentification(
-            name=name, version=version, parameters=parameters
+            name=ALGORITHM, version=authoring.version, parameters=authoring.parameters
         ),
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=_code(PREDICTED, "Predicted class"), value=_code(predicted, predicted)
-            )
+            hd.sr.QualitativeEvaluation(name=_code(PREDICTED, "Predicted class"), value=finding)
         ],
         measurements=[
             hd.sr.Measurement(
@@ -169,7 +232,7 @@ def _report(row, members, evidence, classes, algorithm, study_series, index):
                 value=float(p),
                 unit=codes.UCUM.NoUnits,
             )
-            for cls, p in zip(classes, probabilities, strict=True)
+            for cls, p in zip(contract.classes, probabilities, strict=True)
         ],
         source_images=sources,
     )
@@ -178,13 +241,17 @@ def _report(row, members, evidence, classes, algorithm, study_series, index):
             observer_device_context=hd.sr.ObserverContext(
                 observer_type=codes.DCM.Device,
                 observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=hd.UID(), name=name, model_name=version[:64]
+                    uid=authoring.device_uid,
+                    name=ALGORITHM,
+                    manufacturer_name=MANUFACTURER,
+                    model_name=MODEL_NAME,
                 ),
             )
         ),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=[group],
     )
+    _put_first(report[0].ContentSequence, authoring.notice)
     study = evidence[0].StudyInstanceUID
     series_uid = study_series.setdefault(study, hd.UID())
     return hd.sr.ComprehensiveSR(
@@ -194,14 +261,31 @@ def _report(row, members, evidence, classes, algorithm, study_series, index):
         series_number=SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
         instance_number=index + 1,
-        manufacturer="lungct",
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=authoring.software_versions,
         is_complete=True,
-        series_description=SERIES_DESCRIPTION,
+        series_description=authoring.series_description,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=SCHEME, name="lungct model classes and probabilities"
             )
         ],
+    )
+
+
+def _put_first(items, notice: str) -> None:
+    """The notice as the report's first content item (TEXT ``Warning``): before the findings,
+    after only the items that qualify the whole report (its language, the observation
+    context, the procedure: relationships HAS CONCEPT MOD and HAS OBS CONTEXT), which
+    TID 1500 puts first and viewers show as its heading. TID 1500 is extensible."""
+    from highdicom.sr import RelationshipTypeValues, TextContentItem
+
+    contains = RelationshipTypeValues.CONTAINS
+    at = next(i for i, item in enumerate(items) if item.RelationshipType == contains.value)
+    items.insert(
+        at,
+        TextContentItem(name=_code(WARNING, "Warning"), value=notice, relationship_type=contains),
     )
 
 
@@ -220,11 +304,7 @@ def write_reports(
     built first, written into a temporary sibling, moved into place whole. Returns the
     paths written and the rows that got no SR."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module
-    parameters = [contract.describe_data()]
-    if contract.warning:
-        parameters.append(f"WARNING: {contract.warning}")
-    algorithm = ("lungct CNN", f"model sha256 {sha256_file(model)[:16]}", parameters)
-    documents, skipped = reports(rows, contract.classes, algorithm)
+    documents, skipped = reports(rows, Authoring(contract, sha256_file(model)))
     check_output_dir(out)  # again: it may have changed while the model ran
     with atomic_dir(out) as tmp:
         for name, document in documents:

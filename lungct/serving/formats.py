@@ -3,8 +3,8 @@
 The rows are :class:`lungct.serving.inference.Prediction` (an image, a frame, or a folder's
 series); probabilities are rounded to :data:`DECIMALS` places, as in
 ``metrics/predictions.csv``. What a screen shows beside them travels with them
-(:class:`About`): the model (file name, sha256, classes, what it was trained on) and the
-contract's warning, as the JSON's ``model`` and ``warning`` and as the CSV's leading
+(:class:`About`): the model (file name, sha256, version, classes, what it was trained on) and
+the contract's warning, as the JSON's ``model`` and ``warning`` and as the CSV's leading
 ``# key: value`` lines.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from lungct.artifacts import PROBABILITY_DECIMALS as DECIMALS
 from lungct.atomic import sha256_file
-from lungct.contract import Contract
+from lungct.contract import Contract, model_version
 from lungct.serving.inference import Failure, Prediction
 
 FORMATS = ("table", "csv", "json")
@@ -33,7 +33,7 @@ NEEDS_QUOTES = re.compile(r'[,"\r\n#]')
 class About:
     """The model an answer came from, and the warning its contract gives (or None)."""
 
-    model: dict[str, Any]  # file (name only), sha256, classes, trained_on, data
+    model: dict[str, Any]  # file (name only), sha256, version, classes, trained_on, data
     warning: str | None
 
     @classmethod
@@ -42,6 +42,7 @@ class About:
         model = {
             "file": model_file,
             "sha256": sha256,
+            "version": model_version(sha256),
             "classes": list(contract.classes),
             "trained_on": contract.describe_data(),
             "data": contract.data.to_dict() if contract.data is not None else None,
@@ -54,11 +55,12 @@ class About:
         return cls.of(contract, Path(model_path).name, sha256_file(Path(model_path)))
 
     def comment_lines(self) -> str:
-        """``# key: value`` lines, one line each (model_file, model_sha256, classes,
-        trained_on, and warning when there is one)."""
+        """``# key: value`` lines, one line each (model_file, model_sha256, model_version,
+        classes, trained_on, and warning when there is one)."""
         items = [
             ("model_file", self.model["file"]),
             ("model_sha256", self.model["sha256"]),
+            ("model_version", self.model["version"]),
             ("classes", ", ".join(self.model["classes"])),
             ("trained_on", self.model["trained_on"]),
         ]

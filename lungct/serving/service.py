@@ -178,7 +178,11 @@ class Service:
         return {
             "classes": list(self.contract.classes),
             "input": {**prep.to_json(), "max_image_bytes": prep.max_image_bytes},
-            "model": {"file": self.model_name, "sha256": self.model_sha256},
+            "model": {
+                "file": self.model_name,
+                "sha256": self.model_sha256,
+                "version": self.about.model["version"],
+            },
             "trained_on": self.contract.describe_data(),
             "data": self.contract.data.to_dict() if self.contract.data else None,
             "test_metrics": card["test"] if card else None,
