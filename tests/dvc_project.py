@@ -39,7 +39,7 @@ def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet on a GPU machine too (lungct.model.quiet)
     env.pop("PYTHONPATH", None)
     env.update(extra or {})
     return env
@@ -93,23 +93,25 @@ def scratch_dir(prefix: str) -> Path:
 
 
 def new_project(override: dict, prefix: str = "lungct-project-", repo: Path | None = None) -> Path:
-    """A fresh copy of the project with ``override`` laid over params.yaml, after one
+    """A fresh copy of the project (its code, dvc.yaml, .gitignore, and the DVC config with
+    the plots template) with ``override`` laid over params.yaml, after one
     committed ``dvc repro`` (every stage ran); in ``repo`` (a new folder) if given, else in
     a temporary folder removed when the session ends."""
     if repo is None:
         repo = scratch_dir(prefix)
     else:
         repo.mkdir()
-    for name in ("dvc.yaml", "pyproject.toml"):
+    for name in ("dvc.yaml", "pyproject.toml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
-    for package in ("lungct", "stages"):
+    for package in ("lungct", "stages", "plots_template"):
         shutil.copytree(
             ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     write_params(repo, override)
     init_repo(repo)
     dvc("init", "-q", cwd=repo)
-    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # over the one `dvc init` wrote
+    for name in (".dvcignore", ".dvc/config"):  # over the ones `dvc init` wrote
+        shutil.copy(ROOT / name, repo / name)
     dvc("config", "core.analytics", "false", cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "project", cwd=repo)

@@ -189,24 +189,6 @@ def test_ensemble_evaluates_and_exports(folded):
     assert (workdir / "models/export").is_dir()
 
 
-@pytest.mark.e2e
-def test_dvc_repro_with_folds_and_the_ensemble_switch():
-    """With split.folds, `dvc repro` cross-validates; switching train.ensemble on refits
-    nothing (the cv stage does not read it), and `dvc metrics show` has the CV means."""
-    from lungct.params import merge as merged
-    from tests.conftest import TINY
-    from tests.dvc_project import dvc, dvc_json, new_project, ran_stages, write_params
-
-    folds = merged(TINY, {"split": {"folds": 2}})
-    repo = new_project(folds, prefix="lungct-cv-")
-    shown = dvc_json("metrics", "show", cwd=repo)[""]["data"]
-    cv_means = shown["metrics/cv.json"]["data"]
-    assert set(cv_means) == {"balanced_accuracy", "macro_f1", "loss"}
-    write_params(repo, merged(folds, {"train": {"ensemble": True}}))
-    assert ran_stages(dvc("repro", cwd=repo)) == ["train", "evaluate", "export"]
-    assert json.loads((repo / "metrics/train.json").read_text())["members"] == 2
-
-
 class ScaleReader:
     """A 'model' that reads the framing, not the chest: class 1 when the bright part fills
     over 0.6 of the image (a tight export), else class 0."""

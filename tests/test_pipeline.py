@@ -105,29 +105,3 @@ def test_train_param_reruns_only_cv_train_evaluate_and_export(repo: Path):
     git("checkout", "-q", "--", ".", cwd=repo)  # params, dvc.lock, metrics
     dvc("checkout", "-q", cwd=repo)
     assert dvc_json("status", cwd=repo) == {}
-
-
-def test_metrics_diff_between_branches(repo: Path):
-    git("checkout", "-q", "-b", "more-epochs", cwd=repo)
-    # Patience 0: the second epoch's weights are kept even when val loss got worse.
-    write_params(repo, merge(TINY, {"train": {"epochs": 2, "early_stopping_patience": 0}}))
-    assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "two epochs", cwd=repo)
-    diff = dvc_json("metrics", "diff", "main", cwd=repo)
-    assert set(diff) == {"metrics/eval.json"}  # the one declared metrics file
-    # Any committed summary can still be compared by naming it.
-    details = dvc_json("metrics", "diff", "main", "--targets", "metrics/train.json", cwd=repo)
-    assert details["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
-    params_diff = dvc_json("params", "diff", "main", cwd=repo)
-    assert params_diff["params.yaml"]["train.epochs"]["new"] == 2
-    # A second epoch moves the weights: the test loss and calibration change.
-    assert {"loss", "ece"} <= set(diff["metrics/eval.json"])
-    plots = dvc_json("plots", "diff", "main", "--split", cwd=repo)["data"]
-    for plot in ("loss", "accuracy", "confusion", "confusion_normalized"):
-        assert plot in plots, sorted(plots)
-    assert any(name.startswith("metrics/roc") for name in plots), sorted(plots)
-    assert plots["loss"][0]["revisions"] == ["workspace", "main"]
-    git("checkout", "-q", "main", cwd=repo)
-    dvc("checkout", "-q", cwd=repo)
-    assert dvc_json("status", cwd=repo) == {}
