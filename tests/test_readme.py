@@ -310,8 +310,8 @@ def _metrics_diff(repo: Path, out: str) -> None:
 
 def _params_diff(repo: Path, out: str) -> None:
     changed = dvc_json("params", "diff", "main", cwd=repo)["params.yaml"]
-    assert changed["train.filters"]["new"] == [32, 64, 128, 256]
-    assert changed["train.lr"]["new"] == 0.0003
+    assert yaml.safe_load(str(changed["train.filters"]["new"])) == [32, 64, 128, 256]
+    assert float(changed["train.lr"]["new"]) == 0.0003
 
 
 def _plots_diff(repo: Path, out: str) -> None:
