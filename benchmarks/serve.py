@@ -25,6 +25,14 @@ order rotated each round) so that a change in a shared machine's load hits them 
 
 The clients run in this process (urllib, threads), on the same cores as the service: on a
 2-core machine they compete with it, as a reverse proxy on the same host would.
+
+``--abuse`` measures instead what the service's limits hold under (docs/deploy.md), on one
+service with the default limits unless said: ``/health`` latency with 300 idle
+connections open (``--max-connections 256``: the rest refused); how long idle and
+slow-header connections stay open (``--header-timeout``); 16 concurrent 50 MiB uploads
+with ``--concurrency 1`` (answers, and the most bytes the service held in temporary
+files at once); 3 requests of a zip of 200 MiB of zeros at ``--timeout 2`` (the service's
+CPU seconds after the answers).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +146,168 @@ def threads(one, clients: int, requests: int) -> dict:
     return summary(latencies, time.perf_counter() - start)
 
 
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _temp_bytes(folder: Path) -> int:
+    """Bytes under ``folder``, and in the unnamed files the service process holds open."""
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return total
+
+
+def abuse(root: Path, model: Path, files: list[Path]) -> list[tuple[str, str]]:
+    """The figures of ``--abuse`` (the module docstring), as (what, figure) rows."""
+    import socket
+    import threading
+    import zipfile
+
+    rows: list[tuple[str, str]] = []
+    temp = root / "temp"
+    temp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(temp))
+    log = root / "abuse.log"
+
+    def serve(*args: str) -> tuple[subprocess.Popen, str]:
+        command = [sys.executable, "-m", "stages.serve", "--port", "0", "--model", str(model)]
+        with open(log, "w") as err:
+            process = subprocess.Popen([*command, *args], env=env, stderr=err)
+        deadline = time.monotonic() + 180
+        while "listening on " not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the service did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        return process, log.read_text().split("listening on ", 1)[1].split()[0]
+
+    def health(url: str) -> tuple[int, float]:
+        """``/health``'s status and milliseconds."""
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+                response.read()
+                status = response.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        return status, 1000 * (time.perf_counter() - start)
+
+    process, url = serve("--header-timeout", "10")
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        opened = time.monotonic()
+        idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(300)]
+        time.sleep(0.5)
+        status, ms = health(url)
+        rows.append(("/health with 300 idle connections open", f"{status} in {ms:.0f} ms"))
+        while health(url)[0] != 200:
+            time.sleep(0.1)
+        rows.append(("/health 200 again after", f"{time.monotonic() - opened:.1f} s"))
+        for sock in idle:
+            sock.close()
+        slow = socket.create_connection((host, int(port)), timeout=60)
+        start = time.monotonic()
+        slow.sendall(b"GET /health HTTP/1.1\r\n")
+        while not _readable(slow):  # the service's close makes it readable (at its end)
+            try:
+                slow.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.5)
+        rows.append(
+            ("a header sent a byte per 0.5 s, closed after", f"{time.monotonic() - start:.1f} s")
+        )
+        slow.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    rows.append(("log size after these", f"{log.stat().st_size} bytes"))
+
+    process, url = serve("--concurrency", "1")
+    try:
+        body, kind = multipart("big.bin", b"not an image " * (50 * 2**20 // 13))
+        peak = 0
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            fd_dir = Path(f"/proc/{process.pid}/fd")
+            while not done.is_set():
+                held = _temp_bytes(temp)
+                for fd in list(fd_dir.iterdir()) if fd_dir.exists() else []:
+                    try:
+                        target = os.readlink(fd)
+                        if target.startswith(str(temp)) and target.endswith("(deleted)"):
+                            held += os.stat(fd).st_size
+                    except OSError:
+                        pass
+                peak = max(peak, held)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+
+        def one(_: int) -> int | str:
+            request = urllib.request.Request(f"{url}/predict", data=body, method="POST")
+            request.add_header("Content-Type", kind)
+            try:
+                with urllib.request.urlopen(request, timeout=300) as response:
+                    return response.status
+            except urllib.error.HTTPError as err:
+                return err.code
+            except (urllib.error.URLError, ConnectionError):
+                # a 503 sent before the body was read: the connection is closed, and a
+                # client that sends before it reads sees a reset
+                return "reset"
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(16)))
+        done.set()
+        watcher.join()
+        answers = ", ".join(f"{statuses.count(c)} x {c}" for c in sorted(set(statuses), key=str))
+        rows.append(("16 concurrent 50 MiB uploads, --concurrency 1", answers))
+        rows.append(("  most held in temporary files at once", f"{peak / 2**20:.0f} MiB"))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+    process, url = serve("--timeout", "2", "--concurrency", "1")
+    try:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("zeros.dcm", bytes(200 * 2**20))
+        body, kind = multipart("zeros.zip", buffer.getvalue())
+
+        def bomb(_: int) -> int:
+            request = urllib.request.Request(f"{url}/predict", data=body, method="POST")
+            request.add_header("Content-Type", kind)
+            try:
+                with urllib.request.urlopen(request, timeout=300) as response:
+                    return response.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        with ThreadPoolExecutor(3) as pool:
+            statuses = list(pool.map(bomb, range(3)))
+        after = _cpu(process.pid)
+        time.sleep(10)
+        rows.append(
+            (
+                f"3 x a {len(buffer.getvalue()) // 1024} KB zip of 200 MiB zeros, --timeout 2",
+                f"{statuses}; then {_cpu(process.pid) - after:.2f} CPU-s in 10 s",
+            )
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return rows
+
+
+def _readable(sock) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40, help="N DICOM slices (40)")
@@ -147,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backbone", default=None, help="train.backbone of the model (default: params.yaml's)"
     )
+    parser.add_argument("--abuse", action="store_true", help="the limits' figures instead")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
+    if args.abuse:
+        return run_abuse(args)
     if args.files < 1 or args.requests < 1 or args.rounds < 1 or min(clients) < 1:
         parser.error("--files, --requests, --rounds and --clients must be >= 1")
 
@@ -159,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     services: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
         files = generate(root, params, args.files, args.dicom_size)
-        model, labels = save_model(root, params)
+        model, labels, _ = save_model(root, params)
         host = machine()
         bodies = [multipart(f.name, f.read_bytes()) for f in files]
         for batching in ("queue", "lock"):  # both up at once; idle, a service costs nothing
@@ -205,6 +379,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {c} | {name} | {per_s:.1f} | {median(name, c, 'p50_ms'):.1f} | "
                 f"{median(name, c, 'p95_ms'):.1f} | {per_s / base:.2f} |"
             )
+    return 0
+
+
+def run_abuse(args: argparse.Namespace) -> int:
+    params = load_params(REPO / PARAMS_FILE)
+    root = Path(tempfile.mkdtemp(prefix="lungct-bench-serve-"))
+    try:
+        files = generate(root, params, 4, args.dicom_size)
+        model, _, _ = save_model(root, params)
+        rows = abuse(root, model, files)
+        host = machine()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"machine: {host}")
+    print("| what | figure |")
+    print("|---|---|")
+    for what, figure in rows:
+        print(f"| {what} | {figure} |")
     return 0
 
 

@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal
@@ -69,6 +69,7 @@ class ArchiveError(UserError):
 class ExtractStats:
     files: int  # regular files written
     bytes: int  # their total size
+    members: int = field(default=0, compare=False)  # files and folders in the index
 
 
 @dataclass(frozen=True)
@@ -167,28 +168,34 @@ def _check_tree(archive: Path, entries: list[_Entry]) -> None:
             raise _error(archive, "is a file but other members need it as a folder", member)
 
 
-def _too_many(archive: Path, count: str, max_members: int) -> ArchiveError:
+# How the messages name the limits; a caller whose limits are a share of a larger budget
+# (the service: what is left of one request's) names them its own way (``limit_names``).
+LIMIT_NAMES = ("max_bytes", "max_members")
+
+
+def _too_many(archive: Path, count: str, max_members: int, name: str) -> ArchiveError:
     return _error(
-        archive,
-        f"has {count} members (files and folders), over the limit max_members={max_members}",
+        archive, f"has {count} members (files and folders), over the limit {name}={max_members}"
     )
 
 
-def _check_size(archive: Path, total: int, *, max_bytes: int) -> None:
+def _check_size(archive: Path, total: int, *, max_bytes: int, name: str) -> None:
     """Refuse an archive whose index says it unpacks to too much, before anything is written."""
     if total > max_bytes:
         raise _error(
             archive,
             f"unpacks to {size_text(total)} ({total} bytes), more than the limit "
-            f"max_bytes={max_bytes} ({size_text(max_bytes)})",
+            f"{name}={max_bytes} ({size_text(max_bytes)})",
         )
 
 
-def _zip_entries(archive: Path, zf: zipfile.ZipFile, *, max_members: int) -> list[_Entry]:
+def _zip_entries(
+    archive: Path, zf: zipfile.ZipFile, *, max_members: int, name: str
+) -> list[_Entry]:
     infos = zf.infolist()
     if len(infos) > max_members:
         # Checked before the per-member checks, so a huge index is not walked at all.
-        raise _too_many(archive, str(len(infos)), max_members)
+        raise _too_many(archive, str(len(infos)), max_members, name)
     entries = []
     for info in infos:
         mode = info.external_attr >> 16  # Unix st_mode, where the zip was made on Unix
@@ -237,13 +244,13 @@ def _tar_refusal(member: tarfile.TarInfo) -> str | None:
 
 
 def _tar_entries(
-    archive: Path, tf: tarfile.TarFile, dest: Path, *, max_members: int
+    archive: Path, tf: tarfile.TarFile, dest: Path, *, max_members: int, name: str
 ) -> list[_Entry]:
     entries = []
     # Headers are read one by one: a tar of millions of members stops at the limit.
     for count, member in enumerate(tf, start=1):
         if count > max_members:
-            raise _too_many(archive, f"more than {max_members}", max_members)
+            raise _too_many(archive, f"more than {max_members}", max_members, name)
         reason = _tar_refusal(member)
         if reason:
             raise _error(archive, reason, member.name)
@@ -278,9 +285,18 @@ def _reading(archive: Path, member: str | None = None) -> Iterator[None]:
         raise _corrupt(archive, err, member) from err
 
 
-def _write(archive: Path, dest: Path, entries: list[_Entry], max_bytes: int, bar: tqdm) -> int:
+def _write(
+    archive: Path,
+    dest: Path,
+    entries: list[_Entry],
+    max_bytes: int,
+    bar: tqdm,
+    name: str,
+    check: Callable[[], None] | None,
+) -> int:
     """Create the folders and stream the files, stopping as soon as more comes out than a
-    member declares or than ``max_bytes`` in all (sizes can lie); return the bytes written."""
+    member declares or than ``max_bytes`` in all (sizes can lie); return the bytes written.
+    ``check`` is called before each chunk is written."""
     written = 0
     for entry in entries:
         target = dest.joinpath(*entry.parts)
@@ -300,12 +316,14 @@ def _write(archive: Path, dest: Path, entries: list[_Entry], max_bytes: int, bar
                         data = src.read(1 << 20)
                     if not data:
                         break
+                    if check is not None:
+                        check()
                     count += len(data)
                     written += len(data)
                     if written > max_bytes:
                         raise _error(
                             archive,
-                            f"unpacks to more than the limit max_bytes={max_bytes} "
+                            f"unpacks to more than the limit {name}={max_bytes} "
                             f"({size_text(max_bytes)}), more than its index declared",
                             entry.member,
                         )
@@ -340,7 +358,14 @@ def _empty(dest: Path) -> None:
 
 
 def safe_extract(
-    archive: Path, dest: Path, *, max_bytes: int, max_members: int, progress: bool = False
+    archive: Path,
+    dest: Path,
+    *,
+    max_bytes: int,
+    max_members: int,
+    progress: bool = False,
+    limit_names: tuple[str, str] = LIMIT_NAMES,
+    check: Callable[[], None] | None = None,
 ) -> ExtractStats:
     """Extract a zip or tar ``archive`` (its kind found by content) into the existing,
     empty folder ``dest``; return the number of regular files written and their bytes.
@@ -351,6 +376,11 @@ def safe_extract(
     bar over bytes (hidden when stderr is not a terminal). A refused or broken archive is
     an :class:`ArchiveError` and leaves ``dest`` empty; a ``dest`` that is not an existing
     empty folder is a ValueError (a bug in the caller).
+
+    Budget hooks, for a caller that shares limits between archives: ``limit_names``, how
+    the messages name ``max_bytes`` and ``max_members``; ``check``, called before each
+    chunk (1 MiB) is written, raises to stop (a cancelled request), and ``dest`` is
+    emptied as for a refusal.
     """
     if not dest.is_dir() or any(dest.iterdir()):
         raise ValueError(f"safe_extract needs an existing empty folder, got {dest}")
@@ -366,15 +396,19 @@ def safe_extract(
         with handle:
             with _reading(archive):
                 if isinstance(handle, zipfile.ZipFile):
-                    entries = _zip_entries(archive, handle, max_members=max_members)
+                    entries = _zip_entries(
+                        archive, handle, max_members=max_members, name=limit_names[1]
+                    )
                 else:
-                    entries = _tar_entries(archive, handle, dest, max_members=max_members)
+                    entries = _tar_entries(
+                        archive, handle, dest, max_members=max_members, name=limit_names[1]
+                    )
             files = [e for e in entries if not e.is_dir]
             if not files:
                 raise _error(archive, "contains no files")
             _check_tree(archive, entries)
             total = sum(e.size for e in files)
-            _check_size(archive, total, max_bytes=max_bytes)
+            _check_size(archive, total, max_bytes=max_bytes, name=limit_names[0])
             with tqdm(
                 total=total,
                 unit="B",
@@ -382,9 +416,9 @@ def safe_extract(
                 desc=f"extract {archive.name}",
                 disable=None if progress else True,
             ) as bar:
-                written = _write(archive, dest, entries, max_bytes, bar)
+                written = _write(archive, dest, entries, max_bytes, bar, limit_names[0], check)
     except BaseException:
         # Also on KeyboardInterrupt: the caller's atomic folder must not keep half an archive.
         _empty(dest)
         raise
-    return ExtractStats(files=len(files), bytes=written)
+    return ExtractStats(files=len(files), bytes=written, members=len(entries))
