@@ -658,7 +658,7 @@ def test_voc_conflicts_and_bad_files(tmp_path):
     reasons = [result.labels[f"2.3.{k}"].reason for k in range(5)]
     assert reasons == [
         R.VOC_CONFLICTING_LABELS,
-        R.ANNOTATION_UNREADABLE,
+        R.ANNOTATION_IMPLAUSIBLE,
         R.ANNOTATION_UNREADABLE,
         R.ANNOTATION_UNREADABLE,
         R.ANNOTATION_UNSAFE,

@@ -12,15 +12,17 @@ from __future__ import annotations
 import math
 import statistics
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from lungct.annotations.plausible import MAX_LESION_MM, lesion_ok, parse, pixel_ok, world_ok
 from lungct.annotations.reasons import (
     ANNOTATION_DUPLICATE,
+    ANNOTATION_IMPLAUSIBLE,
     ANNOTATION_UNKNOWN,
     ANNOTATION_UNMATCHED,
     ANNOTATION_UNREADABLE,
@@ -40,6 +42,7 @@ from lungct.annotations.slices import (
     SliceLabel,
     SliceRef,
     by_series,
+    duplicate_keys,
     normal,
     series_spacing,
     skipped,
@@ -99,7 +102,9 @@ class LidcError(AnnotationError):
 
 def read_lidc(path: Path, max_bytes: int = MAX_XML_BYTES) -> LidcRead:
     """Parse one LIDC-IDRI XML file; :class:`LidcError` (a reason code) if it is unusable.
-    A missing ``inclusion`` is TRUE; an edge point that is not two numbers is dropped."""
+    A missing ``inclusion`` is TRUE; an edge point that is not two numbers is dropped; a
+    coordinate that is not finite or past :mod:`lungct.annotations.plausible` refuses the
+    file (``annotation_implausible``)."""
     try:
         root = read_xml(path, max_bytes)
     except AnnotationError as exc:
@@ -117,18 +122,27 @@ def read_lidc(path: Path, max_bytes: int = MAX_XML_BYTES) -> LidcRead:
     if not sessions:
         raise LidcError(ANNOTATION_UNREADABLE, "no readingSession", series)
     rois: list[Roi] = []
-    for reader, session in enumerate(sessions):
-        for index, nodule in enumerate(children(session, "unblindedReadNodule")):
-            characteristics = child(nodule, "characteristics")
-            is_nodule = characteristics is not None and len(characteristics) > 0
-            malignancy = _malignancy(characteristics) if is_nodule else None
-            kind = NODULE if is_nodule else SMALL_NODULE
-            for roi in children(nodule, "roi"):
-                included = text(roi, "inclusion").lower() in ("", "true")
-                rois.append(Roi(reader, kind, index, malignancy, included, *_where(roi, "edgeMap")))
-        for index, non in enumerate(children(session, "nonNodule")):
-            rois.append(Roi(reader, NON_NODULE, index, None, True, *_where(non, "locus")))
+    try:
+        for reader, session in enumerate(sessions):
+            for index, nodule in enumerate(children(session, "unblindedReadNodule")):
+                characteristics = child(nodule, "characteristics")
+                is_nodule = characteristics is not None and len(characteristics) > 0
+                malignancy = _malignancy(characteristics) if is_nodule else None
+                kind = NODULE if is_nodule else SMALL_NODULE
+                for roi in children(nodule, "roi"):
+                    included = text(roi, "inclusion").lower() in ("", "true")
+                    where = _where(roi, "edgeMap", f"reader {reader + 1}, nodule {index + 1}")
+                    rois.append(Roi(reader, kind, index, malignancy, included, *where))
+            for index, non in enumerate(children(session, "nonNodule")):
+                where = _where(non, "locus", f"reader {reader + 1}, non-nodule {index + 1}")
+                rois.append(Roi(reader, NON_NODULE, index, None, True, *where))
+    except _Implausible as exc:
+        raise LidcError(ANNOTATION_IMPLAUSIBLE, str(exc), series) from None
     return LidcRead(path, series, text(header, "StudyInstanceUID"), len(sessions), tuple(rois))
+
+
+class _Implausible(ValueError):
+    """A coordinate past the bounds of :mod:`lungct.annotations.plausible`."""
 
 
 def _malignancy(characteristics: ET.Element | None) -> int | None:
@@ -136,11 +150,28 @@ def _malignancy(characteristics: ET.Element | None) -> int | None:
     return int(value) if value is not None and value.is_integer() and 1 <= value <= 5 else None
 
 
-def _where(element: ET.Element, point_tag: str) -> tuple[str, float | None, tuple]:
-    """An roi's (or locus's) imageSOP_UID, imageZposition and the points of two numbers."""
-    xy = ((number(p, "xCoord"), number(p, "yCoord")) for p in children(element, point_tag))
-    points = tuple((x, y) for x, y in xy if x is not None and y is not None)
-    return text(element, "imageSOP_UID"), number(element, "imageZposition"), points
+def _where(element: ET.Element, point_tag: str, what: str) -> tuple[str, float | None, tuple]:
+    """An roi's (or locus's) imageSOP_UID, imageZposition and the points of two numbers;
+    :class:`_Implausible` for a z or a point coordinate that is a number out of bounds."""
+    z = _coordinate(text(element, "imageZposition"), world_ok, what, "imageZposition")
+    points = []
+    for point in children(element, point_tag):
+        x = _coordinate(text(point, "xCoord"), pixel_ok, what, "xCoord")
+        y = _coordinate(text(point, "yCoord"), pixel_ok, what, "yCoord")
+        if x is not None and y is not None:
+            points.append((x, y))
+    return text(element, "imageSOP_UID"), z, tuple(points)
+
+
+def _coordinate(written: str, ok: Callable[[float], bool], what: str, name: str) -> float | None:
+    """A coordinate as written: None when absent or not a number (its point is dropped)."""
+    try:
+        value = parse(written)
+    except ValueError:
+        return None
+    if value is not None and not ok(value):
+        raise _Implausible(f"{what}: {name} {written[:30]} is not a plausible coordinate")
+    return value
 
 
 def outline_centroid(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
@@ -215,15 +246,17 @@ def lidc_labels(
         else:
             reads[series] = read
     labels: dict[str, SliceLabel] = {}
+    duplicates = duplicate_keys(slices)
     for series, refs in groups.items():
         if series in failed:
             reason, detail, source = failed[series]
             labels.update({r.key: skipped(reason, detail, source) for r in refs})
         elif series in reads:
-            labels.update(_label_series(reads[series], refs, min_readers, margin_mm))
+            labels.update(_label_series(reads[series], refs, min_readers, margin_mm, duplicates))
         else:
             detail = f"no LIDC-IDRI XML for series {series}"
             labels.update({r.key: skipped(NOT_ANNOTATED, detail) for r in refs})
+    labels.update(duplicates)
     return Labelled(labels, problems)
 
 
@@ -250,8 +283,14 @@ def _z_mapper(refs: Sequence[SliceRef]) -> Callable[[float], float] | None:
 
 
 def _label_series(
-    read: LidcRead, refs: Sequence[SliceRef], min_readers: int, margin_mm: float
+    read: LidcRead,
+    refs: Sequence[SliceRef],
+    min_readers: int,
+    margin_mm: float,
+    duplicates: Mapping[str, SliceLabel],
 ) -> dict[str, SliceLabel]:
+    """Every slice's label; an roi on a key that several slices share marks none of them
+    (nor, by its z, a neighbour), but still keeps slices near it from being normal."""
     spacing = series_spacing(refs)
     by_key = {r.key: r for r in refs}
     placed = [r for r in refs if r.position is not None]
@@ -265,6 +304,8 @@ def _label_series(
         if position is None and roi.z is not None and z_to_position is not None:
             position = z_to_position(roi.z)
         positions.append(position)
+        if roi.sop_uid in duplicates:
+            continue
         if target is None and position is not None and spacing is not None and placed:
             nearest = min(placed, key=lambda r: abs(r.position - position))  # type: ignore[operator]
             if abs(nearest.position - position) < spacing / 2 - EPS_MM:  # type: ignore[operator]
@@ -321,6 +362,12 @@ def _label_slice(
         n = len(marks)
         said = f"{n} of {readers} readers mark it, malignancy {sorted(scores)} -> median {score:g}"
         fields = {"readers": n, "score": score, "source": source, "center": center, "size_mm": size}
+        if size is not None and not lesion_ok(size):
+            return skipped(
+                ANNOTATION_IMPLAUSIBLE,
+                f"{said}; outlines {size:.4g} mm across, over {MAX_LESION_MM:g} mm",
+                **fields,
+            )
         if n >= min_readers:
             if score > INDETERMINATE_SCORE:
                 label = MALIGNANT

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungct.annotations.reasons import ANNOTATION_UNREADABLE, LUNA16_NEAR_NODULE, NO_POSITION
+from lungct.annotations.plausible import MAX_LESION_MM, MAX_WORLD_MM, lesion_ok, world_ok
+from lungct.annotations.reasons import (
+    ANNOTATION_IMPLAUSIBLE,
+    ANNOTATION_UNREADABLE,
+    LUNA16_NEAR_NODULE,
+    NO_POSITION,
+)
 from lungct.annotations.slices import (
     EPS_MM,
     Labelled,
@@ -22,6 +28,7 @@ from lungct.annotations.slices import (
     SliceLabel,
     SliceRef,
     by_series,
+    duplicate_keys,
     point_position,
     skipped,
     world_to_pixel,
@@ -46,8 +53,10 @@ class Nodule:
 
 def read_luna16_csv(
     path: Path, max_bytes: int = MAX_CSV_BYTES
-) -> tuple[dict[str, list[Nodule]], dict[str, str]]:
-    """Nodules by series, and the series whose rows are bad (series -> detail).
+) -> tuple[dict[str, list[Nodule]], dict[str, tuple[str, str]]]:
+    """Nodules by series, and the series whose rows are bad (series -> (reason, detail)):
+    ``annotation_unreadable`` for a value that is not a number, ``annotation_implausible``
+    for one that is not finite or past :mod:`lungct.annotations.plausible`.
 
     :class:`AnnotationError` when the file as a whole cannot be used (unreadable, too
     large, no LUNA16 header). Column names are matched exactly after stripping spaces and
@@ -67,24 +76,27 @@ def read_luna16_csv(
         )
     index = {c: header.index(c) for c in LUNA16_COLUMNS}
     nodules: dict[str, list[Nodule]] = {}
-    bad: dict[str, str] = {}
+    bad: dict[str, tuple[str, str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         cells = {c: row[i].strip() if i < len(row) else "" for c, i in index.items()}
         series = cells["seriesuid"]
+        if not series:
+            raise AnnotationError(ANNOTATION_UNREADABLE, f"line {line}: no seriesuid")
+        written = ", ".join(cells[c][:30] or "-" for c in LUNA16_COLUMNS[1:])
         try:
             x, y, z, d = (float(cells[c]) for c in LUNA16_COLUMNS[1:])
         except ValueError:
-            x = y = z = d = math.nan
-        if not series:
-            raise AnnotationError(ANNOTATION_UNREADABLE, f"line {line}: no seriesuid")
-        if not all(math.isfinite(v) for v in (x, y, z, d)) or d <= 0:
-            bad.setdefault(
-                series,
-                f"line {line}: coordinates and a diameter > 0 must be numbers "
-                f"({', '.join(cells[c] or '-' for c in LUNA16_COLUMNS[1:])})",
+            detail = f"line {line}: coordinates and a diameter must be numbers ({written})"
+            bad.setdefault(series, (ANNOTATION_UNREADABLE, detail))
+            continue
+        if not (all(map(world_ok, (x, y, z))) and lesion_ok(d)):
+            detail = (
+                f"line {line}: coordinates within {MAX_WORLD_MM:g} mm and a diameter above 0, "
+                f"at most {MAX_LESION_MM:g} mm, are plausible ({written})"
             )
+            bad.setdefault(series, (ANNOTATION_IMPLAUSIBLE, detail))
             continue
         nodules.setdefault(series, []).append(Nodule(x, y, z, d, line))
     return nodules, bad
@@ -99,8 +111,8 @@ def luna16_labels(
     """Label every slice given from LUNA16's ``annotations.csv``.
 
     A CSV that cannot be used is a problem, and every slice is skipped with its reason; a
-    bad row (a coordinate that is not a number, a diameter of 0) is a problem for its
-    series only, whose slices are skipped with ``annotation_unreadable``."""
+    bad row (a coordinate that is not a number, a diameter of 0 or 1e308) is a problem for
+    its series only, whose slices are skipped with its reason."""
     if not (math.isfinite(margin_mm) and margin_mm >= 0):
         raise ValueError(f"margin_mm must be a finite number >= 0, not {margin_mm}")
     source = str(csv_file)
@@ -109,16 +121,15 @@ def luna16_labels(
     except AnnotationError as exc:
         labels = {r.key: skipped(exc.reason, exc.detail, source) for r in slices}
         return Labelled(labels, [Problem(csv_file, exc.reason, exc.detail)])
-    problems = [
-        Problem(csv_file, ANNOTATION_UNREADABLE, f"series {s}: {d}") for s, d in bad.items()
-    ]
+    problems = [Problem(csv_file, r, f"series {s}: {d}") for s, (r, d) in bad.items()]
     labels: dict[str, SliceLabel] = {}
     for series, refs in by_series(slices).items():
         for ref in refs:
             if series in bad:
-                labels[ref.key] = skipped(ANNOTATION_UNREADABLE, bad[series], source)
+                labels[ref.key] = skipped(*bad[series], source)
             else:
                 labels[ref.key] = _label_slice(ref, nodules.get(series, []), margin_mm, source)
+    labels.update(duplicate_keys(slices))
     return Labelled(labels, problems)
 
 

@@ -21,6 +21,8 @@ ANNOTATION_UNKNOWN = "annotation_unknown"  # XML of another kind (root element)
 ANNOTATION_UNMATCHED = "annotation_unmatched"  # a file for a series/slice not given
 ANNOTATION_DUPLICATE = "annotation_duplicate"  # two different files for one series/slice
 NOT_CT_ANNOTATION = "not_ct_annotation"  # LIDC-IDRI IdriReadMessage: a radiograph read
+ANNOTATION_IMPLAUSIBLE = "annotation_implausible"  # a coordinate or size past plausible.py
+DUPLICATE_SLICE = "duplicate_slice"  # two slices given with one key (SOPInstanceUID)
 
 # LIDC-IDRI slices
 LIDC_TOO_FEW_READERS = "lidc_too_few_readers"  # marked, by fewer than min_readers readers
@@ -53,6 +55,8 @@ REASONS: dict[str, str] = {
     ANNOTATION_UNMATCHED: "the annotation file names a series or slice that was not given",
     ANNOTATION_DUPLICATE: "two different annotation files for one series or slice",
     NOT_CT_ANNOTATION: "an LIDC-IDRI chest radiograph read (IdriReadMessage), not CT",
+    ANNOTATION_IMPLAUSIBLE: "a coordinate or size that is not finite or past plausible bounds",
+    DUPLICATE_SLICE: "another slice given has the same key (SOPInstanceUID): neither is labelled",
     LIDC_TOO_FEW_READERS: "marked by fewer than min_readers readers",
     LIDC_NO_MALIGNANCY: "outlined by a reader whose nodule has no valid malignancy",
     LIDC_NEAR_ANNOTATION: "not marked, but an annotation lies within margin_mm",

@@ -10,6 +10,7 @@ Image Position (Patient) is the centre of the first pixel): a world point ``P`` 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lungct.annotations.reasons import DUPLICATE_SLICE
 from lungct.io.dicom import slice_position
 
 EPS_MM = 1e-6  # distances this close to a boundary count as on it (rounding)
@@ -99,6 +101,17 @@ def _finite(values: Sequence[float] | None, count: int) -> tuple[float, ...] | N
     except (TypeError, ValueError):  # values None, or not numbers
         return None
     return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
+
+
+def duplicate_keys(slices: Iterable[SliceRef]) -> dict[str, SliceLabel]:
+    """The keys that more than one slice given has (two files with one SOPInstanceUID),
+    each skipped (``duplicate_slice``): a label found by key would go to both slices."""
+    counts = Counter(ref.key for ref in slices)
+    return {
+        key: skipped(DUPLICATE_SLICE, f"{count} slices given have the key {key}")
+        for key, count in counts.items()
+        if count > 1
+    }
 
 
 def by_series(slices: Iterable[SliceRef]) -> dict[str, list[SliceRef]]:

@@ -9,13 +9,14 @@ slices of a patient without any (``not_annotated``).
 from __future__ import annotations
 
 import filecmp
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lungct.annotations.plausible import MAX_LESION_MM, MAX_PIXEL, lesion_ok, parse, pixel_ok
 from lungct.annotations.reasons import (
     ANNOTATION_DUPLICATE,
+    ANNOTATION_IMPLAUSIBLE,
     ANNOTATION_UNKNOWN,
     ANNOTATION_UNMATCHED,
     ANNOTATION_UNREADABLE,
@@ -24,14 +25,20 @@ from lungct.annotations.reasons import (
     VOC_UNANNOTATED_SLICE,
     VOC_UNKNOWN_LABEL,
 )
-from lungct.annotations.slices import Labelled, Problem, SliceLabel, SliceRef, skipped
+from lungct.annotations.slices import (
+    Labelled,
+    Problem,
+    SliceLabel,
+    SliceRef,
+    duplicate_keys,
+    skipped,
+)
 from lungct.annotations.xmlsafe import (
     MAX_XML_BYTES,
     AnnotationError,
     child,
     children,
     local,
-    number,
     read_xml,
     text,
 )
@@ -54,7 +61,9 @@ class Box:
 
 
 def read_voc(path: Path, max_bytes: int = MAX_XML_BYTES) -> list[Box]:
-    """The boxes of one VOC file; :class:`AnnotationError` when it has none usable."""
+    """The boxes of one VOC file; :class:`AnnotationError` when it has none usable, or
+    one box that is not four numbers (``annotation_unreadable``) or not a box of plausible
+    pixel coordinates, ``xmin < xmax`` and ``ymin < ymax`` (``annotation_implausible``)."""
     root = read_xml(path, max_bytes)
     if local(root.tag) != "annotation":
         raise AnnotationError(
@@ -63,15 +72,21 @@ def read_voc(path: Path, max_bytes: int = MAX_XML_BYTES) -> list[Box]:
     boxes = []
     for i, obj in enumerate(children(root, "object"), start=1):
         box = child(obj, "bndbox")
-        values = [number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        written = [text(box, k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            values = [parse(w) for w in written]
+        except ValueError:
+            values = [None]
         if None in values:
             raise AnnotationError(ANNOTATION_UNREADABLE, f"object {i}: bndbox needs four numbers")
         xmin, ymin, xmax, ymax = values  # type: ignore[misc]
-        if not (xmin < xmax and ymin < ymax):
+        if not (all(map(pixel_ok, values)) and xmin < xmax and ymin < ymax):  # type: ignore[arg-type]
             raise AnnotationError(
-                ANNOTATION_UNREADABLE, f"object {i}: empty box {xmin:g},{ymin:g},{xmax:g},{ymax:g}"
+                ANNOTATION_IMPLAUSIBLE,
+                f"object {i}: box {','.join(w[:30] for w in written)} is not xmin < xmax, "
+                f"ymin < ymax within 0-{MAX_PIXEL:g} pixels",
             )
-        boxes.append(Box(text(obj, "name"), xmin, ymin, xmax, ymax))
+        boxes.append(Box(text(obj, "name"), xmin, ymin, xmax, ymax))  # type: ignore[arg-type]
     if not boxes:
         raise AnnotationError(ANNOTATION_UNREADABLE, "no object with a box")
     return boxes
@@ -99,9 +114,11 @@ def voc_labels(
         else:
             files[uid] = path
     annotated_patients = {r.patient_id for r in slices if r.key in files}
-    labels: dict[str, SliceLabel] = {}
+    labels: dict[str, SliceLabel] = duplicate_keys(slices)
     for ref in slices:
         path = files.get(ref.key)
+        if ref.key in labels:  # a duplicate key: its file is not read
+            continue
         if path is None and ref.patient_id in annotated_patients:
             labels[ref.key] = skipped(
                 VOC_UNANNOTATED_SLICE,
@@ -148,11 +165,17 @@ def _label_slice(ref: SliceRef, path: Path, max_bytes: int, problems: list[Probl
     if ref.spacing is not None:
         row_spacing, column_spacing = ref.spacing
         size = max((box.xmax - box.xmin) * column_spacing, (box.ymax - box.ymin) * row_spacing)
+        if not lesion_ok(size):
+            return skipped(
+                ANNOTATION_IMPLAUSIBLE,
+                f"a box {size:.4g} mm long, over {MAX_LESION_MM:g} mm at this Pixel Spacing",
+                source,
+            )
     [letter] = letters
     return SliceLabel(
         letter,
         source=source,
         center=((box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2),
-        size_mm=size if size is None or math.isfinite(size) else None,
+        size_mm=size,
         detail=f"{len(boxes)} box(es), {VOC_LETTERS[letter]}",
     )

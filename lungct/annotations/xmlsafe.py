@@ -1,4 +1,5 @@
-"""Reading annotation XML that may be hostile: size-capped, no DTD, no entities.
+"""Reading annotation XML that may be hostile: capped in bytes and in elements, no DTD,
+no entities.
 
 ``defusedxml`` refuses a DOCTYPE, an entity declaration or an external reference by the
 parser's own hooks, in whatever encoding (a byte search for ``<!DOCTYPE`` misses UTF-16).
@@ -8,6 +9,7 @@ Element names are matched by local name, case-insensitively: ``{http://www.nih.g
 
 from __future__ import annotations
 
+import io
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ from lungct.errors import first_line
 from lungct.limits import size_text
 
 MAX_XML_BYTES = 64 * 2**20  # an LIDC-IDRI read is at most a few MiB; a VOC box 1 KiB
+# An LIDC-IDRI read has some 10^5 elements at most (three per outline point); 64 MiB of
+# empty elements would be 1.7 * 10^7, seconds and gigabytes to build as a tree.
+MAX_XML_ELEMENTS = 2**19
 
 
 class AnnotationError(Exception):
@@ -49,11 +54,27 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
         raise AnnotationError(ANNOTATION_UNREADABLE, first_line(exc)) from None
 
 
-def read_xml(path: Path, max_bytes: int = MAX_XML_BYTES) -> ET.Element:
-    """The root element of an XML file, or :class:`AnnotationError`."""
+def read_xml(
+    path: Path, max_bytes: int = MAX_XML_BYTES, max_elements: int = MAX_XML_ELEMENTS
+) -> ET.Element:
+    """The root element of an XML file, or :class:`AnnotationError`. Parsed incrementally:
+    the file is refused (``annotation_too_large``) at its ``max_elements + 1``-th element,
+    before the rest is built."""
     data = read_capped(path, max_bytes)
     try:
-        return DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        events = DET.iterparse(
+            io.BytesIO(data),
+            events=("start",),
+            forbid_dtd=True,
+            forbid_entities=True,
+            forbid_external=True,
+        )
+        for count, _ in enumerate(events, start=1):
+            if count > max_elements:
+                raise AnnotationError(
+                    ANNOTATION_TOO_LARGE, f"more than {max_elements} XML elements, not read"
+                )
+        return events.root  # type: ignore[attr-defined]
     except DefusedXmlException as exc:
         raise AnnotationError(
             ANNOTATION_UNSAFE, f"{type(exc).__name__}: DTDs and entities are refused"

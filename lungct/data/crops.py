@@ -8,6 +8,7 @@ slice counts as air) before windowing. The point is the annotated lesion's centr
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 from PIL import Image
@@ -15,10 +16,13 @@ from scipy import ndimage
 
 from lungct.errors import SkippedFile
 from lungct.io.dicom import AIR_HU
-from lungct.reasons import NO_LUNG_REGION, NO_PIXEL_SPACING
+from lungct.reasons import LESION_OUTSIDE_IMAGE, NO_LUNG_REGION, NO_PIXEL_SPACING
 
 BODY_HU = -500.0  # denser than this: the body (soft tissue, bone)
 LUNG_HU = (-950.0, -500.0)  # lung parenchyma, inside the body
+# The most pixels a crop square may span on a side: 64 mm at 0.016 mm, 1000 mm at 0.25 mm
+# per pixel, finer than any CT; what is resampled is at most this square (64 MiB).
+MAX_CROP_PIXELS = 4096
 
 
 def crop_box(
@@ -29,19 +33,38 @@ def crop_box(
     if spacing is None:
         raise SkippedFile(NO_PIXEL_SPACING, "a lesion crop needs PixelSpacing")
     half_rows, half_cols = crop_mm / spacing[0] / 2, crop_mm / spacing[1] / 2
+    if not 2 * max(half_rows, half_cols) <= MAX_CROP_PIXELS:
+        raise SkippedFile(
+            NO_PIXEL_SPACING,
+            f"PixelSpacing {spacing[0]:g}/{spacing[1]:g} mm makes a {crop_mm:g} mm crop over "
+            f"{MAX_CROP_PIXELS} pixels wide: not a CT spacing",
+        )
     x, y = center
     return (x - half_cols, y - half_rows, x + half_cols, y + half_rows)
 
 
 def crop_hu(hu: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
     """The HU inside ``box`` (pixel edges, fractional allowed), resampled bilinearly to
-    ``size x size`` in one step; what lies outside the slice is air."""
+    ``size x size`` in one step; what lies outside the slice is air. A box whose centre
+    lies outside the slice is :class:`SkippedFile` (``lesion_outside_image``)."""
     left, top, right, bottom = box
-    # Pad so that the box lies inside the array, then let Pillow resample the box itself.
-    pad = int(np.ceil(max(0.0, -left, -top, right - hu.shape[1], bottom - hu.shape[0]))) + 1
-    padded = np.pad(hu.astype(np.float32), pad, constant_values=AIR_HU)
-    box = (left + pad, top + pad, right + pad, bottom + pad)
-    out = Image.fromarray(padded, mode="F").resize((size, size), Image.Resampling.BILINEAR, box=box)
+    rows, columns = hu.shape
+    x, y = (left + right) / 2, (top + bottom) / 2
+    if not (0 <= x <= columns and 0 <= y <= rows):  # NaN too
+        raise SkippedFile(
+            LESION_OUTSIDE_IMAGE,
+            f"the lesion centre ({x:.6g}, {y:.6g}) lies outside the {columns} x {rows} image",
+        )
+    # Only the box (and the pixels the filter reaches past its edges) is cut out, air
+    # where it leaves the slice, and Pillow resamples the box within it.
+    reach = math.ceil(max(1.0, (right - left) / size, (bottom - top) / size)) + 1
+    x0, y0 = math.floor(left) - reach, math.floor(top) - reach
+    x1, y1 = math.ceil(right) + reach, math.ceil(bottom) + reach
+    cut = np.full((y1 - y0, x1 - x0), AIR_HU, dtype=np.float32)
+    r0, r1, c0, c1 = max(y0, 0), min(y1, rows), max(x0, 0), min(x1, columns)
+    cut[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = hu[r0:r1, c0:c1]
+    box = (left - x0, top - y0, right - x0, bottom - y0)
+    out = Image.fromarray(cut, mode="F").resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out, dtype=np.float32)
 
 
