@@ -13,6 +13,8 @@ import this module.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -88,3 +90,38 @@ def choices(enum: type[StrEnum], *extra: str) -> Any:
     """``Literal[...]`` of the values of ``enum`` (after ``extra``, choices that are no
     member): a pydantic field of the plain strings."""
     return Literal[(*extra, *(member.value for member in enum))]
+
+
+# A class name: it becomes a folder of data/splits, a column of predict's CSV, a DICOM code
+# and text on a screen, so it is letters, digits, "_" and "-", starts with a letter or a
+# digit (never "." or "..", never a spreadsheet formula) and is at most CLASS_NAME_MAX long.
+CLASS_NAME_MAX = 64
+CLASS_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{CLASS_NAME_MAX - 1}}}")
+CLASS_NAME_RULE = (
+    f"letters, digits, '_' and '-', starting with a letter or a digit, "
+    f"at most {CLASS_NAME_MAX} characters"
+)
+
+
+def class_name_problem(name: object) -> str | None:
+    """Why ``name`` is no class name (:data:`CLASS_NAME_RULE`), or None. The one check of a
+    class name, wherever one enters: params, the model contract, a layout's folder names."""
+    if not isinstance(name, str):
+        return f"class name {name!r} is not text"
+    if not CLASS_NAME.fullmatch(name):
+        shown = ascii(name[:CLASS_NAME_MAX]) + ("..." if len(name) > CLASS_NAME_MAX else "")
+        return f"class name {shown} is not {CLASS_NAME_RULE}"
+    return None
+
+
+def check_class_names(names: Iterable[object]) -> None:
+    """A ValueError (the caller names the file or key) unless ``names`` are distinct class
+    names (:func:`class_name_problem`)."""
+    names = list(names)
+    for name in names:
+        problem = class_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"class name(s) {', '.join(twice)} given twice")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.atomic import atomic_file, check_replaceable
-from lungct.errors import UserError, run_stage
+from lungct.errors import UserError, printable, run_stage
 from lungct.serving.dicom_sr import check_output_dir, write_reports
 from lungct.serving.formats import FORMATS, About, render
 from lungct.serving.inference import (
@@ -116,7 +116,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
         workers = min(MAX_WORKERS, os.cpu_count() or 1) if many else 0
 
     def report(failure: Failure) -> None:
-        print(failure, file=sys.stderr, flush=True)
+        print(printable(str(failure)), file=sys.stderr, flush=True)
 
     passed_over: list[PassedOver] = []
 
@@ -126,7 +126,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
         if predictor.contract.warning:
             print(f"warning: {predictor.contract.warning}", file=sys.stderr)
         for line in input_notes(predictor.prep, args.paths):
-            print(f"note: {line}", file=sys.stderr)
+            print(printable(f"note: {line}"), file=sys.stderr)
         rows, failures = predict_files(
             predictor,
             args.paths,
@@ -138,7 +138,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
     if args.format == DICOM_SR:  # the SRs' paths on stdout; what got none on stderr
         written, skipped = write_reports(args.output, rows, predictor.contract, args.model)
         for skip in skipped:
-            print(f"note: {skip}", file=sys.stderr)
+            print(printable(f"note: {skip}"), file=sys.stderr)
         sys.stdout.write("".join(f"{path}\n" for path in written))
     else:  # with the model's identity and warning (the table: in a file only)
         about = About.read(predictor.contract, args.model)

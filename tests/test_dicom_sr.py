@@ -314,3 +314,58 @@ def test_output_must_be_a_new_or_empty_folder(project: Path, tmp_path: Path, cap
     (tmp_path / "empty").mkdir()
     check_output_dir(tmp_path / "empty")  # an empty folder is taken (and replaced whole)
     check_output_dir(tmp_path / "new")
+
+
+# A source's own text, each hostile in one way: (attribute, value, what the reason says).
+HOSTILE_SOURCES = [
+    ("SOPInstanceUID", "1.2/3", "SOPInstanceUID of ct_basic.dcm is no valid UID"),
+    ("SeriesInstanceUID", "../../x", "SeriesInstanceUID of ct_basic.dcm is no valid UID"),
+    ("SOPInstanceUID", "1." * 150, "SOPInstanceUID of ct_basic.dcm is no valid UID"),
+    ("StudyInstanceUID", "1.2\x003", "StudyInstanceUID of ct_basic.dcm is no valid UID"),
+    ("SOPInstanceUID", "not.a.uid; rm -rf ~", "SOPInstanceUID of ct_basic.dcm is no valid UID"),
+    ("PatientName", "A" * 10002, "PatientName (PN): The PN component length (10002)"),
+    ("PatientName", "Doe\x1b[2J^John", "PatientName (PN) holds a control character"),
+    ("PatientName", "x\x00y", "PatientName (PN) holds a control character"),
+    ("PatientID", "ab\r\ncd", "PatientID (LO) holds a control character"),
+    ("AccessionNumber", "9" * 5000, "AccessionNumber (SH): The value length (5000)"),
+    ("StudyID", "S" * 5000, "StudyID (SH): The value length (5000)"),
+]
+
+
+def test_hostile_sources_get_no_sr_and_the_others_theirs(tmp_path: Path):
+    """Each hostile source is skipped with one line saying why (its text escaped); the
+    valid sources beside them get valid SRs, named by their UIDs only."""
+    rows, good = [], []
+    with pydicom.config.disable_value_validation():  # the hostile values written as they are
+        for k, (keyword, value, _) in enumerate(HOSTILE_SOURCES):
+            path = ct_basic(tmp_path / f"bad{k}", patient_id=f"BAD{k}").path
+            ds = pydicom.dcmread(path)
+            ds.PatientName = "Fixture^Patient"
+            setattr(ds, keyword, value)
+            ds.save_as(path)
+            rows.append(Prediction(str(path), "image", np.array([0.1, 0.7, 0.2])))
+            path = ct_basic(tmp_path / f"good{k}", patient_id=f"GOOD{k}").path
+            modern_names(path)
+            good.append(path)
+            rows.append(Prediction(str(path), "image", np.array([0.2, 0.2, 0.6])))
+    contract = Contract.from_dict(
+        {
+            "classes": ["benign", "malignant", "normal"],
+            "image_size": 32,
+            "channels": 1,
+            "windows": [{"center": -600, "width": 1500}],
+            "file_window": False,
+        }
+    )
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"a model")
+    out = tmp_path / "reports"
+    written, skipped = write_reports(out, rows, contract, model)
+    assert sorted(p.name for p in written) == sorted(f"image-{uids(p)[2]}.dcm" for p in good)
+    assert sorted(out.iterdir()) == sorted(written)
+    assert [skip.file for skip in skipped] == [row.file for row in rows[::2]]
+    for skip, (_, _, says) in zip(skipped, HOSTILE_SOURCES, strict=True):
+        line = str(skip)
+        assert says in line, line
+        assert line.isprintable() and len(line) < len(skip.file) + 200, line
+    validate(*written)

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from lungct.annotations import detect as detect_annotated
-from lungct.errors import UserError
+from lungct.errors import UserError, printable
 from lungct.io.dicom import has_dicom_prefix
-from lungct.names import ANNOTATED_LAYOUTS, Layout
+from lungct.names import ANNOTATED_LAYOUTS, Layout, class_name_problem
 from lungct.params import SYNTHETIC_CLASSES
 
 LAYOUTS = tuple(Layout)
@@ -85,10 +85,14 @@ def image_folders(root: Path, entries: list[Path]) -> set[str]:
 
 def folder_class(raw: str) -> str:
     """The class a ``folders`` dataset's folder names: lower case, each run of other
-    characters than letters and digits one ``_`` ("Malignant cases" -> malignant_cases)."""
+    characters than letters and digits one ``_`` ("Malignant cases" -> malignant_cases),
+    checked as every class name is (:func:`lungct.names.class_name_problem`) before the
+    split stage writes anything."""
     name = re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_")
-    if not name:
-        raise UserError(f"split.classes: folder '{raw}' gives no class name; give a mapping")
+    problem = class_name_problem(name) if name else "no class name"
+    if problem:
+        shown = printable(raw if len(raw) <= 80 else raw[:77] + "...")
+        raise UserError(f"split.classes: folder '{shown}' gives {problem}; give a mapping")
     return name
 
 

@@ -12,13 +12,20 @@ training-data warning. The software and the model are named as DICOM names equip
 algorithm's version, :func:`lungct.contract.model_version`. A near tie
 (:meth:`lungct.contract.Contract.is_uncertain`) is recorded as an uncertain finding, not a
 class.
+
+What a source gives the SR (its UIDs, patient and study attributes) is the source's own
+text: a source whose Study, Series or SOP Instance UID is no valid UID, or whose SR holds
+any value its VR does not allow (pydicom's checks of length and form per VR, and no
+control character but the line breaks of the text VRs), gets no SR (:class:`NoReport`),
+and the other sources get theirs. File names are made of the (valid) UIDs only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,7 @@ import numpy as np
 from lungct import __version__
 from lungct.atomic import atomic_dir, sha256_file
 from lungct.contract import MODEL_VERSION_HEX, Contract, model_version
-from lungct.errors import UserError, first_line
+from lungct.errors import UserError, first_line, printable
 from lungct.serving.inference import Prediction
 
 SCHEME = "99LUNGCT"
@@ -40,6 +47,12 @@ MODEL_NAME = "lungct"  # Manufacturer's Model Name
 ALGORITHM = "lungct CNN"
 RESEARCH_ONLY = "For research use only; not for diagnosis or any clinical use."
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# The VRs whose values may hold line breaks (PS3.5 6.2: LF, FF, CR); no other control
+# character is allowed in any text value (ESC only opens a character set, which pydicom
+# has decoded already).
+MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
+LINE_BREAKS = frozenset("\n\f\r")
+SHOWN = 80  # characters of a source's value quoted in a reason
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,7 @@ class NoReport:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.file}: no DICOM SR: {self.reason}"
+        return printable(f"{self.file}: no DICOM SR: {self.reason}")
 
 
 def check_output_dir(path: Path) -> None:
@@ -139,11 +152,15 @@ def reports(
             skipped.append(NoReport(row.file, str(exc)))
             continue
         try:
-            with warnings.catch_warnings():  # the sources' own names, copied as they are
-                warnings.filterwarnings("ignore", message=".*intended person name")
+            with _quiet():  # what pydicom warns of, invalid_value() says as the reason
                 document = _report(row, members, evidence, authoring, study_series, len(out))
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refuses
-            skipped.append(NoReport(row.file, f"highdicom refuses its sources ({first_line(exc)})"))
+            reason = f"highdicom refuses its sources ({_shown(first_line(exc))})"
+            skipped.append(NoReport(row.file, reason))
+            continue
+        problem = invalid_value(document)
+        if problem:
+            skipped.append(NoReport(row.file, f"its SR would not be valid DICOM: {problem}"))
             continue
         out.append((_name(row, evidence[0], names), document))
     return out, skipped
@@ -158,24 +175,85 @@ class _NotDicom(Exception):
 
 
 def _header(file: str, cache: dict[str, object]):
-    """The DICOM header of a source file (pixel data left unread), cached per file."""
+    """The DICOM header of a source file (pixel data left unread), cached per file, with
+    the UIDs an SR references (and its file is named by): present, and valid UIDs."""
     if file not in cache:
         import pydicom
+        from pydicom.uid import UID
 
         try:
-            dataset = pydicom.dcmread(file, stop_before_pixels=True)
+            with _quiet():
+                dataset = pydicom.dcmread(file, stop_before_pixels=True)
+                uids = {key: dataset.get(key) for key in REFERENCED}
         except Exception:  # not DICOM: an exported image
             raise _NotDicom(
                 "an exported image has no Study, Series or SOP Instance UID to reference"
             ) from None
-        missing = [key for key in REFERENCED if not dataset.get(key)]
+        missing = [key for key, uid in uids.items() if not uid]
         if missing:
-            raise _NotDicom(f"the file has no {', '.join(missing)} to reference")
+            raise _NotDicom(f"{Path(file).name} has no {', '.join(missing)} to reference")
+        with _quiet():  # UID() itself warns of an invalid one
+            invalid = [key for key, uid in uids.items() if not UID(str(uid)).is_valid]
+        if invalid:
+            raise _NotDicom(f"the {', '.join(invalid)} of {Path(file).name} is no valid UID")
         cache[file] = dataset
     return cache[file]
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom reading and highdicom building a source's values without pydicom's own
+    warnings and log lines of them: :func:`invalid_value` checks the result instead, and
+    one line says why a source gets no SR."""
+    from pydicom import config
+
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with config.disable_value_validation(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def invalid_value(dataset) -> str | None:
+    """The first value of ``dataset`` (nested sequences included) that its VR does not
+    allow, said in one line, or None: pydicom's checks of each VR's length and form
+    (:func:`pydicom.valuerep.validate_value`), and no control character but the line breaks
+    of :data:`MULTILINE_VRS`. The one check of an SR before it is written."""
+    from pydicom import config
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import STR_VR, validate_value
+
+    for element in dataset.iterall():
+        if element.VR == "SQ" or element.value is None:
+            continue
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        name = element.keyword or str(element.tag)
+        for value in values:
+            if element.VR in STR_VR:  # checked as written: the text (a PN's, an IS's)
+                value = str(value)
+                allowed = LINE_BREAKS if element.VR in MULTILINE_VRS else frozenset()
+                if any(not ch.isprintable() and ch not in allowed for ch in value):
+                    return f"{name} ({element.VR}) holds a control character: {_shown(value)}"
+            try:
+                validate_value(element.VR, value, config.RAISE)
+            except ValueError as exc:
+                reason = first_line(exc).split(" Please see")[0]  # pydicom's link to PS3.5
+                return f"{name} ({element.VR}): {_shown(reason)}"
+    return None
+
+
+def _shown(text: str) -> str:
+    """A source's text in a reason: at most :data:`SHOWN` characters, escaped."""
+    return printable(text if len(text) <= SHOWN else text[: SHOWN - 3] + "...")
+
+
 def _name(row: Prediction, first, used: set[str]) -> str:
+    """The SR's file name: the series' or the image's UID (valid UIDs are digits and dots,
+    :func:`_header`), the frame number, and a count for the same file given twice."""
     if row.level == "series":
         stem = f"series-{first.SeriesInstanceUID}"
     else:

@@ -6,6 +6,12 @@ series); probabilities are rounded to :data:`DECIMALS` places, as in
 (:class:`About`): the model (file name, sha256, version, classes, what it was trained on) and
 the contract's warning, as the JSON's ``model`` and ``warning`` and as the CSV's leading
 ``# key: value`` lines.
+
+Text that is not ours (file names, class names, what a download record says) is shown
+safely: in the table and the CSV control characters are written escaped
+(:func:`lungct.errors.printable`: ``\x1b``, ``\n``), and a CSV cell that a spreadsheet
+would run as a formula (beginning with ``=``, ``+``, ``-``, ``@``, tab or CR) gets a leading
+``'`` (OWASP's CSV injection advice). JSON keeps every name exact (its own escapes).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from lungct.artifacts import PROBABILITY_DECIMALS as DECIMALS
 from lungct.atomic import sha256_file
 from lungct.contract import Contract, model_version
+from lungct.errors import printable
 from lungct.serving.inference import Failure, Prediction
 
 FORMATS = ("table", "csv", "json")
@@ -27,6 +34,8 @@ COLUMNS = ("file", "level", "frame", "series_uid", "images", "predicted")
 # A cell quoted as the csv module quotes (delimiter, quote, line break), and also for a '#',
 # so that a file name holding one stays data for ``pandas.read_csv(path, comment="#")``.
 NEEDS_QUOTES = re.compile(r'[,"\r\n#]')
+# What a spreadsheet reads as the start of a formula: such a text cell gets a leading "'".
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,9 @@ class About:
         ]
         if self.warning:
             items.append(("warning", self.warning))
-        return "".join(f"# {key}: {' '.join(str(value).split())}\n" for key, value in items)
+        return "".join(
+            f"# {key}: {printable(' '.join(str(value).split()))}\n" for key, value in items
+        )
 
 
 def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
@@ -88,8 +99,16 @@ def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
 
 
 def _cell(value: object) -> str:
-    text = "" if value is None else str(value)  # None (no frame) is written as ""
+    """A CSV cell: a text cell safe for a terminal and a spreadsheet (:func:`text_cell`),
+    quoted where needed; None (no frame) is written as ""."""
+    text = "" if value is None else text_cell(value) if isinstance(value, str) else str(value)
     return '"' + text.replace('"', '""') + '"' if NEEDS_QUOTES.search(text) else text
+
+
+def text_cell(text: str) -> str:
+    """Text from outside (a file name, a class, a UID) as a CSV cell holds it: control
+    characters escaped, and a leading "'" where a spreadsheet would see a formula."""
+    return ("'" if text.startswith(FORMULA_START) else "") + printable(text)
 
 
 def render_csv(rows: list[Prediction], classes: Sequence[str], about: About) -> str:
@@ -122,7 +141,7 @@ def render_json(
 def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
     """Aligned columns for people: file (a frame or a folder's series named after it),
     predicted class, one probability column per class."""
-    header = ["file", "predicted", *classes]
+    header = ["file", "predicted", *map(printable, classes)]  # text from outside: escaped
     lines = []
     for row in rows:
         name = row.file
@@ -130,7 +149,10 @@ def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
             name += f" [frame {row.frame}]"
         if row.level == "series":
             name += f" [series {row.series_uid}, {row.images} images]"
-        lines.append([name, row.predicted(classes), *(f"{p:.4f}" for p in row.probabilities)])
+        predicted = row.predicted(classes)
+        lines.append(
+            [printable(name), printable(predicted), *(f"{p:.4f}" for p in row.probabilities)]
+        )
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
