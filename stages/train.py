@@ -15,6 +15,11 @@ from __future__ import annotations
 if not __package__:  # started as a file: stages/stages.py says how to start it
     import stages  # noqa: F401
 
+if __name__ == "__main__":  # before any import starts a thread: see hold_stop_signals
+    from lungct.model.distributed import hold_stop_signals
+
+    hold_stop_signals()
+
 import logging
 from pathlib import Path
 
@@ -40,7 +45,7 @@ from lungct.data.tables import (
     train_classes,
 )
 from lungct.errors import run_stage
-from lungct.model.distributed import is_chief
+from lungct.model.distributed import writes_outputs
 from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "train.json"
@@ -50,6 +55,8 @@ log = logging.getLogger("train")
 
 
 def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS_DIR) -> dict:
+    # train.strategy multi_worker: every worker trains, only the chief writes outputs
+    chief = writes_outputs(params.train.strategy)
     table = read_splits(splits_dir)
     classes = train_classes(table, splits_dir)
 
@@ -62,8 +69,6 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
 
     from lungct.model.train import fit_seed_ensemble
 
-    # train.strategy multi_worker: every worker trains, only the chief writes outputs
-    chief = params.train.strategy != "multi_worker" or is_chief()
     train_set = split_images(table, "train", classes, splits_dir)
     val_set = split_images(table, "val", classes, splits_dir)
     live_dir = TRAIN_LIVE_DIR if chief else None

@@ -68,6 +68,23 @@ TWO = ["127.0.0.1:2222", "127.0.0.1:2223"]
         (tf_config(TWO, -1), "out of range"),
         (tf_config(TWO, "1"), "task.index: '1' is not a whole number"),
         (tf_config(TWO, True), "not a whole number"),
+        # hostile values: bounded before and while JSON is read, each address checked
+        ("[" * 5000 + "]" * 5000, "not valid JSON (nested deeper than"),
+        (tf_config(TWO, 0).replace('"index": 0', '"index": ' + "9" * 5000), "5000 digits"),
+        ("[" + " " * 2**24 + "]", "bytes, over the"),
+        (tf_config(TWO, 0).replace('"index": 0', '"index": ' + "9" * 4000), "is out of range"),
+        (tf_config(TWO, 0).replace('"index": 0', '"index": 1e999'), "past the float range"),
+        (
+            json.dumps({"cluster": {"worker": ["127.0.0.1\x00:2222"]}}),
+            "the host is not an IP address",
+        ),
+        (json.dumps({"cluster": {"worker": ["-bad-:2222"]}}), "the host is not an IP address"),
+        (json.dumps({"cluster": {"worker": ["a b:2222"]}}), "the host is not an IP address"),
+        (json.dumps({"cluster": {"worker": ["h:0"]}}), "is not host:port"),
+        (json.dumps({"cluster": {"worker": ["h:" + "9" * 300]}}), "is not host:port"),
+        (json.dumps({"cluster": {"worker": ["h:\u0661\u0662"]}}), "is not host:port"),
+        (json.dumps({"cluster": {"worker": [{"a": [[1]]}]}}), "is not a host:port string"),
+        (json.dumps({"cluster": {"worker": ["x" * 5000 + ":1"]}}), "the host is not"),
     ],
 )
 def test_a_bad_tf_config_is_one_line_naming_it(text, says):
@@ -75,7 +92,18 @@ def test_a_bad_tf_config_is_one_line_naming_it(text, says):
         parse_cluster(text)
     message = str(err.value)
     assert message.startswith("TF_CONFIG: ") and says in message
-    assert "\n" not in message
+    assert "\n" not in message and "\x00" not in message and len(message) < 300
+
+
+def test_hosts_of_a_cluster():
+    from lungct.model.distributed import valid_host
+
+    for good in ("10.200.0.1", "localhost", "node-1.example.org", "[::1]", "[fe80::1]"):
+        assert valid_host(good), good
+    for bad in ("", "a..b", "-a", "a-", "a_b", "[::1", "[10.0.0.1]", "x" * 64, "h\x00"):
+        assert not valid_host(bad), bad
+    cluster = parse_cluster(tf_config(["[::1]:2222", "node-1:2223"], 1))
+    assert cluster.jobs["worker"] == ["[::1]:2222", "node-1:2223"]
 
 
 def test_the_chief_is_the_chief_task_or_else_worker_0():
@@ -94,9 +122,43 @@ def test_the_chief_is_the_chief_task_or_else_worker_0():
 def test_peer_timeout_from_the_environment():
     assert peer_timeout({}) == DEFAULT_PEER_TIMEOUT_S
     assert peer_timeout({"LUNGCT_PEER_TIMEOUT": "45"}) == 45
-    for bad in ("0", "-3", "soon"):
+    assert peer_timeout({"LUNGCT_PEER_TIMEOUT": "2.5"}) == 2.5
+    assert peer_timeout({"LUNGCT_PEER_TIMEOUT": "86400"}) == 86400
+    hostile = ("9" * 30, "nan", "inf", "1e9", "86401", "0.5", "1" + "0" * 5000, "4\x00")
+    for bad in ("0", "-3", "soon", *hostile):
         with pytest.raises(UserError, match="LUNGCT_PEER_TIMEOUT"):
             peer_timeout({"LUNGCT_PEER_TIMEOUT": bad})
+
+
+def test_the_train_stage_checks_the_cluster_before_tensorflow(tmp_path):
+    """A bad TF_CONFIG or LUNGCT_PEER_TIMEOUT stops the stage with one line, exit 2,
+    before TensorFlow is imported (lungct.model.distributed.writes_outputs)."""
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            merge(merge(project_params(), TINY), {"train": {"strategy": "multi_worker"}})
+        )
+    )
+    probe = (
+        "import sys, runpy\n"
+        "try:\n"
+        "    runpy.run_module('stages.train', run_name='__main__')\n"
+        "finally:\n"
+        "    sys.stderr.write('tensorflow imported: %s\\n' % ('tensorflow' in sys.modules))\n"
+    )
+    bad = {
+        "TF_CONFIG": ("[" * 5000 + "]" * 5000, {}),
+        "LUNGCT_PEER_TIMEOUT": (tf_config(TWO, 0), {"LUNGCT_PEER_TIMEOUT": "9" * 30}),
+    }
+    for name, (config, extra) in bad.items():
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": config, **extra}
+        done = subprocess.run(
+            [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        lines = done.stderr.splitlines()
+        errors = [line for line in lines if line.startswith("error:")]
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {name}: "), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and lines[-1] == "tensorflow imported: False"
 
 
 def test_shards_and_steps_cover_every_image_once():
@@ -184,11 +246,16 @@ def start_cluster(
     override: dict | None = None,
     timeout: int = 60,
     workers: tuple[str, ...] = ("chief", "worker"),
+    addresses: list[str] | None = None,
+    prefixes: tuple[list[str], ...] = ([], []),
+    extra_env: dict[str, str] | None = None,
 ) -> list:
     """The train stages of a cluster of two, in copies of ``base`` (``run/chief``,
     ``run/worker``; ``workers``: those started); their processes, stderr going to
-    ``run/<name>.err``."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    ``run/<name>.err``. ``addresses``: the cluster's (two free ports on 127.0.0.1 unless
+    given); ``prefixes``: each worker's command before ``python`` (``ip netns exec NS``);
+    ``extra_env``: more environment variables (``{name}``: the worker's name)."""
+    addresses = addresses or [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = []
     for index, name in enumerate(workers):
         folder = run / name
@@ -202,11 +269,12 @@ def start_cluster(
             "TF_CONFIG": tf_config(addresses, index),
             "LUNGCT_PEER_TIMEOUT": str(timeout),
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **{key: value.format(name=name) for key, value in (extra_env or {}).items()},
         }
         with open(run / f"{name}.err", "wb") as err:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "stages.train"],
+                    [*prefixes[index], sys.executable, "-m", "stages.train"],
                     cwd=folder,
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -324,3 +392,83 @@ def test_peer_problem_keeps_the_list_after_a_colon():
     assert peer_problem(message).endswith(
         "(stopped sending heartbeats): /job:worker/replica:0/task:1"
     )
+
+
+def wait_for(text: str, path: Path, procs: list, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in path.read_text():
+        assert all(p.poll() is None for p in procs), path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in {path}"
+        time.sleep(0.2)
+
+
+def stopped_by_sigterm(run: Path, proc, base: Path) -> float:
+    """SIGTERM to ``proc`` (the chief): seconds until it exited, with one line, having
+    written nothing and left no temporary folder (``run/tmp-chief``: its TMPDIR)."""
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = proc.wait(timeout=30)
+    took = time.monotonic() - sent
+    stderr = (run / "chief.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(errors) == 1, stderr[-3000:]
+    assert "stopped by SIGTERM (worker 0 of 2); nothing was written" in errors[0], errors
+    assert files_of(run / "chief") == files_of(base)
+    assert not list((run / "chief").rglob(".*.tmp-*"))
+    assert not list((run / "tmp-chief").glob("lungct-cache-*"))  # the decoded images
+    print(f"the chief stopped {took:.2f} s after SIGTERM: {errors[0]}")
+    return took
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_worker_waiting_for_its_peer_with_one_line(workspace, tmp_path):
+    """SIGTERM ends a worker held in TensorFlow's start (which holds the interpreter's
+    lock and takes SIGTERM for a preemption notice) at once."""
+    for name in ("chief", "worker"):
+        (tmp_path / f"tmp-{name}").mkdir()
+    env = {"TMPDIR": str(tmp_path / "tmp-{name}")}
+    procs = start_cluster(workspace, tmp_path, timeout=300, workers=("chief",), extra_env=env)
+    try:
+        wait_for("waiting for the cluster", tmp_path / "chief.err", procs)
+        time.sleep(2)  # inside TensorFlow's wait
+        assert stopped_by_sigterm(tmp_path, procs[0], workspace) < 5
+    finally:
+        finish(procs, timeout=1)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_worker_blocked_in_a_collective_operation(workspace, tmp_path):
+    """SIGTERM ends the chief at once while its step's all-reduce waits for a worker that
+    stopped answering (SIGSTOP: its connections stay open; TensorFlow's heartbeat would
+    notice after about 10 s)."""
+    for name in ("chief", "worker"):
+        (tmp_path / f"tmp-{name}").mkdir()
+    override = {"train": {"epochs": 500, "early_stopping_patience": 0}}
+    env = {"TMPDIR": str(tmp_path / "tmp-{name}")}
+    procs = start_cluster(workspace, tmp_path, override, timeout=300, extra_env=env)
+    try:
+        wait_for("epoch 2/500", tmp_path / "worker.err", procs)
+        procs[1].send_signal(signal.SIGSTOP)
+        time.sleep(1)  # the chief waits in its next step's all-reduce
+        assert stopped_by_sigterm(tmp_path, procs[0], workspace) < 5
+    finally:
+        procs[1].kill()  # stopped, or failing on its own
+        finish(procs, timeout=5)
+
+
+@pytest.mark.slow
+def test_a_worker_whose_port_is_taken_stops_with_one_line(workspace, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        addresses = [f"127.0.0.1:{taken.getsockname()[1]}", f"127.0.0.1:{free_ports(1)[0]}"]
+        procs = start_cluster(workspace, tmp_path, workers=("chief",), addresses=addresses)
+        code = finish(procs, timeout=90)[0]
+    finally:
+        taken.close()
+    stderr = (tmp_path / "chief.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert f"cannot serve at {addresses[0]}" in errors[0] and "port in use" in errors[0]
+    assert files_of(tmp_path / "chief") == files_of(workspace)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -26,14 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
+from lungct.atomic import parse_json
+from lungct.errors import UserError, first_line, printable
 
-from lungct.contract import Contract
-from lungct.errors import UserError
-from lungct.params import TrainParams
+if TYPE_CHECKING:  # numpy and the rest load with training: importing starts no thread
+    import numpy as np
 
-if TYPE_CHECKING:
+    from lungct.contract import Contract
     from lungct.model.history import Fitted
+    from lungct.params import TrainParams
 
 log = logging.getLogger("train")
 
@@ -43,7 +46,12 @@ PEER_TIMEOUT_ENV = "LUNGCT_PEER_TIMEOUT"
 # Seconds one collective operation (a step's all-reduce) waits for the slowest worker:
 # longer than any worker's lag behind another (decoding its images, tracing the step).
 DEFAULT_PEER_TIMEOUT_S = 300
+PEER_TIMEOUT_RANGE_S = (1, 86400)  # a second to a day
+# The signals that stop a worker (kill, timeout, Ctrl-C), held from the stage's start
+# (:func:`hold_stop_signals`) and acted on by the guard (:class:`_Guard`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HINT = "see docs/scale.md#several-machines-multi-worker"
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True)
@@ -73,15 +81,45 @@ def _fail(problem: str) -> UserError:
     return UserError(f"{TF_CONFIG}: {problem} ({HINT})")
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """``value`` as a short one-line ``repr`` for a message (control characters escaped)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def valid_host(host: str) -> bool:
+    """Whether ``host`` is an IP address (IPv6 in brackets) or a DNS name: letters,
+    digits and hyphens in dot-separated labels of 63 characters at most, 253 in all."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _check_address(job: str, address: object) -> None:
+    if not isinstance(address, str):
+        raise _fail(f"cluster.{job}: {_shown(address)} is not a host:port string")
+    host, sep, port = address.rpartition(":")
+    if not (sep and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise _fail(f"cluster.{job}: {_shown(address)} is not host:port (a port 1..65535)")
+    if not valid_host(host):
+        raise _fail(
+            f"cluster.{job}: {_shown(address)}: the host is not an IP address or a host name"
+        )
+
+
 def parse_cluster(text: str | None) -> Cluster:
     """The cluster and task of a ``TF_CONFIG`` value, checked; any problem is one
     :class:`UserError` line naming ``TF_CONFIG``."""
     if text is None or not text.strip():
         raise _fail("not set; train.strategy multi_worker reads the cluster from it")
     try:
-        config = json.loads(text)
+        config = parse_json(text)  # bounded: size, nesting, numbers
     except json.JSONDecodeError as exc:
-        raise _fail(f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+        raise _fail(f"not valid JSON ({printable(exc.msg)[:120]}, column {exc.colno})") from None
     if not isinstance(config, dict):
         raise _fail("must be a JSON object with keys cluster and task")
     cluster, task = config.get("cluster"), config.get("task")
@@ -91,15 +129,11 @@ def parse_cluster(text: str | None) -> Cluster:
     seen: set[str] = set()
     for job, addresses in cluster.items():
         if job not in JOBS:
-            raise _fail(f"cluster: job {job!r} is not a training job (chief, worker)")
+            raise _fail(f"cluster: job {_shown(job)} is not a training job (chief, worker)")
         if not isinstance(addresses, list) or not addresses:
             raise _fail(f"cluster.{job}: must be a non-empty list of host:port")
         for address in addresses:
-            if not isinstance(address, str):
-                raise _fail(f"cluster.{job}: {address!r} is not a host:port string")
-            host, sep, port = address.rpartition(":")
-            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
-                raise _fail(f"cluster.{job}: {address!r} is not host:port (a port 1..65535)")
+            _check_address(job, address)
             if address in seen:
                 raise _fail(f"cluster: {address} is listed twice")
             seen.add(address)
@@ -110,12 +144,12 @@ def parse_cluster(text: str | None) -> Cluster:
         raise _fail('task: missing (an object such as {"type": "worker", "index": 0})')
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in jobs:
-        raise _fail(f"task.type: {task_type!r} is not a job of cluster ({', '.join(jobs)})")
+        raise _fail(f"task.type: {_shown(task_type)} is not a job of cluster ({', '.join(jobs)})")
     if isinstance(index, bool) or not isinstance(index, int):
-        raise _fail(f"task.index: {index!r} is not a whole number")
+        raise _fail(f"task.index: {_shown(index)} is not a whole number")
     if not 0 <= index < len(jobs[task_type]):
         raise _fail(
-            f"task.index: {index} is out of range: cluster.{task_type} has "
+            f"task.index: {_shown(index)} is out of range: cluster.{task_type} has "
             f"{len(jobs[task_type])} task(s)"
         )
     return Cluster(jobs, task_type, index)
@@ -126,27 +160,73 @@ def read_cluster(environ: Mapping[str, str] = os.environ) -> Cluster:
     return parse_cluster(environ.get(TF_CONFIG))
 
 
+def check_setup(environ: Mapping[str, str] = os.environ) -> Cluster:
+    """``TF_CONFIG`` and ``LUNGCT_PEER_TIMEOUT`` checked, as the train stage does first
+    (before TensorFlow is imported): the cluster."""
+    peer_timeout(environ)
+    return read_cluster(environ)
+
+
 def is_chief(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether this process is the chief of its ``TF_CONFIG`` cluster, the one worker that
-    writes outputs (a malformed ``TF_CONFIG`` is a :class:`UserError`)."""
-    return read_cluster(environ).is_chief
+    writes outputs (a malformed ``TF_CONFIG`` or ``LUNGCT_PEER_TIMEOUT`` is a
+    :class:`UserError`)."""
+    return check_setup(environ).is_chief
 
 
-def peer_timeout(environ: Mapping[str, str] = os.environ) -> int:
-    """Seconds a collective operation waits for its peers (``LUNGCT_PEER_TIMEOUT``)."""
+def writes_outputs(strategy: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process writes the train stage's outputs: under ``multi_worker`` the
+    chief only (``TF_CONFIG`` and ``LUNGCT_PEER_TIMEOUT`` checked here, before TensorFlow
+    is imported; the worker guarded from here on), any other run always (the stop
+    signals let through: :func:`release_stop_signals`)."""
+    if strategy == "multi_worker":
+        cluster = check_setup(environ)
+        _start_early_guard(cluster)
+        return cluster.is_chief
+    release_stop_signals()
+    return True
+
+
+def peer_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds a collective operation waits for its peers (``LUNGCT_PEER_TIMEOUT``): a
+    number (decimals allowed) within :data:`PEER_TIMEOUT_RANGE_S`."""
     text = environ.get(PEER_TIMEOUT_ENV, "").strip()
     if not text:
-        return DEFAULT_PEER_TIMEOUT_S
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"{PEER_TIMEOUT_ENV}: {text!r} is not a whole number of seconds >= 1")
-    return int(text)
+        return float(DEFAULT_PEER_TIMEOUT_S)
+    low, high = PEER_TIMEOUT_RANGE_S
+    seconds = None
+    if len(text) <= 20 and re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        seconds = float(text)
+    if seconds is None or not (math.isfinite(seconds) and low <= seconds <= high):
+        raise UserError(
+            f"{PEER_TIMEOUT_ENV}: {_shown(text)} is not a number of seconds from {low} to {high}"
+        )
+    return seconds
+
+
+def hold_stop_signals() -> None:
+    """Hold :data:`STOP_SIGNALS` pending in this thread and every thread it starts: called
+    first thing by the train stage, before any import starts a thread, so that no
+    thread of TensorFlow's takes them (its coordination service takes SIGTERM for a
+    preemption notice and goes on waiting). The guard of multi-worker training
+    (:class:`_Guard`) acts on them; any other run lets them go
+    (:func:`release_stop_signals`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """Let :data:`STOP_SIGNALS` through again in this thread (one held arrives now)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 @functools.cache
 def multi_worker_strategy():
     """The process's one ``MultiWorkerMirroredStrategy`` (TensorFlow allows one, created
     before any other TensorFlow work): the cluster of ``TF_CONFIG``, ring all-reduce, and
-    :func:`peer_timeout` on every collective operation. Blocks until every worker is up."""
+    :func:`peer_timeout` on every collective operation. Blocks until every worker is up,
+    without a limit of its own (:func:`fit_multi_worker`'s guard sets one)."""
     cluster = read_cluster()
     timeout = peer_timeout()
     import tensorflow as tf
@@ -159,20 +239,23 @@ def multi_worker_strategy():
     )
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        timeout_seconds=float(timeout),
+        timeout_seconds=timeout,
     )
     task = f"{cluster.task_type}:{cluster.task_index} of {cluster.size}"
     log.info("multi-worker: task %s, waiting for the cluster %s", task, cluster.jobs)
     sigterm = signal.getsignal(signal.SIGTERM)
-    late = (
-        f"multi-worker training: not every worker of {TF_CONFIG} joined within {timeout} s "
-        f"(start them all, with the same cluster; {PEER_TIMEOUT_ENV} sets the wait); "
-        "nothing was written"
-    )
-    with _watchdog(timeout, late), _peer_errors("starting", cluster):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication_options=options
-        )
+    address = cluster.jobs[cluster.task_type][cluster.task_index]
+    try:
+        with _peer_errors("starting", cluster):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                cluster_resolver=resolver, communication_options=options
+            )
+    except tf.errors.UnknownError as exc:  # its server: the port taken, the host not here
+        raise UserError(
+            f"multi-worker training: this worker ({TF_CONFIG} task {cluster.task_type} "
+            f"{cluster.task_index}) cannot serve at {address}: {first_line(exc)} (is the "
+            "port in use, or the host not this machine's?); nothing was written"
+        ) from None
     # TensorFlow's coordination service takes SIGTERM for a preemption notice and goes on
     # training: give it back its usual meaning (stop), so that `kill` stops a worker.
     if sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -180,32 +263,142 @@ def multi_worker_strategy():
     return strategy
 
 
-# The watchdog: a second process, since the waiting start holds the interpreter's lock
-_WATCH = """
-import os, select, signal, sys
-ready = select.select([sys.stdin], [], [], float(sys.argv[2]))[0]
-if not ready:
-    sys.stderr.write("error: " + sys.argv[3] + "\\n")
+# The guard: a second process, since a wait inside TensorFlow holds the interpreter's lock
+# (no Python thread or signal handler runs) and TensorFlow's own threads would take the
+# signals. It reads orders on stdin (a deadline, its end, a folder to remove should it end
+# the worker; end of file: done), and looks 10 times a second for a stop signal held
+# pending in the worker (/proc/PID/status).
+_WATCH = r"""
+import os, select, shutil, signal, sys, time
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(number, signal.SIG_IGN)
+pid, stopped, paths = int(sys.argv[1]), sys.argv[2], []
+watched = {int(s): signal.Signals(int(s)).name for s in os.environ["LUNGCT_STOP_SIGNALS"].split()}
+deadline, late = None, ""
+
+def pending():
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            lines = [line.split() for line in status]
+    except OSError:
+        return None
+    mask = 0
+    for fields in lines:
+        if fields and fields[0] in ("SigPnd:", "ShdPnd:"):
+            mask |= int(fields[1], 16)
+    return next((name for number, name in watched.items() if mask >> (number - 1) & 1), None)
+
+def end(message):
+    sys.stderr.write("error: " + message + "\n")
     sys.stderr.flush()
-    os.kill(int(sys.argv[1]), signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    sys.exit(0)
+
+orders = b""
+while True:
+    wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+    if select.select([0], [], [], wait)[0]:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        orders += chunk
+        while b"\n" in orders:
+            order, orders = orders.split(b"\n", 1)
+            if order.startswith(b"deadline "):
+                seconds, late = order[9:].decode().split(" ", 1)
+                deadline = time.monotonic() + float(seconds)
+            elif order == b"done":
+                deadline = None
+            elif order.startswith(b"clean "):
+                paths.append(os.fsdecode(order[6:]))
+    name = pending()
+    if name:
+        end(stopped.replace("SIGNAL", name))
+    if deadline is not None and time.monotonic() >= deadline:
+        end(late)
 """
 
 
+class _Guard:
+    """A guard process for this worker: from its start, a stop signal (SIGTERM, SIGINT)
+    ends the worker at once, whatever TensorFlow is doing: one ``error:`` line, the
+    process killed, the folders of :meth:`clean` removed. The signals are held
+    (:func:`hold_stop_signals`, done here too for a process that did not) in every
+    thread started after it."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        hold_stop_signals()
+        self.stopped = (
+            f"multi-worker training: stopped by SIGNAL (worker {cluster.rank} of "
+            f"{cluster.size}); nothing was written"
+        )
+        watched = " ".join(str(int(number)) for number in STOP_SIGNALS)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WATCH, str(os.getpid()), self.stopped],
+            stdin=subprocess.PIPE,
+            env={**os.environ, "LUNGCT_STOP_SIGNALS": watched},
+            start_new_session=True,  # not stopped with this process's group (timeout, Ctrl-C)
+        )
+
+    def _order(self, text: str) -> None:
+        self.process.stdin.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        self.process.stdin.flush()
+
+    def clean(self, path: str) -> None:
+        """Remove ``path`` (a temporary folder) should a stop signal end the worker."""
+        self._order(f"clean {path}")
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float, message: str) -> Iterator[None]:
+        """End this process, with ``message`` as its one line, unless the block is done
+        within ``seconds``."""
+        self._order(f"deadline {seconds!r} {message}")
+        try:
+            yield
+        finally:
+            self._order("done")
+
+    def close(self) -> str | None:
+        """End the guard; the name of a stop signal held pending (one that arrived as it
+        ended), else None with the signals let through again."""
+        self.process.stdin.close()  # the guard wakes and ends
+        self.process.wait()
+        held = signal.sigpending() & set(STOP_SIGNALS)
+        if not held:
+            release_stop_signals()
+        return min(held).name if held else None
+
+
+_early: _Guard | None = None  # started by the train stage before TensorFlow is imported
+
+
+def _start_early_guard(cluster: Cluster) -> None:
+    """Guard this worker from now on, where the stage holds the stop signals
+    (:func:`hold_stop_signals`): a signal during the imports and the reading of the
+    splits ends it at once too, not once training starts."""
+    global _early
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if _early is None and set(STOP_SIGNALS) <= mask:
+        _early = _Guard(cluster)
+
+
 @contextlib.contextmanager
-def _watchdog(seconds: int, message: str) -> Iterator[None]:
-    """End this process (SIGKILL), with ``message`` as its one line on stderr, unless the
-    block is done within ``seconds``: for a wait inside TensorFlow that holds the
-    interpreter (the strategy's start waits without a limit for every worker to be up),
-    so that no Python thread or signal handler can stop it."""
-    watch = subprocess.Popen(
-        [sys.executable, "-c", _WATCH, str(os.getpid()), str(seconds), message],
-        stdin=subprocess.PIPE,
-    )
+def _guarded(cluster: Cluster) -> Iterator[_Guard]:
+    """The block under this worker's guard (the early one, else one of its own); a stop
+    signal that arrives as the block ends is one :class:`UserError` line."""
+    global _early
+    guard, _early = _early or _Guard(cluster), None
     try:
-        yield
+        yield guard
     finally:
-        watch.stdin.close()  # the watchdog wakes and ends
-        watch.wait()
+        held = guard.close()
+    if held:
+        raise UserError(guard.stopped.replace("SIGNAL", held))
 
 
 @contextlib.contextmanager
@@ -283,25 +476,37 @@ def fit_multi_worker(
             f"{name}: train.strategy multi_worker trains the train stage's model only; "
             "cross-validation (split.folds) needs train.strategy auto, default or mirrored"
         )
-    cluster = read_cluster()
+    cluster = check_setup()
+    timeout = peer_timeout()
     if len(train[0]) < cluster.size:
         raise UserError(
             f"{name}: {len(train[0])} train images for {cluster.size} workers; "
             "each worker needs at least one"
         )
-    strategy = multi_worker_strategy()  # before any other TensorFlow work
     from lungct.atomic import atomic_dir
     from lungct.model.history import Fitted, live_curves
     from lungct.model.runtime import seed_everything
 
-    seed_everything(seed)
+    late = (
+        f"multi-worker training: not every worker of {TF_CONFIG} joined within {timeout:g} s "
+        f"(start them all, with the same cluster; {PEER_TIMEOUT_ENV} sets the wait); "
+        "nothing was written"
+    )
     with contextlib.ExitStack() as stack:
+        temporary = [stack.enter_context(tempfile.TemporaryDirectory(prefix="lungct-cache-"))]
         live = None
         if live_dir is not None and cluster.is_chief:
-            live = stack.enter_context(live_curves(stack.enter_context(atomic_dir(live_dir))))
-        cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lungct-cache-"))
+            temporary.append(stack.enter_context(atomic_dir(live_dir)))
+            live = stack.enter_context(live_curves(temporary[-1]))
+        # the guard ends first: a stop signal held to the end keeps the curves out too
+        guard = stack.enter_context(_guarded(cluster))
+        for folder in temporary:
+            guard.clean(str(folder))
+        with guard.deadline(timeout, late):
+            strategy = multi_worker_strategy()  # before any other TensorFlow work
+        seed_everything(seed)
         with _peer_errors("training", cluster):
-            loop = _Loop(cfg, contract, seed, train, val, strategy, cluster, cache_dir, name)
+            loop = _Loop(cfg, contract, seed, train, val, strategy, cluster, temporary[0], name)
             history = loop.fit(live)
     return Fitted(loop.model, history, int(strategy.num_replicas_in_sync))
 
@@ -397,6 +602,7 @@ class _Loop:
         ]
 
     def _epoch(self) -> dict[str, float]:
+        import numpy as np
         import tensorflow as tf
 
         train_sums = np.zeros(3)
