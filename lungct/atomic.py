@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -98,6 +100,66 @@ def sha256_file(path: Path) -> str:
     """The sha256 (hex) of a file's bytes."""
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+# What read_json admits: the project's JSON files (a contract, a model card, an export
+# record, a Keras model's config.json) are kilobytes, nested under 20 levels.
+MAX_JSON_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = str.maketrans("", "", "".join(chr(c) for c in range(128) if chr(c) not in "[]{}"))
+
+
+def parse_json(text: str | bytes, allow_nan: bool = False) -> object:
+    """JSON text, bounded: over :data:`MAX_JSON_BYTES`, nested deeper than
+    :data:`MAX_JSON_DEPTH`, or (unless ``allow_nan``) holding ``NaN``, ``Infinity`` or a
+    number past float range, it is a :class:`json.JSONDecodeError` saying so (as for any
+    malformed JSON: callers word it with the file's name), never a RecursionError."""
+    if isinstance(text, bytes | bytearray):
+        if len(text) > MAX_JSON_BYTES:
+            raise _too_large(len(text))
+        text = bytes(text).decode("utf-8")
+    if len(text) > MAX_JSON_BYTES:
+        raise _too_large(len(text))
+    depth = 0
+    for char in _JSON_STRING.sub("", text).translate(_NOT_BRACKETS):
+        depth += 1 if char in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0)
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not (allow_nan or math.isfinite(value)):
+            raise json.JSONDecodeError(f"{number[:20]} is past the float range", text, 0)
+        return value
+
+    def constant(name: str) -> float:
+        if not allow_nan:
+            raise json.JSONDecodeError(f"{name} is not a number JSON allows", text, 0)
+        return float(name)
+
+    try:
+        return json.loads(text, parse_float=finite, parse_constant=constant)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer of more digits than int() reads
+        raise json.JSONDecodeError(str(exc).split(";")[0], text, 0) from None
+
+
+def _too_large(size: int) -> json.JSONDecodeError:
+    return json.JSONDecodeError(
+        f"{size} bytes, over the {MAX_JSON_BYTES} a JSON file of this project may have", "", 0
+    )
+
+
+def read_json(path: Path, allow_nan: bool = False) -> object:
+    """A JSON file read with :func:`parse_json`'s bounds (the size checked before reading
+    it all). ``OSError`` and ``UnicodeDecodeError`` as ``Path.read_text`` raises them;
+    any problem with the content is a :class:`json.JSONDecodeError`: the one reader of the
+    project's JSON files."""
+    with open(path, "rb") as stream:
+        data = stream.read(MAX_JSON_BYTES + 1)
+    return parse_json(data, allow_nan)
 
 
 def write_json(path: Path, obj: object) -> None:

@@ -27,9 +27,9 @@ from pydantic import ValidationError
 
 from lungct import __version__
 from lungct.artifacts import CONTRACT_FILE, LEAKY, is_leaky
-from lungct.atomic import write_json
+from lungct.atomic import read_json, write_json
 from lungct.errors import UserError
-from lungct.names import Framing
+from lungct.names import Framing, check_class_names
 from lungct.params import Params, Preprocessing, describe_error
 
 __all__ = ["Contract", "Preprocessing", "TrainingData", "model_version"]
@@ -202,7 +202,11 @@ class Contract:
         cls, params: Params, classes: list[str] | tuple[str, ...], data: TrainingData | None = None
     ) -> Contract:
         """The contract of a model trained now: ``convert`` params, the train split's classes
-        and what the data was."""
+        (class names, checked as the split stage wrote them) and what the data was."""
+        try:
+            check_class_names(classes)
+        except ValueError as exc:
+            raise UserError(f"the split's classes: {exc}; rerun the split stage") from None
         return cls(tuple(classes), Preprocessing.from_params(params.convert), data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,7 +234,7 @@ class Contract:
         """Read and validate a contract; any problem is one :class:`UserError` naming the file."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
         except FileNotFoundError:
             raise UserError(
                 f"{path}: not found; no trained model: run `dvc repro` first "
@@ -254,9 +258,12 @@ class Contract:
         if missing:
             raise bad(f"missing key(s) {', '.join(missing)}")
         classes = data["classes"]
-        names = isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
-        if not names or len(classes) < 2 or len(set(classes)) != len(classes):
+        if not isinstance(classes, list) or len(classes) < 2:
             raise bad("'classes' must list two or more distinct class names")
+        try:
+            check_class_names(classes)
+        except ValueError as exc:
+            raise bad(f"classes: {exc}") from None
         if not _is_integer(data["image_size"]) or not _is_integer(data["channels"]):
             raise bad("image_size, channels integers expected")
         # The JSON's keys mapped to the schema's fields, validated by its rules (a key

@@ -34,7 +34,15 @@ from pydantic import (
 
 from lungct.errors import SkippedFile, UserError, first_line, printable
 from lungct.limits import MAX_IMAGE_BYTES
-from lungct.names import AnnotationForm, Crop, Framing, Layout, TransferSyntax, choices
+from lungct.names import (
+    AnnotationForm,
+    Crop,
+    Framing,
+    Layout,
+    TransferSyntax,
+    check_class_names,
+    choices,
+)
 from lungct.reasons import BAD_WINDOW
 
 PARAMS_FILE = Path("params.yaml")
@@ -66,7 +74,11 @@ RESTORE = "or restore the committed file: git checkout {path}"
 SYNTHETIC_CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
 ClassName = Literal[SYNTHETIC_CLASSES]  # type: ignore[valid-type]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Every number in params has a range a real run can use (docs/params.md): past it, a run
+# would exhaust the machine (memory, disk, time) before it says so.
+BatchSize = Annotated[int, Field(gt=0, le=4096)]
+MAX_EPOCHS = 10_000
+MAX_DENSE_WEIGHTS = 2**28  # train.head: flatten: features x dense_units (1 GiB of float32)
 
 
 def _quote(value: str, limit: int = 80) -> str:
@@ -148,10 +160,10 @@ class BaseParams(_Section):
 class SyntheticParams(_Section):
     """The built-in phantom cohort (``data.source: synthetic``)."""
 
-    patients: Annotated[int, Field(ge=3)]
+    patients: Annotated[int, Field(ge=3, le=10_000)]
     slices: Annotated[int, Field(ge=1, le=512)]
     image_size: Annotated[int, Field(ge=32, le=1024)]
-    class_balance: dict[ClassName, Annotated[float, Field(gt=0, allow_inf_nan=False)]]
+    class_balance: dict[ClassName, Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]]
     annotations: choices(AnnotationForm)  # type: ignore[valid-type]
     transfer_syntax: choices(TransferSyntax)  # type: ignore[valid-type]
 
@@ -181,8 +193,9 @@ class DataParams(_Section):
     url: str
     sha256: str
     path: str
-    max_bytes: Annotated[int, Field(gt=0)]  # refuse larger archives (decompression bombs)
-    max_members: Annotated[int, Field(gt=0)]
+    # refuse larger archives (decompression bombs); at most 16 TiB
+    max_bytes: Annotated[int, Field(gt=0, le=2**44)]
+    max_members: Annotated[int, Field(gt=0, le=10_000_000)]
     synthetic: SyntheticParams
 
     @model_validator(mode="after")
@@ -223,8 +236,11 @@ class Window(NamedTuple):
     ``{center, width}`` in params.yaml and the model contract; a ``(center, width)``
     tuple in code."""
 
-    center: Annotated[float, Strict(), Field(allow_inf_nan=False)]
-    width: Annotated[float, Strict(), Field(allow_inf_nan=False), AfterValidator(_positive_width)]
+    # HU: what 16-bit stored values can reach
+    center: Annotated[float, Strict(), Field(ge=-65536, le=65536, allow_inf_nan=False)]
+    width: Annotated[
+        float, Strict(), Field(le=131072, allow_inf_nan=False), AfterValidator(_positive_width)
+    ]
 
 
 _WINDOW = TypeAdapter(Window)
@@ -236,7 +252,7 @@ Windows = Annotated[
     AfterValidator(tuple),
     PlainSerializer(lambda windows: [window._asdict() for window in windows]),
 ]
-ImageBytes = Annotated[int, Field(gt=0)]
+ImageBytes = Annotated[int, Field(gt=0, le=2**36)]  # at most 64 GiB
 CropSide = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # mm
 
 
@@ -396,10 +412,32 @@ class ConvertParams(PreprocessingSchema):
     annotations: AnnotationParams
 
 
+def _class_mapping(mapping: str | dict[str, str]) -> str | dict[str, str]:
+    """``split.classes`` as a mapping (a preset name passes): each raw label to a class name
+    (the one rule of :func:`lungct.names.class_name_problem`) or to "" (left out of the
+    split), and two classes or more, checked before the split stage writes anything."""
+    if isinstance(mapping, str):
+        return mapping
+    classes = sorted({name for name in mapping.values() if name != ""})
+    try:
+        check_class_names(classes)
+    except ValueError as exc:
+        raise FieldProblem(str(exc)) from None
+    if len(classes) < 2:
+        raise FieldProblem(
+            f"a mapping must name two classes or more, got {len(classes)} "
+            '(a raw label mapped to "" is left out)'
+        )
+    return mapping
+
+
 class SplitParams(_Section):
     strategy: Literal["grouped", "official", "random"]
     leakage: Literal["fail", "warn", "drop"]  # groups or near duplicates across splits
-    classes: Literal["default", "binary"] | dict[str, str]  # a preset, or raw label: class
+    # a preset, or raw label: class
+    classes: Annotated[
+        Literal["default", "binary"] | dict[str, str], AfterValidator(_class_mapping)
+    ]
     grouping: Literal["phash", "patient_likely"]  # images without a PatientID
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
     view_duplicate_distance: Annotated[int, Field(ge=0, le=32)]  # pHash of the model's view
@@ -434,21 +472,24 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt  # per replica
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+    batch_size: BatchSize  # per replica
     lr: Annotated[float, Field(gt=0, le=1)]
-    filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)]
+    filters: Annotated[
+        list[Annotated[int, Field(gt=0, le=1024)]], Field(min_length=1, max_length=8)
+    ]
     convs_per_block: Annotated[int, Field(ge=1, le=4)]
     # "cnn": the conv blocks (filters, batch_norm, head); else a keras.applications network
     backbone: Literal[("cnn", *APPLICATIONS)]  # type: ignore[valid-type]
     pretrained: bool  # ImageNet weights for a backbone: needs internet the first time
     head: Literal["flatten", "global_max", "global_average"]
-    dense_units: PositiveInt
+    dense_units: Annotated[int, Field(gt=0, le=8192)]
     dropout: Annotated[float, Field(ge=0, lt=1)]
     batch_norm: bool
     augment: AugmentParams
     class_weight: Literal["auto", "none"]
-    early_stopping_patience: Annotated[int, Field(ge=0)]  # 0: all epochs, the last weights
+    # 0: all epochs, the last weights
+    early_stopping_patience: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
     lr_schedule: Literal["constant", "cosine"]
     cache: Literal["memory", "file", "none"]  # decoded-image cache of the input pipeline
     strategy: Literal["auto", "default", "mirrored", "multi_worker"]
@@ -458,7 +499,7 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    batch_size: PositiveInt
+    batch_size: BatchSize
     bootstrap: Annotated[int, Field(ge=0, le=100_000)]  # resamples for the 95 % intervals
     grid_images: Annotated[int, Field(ge=0, le=400)]  # test images in metrics/test_grid.png
     tta: bool  # test-time augmentation (lungct.model.network.tta_model)
@@ -535,6 +576,15 @@ class Params(_Section):
                 f"convert.image_size: {self.convert.image_size} is too small for "
                 f"{len(self.train.filters)} pooling blocks (train.filters); "
                 f"need at least {smallest}"
+            )
+        side = self.convert.image_size // 2 ** len(self.train.filters)
+        dense = side * side * self.train.filters[-1] * self.train.dense_units
+        if self.train.head == "flatten" and dense > MAX_DENSE_WEIGHTS:
+            raise ValueError(
+                f"train.dense_units: {self.train.dense_units} units on a flattened "
+                f"{side} x {side} x {self.train.filters[-1]} feature map are {dense:,} "
+                f"weights, over {MAX_DENSE_WEIGHTS:,}: use fewer units, more pooling blocks "
+                "(train.filters) or head: global_max"
             )
         if self.train.ensemble and not self.split.folds:
             raise ValueError(

@@ -32,14 +32,17 @@ TRUNCATED_PIXEL_DATA = "truncated_pixel_data"
 UNREADABLE = "unreadable"  # also: any exception a reader let through (file_problem)
 UNREADABLE_PIXELS = "unreadable_pixels"
 UNREADABLE_IMAGE = "unreadable_image"
+NON_FINITE_PIXELS = "non_finite_pixels"
 # Convert: no label, or no lesion crop
 UNLABELED = "unlabeled"
 NO_PIXEL_SPACING = "no_pixel_spacing"
 NO_LUNG_REGION = "no_lung_region"
+LESION_OUTSIDE_IMAGE = "lesion_outside_image"
 # Predict, the app and the service: what they were given
 NOT_FOUND = "not_found"
 NOT_A_FILE = "not_a_file"
 BAD_ARCHIVE = "bad_archive"
+NON_FINITE_OUTPUT = "non_finite_output"
 
 REASONS: dict[str, str] = {
     EMPTY_FILE: "the file is empty",
@@ -61,10 +64,13 @@ REASONS: dict[str, str] = {
     UNREADABLE: "the file cannot be parsed (or reading it raised)",
     UNREADABLE_PIXELS: "the pixel data cannot be decoded, or decodes to another shape",
     UNREADABLE_IMAGE: "an image file Pillow cannot decode",
+    NON_FINITE_PIXELS: "pixel values that are NaN or infinite (a float image)",
     UNLABELED: "the layout or labels.csv gives the image no label",
     NO_PIXEL_SPACING: "a lesion crop needs PixelSpacing, and the file has none",
     NO_LUNG_REGION: "no lung-density pixels inside the body to crop around",
+    LESION_OUTSIDE_IMAGE: "the annotated lesion centre to crop around lies outside the image",
     NOT_FOUND: "no such file or folder (or a broken symbolic link)",
     NOT_A_FILE: "a FIFO, socket, device or link to a folder: not a regular file",
     BAD_ARCHIVE: "an uploaded archive that cannot be unpacked safely",
+    NON_FINITE_OUTPUT: "the model gave NaN or infinite outputs for it (a damaged model)",
 }

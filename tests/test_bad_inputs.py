@@ -44,6 +44,7 @@ from stages.download import download
 from tests.conftest import ROOT, TINY, project_params
 from tests.dvc_project import command_env, dvc_project
 from tests.loopback import Server
+from tests.test_non_finite import config_bomb, nan_tiff, nan_weights
 
 SECRET = "hunter2-Zq8v"  # every secret below holds it; it must show up nowhere
 PROJECT_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
@@ -457,6 +458,27 @@ PARAMS_CASES = [
         RAW,
     ),
     Case(
+        "params-class-name-a-path",
+        params_with({"split": {"classes": {"normal": "../../../../tmp/x", "benign": "b"}}}),
+        ["stages.split"],
+        "split.classes: class name '../../../../tmp/x' is not letters",
+        ["data/splits", "metrics/split.json"],
+    ),
+    Case(
+        "params-class-name-nul",
+        params_with({"split": {"classes": {"normal": "n\x00", "benign": "b"}}}),
+        ["stages.split"],
+        "split.classes: class name 'n\\x00' is not letters",
+        ["data/splits", "metrics/split.json"],
+    ),
+    Case(
+        "params-classes-all-left-out",
+        params_with({"split": {"classes": {"normal": "", "benign": "", "malignant": ""}}}),
+        ["stages.split"],
+        "split.classes: a mapping must name two classes or more, got 0",
+        ["data/splits", "metrics/split.json"],
+    ),
+    Case(
         "params-missing-key",
         params_without("evaluate", "bootstrap"),
         DOWNLOAD,
@@ -672,6 +694,35 @@ PARAMS_CASES = [
         trained(then(remove("metrics/train.json"), write("params.yaml", "base: ["))),
         ["stages.train"],
         "params.yaml: not valid YAML",
+        ["metrics/train.json"],
+    ),
+    # numbers no real run can use: each used to run until the machine gave out
+    Case(
+        "params-a-billion-patients",
+        params_with({"data": {"synthetic": {"patients": 10**9}}}),
+        DOWNLOAD,
+        "data.synthetic.patients: input should be less than or equal to 10000",
+        RAW,
+    ),
+    Case(
+        "params-a-billion-dense-units",
+        trained(then(remove("metrics/train.json"), params_with({"train": {"dense_units": 10**9}}))),
+        ["stages.train"],
+        "train.dense_units: input should be less than or equal to 8192",
+        ["metrics/train.json"],
+    ),
+    Case(
+        "params-a-million-filters",
+        params_with({"train": {"filters": [10**6]}}),
+        DOWNLOAD,
+        "train.filters.0: input should be less than or equal to 1024",
+        RAW,
+    ),
+    Case(
+        "params-epochs-2-to-the-62",
+        trained(then(remove("metrics/train.json"), params_with({"train": {"epochs": 2**62}}))),
+        ["stages.train"],
+        "train.epochs: input should be less than or equal to 10000",
         ["metrics/train.json"],
     ),
 ]
@@ -1271,6 +1322,50 @@ STAGE_CASES = [
         "manifest.csv: missing column(s) source",
         ["data/splits", "metrics/split.json"],
     ),
+    # Annotations that lie (tests/test_lying_annotations.py): reasons, too many to convert.
+    Case(
+        "lidc-roi-coordinates-negative",
+        downloaded(
+            {"data": {"synthetic": {"annotations": "lidc"}}},
+            damage=lambda root: [
+                p.write_text(p.read_text().replace("<xCoord>", "<xCoord>-"))
+                for p in (root / "data/raw").rglob("*.xml")
+            ],
+        ),
+        ["stages.convert"],
+        "annotation_implausible",
+        ["data/converted", "metrics/convert.json"],
+    ),
+    Case(
+        "luna16-diameter-1e308",
+        downloaded(
+            {"data": {"synthetic": {"annotations": "luna16-mhd"}}},
+            damage=lambda root: (p := root / "data/raw/annotations.csv").write_text(
+                p.read_text() + p.read_text().splitlines()[1].rsplit(",", 1)[0] + ",1e308\n"
+            ),
+        ),
+        ["stages.convert"],
+        "annotation_implausible",
+        ["data/converted", "metrics/convert.json"],
+    ),
+    Case(
+        "voc-box-off-the-image-lesion-crop",
+        downloaded(
+            {
+                "data": {"synthetic": {"annotations": "voc"}},
+                "convert": {"crop": "lesion", "framing": "image"},
+            },
+            damage=lambda root: [  # 12 -> 512, on a 64-pixel image
+                p.write_text(
+                    p.read_text().replace("<xmin>", "<xmin>5").replace("<xmax>", "<xmax>5")
+                )
+                for p in (root / "data/raw").rglob("*.xml")
+            ],
+        ),
+        ["stages.convert"],
+        "lesion_outside_image",
+        ["data/converted", "metrics/convert.json"],
+    ),
     Case("output-folder-not-writable", data_is_a_file, DOWNLOAD, "data", RAW, 1),
     Case(
         "splits-missing-for-train",
@@ -1357,6 +1452,48 @@ STAGE_CASES = [
         "splits.csv: not found",
         ["metrics/eval.json"],
     ),
+    # train.strategy multi_worker: TF_CONFIG and LUNGCT_PEER_TIMEOUT checked first (the env
+    # values are formatted with "{home}": their JSON braces doubled)
+    Case(
+        "tf-config-deep",
+        params_with({"train": {"strategy": "multi_worker"}}),
+        ["stages.train"],
+        "TF_CONFIG: not valid JSON (nested deeper than",
+        ["models/model.keras", "metrics/train.json"],
+        env={"TF_CONFIG": "[" * 5000 + "]" * 5000},
+        real=True,
+    ),
+    Case(
+        "tf-config-index-digits",
+        params_with({"train": {"strategy": "multi_worker"}}),
+        ["stages.train"],
+        "TF_CONFIG: not valid JSON (Exceeds the limit (4300 digits)",
+        ["models/model.keras", "metrics/train.json"],
+        env={
+            "TF_CONFIG": '{{"cluster": {{"worker": ["a:1"]}}, "task": {{"index": '
+            + "9" * 5000
+            + "}}}}"
+        },
+    ),
+    Case(
+        "tf-config-host-nul",
+        params_with({"train": {"strategy": "multi_worker"}}),
+        ["stages.train"],
+        "TF_CONFIG: cluster.worker: '10.0.0.1\\x00:2222': the host is not",
+        ["models/model.keras", "metrics/train.json"],
+        env={"TF_CONFIG": '{{"cluster": {{"worker": ["10.0.0.1\\u0000:2222"]}}}}'},
+    ),
+    Case(
+        "peer-timeout-huge",
+        params_with({"train": {"strategy": "multi_worker"}}),
+        ["stages.train"],
+        "LUNGCT_PEER_TIMEOUT: '999999999999999999999999999999' is not a number of seconds",
+        ["models/model.keras", "metrics/train.json"],
+        env={
+            "TF_CONFIG": '{{"cluster": {{"worker": ["a:1"]}}, "task": {{"type": "worker"}}}}',
+            "LUNGCT_PEER_TIMEOUT": "9" * 30,
+        },
+    ),
 ]
 
 PREDICT_CASES = [
@@ -1425,6 +1562,82 @@ PREDICT_CASES = [
         1,
         per_file=True,
     ),
+    # numbers that are not what they claim (tests/test_non_finite.py)
+    Case(
+        "predict-model-with-nan-weights",
+        trained(
+            then(
+                nan_weights,
+                lambda root: shutil.copy(
+                    next((root / "data/splits/test").rglob("*.png")), root / "in.png"
+                ),
+            )
+        ),
+        ["stages.predict", "in.png", "--output", "out.csv"],
+        "in.png: non_finite_output: the model gave NaN or infinite outputs for it",
+        [],
+        1,
+        per_file=True,
+    ),
+    Case(
+        "predict-an-all-nan-tiff",
+        trained(write("nan.tif", nan_tiff())),
+        ["stages.predict", "nan.tif", "--output", "out.csv"],
+        "nan.tif: non_finite_pixels: 1024 of 1024 pixels NaN or infinite",
+        [],
+        1,
+        per_file=True,
+    ),
+    Case(
+        "predict-model-config-bomb",
+        trained(config_bomb),
+        PREDICT,
+        "model.keras: not a Keras model file (config.json of 64 MiB, over 16 MiB)",
+        ["out.csv"],
+    ),
+    Case(
+        "predict-labels-nested-deep",
+        trained(write("models/labels.json", "[" * 100_000 + "]" * 100_000)),
+        PREDICT,
+        "labels.json: not a readable model contract (nested deeper than 64 levels)",
+        ["out.csv"],
+    ),
+    Case(
+        "predict-labels-with-nan",
+        trained(write("models/labels.json", '{"classes": NaN}')),
+        PREDICT,
+        "labels.json: not a readable model contract (NaN is not a number JSON allows)",
+        ["out.csv"],
+    ),
+]
+
+# The service's options: checked before anything is loaded or bound (stages/serve.py).
+SERVE_CASES = [
+    Case(
+        "serve-host-empty",
+        lambda root: None,
+        ["stages.serve", "--host="],
+        "argument --host: must be an address or host name",
+        real=True,
+    ),
+    Case(
+        "serve-timeout-nan",
+        lambda root: None,
+        ["stages.serve", "--timeout", "nan"],
+        "argument --timeout: must be a number over 0",
+    ),
+    Case(
+        "serve-max-wait-ms-huge",
+        lambda root: None,
+        ["stages.serve", "--max-wait-ms", "1e13"],
+        "argument --max-wait-ms: must be from 0 to 10000",
+    ),
+    Case(
+        "serve-buffer-below-upload-limit",
+        lambda root: None,
+        ["stages.serve", "--max-upload-bytes", "1000", "--max-buffered-bytes", "10"],
+        "--max-buffered-bytes (10) must be at least --max-upload-bytes (1000)",
+    ),
 ]
 
 CASES = (
@@ -1435,6 +1648,7 @@ CASES = (
     + ARCHIVE_CASES
     + STAGE_CASES
     + PREDICT_CASES
+    + SERVE_CASES
 )
 
 

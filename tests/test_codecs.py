@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     HTJ2K,
@@ -36,7 +36,7 @@ from pydicom.uid import (
 )
 
 from lungct.errors import SkippedFile
-from lungct.io.dicom import read_ct
+from lungct.io.dicom import decoding_plugin, read_ct
 from lungct.phantom import ct_slice_dataset, fov_mask, patient_rng, phantom_patient
 from lungct.phantom.transfer_syntaxes import (
     TRANSFER_SYNTAXES,
@@ -332,3 +332,73 @@ def test_a_missing_decoder_still_gives_no_decoder(tmp_path, slice_hu, monkeypatc
 
 def test_native_syntaxes_need_no_decoder():
     assert get_decoder(ExplicitVRLittleEndian).is_available
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged codestreams: a skipped file, never a dead process
+# --------------------------------------------------------------------------------------------
+def mutated(path: Path, out: Path, seed: int) -> Path:
+    """``path`` with 1-4 bytes of its (one) compressed frame replaced, chosen by ``seed``,
+    most in the first 80 bytes (the marker segments)."""
+    import random
+
+    ds = pydicom.dcmread(path)
+    [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    rng, data = random.Random(seed), bytearray(frame)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(2, min(len(data), 80)) if rng.random() < 0.7 else None
+        data[at if at is not None else rng.randrange(2, len(data))] = rng.randrange(256)
+    return write(ds, out, ds.file_meta.TransferSyntaxUID, [bytes(data)])
+
+
+# GDCM aborted the process on these (a segmentation fault on a SOF of 17 bits, an uncaught
+# gdcm::Exception in gdcmJPEGBITSCodec, an uncaught std::string in its JPEG-LS codec).
+CRASHED_GDCM = [("jpeg-lossless", 15), ("jpeg-lossless", 38), ("jpeg-ls", 15)]
+
+
+@pytest.mark.parametrize(("name", "seed"), CRASHED_GDCM)
+def test_a_damaged_codestream_is_a_skipped_file_not_a_crash(tmp_path, slice_hu, name, seed):
+    path = tmp_path / f"{name}.dcm"
+    save_slice(dataset(slice_hu), path, TRANSFER_SYNTAXES[name])
+    bad = mutated(path, tmp_path / "bad.dcm", seed)
+    try:
+        read_ct(bad)
+    except SkippedFile as skip:
+        assert skip.reason == "unreadable_pixels", skip
+    [frame] = read_ct(path)  # and this process goes on reading
+    assert frame.hu is not None
+
+
+def test_a_jpeg_precision_over_16_bits_is_skipped(tmp_path, slice_hu):
+    path = tmp_path / "jl.dcm"
+    save_slice(dataset(slice_hu), path, JPEGLosslessSV1)
+    ds = pydicom.dcmread(path)
+    [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    sof = frame.index(b"\xff\xc3")
+    data = bytearray(frame)
+    data[sof + 4] = 17  # the SOF's sample precision
+    bad = write(ds, tmp_path / "bad.dcm", JPEGLosslessSV1, [bytes(data)])
+    with pytest.raises(SkippedFile) as err:
+        read_ct(bad)
+    assert err.value.reason == "unreadable_pixels" and "GDCM" in err.value.detail
+
+
+def test_gdcm_decodes_only_what_no_other_plugin_can():
+    for uid in (JPEGLSLossless, JPEG2000Lossless, RLELossless, JPEGBaseline8Bit):
+        assert decoding_plugin(uid) not in (None, "gdcm"), uid.name
+    assert decoding_plugin(JPEGLosslessSV1) is None  # GDCM only: in a child process
+
+
+def test_a_forked_reader_decodes_jpeg_lossless_with_its_own_child(tmp_path, slice_hu, reference):
+    """A process forked after this one started its GDCM child (predict's and convert's
+    reader processes) starts its own instead of waiting on one it does not have."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "jl.dcm"
+    save_slice(dataset(slice_hu), path, JPEGLosslessSV1)
+    [frame] = read_ct(path)  # this process's child
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        [forked] = pool.submit(read_ct, path).result(timeout=120)
+    assert np.array_equal(forked.hu, frame.hu) and np.array_equal(frame.hu, reference)

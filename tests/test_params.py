@@ -339,3 +339,75 @@ def test_a_url_password_never_reaches_the_message(tmp_path):
     text = PROJECT_TEXT.replace('url: ""', "url: [http://reader:hunter2@host/a.zip]")
     message = refused(tmp_path, text.encode())
     assert "data.url: input should be a valid string" in message and "hunter2" not in message
+
+
+# Every number a real run could never use, from a hostile review: each ran (7 GB RSS,
+# ResourceExhausted, a TypeError after metrics/train.json was replaced) before the ranges.
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"data": {"synthetic": {"patients": 10**9}}},
+            "data.synthetic.patients: input should be less",
+        ),
+        ({"train": {"dense_units": 10**9}}, "train.dense_units: input should be less"),
+        ({"train": {"filters": [10**6]}}, "train.filters.0: input should be less"),
+        ({"train": {"epochs": 2**62}}, "train.epochs: input should be less"),
+        ({"train": {"batch_size": 10**7}}, "train.batch_size: input should be less"),
+        ({"evaluate": {"batch_size": 10**7}}, "evaluate.batch_size: input should be less"),
+        ({"train": {"early_stopping_patience": 10**9}}, "train.early_stopping_patience"),
+        ({"data": {"max_bytes": 2**60}}, "data.max_bytes: input should be less"),
+        ({"convert": {"max_image_bytes": 2**50}}, "convert.max_image_bytes: input should be less"),
+        ({"convert": {"windows": [{"center": 1e12, "width": 10}]}}, "convert.windows.0.center"),
+        (
+            {"train": {"head": "flatten", "filters": [1024], "dense_units": 8192}},
+            "train.dense_units: 8192 units on a flattened",
+        ),
+    ],
+)
+def test_numbers_past_what_a_run_can_use_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        parse_params(merge(project_params(), override))
+
+
+def test_every_number_in_the_schema_has_an_upper_bound():
+    """Each int or float field of params (nested sections, list items, dict values) says
+    how large it may be: ``le`` or ``lt``, as docs/params.md "Ranges" lists them."""
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+    from lungct.params import Params, Window
+
+    def bounded(annotation, metadata) -> bool:
+        flat = [x for m in metadata for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        return any(isinstance(m, annotated_types.Le | annotated_types.Lt) for m in flat)
+
+    unbounded = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key, kind = f"{prefix}{name}", info.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                walk(kind, f"{key}.")
+            elif kind in (int, float) and not bounded(kind, info.metadata):
+                unbounded.append(key)
+            args = getattr(kind, "__args__", ())
+            for arg in args:  # list[...] items, dict[..., ...] values
+                meta = getattr(arg, "__metadata__", ())
+                if getattr(arg, "__origin__", None) in (int, float) and not bounded(arg, meta):
+                    unbounded.append(f"{key}[]")
+
+    walk(Params, "")
+    for name, kind in typing.get_type_hints(Window, include_extras=True).items():
+        if not bounded(kind, kind.__metadata__):
+            unbounded.append(f"convert.windows[].{name}")
+    assert unbounded == []
+
+
+def test_params_docs_give_a_range_for_every_number():
+    text = (ROOT / "docs" / "params.md").read_text(encoding="utf-8").split("## Ranges")[1]
+    for key in ("data.synthetic.patients", "train.dense_units", "train.filters", "train.epochs"):
+        assert f"`{key}`" in text, key

@@ -22,6 +22,7 @@ from lungct.artifacts import (
     SPLITS_DIR,
     SPLITS_TABLE,
 )
+from lungct.atomic import read_json
 from lungct.errors import UserError, first_line
 
 
@@ -111,7 +112,7 @@ def _images(
 def read_split_metrics(path: Path = SPLIT_METRICS) -> dict:
     """``metrics/split.json``, which evaluate repeats in part (:data:`SPLIT_KEYS`)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the split stage first: dvc repro)") from None
     except json.JSONDecodeError as exc:
@@ -131,7 +132,7 @@ def read_source(raw: Path = RAW_DIR) -> dict:
     """``data/raw/SOURCE.json``, the download record (where the data came from)."""
     path = raw / RAW_SOURCE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the download stage first)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):

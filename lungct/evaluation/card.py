@@ -7,10 +7,11 @@ service, predict and the DICOM SR name the same model by.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
-from lungct.atomic import sha256_file, write_json
+from lungct.artifacts import LEAKY
+from lungct.atomic import read_json, sha256_file, write_json
 from lungct.contract import Contract, model_version
 
 CARD_FILE = Path("models/card.json")
@@ -39,15 +40,56 @@ def write_card(
 
 def read_card(path: Path, model: Path, sha256: str | None = None) -> tuple[dict | None, str]:
     """The card of ``model`` (or of the model whose sha256 is given: the one an export was
-    made from), or None and why not (no card, unreadable, another model's)."""
+    made from), or None and why not (no card, unreadable, not of :func:`card_problem`'s
+    shape, another model's): a reader shows a card's figures as they are."""
     try:
-        card = json.loads(Path(path).read_text(encoding="utf-8"))
+        card = read_json(Path(path))
     except FileNotFoundError:
         return None, f"{path}: not found (evaluate writes it: dvc repro)"
     except (OSError, UnicodeDecodeError, ValueError):
         return None, f"{path}: not a readable model card (rerun dvc repro)"
-    if not isinstance(card, dict) or not isinstance(card.get("test"), dict):
-        return None, f"{path}: not a model card (rerun dvc repro)"
+    problem = card_problem(card)
+    if problem:
+        return None, f"{path}: not a model card ({problem}; rerun dvc repro)"
     if card.get("model_sha256") != (sha256 or sha256_file(Path(model))):
         return None, f"{path}: describes another model than {model} (rerun dvc repro)"
     return card, ""
+
+
+# The card's test figures a reader shows: numbers (an interval bound may be null).
+FIGURES = ("balanced_accuracy", "images")
+BOUNDS = ("ci_low", "ci_high")
+
+
+def card_problem(card: object) -> str | None:
+    """Why ``card`` is not of the shape :func:`write_card` writes, in a few words, or None:
+    an object whose ``test`` holds the figures as numbers, an interval as two numbers or
+    two nulls, the split's flag as true or false, and the text fields as text. The one
+    check of a card, where it is read."""
+    if not isinstance(card, dict) or not isinstance(card.get("test"), dict):
+        return "an object with a 'test' object expected"
+    test = card["test"]
+    figures = [key for key, value in test.items() if key != LEAKY and not _number_or_null(value)]
+    missing = [key for key in FIGURES if not _number(test.get(key))]
+    bounds = [test.get(key) for key in BOUNDS]
+    if missing or figures:
+        return f"test.{(missing or figures)[0]} must be a number"
+    if not (all(_number(b) for b in bounds) or all(b is None for b in bounds)):
+        return "test.ci_low and test.ci_high must both be numbers or both null"
+    if not isinstance(test.get(LEAKY, False), bool):
+        return f"test.{LEAKY} must be true or false"
+    for key in ("model_sha256", "model_version", "intended_use", "warning"):
+        if not isinstance(card.get(key), str | None):  # model_version: absent from older cards
+            return f"{key} must be text"
+    classes = card.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "classes must be a list of names"
+    return None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number_or_null(value: object) -> bool:
+    return value is None or _number(value)

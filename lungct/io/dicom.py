@@ -16,10 +16,15 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import multiprocessing
+import os
+import sys
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +35,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -623,6 +628,83 @@ def _check_codestreams(ds: Dataset, syntax: UID, layout: _Layout) -> None:
         raise SkippedFile(UNREADABLE_PIXELS, describe(exc)) from None
 
 
+# Decoder plugins, in order of preference (pydicom's own, less GDCM): they report a damaged
+# codestream as a Python exception (pylibjpeg's Rust RLE decoder as a panic, caught as
+# well). GDCM aborts the process on some (an uncaught C++ exception, a segmentation
+# fault on a JPEG SOF of over 16 bits), which no ``except`` catches: it decodes only a
+# syntax no other plugin has (JPEG Lossless), and then in a child process.
+SAFE_PLUGINS = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
+ISOLATED_PLUGIN = "gdcm"
+_isolated: tuple[int, multiprocessing.Process, Connection] | None = None  # (owner pid, ...)
+_isolated_lock = threading.Lock()  # one file at a time through the pipe (the app's threads)
+
+
+def decoding_plugin(syntax: UID) -> str | None:
+    """The plugin that decodes compressed ``syntax`` here: the first of
+    :data:`SAFE_PLUGINS` installed for it, or None when only GDCM is (:func:`decode_isolated`)."""
+    available = get_decoder(syntax).available_plugins
+    return next((name for name in SAFE_PLUGINS if name in available), None)
+
+
+def _decode(ds: Dataset, path: Path, syntax: UID | None) -> np.ndarray:
+    if syntax is None or not syntax.is_compressed:
+        return ds.pixel_array
+    plugin = decoding_plugin(syntax)
+    if plugin is None:
+        return decode_isolated(path)
+    ds.pixel_array_options(decoding_plugin=plugin)
+    return ds.pixel_array
+
+
+def _gdcm_child(connection: Connection) -> None:
+    """The GDCM child: a path in, (stored values, None) or (None, why not) out, until the
+    pipe closes."""
+    while True:
+        try:
+            path = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            connection.send((pixel_array(path, decoding_plugin=ISOLATED_PLUGIN), None))
+        except Exception as exc:
+            connection.send((None, describe(exc)))
+
+
+def decode_isolated(path: Path) -> np.ndarray:
+    """The pixel data of ``path`` decoded by GDCM in a child process (one per process, kept,
+    a daemon: it ends with this process): a crash there skips the file
+    (``unreadable_pixels``) and the next file gets a fresh child. Forked from a process of
+    one thread without TensorFlow, else spawned (a fork copies no other thread's locks); a process that inherited another's child starts its own. A daemonic
+    process, which may have no children, decodes here."""
+    global _isolated
+    if multiprocessing.current_process().daemon:
+        return pixel_array(str(path), decoding_plugin=ISOLATED_PLUGIN)
+    with _isolated_lock:
+        if _isolated is None or _isolated[0] != os.getpid() or not _isolated[1].is_alive():
+            alone = threading.active_count() == 1 and "tensorflow" not in sys.modules
+            # Not a fork server: one a parent started is not this process's child to wait on.
+            context = multiprocessing.get_context("fork" if alone else "spawn")
+            ours, theirs = context.Pipe()
+            child = context.Process(target=_gdcm_child, args=(theirs,), daemon=True)
+            child.start()
+            theirs.close()
+            _isolated = (os.getpid(), child, ours)
+        _, child, connection = _isolated
+        try:
+            connection.send(str(path))
+            stored, problem = connection.recv()
+        except (EOFError, OSError):  # the child died: killed by the decoder
+            child.join(timeout=5)
+            connection.close()
+            _isolated = None
+            raise SkippedFile(
+                UNREADABLE_PIXELS, "the JPEG decoder (GDCM) crashed on the pixel data"
+            ) from None
+    if problem is not None:
+        raise SkippedFile(UNREADABLE_PIXELS, problem)
+    return stored
+
+
 def read_ct(path: Path, max_bytes: int = MAX_IMAGE_BYTES, frame_bytes: int = 0) -> list[CTFrame]:
     """Read one CT file (single-frame, Enhanced CT or Legacy Converted Enhanced CT)
     into HU frames; raise :class:`SkippedFile` with a reason code otherwise.
@@ -649,7 +731,12 @@ def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
     if "LOCALIZER" in [str(v).upper() for v in image_type]:
         raise SkippedFile(LOCALIZER)
     if "PixelData" not in ds:
-        raise SkippedFile(NO_PIXEL_DATA)
+        # Float Pixel Data (parametric maps) is never decoded: it may hold NaN and infinity,
+        # and a CT image stores integers, which a finite rescale keeps finite.
+        floats = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        raise SkippedFile(
+            NO_PIXEL_DATA, f"only {floats[0]}, not integer Pixel Data" if floats else ""
+        )
     layout = _layout(ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if problem := _decoder_problem(syntax):
@@ -663,10 +750,14 @@ def _read_ct(path: Path, max_bytes: int, frame_bytes: int) -> list[CTFrame]:
     else:
         _check_native(ds, layout, file_bytes, max_bytes)
     try:
-        stored = ds.pixel_array
-    except MemoryError:
+        stored = _decode(ds, path, syntax)
+    except (MemoryError, SkippedFile):
         raise
     except Exception as exc:
+        raise SkippedFile(UNREADABLE_PIXELS, describe(exc)) from None
+    except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is one
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         raise SkippedFile(UNREADABLE_PIXELS, describe(exc)) from None
     if stored.size != layout.frames * layout.rows * layout.columns:
         raise SkippedFile(UNREADABLE_PIXELS, f"decoded {stored.shape}, expected {layout}")

@@ -15,7 +15,7 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 from lungct.errors import SkippedFile, describe
 from lungct.limits import MAX_IMAGE_BYTES, check_size
 from lungct.names import Framing
-from lungct.reasons import NOT_IMAGE, UNREADABLE_IMAGE
+from lungct.reasons import NON_FINITE_PIXELS, NOT_IMAGE, UNREADABLE_IMAGE
 
 # read_image checks the declared size against lungct.limits, as DICOM does; Pillow's own
 # check, at pixel counts of its own, would be a second, different limit.
@@ -218,7 +218,8 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     """Any PIL mode -> 8-bit grayscale, deliberately: transparency is composited on black
     (a CT image's background); colour becomes ITU-R 601-2 luma; 16- and 32-bit integer
     images keep the top 8 bits of a 16-bit range (CT exports store 0..65535); float images
-    are clipped to 0..255."""
+    are clipped to 0..255, and one with a NaN or infinite pixel is :class:`SkippedFile`
+    ``non_finite_pixels`` (NaN has no grayscale: it would be read as black)."""
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -229,7 +230,12 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         values = np.asarray(image)  # uint16 or int32, not a wider copy
         return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
     if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32), 0, 255).round().astype(np.uint8)
+        values = np.asarray(image, dtype=np.float32)
+        finite = np.isfinite(values)
+        if not finite.all():
+            count = values.size - int(np.count_nonzero(finite))
+            raise SkippedFile(NON_FINITE_PIXELS, f"{count} of {values.size} pixels NaN or infinite")
+        return np.clip(values, 0, 255).round().astype(np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lungct.artifacts import FOLDS_DIR, SPLITS_DIR
+from lungct.atomic import read_json
 from lungct.contract import Contract
 from lungct.data.tables import fold_images, table_folds, train_classes
 from lungct.errors import UserError
@@ -167,7 +168,7 @@ def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
 
     path = folds_dir / FOLDS_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
         names, classes = list(record["models"]), list(record["classes"])
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run the cv stage first: dvc repro)") from None

@@ -4,13 +4,13 @@ of an export. No TensorFlow and no pandas here: the ONNX service image imports t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lungct.atomic import read_json
 from lungct.evaluation.card import CARD_FILE
 
 EXPORT_DIR = Path("models/export")
@@ -50,7 +50,7 @@ def card_of(model: Path) -> tuple[Path, str | None]:
     model and the model's own sha256 (None: compute it)."""
     record_file = Path(model).parent.parent / RECORD_FILE
     try:
-        source = json.loads(record_file.read_text(encoding="utf-8"))["source_model"]["sha256"]
+        source = read_json(record_file)["source_model"]["sha256"]  # type: ignore[index]
     except (OSError, ValueError, KeyError, TypeError):
         return Path(model).parent / CARD_FILE.name, None
     return record_file.parent.parent / CARD_FILE.name, str(source)

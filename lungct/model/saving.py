@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 
 import keras
 
+from lungct.atomic import MAX_JSON_BYTES, parse_json
 from lungct.errors import UserError, first_line
+from lungct.limits import EXPANSION_FLOOR, MAX_EXPANSION, size_text
 from lungct.model import network  # noqa: F401  (registers the project's layers for loading)
+
+# What load_model admits in a .keras file before Keras reads any of it: its JSON members
+# as lungct.atomic.parse_json bounds them, weights up to MAX_WEIGHTS_BYTES (the largest
+# network params.yaml can ask for is about 1 GiB of float32), no member expanding more
+# than the image rule (lungct.limits) allows, and a handful of members.
+JSON_MEMBERS = ("config.json", "metadata.json")
+MAX_WEIGHTS_BYTES = 4 * 2**30
+MAX_MEMBERS = 64
 
 
 def _renumber_shared_objects(config: object, ids: dict) -> object:
@@ -62,6 +73,41 @@ def inference_model(model: keras.Model) -> keras.Model:
     return copy
 
 
+def archive_problem(path: os.PathLike) -> str | None:
+    """Why the ``.keras`` zip at ``path`` may not be handed to Keras, or None: too many
+    members, a member declared larger than its bound or than :data:`MAX_EXPANSION` times
+    its compressed size (over :data:`EXPANSION_FLOOR`), a JSON member missing or not
+    :func:`lungct.atomic.parse_json`'s bounded JSON. Declared sizes bound what zipfile
+    reads, so nothing larger is ever decompressed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_MEMBERS:
+                return f"{len(members)} members, over {MAX_MEMBERS}"
+            for info in members:
+                bound = MAX_JSON_BYTES if info.filename in JSON_MEMBERS else MAX_WEIGHTS_BYTES
+                if info.file_size > bound:
+                    return (
+                        f"{info.filename} of {size_text(info.file_size)}, over {size_text(bound)}"
+                    )
+                expands = max(EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size)
+                if info.file_size > expands:
+                    return (
+                        f"{info.filename} expands to {size_text(info.file_size)} from "
+                        f"{size_text(info.compress_size)}: a decompression bomb"
+                    )
+            names = {info.filename for info in members}
+            for name in JSON_MEMBERS:
+                if name not in names:
+                    return f"no {name}"
+                parse_json(archive.read(name))
+    except json.JSONDecodeError as exc:
+        return f"{name}: {exc.msg}"  # the member being parsed
+    except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError, OSError, EOFError) as exc:
+        return first_line(exc)
+    return None
+
+
 def load_model(path: os.PathLike, for_inference: bool = True) -> keras.Model:
     """Load a trained model in Keras safe mode (no arbitrary code from the file): its float32
     copy (:func:`inference_model`) ``for_inference``, else the model as saved (to train on, or
@@ -72,6 +118,8 @@ def load_model(path: os.PathLike, for_inference: bool = True) -> keras.Model:
         raise UserError(
             f"{path}: not a Keras model file (truncated or damaged?); rebuild it: dvc repro"
         )
+    if problem := archive_problem(path):
+        raise UserError(f"{path}: not a Keras model file ({problem}); rebuild it: dvc repro")
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # a damaged member, or code that safe mode refuses

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
@@ -28,11 +28,12 @@ import numpy as np
 
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE
 from lungct.contract import Contract, Preprocessing
-from lungct.errors import UserError, first_line
+from lungct.errors import SkippedFile, UserError, first_line
 from lungct.io.images import model_input
 from lungct.io.preprocess import file_problem, model_images
+from lungct.limits import size_text
 from lungct.names import Crop
-from lungct.reasons import NOT_A_FILE, NOT_FOUND, UNREADABLE
+from lungct.reasons import NON_FINITE_OUTPUT, NOT_A_FILE, NOT_FOUND, TOO_LARGE, UNREADABLE
 
 NO_MODEL_HINT = "no trained model: run `dvc repro` first (or give --model and --labels)"
 READ_CHUNK = 8  # files per task on a reader process
@@ -41,6 +42,27 @@ READ_CHUNK = 8  # files per task on a reader process
 # media directory). A file given by name is still read.
 METADATA_SUFFIXES = (".xml", ".csv", ".json", ".txt", ".md")
 METADATA_NAMES = ("DICOMDIR",)  # the DICOM media directory file
+
+
+class NonFiniteOutput(SkippedFile):
+    """Model outputs that are no probabilities, NaN or infinite (a model with damaged
+    weights gives them for every image), reason ``non_finite_output``: never an answer.
+    ``rows`` marks the images of the batch they are for; ``probabilities`` holds the
+    batch's outputs, the marked rows' unusable."""
+
+    def __init__(self, probabilities: np.ndarray, rows: np.ndarray) -> None:
+        super().__init__(NON_FINITE_OUTPUT, "the model gave NaN or infinite outputs for it")
+        self.probabilities, self.rows = probabilities, rows
+
+
+def checked_outputs(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities`` (N x classes) when every value is finite, else
+    :class:`NonFiniteOutput` marking the rows that are not: the one check of what a model
+    (Keras or ONNX, :class:`Predictor`) answered."""
+    rows = ~np.isfinite(probabilities).reshape(len(probabilities), -1).all(axis=1)
+    if rows.any():
+        raise NonFiniteOutput(probabilities, rows)
+    return probabilities
 
 
 class Predictor:
@@ -91,10 +113,12 @@ class Predictor:
         return cls(keras_model, contract)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Class probabilities (N x classes, float32) of uint8 model images."""
+        """Class probabilities (N x classes, float32) of uint8 model images;
+        :class:`NonFiniteOutput` when some are NaN or infinite (:func:`checked_outputs`)."""
         x = model_input(images)
         with self._lock:
-            return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+            probabilities = np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+        return checked_outputs(probabilities)
 
     @staticmethod
     def check(model: Path = MODEL_FILE, labels: Path = CONTRACT_FILE) -> Contract:
@@ -233,10 +257,10 @@ def expand(
 
 
 # What reading one file gives: (pixels, frame of a multi-frame file, series UID, slice
-# position) per image, or the (reason, detail) it failed with. Plain data, so it crosses
-# process boundaries.
+# position) per image, or the (reason, detail) it failed with; and the bytes its images
+# decoded to (8-bit channels, before resizing). Plain data, so it crosses process boundaries.
 _Images = list[tuple[np.ndarray, int | None, str, float | None]]
-_Read = tuple[_Images, tuple[str, str] | None]
+_Read = tuple[_Images, tuple[str, str] | None, int]
 
 
 def read_file(path: Path | str, prep: Preprocessing) -> _Read:
@@ -244,7 +268,8 @@ def read_file(path: Path | str, prep: Preprocessing) -> _Read:
     try:
         images = model_images(Path(path), prep)
     except Exception as exc:  # one odd file must not stop the rest (lungct.io.preprocess)
-        return [], file_problem(exc)
+        return [], file_problem(exc), 0
+    decoded = sum(image.unresized.nbytes for image in images)
     multi = len(images) > 1
     out: _Images = []
     for image in images:
@@ -253,7 +278,7 @@ def read_file(path: Path | str, prep: Preprocessing) -> _Read:
         else:
             index = frame.frame if multi else None
             out.append((image.pixels, index, frame.series_uid, frame.slice_position))
-    return out, None
+    return out, None, decoded
 
 
 def _read_chunk(paths: list[str], prep: Preprocessing) -> list[_Read]:
@@ -281,27 +306,95 @@ class _Item:
     probabilities: list[np.ndarray] = field(default_factory=list)
 
 
+class ReadGuard:
+    """A caller's bounds on the reading of one :func:`predict_files` call (the service: one
+    request's): ``decoded_bytes``, what its images may decode to in all, and ``check``,
+    called before each file is read and while a reader process is awaited (it raises to
+    stop the reading: a cancelled request).
+
+    Each file may declare at most what is left of the budget (checked before it is
+    decoded, as ``max_image_bytes``); what it decoded to is then taken from what is left.
+    Once nothing is left, the remaining files fail ``too_large`` without being opened."""
+
+    def __init__(self, decoded_bytes: int, check: Callable[[], None] = lambda: None) -> None:
+        self.limit = decoded_bytes
+        self.left = decoded_bytes
+        self.check = check
+
+    def prep(self, prep: Preprocessing) -> Preprocessing:
+        """``prep`` with the per-image limit lowered to what is left."""
+        if self.left >= prep.max_image_bytes:
+            return prep
+        return prep.model_copy(update={"max_image_bytes": max(self.left, 1)})
+
+    def spend(self, read: _Read, limited: bool) -> _Read:
+        """Take a file's decoded bytes from what is left; a refusal by the lowered
+        per-image limit (``limited``) names the request's budget, not the image limit."""
+        images, problem, decoded = read
+        self.left -= decoded
+        if limited and problem is not None and problem[0] == TOO_LARGE:
+            left = f"(what is left of {self.budget_text()})"
+            problem = (TOO_LARGE, problem[1].replace("(convert.max_image_bytes)", left))
+        return images, problem, decoded
+
+    def exhausted(self) -> _Read | None:
+        """The failure of a file not read because nothing is left; None while something is."""
+        if self.left > 0:
+            return None
+        return [], (TOO_LARGE, f"not read: the files before it used up {self.budget_text()}"), 0
+
+    def budget_text(self) -> str:
+        return f"the limit of {size_text(self.limit)} of decoded images per request"
+
+
 def _read_all(
-    entries: Iterator[tuple[Path, int | None]], prep: Preprocessing, pool: Executor | None
+    entries: Iterator[tuple[Path, int | None]],
+    prep: Preprocessing,
+    pool: Executor | None,
+    guard: ReadGuard | None = None,
 ) -> Iterator[tuple[_Item, _Read]]:
     """Files read in input order: here, or :data:`READ_CHUNK` files a task on ``pool`` with a
-    bounded number of tasks in flight (memory holds a few batches, whatever the input size)."""
+    bounded number of tasks in flight (memory holds a few batches, whatever the input size);
+    within ``guard``'s bounds. Tasks not started when the reading stops are cancelled, and
+    those running are waited for: a reader process is never left working for nobody."""
     if pool is None:
         for file, folder in entries:
-            yield _Item(file, folder), read_file(file, prep)
+            if guard is None:
+                yield _Item(file, folder), read_file(file, prep)
+                continue
+            guard.check()
+            skipped = guard.exhausted()
+            if skipped is not None:
+                yield _Item(file, folder), skipped
+                continue
+            limited = guard.prep(prep)
+            yield _Item(file, folder), guard.spend(read_file(file, limited), limited is not prep)
         return
     in_flight = 4 * max(1, getattr(pool, "_max_workers", 2))  # a few tasks per worker
-    pending: deque[tuple[list[_Item], Future[list[_Read]]]] = deque()
-    while True:
-        items = [_Item(file, folder) for file, folder in islice(entries, READ_CHUNK)]
-        if items:
-            task = pool.submit(_read_chunk, [str(item.file) for item in items], prep)
-            pending.append((items, task))
-        if pending and (not items or len(pending) >= in_flight):
-            done, task = pending.popleft()
-            yield from zip(done, task.result(), strict=True)
-        if not items and not pending:
-            return
+    pending: deque[tuple[list[_Item], Future[list[_Read]], bool]] = deque()
+    try:
+        while True:
+            items = [_Item(file, folder) for file, folder in islice(entries, READ_CHUNK)]
+            if items:
+                limited = guard.prep(prep) if guard is not None else prep
+                task = pool.submit(_read_chunk, [str(item.file) for item in items], limited)
+                pending.append((items, task, limited is not prep))
+            if pending and (not items or len(pending) >= in_flight):
+                done, task, was_limited = pending.popleft()
+                if guard is None:
+                    yield from zip(done, task.result(), strict=True)
+                    continue
+                while not wait([task], timeout=0.05).done:
+                    guard.check()
+                for item, read in zip(done, task.result(), strict=True):
+                    skipped = guard.exhausted()
+                    yield item, skipped if skipped is not None else guard.spend(read, was_limited)
+            if not items and not pending:
+                return
+    finally:
+        for _, task, _ in pending:
+            task.cancel()
+        wait([task for _, task, _ in pending])  # the running ones; their outcome dropped
 
 
 def predict_files(
@@ -311,9 +404,11 @@ def predict_files(
     on_failure: Callable[[Failure], None] | None = None,
     pool: Executor | None = None,
     on_passed_over: Callable[[PassedOver], None] | None = None,
+    guard: ReadGuard | None = None,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Predict every image of every file under ``paths``, ``batch_size`` images per model
-    call; files are read here, or on ``pool`` (:func:`preprocess_pool`) while the model runs.
+    call; files are read here, or on ``pool`` (:func:`preprocess_pool`) while the model runs,
+    within ``guard``'s bounds (:class:`ReadGuard`), if given.
 
     Returns the predictions, in argument order: the images of each argument, then, for a
     folder argument, one ``series`` row per DICOM series found in it (the mean of its
@@ -341,10 +436,23 @@ def predict_files(
 
     batch: list[tuple[_Item, np.ndarray]] = []
 
+    failed: set[int] = set()  # ids of the items whose outputs were not finite
+
     def flush() -> None:
-        probabilities = predictor.probabilities([pixels for _, pixels in batch])
-        for (item, _), p in zip(batch, probabilities, strict=True):
-            item.probabilities.append(p)
+        try:
+            probabilities = predictor.probabilities([pixels for _, pixels in batch])
+            bad = np.zeros(len(batch), dtype=bool)
+        except NonFiniteOutput as exc:  # its rows are this batch's, unless a batcher merged
+            probabilities = exc.probabilities
+            same = len(exc.rows) == len(batch)
+            bad = exc.rows if same else np.ones(len(batch), dtype=bool)
+            for (item, _), is_bad in zip(batch, bad, strict=True):
+                if is_bad and id(item) not in failed:
+                    failed.add(id(item))
+                    fail(Failure(str(item.file), exc.reason, exc.detail))
+        for index, (item, _) in enumerate(batch):
+            if not bad[index]:
+                item.probabilities.append(probabilities[index])
         batch.clear()
 
     def push(item: _Item, pixels: np.ndarray) -> None:
@@ -361,7 +469,7 @@ def predict_files(
             push(item, pixels)
         held.clear()
 
-    for item, (images, problem) in _read_all(entries(), predictor.prep, pool):
+    for item, (images, problem, _) in _read_all(entries(), predictor.prep, pool, guard):
         if problem is not None:
             fail(Failure(str(item.file), *problem))
             continue
@@ -377,6 +485,7 @@ def predict_files(
     release()
     if batch:
         flush()
+    done = [item for item in done if id(item) not in failed]
     return _rows(done, [str(p) for p in paths]), failures
 
 
