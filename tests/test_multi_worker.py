@@ -300,14 +300,25 @@ def test_two_workers_train_together_and_only_the_chief_writes(workspace, tmp_pat
 
     from lungct.model.dataset import decode_images
     from lungct.model.saving import load_model
+    from tests.test_two_hosts import ADDRESSES, TwoHosts, namespaces_unavailable
 
+    # The second run on two hosts (two network namespaces joined by a veth pair) where they
+    # can be made here, else on 127.0.0.1 again: the same bytes either way.
+    hosts = None if namespaces_unavailable() else TwoHosts()
     before = files_of(workspace)
     outputs = []
     for run_name in ("run1", "run2"):
         run = tmp_path / run_name
         run.mkdir()
         started = time.monotonic()
-        codes = finish(start_cluster(workspace, run))
+        extra = {}
+        if run_name == "run2" and hosts is not None:
+            extra = {"addresses": ADDRESSES, "prefixes": hosts.prefixes()}
+        try:
+            codes = finish(start_cluster(workspace, run, **extra))
+        finally:
+            if extra:
+                hosts.remove()
         errors = {name: (run / f"{name}.err").read_text()[-3000:] for name in ("chief", "worker")}
         assert codes == [0, 0], errors
         print(f"{run_name}: two workers in {time.monotonic() - started:.1f} s")
@@ -315,7 +326,9 @@ def test_two_workers_train_together_and_only_the_chief_writes(workspace, tmp_pat
         assert files_of(run / "worker") == before
         outputs.append({name: (run / "chief" / name).read_bytes() for name in OUTPUTS})
         assert "worker 1 of 2: 16 of 33 train" in errors["worker"]
-    assert outputs[0] == outputs[1]  # the same inputs, the same bytes
+    assert outputs[0] == outputs[1]  # the same inputs, the same bytes (on two hosts too)
+    if hosts is not None:
+        assert "10.200.0.1:12345" in (tmp_path / "run2/chief.err").read_text()
 
     chief = tmp_path / "run1" / "chief"
     metrics = json.loads((chief / "metrics/train.json").read_text())
