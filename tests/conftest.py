@@ -48,6 +48,23 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="lungct-tests-")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long tests (``e2e``, ``slow``) spread evenly through the run: pytest-xdist's
+    ``worksteal`` first gives each worker a contiguous share of the list, so each gets its
+    part of them, rather than one worker all of them in a row."""
+    long = [i for i in items if any(i.get_closest_marker(m) for m in ("e2e", "slow"))]
+    if not long:
+        return
+    short = [i for i in items if i not in set(long)]
+    step = len(items) / len(long)
+    spread: list[pytest.Item] = []
+    for k, item in enumerate(long):
+        spread.extend(short[len(spread) - k : max(0, round(k * step) - k)])
+        spread.append(item)
+    spread.extend(short[len(spread) - len(long) :])
+    items[:] = spread
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from tests.dvc_project import SHARED_ENV
 

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from lungct.evaluation.metrics import HEADLINE
-from lungct.params import merge
-from tests.conftest import TINY
-from tests.dvc_project import dvc, dvc_json, dvc_project, git, ran_stages, write_params
+from tests.dvc_project import dvc, dvc_json, dvc_project, ran_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -97,11 +95,3 @@ def test_python_bytecode_beside_the_code_leaves_the_pipeline_up_to_date(repo: Pa
     finally:
         for cache in caches:
             (cache / "written_by_this_test.cpython-311.pyc").unlink(missing_ok=True)
-
-
-def test_train_param_reruns_only_cv_train_evaluate_and_export(repo: Path):
-    write_params(repo, merge(TINY, {"train": {"lr": 0.002}}))
-    assert ran_stages(dvc("repro", cwd=repo)) == ["cv", "train", "evaluate", "export"]
-    git("checkout", "-q", "--", ".", cwd=repo)  # params, dvc.lock, metrics
-    dvc("checkout", "-q", cwd=repo)
-    assert dvc_json("status", cwd=repo) == {}

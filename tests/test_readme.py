@@ -283,6 +283,11 @@ def _columns(out: str) -> list[str]:
     return out.splitlines()[1].split()
 
 
+def _experiment(repo: Path, out: str) -> None:
+    """A `train.*` change reruns only the stages that read it."""
+    assert ran_stages(out) == ["cv", "train", "evaluate", "export"], out
+
+
 def _test_split_view(repo: Path, out: str) -> None:
     """The changed params, and of the metrics only the three the view keeps (each shown
     where its values differ between the rows)."""
@@ -363,6 +368,7 @@ def _curl(repo: Path, out: str) -> None:
 CHECKS = {
     "dvc metrics show": _metrics_show,
     "python -m stages.predict data/raw/PHANTOM-0001": _predict,
+    "dvc exp run -S train.lr=0.0003 -S train.epochs=20": _experiment,
     TEST_SPLIT_VIEW: _test_split_view,
     'dvc repro && git add -A && git commit -m "wider CNN"': _branch_committed,
     "dvc metrics diff main": _metrics_diff,
