@@ -79,10 +79,6 @@ COMMANDS: dict[str, str | tuple[str, str]] = {
         COVERED,
         "a user's copy; tests/test_annotated.py runs the phantom's LIDC-IDRI form",
     ),
-    "dvc exp run -S data.source=path -S data.path=/path/to/chest-ctscan-images.zip": (
-        COVERED,
-        "a user's copy; tests/test_folders_layout.py and tests/test_download.py",
-    ),
     # Experiments
     "dvc exp run -S train.lr=0.0003 -S train.epochs=20": RUN,
     TEST_SPLIT_VIEW: RUN,
