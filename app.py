@@ -29,6 +29,7 @@ import streamlit as st
 from lungct.artifacts import CONTRACT_FILE, MODEL_FILE, is_leaky
 from lungct.errors import SkippedFile, UserError
 from lungct.evaluation.card import read_card
+from lungct.names import UNCERTAIN
 from lungct.serving.inference import Predictor, UploadResult, predict_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -121,19 +122,25 @@ def window_text(result: UploadResult) -> str:
 
 
 def show_upload(file_id: str, result: UploadResult, predictor: Predictor) -> None:
-    classes = list(predictor.classes)
+    classes, contract = list(predictor.classes), predictor.contract
     frames = len(result.probabilities)
     index = 0
     if frames > 1:
         mean = result.probabilities.astype(np.float64).mean(axis=0)
         st.write(
-            f"{frames} frames; mean over all frames: **{classes[int(mean.argmax())]}** "
-            f"({mean.max():.3f})"
+            f"{frames} frames; mean over all frames: **{contract.answer(mean)}** "
+            f"(top probability {mean.max():.3f})"
         )
         index = st.slider("Frame", 1, frames, 1, key=f"frame-{file_id}") - 1
     probabilities = result.probabilities[index].astype(np.float64)
     best = int(probabilities.argmax())
-    st.markdown(f"Predicted: **{classes[best]}** (probability {probabilities[best]:.3f})")
+    answer = contract.answer(probabilities)
+    st.markdown(f"Predicted: **{answer}** (top probability {probabilities[best]:.3f})")
+    if answer == UNCERTAIN:
+        st.info(
+            f"The model is not sure enough to name a class ({contract.describe_uncertain()}, "
+            f"chosen on the val split); the most probable is {classes[best]}."
+        )
 
     size = predictor.prep.image_size
     pixels = result.pixels[index]

@@ -6,8 +6,9 @@ loaded model. Its keys: the class order of the model's outputs, the preprocessin
 (:class:`~lungct.params.Preprocessing`, validated by the schema params use too), a
 plain-words description of it, what data the model was trained on
 (:class:`TrainingData`; absent from contracts written before it was recorded), and the
-top-two probability margin below which an answer is uncertain
-(:meth:`Contract.is_uncertain`; :data:`DEFAULT_UNCERTAIN_MARGIN` where absent).
+calibration: the temperature that train fitted on the val split and put in the model's
+graph (:mod:`lungct.model.calibrate`), and the calibrated top probability below which an
+answer is ``uncertain`` (:meth:`Contract.answer`, the one rule every output follows).
 
 A model's version (:func:`model_version`) is not in the contract: it is computed from the
 files, the software's version and the model file's sha256, by whatever names the model
@@ -29,7 +30,8 @@ from lungct import __version__
 from lungct.artifacts import CONTRACT_FILE, LEAKY, is_leaky
 from lungct.atomic import read_json, write_json
 from lungct.errors import UserError
-from lungct.names import Framing, check_class_names
+from lungct.evaluation.calibration import TEMPERATURE_RANGE
+from lungct.names import UNCERTAIN, Framing, check_class_names
 from lungct.params import Params, Preprocessing, describe_error
 
 __all__ = ["Contract", "Preprocessing", "TrainingData", "model_version"]
@@ -46,10 +48,9 @@ FRAMING_STEP = "framing body: cropped to the body's bounding box before the resi
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 # Keys added later (and crop): a contract without them is of a model of whole slices.
 OPTIONAL_KEYS = ("context_slices", "framing")
-# An answer whose two most probable classes are closer than this is uncertain, not a class:
-# the margin of a contract without one; train writes it into every contract.
-DEFAULT_UNCERTAIN_MARGIN = 0.05
-UNCERTAIN_KEY = "uncertain_margin"
+# The contract's calibration: {temperature, uncertain_below}. A contract without it is of a
+# model with no temperature layer, and no answer of it is uncertain.
+CALIBRATION_KEY = "calibration"
 # sha256 hex digits in a model version: 64 bits, and the version fits a DICOM LO (64).
 MODEL_VERSION_HEX = 16
 CROP_SHAPE = "crop must be {kind: none | lesion, mm: a number}"
@@ -160,13 +161,15 @@ class TrainingData:
 @dataclass(frozen=True)
 class Contract:
     """Class order (the model's outputs), the preprocessing of its input, the data it was
-    trained on (None for a contract written before that was recorded), and the top-two
-    probability margin below which an answer is uncertain."""
+    trained on (None for a contract written before that was recorded), the temperature in
+    the model's graph, and the calibrated top probability below which an answer is
+    uncertain (0: never)."""
 
     classes: tuple[str, ...]
     prep: Preprocessing
     data: TrainingData | None = None
-    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN
+    temperature: float = 1.0
+    uncertain_below: float = 0.0
 
     @property
     def warning(self) -> str | None:
@@ -179,11 +182,22 @@ class Contract:
         return self.data.brief_warning if self.data is not None else None
 
     def is_uncertain(self, probabilities: Any) -> bool:
-        """Whether an answer (one probability per class, in class order) is uncertain: its
-        two most probable classes are less than :attr:`uncertain_margin` apart. The one
-        rule for it; a margin of 0 makes no answer uncertain."""
-        top, second = np.sort(np.asarray(probabilities, dtype=np.float64).ravel())[::-1][:2]
-        return bool(top - second < self.uncertain_margin)
+        """Whether an answer (the model's calibrated probabilities, in class order) is
+        uncertain: its top probability is below :attr:`uncertain_below`, the threshold
+        train chose on the val split (:func:`lungct.evaluation.calibration.choose_threshold`)."""
+        return bool(np.asarray(probabilities, dtype=np.float64).max() < self.uncertain_below)
+
+    def answer(self, probabilities: Any) -> str:
+        """The answer every output gives: the most probable class, or :data:`UNCERTAIN`."""
+        if self.is_uncertain(probabilities):
+            return UNCERTAIN
+        return self.classes[int(np.argmax(np.asarray(probabilities, dtype=np.float64)))]
+
+    def describe_uncertain(self) -> str:
+        """The rule in words, for a reader of an answer."""
+        if not self.uncertain_below:
+            return "no answer is uncertain"
+        return f"uncertain below a top probability of {self.uncertain_below:.4g}"
 
     def describe_data(self) -> str:
         """What the model was trained on, in one line for people."""
@@ -221,7 +235,10 @@ class Contract:
                 PREPROCESSING_STEPS[-1],
             ],
             **({"data": self.data.to_dict()} if self.data is not None else {}),
-            UNCERTAIN_KEY: self.uncertain_margin,
+            CALIBRATION_KEY: {
+                "temperature": self.temperature,
+                "uncertain_below": self.uncertain_below,
+            },
             # for a person reading the file; readers derive it from data.source
             **({"warning": self.warning} if self.warning else {}),
         }
@@ -290,11 +307,11 @@ class Contract:
                 trained_on = TrainingData.from_dict(data["data"])
             except ValueError as exc:
                 raise bad(str(exc)) from None
-        margin = data.get(UNCERTAIN_KEY, DEFAULT_UNCERTAIN_MARGIN)
-        number = isinstance(margin, int | float) and not isinstance(margin, bool)
-        if not number or not 0 <= margin < 1:
-            raise bad(f"{UNCERTAIN_KEY} must be a number from 0 up to (not including) 1")
-        return cls(tuple(classes), prep, trained_on, float(margin))
+        try:
+            temperature, below = _calibration(data.get(CALIBRATION_KEY, {}))
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        return cls(tuple(classes), prep, trained_on, temperature, below)
 
     def check_model(self, model: Any, model_path: Path | str, source: Path | str = CONTRACT_FILE):
         """A loaded Keras model that takes this input and gives one output per class, or a
@@ -306,7 +323,38 @@ class Contract:
                 f"{model_path}: takes {shape} and gives {outputs} classes, but {source} says "
                 f"{self.input_shape} and {len(self.classes)} classes; {RETRAIN}"
             )
+        # the temperature layer (lungct.model.calibrate) is a Keras model's last, if any; an
+        # exported model (ONNX) has it in its graph, checked against Keras by export
+        layers = getattr(model, "layers", None)
+        temperature = float(getattr(layers[-1], "temperature", 1.0)) if layers else None
+        if (
+            temperature is not None
+            and abs(temperature - self.temperature) > 1e-6 * self.temperature
+        ):
+            raise UserError(
+                f"{model_path}: calibrated with temperature {temperature:g}, but {source} "
+                f"says {self.temperature:g}: not one model's pair; {RETRAIN}"
+            )
         return model
+
+
+def _calibration(data: object) -> tuple[float, float]:
+    """``(temperature, uncertain_below)`` of a contract's calibration object; a ValueError
+    saying what is wrong otherwise."""
+    low, high = TEMPERATURE_RANGE
+    if not isinstance(data, dict) or not set(data) <= {"temperature", "uncertain_below"}:
+        raise ValueError(f"{CALIBRATION_KEY} must be {{temperature, uncertain_below}}")
+    temperature = data.get("temperature", 1.0)
+    below = data.get("uncertain_below", 0.0)
+    if not _is_number(temperature) or not low <= temperature <= high:
+        raise ValueError(f"{CALIBRATION_KEY}.temperature must be a number from {low} to {high}")
+    if not _is_number(below) or not 0 <= below <= 1:
+        raise ValueError(f"{CALIBRATION_KEY}.uncertain_below must be a number from 0 to 1")
+    return float(temperature), float(below)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _is_integer(value: object) -> bool:

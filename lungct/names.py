@@ -103,6 +103,11 @@ CLASS_NAME_RULE = (
 )
 
 
+# The answer given in place of a class when the model is not sure enough
+# (lungct.contract.Contract.answer): no class may be called so, in any case.
+UNCERTAIN = "uncertain"
+
+
 def class_name_problem(name: object) -> str | None:
     """Why ``name`` is no class name (:data:`CLASS_NAME_RULE`), or None. The one check of a
     class name, wherever one enters: params, the model contract, a layout's folder names."""
@@ -111,6 +116,8 @@ def class_name_problem(name: object) -> str | None:
     if not CLASS_NAME.fullmatch(name):
         shown = ascii(name[:CLASS_NAME_MAX]) + ("..." if len(name) > CLASS_NAME_MAX else "")
         return f"class name {shown} is not {CLASS_NAME_RULE}"
+    if name.lower() == UNCERTAIN:
+        return f"class name {name!r} is reserved: it is the answer of an uncertain prediction"
     return None
 
 

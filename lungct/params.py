@@ -471,6 +471,17 @@ class AugmentParams(_Section):
     brightness: Annotated[float, Field(ge=0, le=1)]  # add up to +- this of the range
 
 
+class CalibrationParams(_Section):
+    """Fitted on the val split after training and stored with the model
+    (:mod:`lungct.model.calibrate`)."""
+
+    temperature: bool  # temperature scaling; false: the model's own probabilities
+    # "uncertain" below the lowest calibrated top probability at which the answered val
+    # images are this accurate, leaving at most max_uncertain of them unanswered
+    answered_accuracy: Annotated[float, Field(gt=0, le=1)]
+    max_uncertain: Annotated[float, Field(ge=0, lt=1)]  # 0: no answer is uncertain
+
+
 class TrainParams(_Section):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     batch_size: BatchSize  # per replica
@@ -496,6 +507,7 @@ class TrainParams(_Section):
     precision: Literal["auto", "float32", "mixed_bfloat16"]  # of the conv blocks in training
     ensemble: bool  # the saved model: the cv stage's fold models averaged
     seeds: Annotated[int, Field(ge=1, le=20)]  # more than 1: a seed ensemble
+    calibration: CalibrationParams
 
 
 class EvaluateParams(_Section):

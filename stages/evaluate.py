@@ -10,6 +10,8 @@ Writes, all under ``metrics/``:
 - ``predictions.csv``: one row per test image (group, actual, predicted, class
   probabilities): the data of both confusion-matrix plots;
 - ``roc/<class>.csv``: one-vs-rest ROC points per class;
+- ``calibration/``: the reliability diagram's points before and after the model's
+  temperature, and the risk-coverage curve of the calibrated answers;
 - ``test_grid.png``: test images with true and predicted class, misclassified first;
 - ``charts/*.png``: static training-curve, confusion-matrix and ROC charts for the report;
 - ``report.md``: the same, readable;
@@ -53,13 +55,14 @@ from lungct.evaluation.metrics import (
     nearest_bits,
     roc_curves,
 )
-from lungct.evaluation.report import image_grid, markdown_report, write_roc
+from lungct.evaluation.report import image_grid, markdown_report, write_calibration, write_roc
 from lungct.params import Params, load_params
 
 METRICS_FILE = METRICS_DIR / "eval.json"  # the headline figures: DVC's declared metrics
 DETAILS_FILE = METRICS_DIR / "eval_details.json"  # everything measured, for report.md and people
 PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
 ROC_DIR = METRICS_DIR / "roc"
+CALIBRATION_DIR = METRICS_DIR / "calibration"  # reliability and risk-coverage: DVC plots
 GRID_FILE = METRICS_DIR / "test_grid.png"
 REPORT_FILE = METRICS_DIR / "report.md"
 CHARTS_DIR = METRICS_DIR / "charts"
@@ -75,6 +78,7 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     if not MODEL_FILE.exists():
         raise UserError(f"{MODEL_FILE}: not found (run the train stage first: dvc repro)")
 
+    from lungct.model.calibrate import before_and_after
     from lungct.model.dataset import image_dataset
     from lungct.model.network import tta_model
     from lungct.model.saving import load_model
@@ -84,7 +88,10 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         model = tta_model(model)
     prep = contract.prep
     data = image_dataset(paths, y_true, prep.image_size, prep.channels, params.evaluate.batch_size)
-    probabilities = model.predict(data, verbose=0).astype(np.float64)
+    # the model's own (calibrated) probabilities, and those before its temperature
+    raw, probabilities = (
+        p.astype(np.float64) for p in before_and_after(model).predict(data, verbose=0)
+    )
     y_true = np.asarray(y_true)
     test = table[table["split"] == "test"]
     groups = test["group"].to_numpy()
@@ -95,7 +102,10 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
         groups=groups,
         bootstrap=params.evaluate.bootstrap,
         seed=params.base.seed,
+        uncalibrated=raw,
+        uncertain_below=contract.uncertain_below,
     )
+    metrics["calibration"]["temperature"] = contract.temperature
     metrics["split"] = {key: split.get(key) for key in SPLIT_KEYS}
     seen = [splits_dir / image for image in table.loc[table["split"] != "test", "image"]]
     distances = nearest_bits(image_phashes(paths), image_phashes(seen))
@@ -107,6 +117,7 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
             "group": groups,
             "actual": [classes[i] for i in y_true],
             "predicted": [classes[i] for i in probabilities.argmax(axis=1)],
+            "answer": [contract.answer(p) for p in probabilities],  # or "uncertain"
         }
     )
     for i, name in enumerate(classes):
@@ -116,11 +127,13 @@ def evaluate(params: Params, splits_dir: Path = SPLITS_DIR) -> dict:
     curves = roc_curves(y_true, probabilities, classes)
     with atomic_dir(ROC_DIR) as tmp:
         write_roc(tmp, curves)
+    with atomic_dir(CALIBRATION_DIR) as tmp:
+        selective_plots = write_calibration(tmp, y_true, raw, probabilities)
     grid = image_grid(paths, predictions, classes, probabilities, params.evaluate.grid_images)
     with atomic_file(GRID_FILE) as tmp:
         grid.save(tmp, format="PNG")
     with atomic_dir(CHARTS_DIR) as tmp:
-        charts = write_charts(tmp, CURVES_DIR, predictions, classes, curves)
+        charts = write_charts(tmp, CURVES_DIR, predictions, classes, curves, selective_plots)
     with atomic_file(REPORT_FILE) as tmp:
         tmp.write_text(markdown_report(metrics, split, charts, CHARTS_DIR.name), encoding="utf-8")
     write_json(DETAILS_FILE, metrics)

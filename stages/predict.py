@@ -143,7 +143,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
     else:  # with the model's identity and warning (the table: in a file only)
         about = About.read(predictor.contract, args.model)
         to_file = args.output is not None
-        text = render(args.format, rows, predictor.classes, failures, about, to_file=to_file)
+        text = render(args.format, rows, predictor.contract, failures, about, to_file=to_file)
         if not to_file:
             sys.stdout.write(text)
         else:

@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before any import starts a thread: see hold_stop_s
     hold_stop_signals()
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from lungct.artifacts import (
@@ -65,7 +66,7 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
     # what the model will take, and say it was trained on
     contract = Contract.from_params(params, classes, training_data(splits_dir))
     if params.train.ensemble:
-        return train_ensemble(contract, folds_dir)
+        return train_ensemble(contract, params, folds_dir)
 
     from lungct.model.train import fit_seed_ensemble
 
@@ -97,6 +98,11 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
         metrics["member_best_val_loss"] = [
             round(m.history["val_loss"][m.best_epoch - 1], 6) for m in members
         ]
+    from lungct.model.cv import predict_images
+    from lungct.model.saving import inference_model
+
+    raw = predict_images(inference_model(model), contract, val_set[0], params)
+    model, contract, metrics["calibration"] = calibrated(model, contract, raw, val_set[1], params)
     if not chief:
         log.info("train: done; the chief writes the model and metrics, this worker nothing")
         return metrics
@@ -107,22 +113,52 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
     return metrics
 
 
-def train_ensemble(contract: Contract, folds_dir: Path) -> dict:
+def train_ensemble(contract: Contract, params: Params, folds_dir: Path) -> dict:
     """The cv stage's fold models averaged into the saved model (``train.ensemble``); their
     curves and scores are the cv stage's (metrics/cv/, metrics/cv_details.json)."""
-    from lungct.model.cv import fold_ensemble
+    from lungct.model.cv import fold_ensemble, out_of_fold
     from lungct.model.saving import save_model
 
     model = fold_ensemble(contract, folds_dir)
+    members = len(model.layers) - 2
+    # every val image trained most fold models: each fold model's own held-out images instead
+    raw, truth = out_of_fold(contract, params, folds_dir)
+    model, contract, calibration = calibrated(model, contract, raw, truth, params)
     with atomic_file(MODEL_FILE) as tmp:
         save_model(model, tmp)
     contract.write(CONTRACT_FILE)
     CURVES_DIR.mkdir(parents=True, exist_ok=True)
     (CURVES_DIR / "README.md").write_text(ENSEMBLE_CURVES, encoding="utf-8")
-    metrics = {"members": len(model.layers) - 2, "parameters": int(model.count_params())}
+    metrics = {
+        "members": members,
+        "parameters": int(model.count_params()),
+        "calibration": calibration,
+    }
     write_json(METRICS_FILE, metrics)
     log.info("train: an ensemble of %d fold models from %s", metrics["members"], folds_dir)
     return metrics
+
+
+def calibrated(model, contract: Contract, raw, truth, params: Params):
+    """``(model, contract, record)`` calibrated by ``train.calibration`` on held-out images
+    (``raw``: their probabilities before calibration, ``truth``: their classes): the model
+    with its temperature layer, the contract with its temperature and "uncertain"
+    threshold, the record for ``metrics/train.json``."""
+    from lungct.model.calibrate import calibrate
+
+    model, temperature, below, record = calibrate(model, raw, truth, params.train.calibration)
+    log.info(
+        "train: temperature %.4g (val NLL %.4f -> %.4f, ECE %.4f -> %.4f); uncertain below a "
+        "top probability of %.4g (val: %.0f %% answered)",
+        temperature,
+        record["nll"]["before"],
+        record["nll"]["after"],
+        record["ece"]["before"],
+        record["ece"]["after"],
+        below,
+        100 * record["uncertain"]["coverage"],
+    )
+    return model, replace(contract, temperature=temperature, uncertain_below=below), record
 
 
 def training_data(splits_dir: Path) -> TrainingData | None:

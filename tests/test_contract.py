@@ -175,30 +175,24 @@ def test_preprocessing_is_frozen_hashable_and_ignores_the_machine_limit():
         Preprocessing(prep.windows, False, 64, crop="lesion", crop_mm=0.0)
 
 
-def test_uncertain_margin_round_trips_defaults_and_decides_near_ties(tmp_path):
-    from lungct.contract import DEFAULT_UNCERTAIN_MARGIN
-
+def test_calibration_defaults_round_trip_and_decide_uncertain(tmp_path):
+    """A contract from params has no temperature and no uncertain answer until train
+    calibrates it; an old contract without the key reads the same; the threshold is the
+    one rule (the SR's near tie 0.4202 against 0.4195 is uncertain below 0.5)."""
     raw = load_params().model_dump()
     contract = Contract.from_params(parse_params(raw), ["benign", "malignant", "normal"])
-    assert contract.uncertain_margin == DEFAULT_UNCERTAIN_MARGIN  # train writes it
+    assert (contract.temperature, contract.uncertain_below) == (1.0, 0.0)
     path = tmp_path / "labels.json"
     contract.write(path)
-    assert json.loads(path.read_text())["uncertain_margin"] == DEFAULT_UNCERTAIN_MARGIN
     assert Contract.read(path) == contract
-    # A contract without it (written before it existed) reads the default.
-    assert Contract.from_dict(contract_dict()).uncertain_margin == DEFAULT_UNCERTAIN_MARGIN
-    narrow = Contract.from_dict(contract_dict(classes=["a", "b", "c"], uncertain_margin=0.01))
-    assert narrow.uncertain_margin == 0.01
-    # The near tie seen in an SR: 0.4202 against 0.4195 is no answer; any order of classes.
-    assert contract.is_uncertain([0.1603, 0.4202, 0.4195])
-    assert contract.is_uncertain([0.4195, 0.1603, 0.4202])
-    assert not contract.is_uncertain([0.1, 0.7, 0.2])
-    assert narrow.is_uncertain([0.5, 0.495, 0.005]) and not narrow.is_uncertain([0.5, 0.48, 0.02])
-    never = Contract.from_dict(contract_dict(uncertain_margin=0))
-    assert not never.is_uncertain([0.5, 0.5])
-    for value in (-0.1, 1, 1.5, "0.1", True, None, float("nan")):
-        with pytest.raises(UserError, match=r"x.json: uncertain_margin must be a number"):
-            Contract.from_dict(contract_dict(uncertain_margin=value), "x.json")
+    assert Contract.from_dict(contract_dict()) == Contract.from_dict(
+        contract_dict(calibration={"temperature": 1.0, "uncertain_below": 0.0})
+    )
+    three = ["benign", "malignant", "normal"]
+    rule = Contract.from_dict(contract_dict(classes=three, calibration={"uncertain_below": 0.5}))
+    assert rule.answer([0.1603, 0.4202, 0.4195]) == "uncertain"
+    assert rule.answer([0.1, 0.7, 0.2]) == "malignant"
+    assert contract.answer([0.1603, 0.4202, 0.4195]) == "malignant"
 
 
 def test_model_version_is_the_software_version_and_the_model_sha256():

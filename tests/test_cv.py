@@ -114,14 +114,22 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
     assert record["models"] == ["fold1.keras", "fold2.keras"]
     assert (workdir / "metrics/cv/fold2/plots/metrics/eval/loss.tsv").is_file()
 
-    # The ensemble: one model, the mean of the fold models' softmaxes.
+    # The ensemble: one model, the mean of the fold models' softmaxes, then its temperature,
+    # fitted on each fold model's own held-out images (every train and val image once).
+    from lungct.contract import Contract
+    from lungct.evaluation.calibration import apply_temperature
+    from lungct.model.calibrate import uncalibrated
     from lungct.model.gradcam import GradCam
     from lungct.model.network import ensemble_members
     from lungct.model.saving import load_model
 
     # train.seeds is unused then: the fold models are the ensemble
     ensemble_params = parse_params(merge(raw, {"train": {"ensemble": True, "seeds": 3}}))
-    assert train(ensemble_params)["members"] == 2
+    trained = train(ensemble_params)
+    assert trained["members"] == 2
+    assert trained["calibration"]["images"] == sum(row["val_images"] for row in details["per_fold"])
+    temperature = Contract.read(workdir / "models/labels.json").temperature
+    assert trained["calibration"]["temperature"] == temperature
     saved = load_model(workdir / "models/model.keras", for_inference=False)
     assert len(ensemble_members(saved)) == 2
     x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
@@ -130,13 +138,15 @@ def test_cv_stage_scores_each_fold_and_the_ensemble_averages_them(folded):
         for name in record["models"]
     ]
     mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
-    np.testing.assert_allclose(saved.predict(x, verbose=0), mean, atol=1e-6)
+    np.testing.assert_allclose(uncalibrated(saved).predict(x, verbose=0), mean, atol=1e-6)
+    calibrated = apply_temperature(mean, temperature)
+    np.testing.assert_allclose(saved.predict(x, verbose=0), calibrated, atol=1e-5)
     # For inference: each member in float32 with batch norm folded (as a lone model is).
     folded_model = load_model(workdir / "models/model.keras")
     assert len(ensemble_members(folded_model)) == 2
     inference = [load_model(workdir / "models/folds" / name) for name in record["models"]]
     mean = np.mean([m.predict(x, verbose=0) for m in inference], axis=0)
-    np.testing.assert_allclose(folded_model.predict(x, verbose=0), mean, atol=1e-6)
+    np.testing.assert_allclose(uncalibrated(folded_model).predict(x, verbose=0), mean, atol=1e-6)
     cam = GradCam(folded_model)(x[0], 1)
     assert cam.shape == (32, 32) and cam.min() >= 0.0 and cam.max() <= 1.0
     assert "of each of 2 members" in GradCam(folded_model).layer_name

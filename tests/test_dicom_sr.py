@@ -236,7 +236,7 @@ def test_sr_names_the_software_and_the_model_and_warns_first(project: Path, tmp_
 
 
 def test_near_tie_is_an_uncertain_finding_with_every_probability(tmp_path: Path):
-    """Below the contract's margin the SR records ``uncertain``, not the top class, and
+    """Below the contract's threshold the SR records ``uncertain``, not the top class, and
     every class's probability; above it, the class. Both are valid SRs."""
     source = ct_basic(tmp_path / "ct").path
     other = ct_basic(tmp_path / "ct2", patient_id="OTHER").path
@@ -247,7 +247,7 @@ def test_near_tie_is_an_uncertain_finding_with_every_probability(tmp_path: Path)
         "channels": 1,
         "windows": [{"center": -600, "width": 1500}],
         "file_window": False,
-        "uncertain_margin": 0.01,
+        "calibration": {"temperature": 1.5, "uncertain_below": 0.5},
     }
     contract = Contract.from_dict(labels)
     model = tmp_path / "model.keras"
@@ -266,7 +266,7 @@ def test_near_tie_is_an_uncertain_finding_with_every_probability(tmp_path: Path)
         {"p_benign": 0.1603, "p_malignant": 0.4202, "p_normal": 0.4195}
     )
     texts = [e.value for e in pydicom.dcmread(tie).iterall() if e.keyword == "TextValue"]
-    assert any("less than 0.01 apart" in t for t in texts)  # the rule, in the parameters
+    assert any("top probability is below 0.5 (temperature 1.5)" in t for t in texts)  # the rule
     # No training data recorded, so no warning: the notice still says research use only.
     notice = first_finding(content(tie))
     assert (

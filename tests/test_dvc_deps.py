@@ -107,9 +107,10 @@ def test_every_dep_exists():
 
 
 def test_cv_stage_reads_every_train_key_but_the_ensembles():
-    """The cv stage lists train's keys one by one (so that ``train.ensemble`` or
-    ``train.seeds`` alone refits no fold): a new train key must be added there too."""
+    """The cv stage lists train's keys one by one (so that ``train.ensemble``,
+    ``train.seeds`` or ``train.calibration`` alone refits no fold): a new train key must be
+    added there too."""
     from lungct.params import TrainParams
 
     listed = {p.removeprefix("train.") for p in stages()["cv"]["params"] if p.startswith("train.")}
-    assert listed == set(TrainParams.model_fields) - {"ensemble", "seeds"}
+    assert listed == set(TrainParams.model_fields) - {"ensemble", "seeds", "calibration"}

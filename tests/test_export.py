@@ -110,14 +110,17 @@ def test_an_ensemble_export_is_byte_reproducible(project: Path, tmp_path: Path):
     equal constants kept); without them, two export processes write the same ONNX bytes.
     (One conversion a process, as the stage does: tf2onnx numbers the nodes it makes with a
     counter that runs for the life of the process.)"""
+    from lungct.model.calibrate import temperature_of, uncalibrated, with_temperature
     from lungct.model.network import ensemble
     from lungct.model.saving import load_model, save_model
 
     work = scratch(project, tmp_path / "work")
-    members = [load_model(work / "models/model.keras") for _ in range(3)]
+    saved = load_model(work / "models/model.keras")
+    members = [uncalibrated(load_model(work / "models/model.keras")) for _ in range(3)]
     for scale, member in zip((0.9, 1.1), members[1:], strict=True):
         member.set_weights([w * scale for w in member.get_weights()])
-    save_model(ensemble(members), work / "models/model.keras")
+    calibrated = with_temperature(ensemble(members), temperature_of(saved))  # as train saves
+    save_model(calibrated, work / "models/model.keras")
     again = shutil.copytree(work, tmp_path / "again")
     for folder in (work, again):
         result = subprocess.run(

@@ -111,7 +111,7 @@ def about(contract: Contract) -> About:
 def test_table_escapes_control_characters_of_file_names():
     contract = Contract.from_dict(LABELS)
     rows = [Prediction("scan\x1b[2J\r\nowned\x07.png", "image", np.array([0.1, 0.7, 0.2]))]
-    table = render_table(rows, contract.classes)
+    table = render_table(rows, contract)
     assert "\x1b" not in table and "\x07" not in table and "\r" not in table
     assert "scan\\x1b[2J\\r\\nowned\\x07.png" in table
     assert table.count("\n") == 2  # the header and one row
@@ -123,7 +123,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_get_a_quote(name, tmp_path):
 
     contract = Contract.from_dict(LABELS)
     rows = [Prediction(name, "image", np.array([0.1, 0.7, 0.2]))]
-    text = render_csv(rows, contract.classes, about(contract))
+    text = render_csv(rows, contract, about(contract))
     (tmp_path / "p.csv").write_text(text)
     table = pd.read_csv(tmp_path / "p.csv", comment="#", keep_default_na=False)
     cell = table["file"].iloc[0]
@@ -137,7 +137,7 @@ def test_csv_keeps_plain_names_and_escapes_control_characters(tmp_path):
         Prediction("data/a-1.png", "image", np.array([0.1, 0.7, 0.2])),
         Prediction("b\x1b[2J.png", "image", np.array([0.1, 0.7, 0.2])),
     ]
-    text = render_csv(rows, contract.classes, about(contract))
+    text = render_csv(rows, contract, about(contract))
     assert "\x1b" not in text
     lines = text.splitlines()
     assert lines[-2].startswith("data/a-1.png,image,")
@@ -151,7 +151,7 @@ def test_csv_comment_lines_escape_control_characters():
         "layout": "folders",
     }
     contract = Contract.from_dict({**LABELS, "data": data})
-    text = render_csv([], contract.classes, about(contract))
+    text = render_csv([], contract, about(contract))
     assert "\x1b" not in text and "\x07" not in text
     assert "owner/\\x1b]0;pwned\\x07data" in text
 

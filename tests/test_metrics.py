@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from lungct.evaluation.calibration import expected_calibration_error
 from lungct.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
-    expected_calibration_error,
     group_probabilities,
     roc_curves,
 )

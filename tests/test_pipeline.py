@@ -50,7 +50,8 @@ def test_metrics_have_documented_keys_and_sane_values(repo: Path):
     report = (repo / "metrics/report.md").read_text()
     assert "| balanced accuracy |" in report and "Slices are not patients" in report
     assert (repo / "metrics/test_grid.png").stat().st_size > 0
-    charts = ("training_curves.png", "confusion_normalized.png", "roc.png")
+    charts = ("training_curves.png", "confusion_normalized.png", "roc.png", "reliability.png")
+    charts += ("risk_coverage.png",)
     assert sorted(p.name for p in (repo / "metrics/charts").iterdir()) == sorted(charts)
     assert all(f"](charts/{name})" in report for name in charts)
     assert sorted(p.name for p in (repo / "metrics/roc").iterdir()) == [

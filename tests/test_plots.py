@@ -135,7 +135,7 @@ def check_every_plot_drew(repo: Path, command: list[str], revisions: int) -> Non
     assert asked == []  # nothing fetched, nothing even tried
     vega = [k for k, v in expected.items() if v[0]["type"] == "vega"]
     images = [k for k, v in expected.items() if v[0]["type"] == "image"]
-    assert len(vega) == 7 and len(images) == 2, expected.keys()  # as in dvc.yaml
+    assert len(vega) == 9 and len(images) == 2, expected.keys()  # as in dvc.yaml
     assert all(len(expected[k][0]["revisions"]) == revisions for k in vega)
     assert len(plots) == len(expected)
     for plot in plots:

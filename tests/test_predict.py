@@ -234,6 +234,7 @@ def test_written_files_carry_the_model_and_its_warning(project, tmp_path):
         "classes": labels["classes"],
         "trained_on": Contract.read(project / "models/labels.json").describe_data(),
         "data": labels["data"],
+        "uncertain": Contract.read(project / "models/labels.json").describe_uncertain(),
     }
     assert model["trained_on"].startswith("trained on synthetic data (lungct.phantom")
     args = [str(folder), *model_args(project)]

@@ -18,9 +18,13 @@ def cohort(per_class: dict[str, int]) -> pd.Series:
     return pd.Series(rows)
 
 
+def one_image_each(classes: pd.Series) -> pd.Series:
+    return pd.Series(1, index=classes.index)
+
+
 def test_every_group_in_exactly_one_split_and_stratified():
     classes = cohort({"normal": 20, "benign": 10, "malignant": 15})
-    split = split_groups(classes, 0.2, 0.2, seed=1)
+    split = split_groups(classes, one_image_each(classes), 0.2, 0.2, seed=1)
     assert list(split.index) == sorted(classes.index)
     assert set(split) == {"train", "val", "test"}
     for name, count in {"normal": 20, "benign": 10, "malignant": 15}.items():
@@ -32,19 +36,21 @@ def test_every_group_in_exactly_one_split_and_stratified():
 
 def test_same_seed_same_split_other_seed_other_split():
     classes = cohort({"normal": 12, "malignant": 12})
-    first = split_groups(classes, 0.25, 0.25, seed=7)
-    assert first.equals(split_groups(classes, 0.25, 0.25, seed=7))
-    assert not first.equals(split_groups(classes, 0.25, 0.25, seed=8))
+    first = split_groups(classes, one_image_each(classes), 0.25, 0.25, seed=7)
+    assert first.equals(split_groups(classes, one_image_each(classes), 0.25, 0.25, seed=7))
+    assert not first.equals(split_groups(classes, one_image_each(classes), 0.25, 0.25, seed=8))
 
 
 def test_tiny_classes_keep_one_group_per_split():
-    split = split_groups(cohort({"a": 3, "b": 3}), 0.05, 0.05, seed=0)
+    classes = cohort({"a": 3, "b": 3})
+    split = split_groups(classes, one_image_each(classes), 0.05, 0.05, seed=0)
     assert split.value_counts().to_dict() == {"train": 2, "val": 2, "test": 2}
 
 
 def test_class_with_too_few_groups_is_an_error():
     with pytest.raises(UserError, match="class 'b' has 2 patient"):
-        split_groups(cohort({"a": 5, "b": 2}), 0.2, 0.2, seed=0)
+        classes = cohort({"a": 5, "b": 2})
+        split_groups(classes, one_image_each(classes), 0.2, 0.2, seed=0)
 
 
 def test_group_with_two_classes_counts_as_its_majority_and_is_reported():

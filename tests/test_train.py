@@ -194,7 +194,11 @@ def test_early_stopping_restores_the_best_epoch(splits_ready, tiny_raw):
 
 def test_seed_ensemble_averages_models_from_consecutive_seeds(splits_ready, tiny_raw):
     """train.seeds: 2 saves the mean of two models fitted on the same images, the first
-    the very model train.seeds: 1 saves (same seed), the second from base.seed + 1."""
+    the very model train.seeds: 1 saves (same seed), the second from base.seed + 1; the
+    saved model's temperature scales the mean, as the contract says."""
+    from lungct.contract import Contract
+    from lungct.evaluation.calibration import apply_temperature
+    from lungct.model.calibrate import uncalibrated
     from lungct.model.network import ensemble_members
     from lungct.model.saving import load_model
 
@@ -209,7 +213,15 @@ def test_seed_ensemble_averages_models_from_consecutive_seeds(splits_ready, tiny
         saved = load_model(splits_ready / "models/model.keras")
         members = ensemble_members(saved) or [saved]
         assert len(members) == seeds
-        outputs[seeds] = [saved.predict(x, verbose=0)] + [m.predict(x, verbose=0) for m in members]
+        outputs[seeds] = [uncalibrated(saved).predict(x, verbose=0)]
+        outputs[seeds] += [m.predict(x, verbose=0) for m in members]
+        temperature = Contract.read(splits_ready / "models/labels.json").temperature
+        assert metrics["calibration"]["temperature"] == temperature
+        np.testing.assert_allclose(
+            saved.predict(x, verbose=0),
+            apply_temperature(outputs[seeds][0], temperature),
+            atol=1e-5,
+        )
     assert len(metrics["member_best_val_loss"]) == 2
     first, second = outputs[2][1], outputs[2][2]
     np.testing.assert_allclose(first, outputs[1][0], atol=1e-6)  # the seeds: 1 model

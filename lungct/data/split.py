@@ -63,12 +63,19 @@ def group_classes(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
 
 
 def split_groups(
-    classes: pd.Series, val_fraction: float, test_fraction: float, seed: int
+    classes: pd.Series,
+    sizes: pd.Series,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> pd.Series:
     """The split (train, val or test) of every group (``classes``: the class of each,
-    indexed by group id), each class's groups shuffled from ``seed`` and shared out by
-    the fractions; indexed like ``classes`` (sorted). Each class keeps at least one group
-    in every split, so a class needs three groups."""
+    ``sizes``: its images, both indexed by group id), whole groups stratified by class so
+    that each split holds about its fraction of each class's images: test, then val, is
+    filled from the class's groups by :func:`fill_to`, in an order shuffled from ``seed``,
+    and train keeps the rest. Equal sizes give the
+    fractions' group counts (halves rounded down). Each class keeps at least one group in
+    every split, so a class needs three groups. Indexed like ``classes`` (sorted)."""
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     for name in sorted(classes.unique()):
@@ -79,14 +86,37 @@ def split_groups(
                 "needed to give train, val and test one each: bring more patients, or map "
                 f"its raw labels together with another class's (split.classes, {CLASSES_DOC})"
             )
-        order = groups[rng.permutation(len(groups))]
-        n_test = min(max(1, round(len(groups) * test_fraction)), len(groups) - 2)
-        n_val = min(max(1, round(len(groups) * val_fraction)), len(groups) - n_test - 1)
-        for i, group in enumerate(order):
-            assignment[str(group)] = (
-                "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            )
+        # in an order shuffled from the seed, so every seed draws another split
+        shuffled = groups[rng.permutation(len(groups))]
+        counts = sizes[shuffled].to_numpy()
+        free = [(str(g), int(n)) for g, n in zip(shuffled, counts, strict=True)]
+        total = int(counts.sum())
+        for split, fraction, keep in (("test", test_fraction, 2), ("val", val_fraction, 1)):
+            taken = fill_to(free, fraction * total, len(free) - keep)
+            assignment.update(dict.fromkeys(taken, split))
+            free = [(g, n) for g, n in free if g not in taken]
+        assignment.update(dict.fromkeys((g for g, _ in free), "train"))
     return pd.Series(assignment, name="split").sort_index()
+
+
+def fill_to(groups: list[tuple[str, int]], target: float, most: int) -> set[str]:
+    """At least one and at most ``most`` of ``groups`` ((id, images), in the order given) whose
+    images come close to ``target``: each group that fits under it, in order, then the one
+    group that brings the sum strictly closer, if any: below ``most`` the sum is off by at
+    most half the smallest group left out."""
+    taken: set[str] = set()
+    total = 0
+    slack = 1e-9 * max(target, 1.0)  # a fraction of a total is not exact in floating point
+    for group, n in groups:
+        if len(taken) < most and total + n <= target + slack:
+            taken.add(group)
+            total += n
+    left = [(group, n) for group, n in groups if group not in taken]
+    if left and len(taken) < most:
+        group, n = min(left, key=lambda item: abs(total + item[1] - target))
+        if not taken or abs(total + n - target) < target - total - slack:
+            taken.add(group)
+    return taken
 
 
 def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
@@ -287,7 +317,13 @@ def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
         return images["official"].map(OFFICIAL_SPLITS)
     if cfg.strategy == "random":  # every image its own group: the notebook projects' leaky protocol
         alone = pd.Series(images["class"].to_numpy(), index=images.index.astype(str))
-        by_image = split_groups(alone, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+        by_image = split_groups(
+            alone,
+            pd.Series(1, index=alone.index),
+            cfg.val_fraction,
+            cfg.test_fraction,
+            params.base.seed,
+        )
         return pd.Series(by_image[images.index.astype(str)].to_numpy(), index=images.index)
     classes, mixed = group_classes(images)
     if mixed:
@@ -296,7 +332,8 @@ def assign(images: pd.DataFrame, params: Params, layout: str) -> pd.Series:
             len(mixed),
             mixed[0],
         )
-    by_group = split_groups(classes, cfg.val_fraction, cfg.test_fraction, params.base.seed)
+    sizes = images.groupby("group").size()
+    by_group = split_groups(classes, sizes, cfg.val_fraction, cfg.test_fraction, params.base.seed)
     return images["group"].map(by_group)
 
 
@@ -451,12 +488,16 @@ def warn_few_groups(counts: dict[str, dict[str, int]]) -> None:
 
 
 def split_metrics(images: pd.DataFrame) -> dict:
+    """The counts of metrics/split.json (docs/outputs.md): images, groups and classes per
+    split, and each split's share of the images and mix of classes, which show how close
+    whole groups came to ``split.val_fraction`` and ``split.test_fraction``."""
     per_class = images.groupby(["split", "class"]).size()
     class_counts = images.groupby("class").size()
     group_sizes = images.groupby("group").size()
     patients = groups_per_class(images)
+    per_split = {s: int((images["split"] == s).sum()) for s in SPLITS}
     return {
-        "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
+        "images": per_split,
         "groups": {s: int(images.loc[images["split"] == s, "group"].nunique()) for s in SPLITS},
         "images_per_class": {
             s: {c: int(per_class.get((s, c), 0)) for c in sorted(class_counts.index)}
@@ -470,4 +511,11 @@ def split_metrics(images: pd.DataFrame) -> dict:
         "groups_per_class": patients,
         "min_groups_per_class": MIN_GROUPS_PER_CLASS,
         "few_groups": few_groups(patients),
+        "image_fractions": {s: round(n / len(images), 4) for s, n in per_split.items()},
+        "class_mix": {
+            s: {
+                c: round(float(per_class.get((s, c), 0)) / max(n, 1), 4) for c in class_counts.index
+            }
+            for s, n in per_split.items()
+        },
     }

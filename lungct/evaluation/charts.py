@@ -27,6 +27,10 @@ ROC_FILE = "roc.png"
 CURVES_TITLE = "Loss and accuracy per epoch (train, val)"
 CONFUSION_TITLE = "Test confusion matrix (row-normalised, counts in brackets)"
 ROC_TITLE = "Test ROC, one class vs the rest"
+RELIABILITY_FILE = "reliability.png"
+RELIABILITY_TITLE = "Test reliability diagram, before and after the temperature"
+RISK_COVERAGE_FILE = "risk_coverage.png"
+RISK_COVERAGE_TITLE = "Test risk-coverage curve (calibrated answers)"
 # DVCLive's layout under metrics/train/plots/metrics: <side>/<metric>.tsv, columns step, <metric>.
 CURVE_SIDES = {"train": "train", "eval": "val"}
 CURVE_METRICS = {"loss": "cross-entropy", "accuracy": "accuracy"}
@@ -131,12 +135,50 @@ def roc_chart(curves: RocCurves, path: Path) -> None:
         _save(fig, path)
 
 
+def reliability_chart(curves: Mapping[str, list[dict]], path: Path) -> None:
+    """Accuracy against mean confidence per bin (``lungct.evaluation.calibration.reliability``
+    rows), one line per curve (``before``, ``after`` the temperature); the diagonal is perfect."""
+    with style.context("default"):
+        fig = Figure(figsize=(6, 5), layout="constrained")
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfectly calibrated")
+        for name, rows in curves.items():
+            confidence = [row["confidence"] for row in rows]
+            ax.plot(confidence, [row["accuracy"] for row in rows], marker="o", label=name)
+        ax.set(xlim=(0, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=RELIABILITY_TITLE)
+        ax.set(xlabel="mean top-class probability in the bin", ylabel="accuracy in the bin")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+        _save(fig, path)
+
+
+def risk_coverage_chart(coverage: np.ndarray, risk: np.ndarray, path: Path) -> None:
+    """The share of answered images that are wrong against the share answered, most
+    confident first (``lungct.evaluation.calibration.risk_coverage``)."""
+    with style.context("default"):
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        ax = fig.subplots()
+        ax.step(coverage, risk, where="post")
+        ax.set(xlim=(0, 1.01), ylim=(0, max(0.05, float(np.max(risk, initial=0)) * 1.1)))
+        ax.set(xlabel="coverage (share answered)", ylabel="risk (share wrong)")
+        ax.set(title=RISK_COVERAGE_TITLE)
+        ax.grid(alpha=0.3)
+        _save(fig, path)
+
+
 def write_charts(
-    folder: Path, curves_dir: Path, predictions: pd.DataFrame, classes: list[str], roc: RocCurves
+    folder: Path,
+    curves_dir: Path,
+    predictions: pd.DataFrame,
+    classes: list[str],
+    roc: RocCurves,
+    calibration: Mapping | None = None,
 ) -> list[tuple[str, str]]:
     """Draw every chart there is data for into ``folder``; ``(title, file name)`` of each drawn:
     no curves chart (a log line) when DVCLive's files in ``curves_dir`` are missing, no ROC
-    chart when ``roc`` is empty; ``predictions``: columns ``actual``, ``predicted``."""
+    chart when ``roc`` is empty; ``predictions``: columns ``actual``, ``predicted``;
+    ``calibration``: :func:`lungct.evaluation.report.write_calibration`'s data (reliability
+    and risk-coverage charts)."""
     drawn = []
     curves = read_curves(curves_dir)
     if curves is not None:
@@ -151,4 +193,8 @@ def write_charts(
         drawn.append((ROC_TITLE, ROC_FILE))
     else:
         log.info("charts: no class has test images on both sides; no ROC chart")
+    if calibration is not None:
+        reliability_chart(calibration["reliability"], folder / RELIABILITY_FILE)
+        risk_coverage_chart(*calibration["risk_coverage"], folder / RISK_COVERAGE_FILE)
+        drawn += [(RELIABILITY_TITLE, RELIABILITY_FILE), (RISK_COVERAGE_TITLE, RISK_COVERAGE_FILE)]
     return drawn

@@ -26,11 +26,11 @@ from sklearn.metrics import (
 )
 
 from lungct.artifacts import LEAKY, is_leaky
+from lungct.evaluation.calibration import aurc, expected_calibration_error, selective
 from lungct.io.images import hash_values, phash
 
 # The "no cancer" class: `normal`, or `without_cancer` in the binary presets.
 NO_CANCER = ("normal", "without_cancer")
-ECE_BINS = 15
 
 
 def _r(value: float | None) -> float | None:
@@ -51,21 +51,6 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     if positive.all() or not positive.any():
         return None
     return float(roc_auc_score(positive, score))
-
-
-def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray) -> float:
-    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by size
-    (the standard definition, Guo et al. 2017; scikit-learn has none)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
-    error = 0.0
-    for b in range(ECE_BINS):
-        in_bin = which == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return error
 
 
 def group_probabilities(
@@ -173,12 +158,17 @@ def classification_metrics(
     groups: np.ndarray | None = None,
     bootstrap: int = 0,
     seed: int = 0,
+    uncalibrated: np.ndarray | None = None,
+    uncertain_below: float | None = None,
 ) -> dict:
     """Image-level, cancer-vs-normal, calibration and group-level metrics of one test set.
 
     ``y_true``: class indices (n,); ``probabilities``: (n, len(classes)), in model output
     order; ``groups``: patient or duplicate-group id per image (None: each image its own);
-    ``bootstrap``: group resamples for the 95 % intervals (0: none), seeded by ``seed``.
+    ``bootstrap``: group resamples for the 95 % intervals (0: none), seeded by ``seed``;
+    ``uncalibrated``: the probabilities before the model's temperature, for the calibration
+    figures before it; ``uncertain_below``: the contract's "uncertain" threshold, for the
+    figures of the answers it leaves (``uncertain``).
     Averages (balanced accuracy, macro F1, macro AUC) run over the classes present
     in ``y_true``; the others are listed in ``absent_classes``.
     """
@@ -194,8 +184,7 @@ def classification_metrics(
     )
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     n = matrix.sum()
-    clipped = np.clip(probabilities, 1e-7, 1.0)
-    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    calibration = _calibration(y_true, probabilities, labels)
 
     per_class, aucs = {}, {}
     for k, name in enumerate(classes):
@@ -218,12 +207,9 @@ def classification_metrics(
         "accuracy": _r(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": _r(_balanced_accuracy(y_true, y_pred)),
         "macro_f1": _r(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        "loss": _r(log_loss(y_true, clipped, labels=labels)),
+        "loss": calibration["loss"],
         "roc_auc": _r(np.mean(defined)) if defined else None,
-        "calibration": {
-            "ece": _r(expected_calibration_error(y_true, probabilities)),
-            "brier": _r(brier_score_loss(y_true, clipped, labels=labels)),
-        },
+        "calibration": {key: calibration[key] for key in ("ece", "brier")},
         "absent_classes": [classes[k] for k in labels if k not in present],
         "per_class": per_class,
         "confusion": {
@@ -231,6 +217,12 @@ def classification_metrics(
             for i, actual in enumerate(classes)
         },
     }
+
+    if uncalibrated is not None:
+        metrics["calibration"]["before"] = _calibration(y_true, uncalibrated, labels)
+    if uncertain_below is not None:
+        rule = selective(y_true, probabilities, uncertain_below)
+        metrics["uncertain"] = {**rule.to_dict(), "aurc": _r(aurc(y_true, probabilities))}
 
     normal = next((classes.index(c) for c in NO_CANCER if c in classes), None)
     if normal is not None:
@@ -251,6 +243,17 @@ def classification_metrics(
     if bootstrap:
         metrics["ci95"] = bootstrap_intervals(groups, y_true, y_pred, n_classes, bootstrap, seed)
     return metrics
+
+
+def _calibration(y_true: np.ndarray, probabilities: np.ndarray, labels: list[int]) -> dict:
+    """ECE, Brier score and loss (the mean negative log-likelihood) of ``probabilities``."""
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    return {
+        "ece": _r(expected_calibration_error(y_true, probabilities)),
+        "brier": _r(brier_score_loss(y_true, clipped, labels=labels)),
+        "loss": _r(log_loss(y_true, clipped, labels=labels)),
+    }
 
 
 def image_phashes(paths: Sequence[str | Path]) -> np.ndarray:

@@ -11,8 +11,12 @@ from PIL import Image, ImageDraw
 
 from lungct.artifacts import SPLITS, is_leaky
 from lungct.atomic import atomic_file
+from lungct.evaluation.calibration import reliability, risk_coverage
 
 TILE = 128
+# metrics/calibration/: the DVC plots of calibration (dvc.yaml)
+RELIABILITY_DIR = "reliability"
+RISK_COVERAGE_FILE = "risk_coverage.csv"
 # The split stage's sample grid (metrics/split_samples.png): tiles, class-name column.
 SAMPLES_PER_CLASS = 6
 SAMPLE_TILE = 96
@@ -76,8 +80,8 @@ def markdown_report(
         ["macro F1", metrics["macro_f1"], ""],
         ["ROC AUC (one-vs-rest, macro)", metrics["roc_auc"], ""],
         ["loss (cross-entropy)", metrics["loss"], ""],
-        ["expected calibration error", metrics["calibration"]["ece"], ""],
-        ["Brier score", metrics["calibration"]["brier"], ""],
+        ["expected calibration error (calibrated)", metrics["calibration"]["ece"], ""],
+        ["Brier score (calibrated)", metrics["calibration"]["brier"], ""],
         ["group-level accuracy", metrics["group_level"]["accuracy"], ""],
         ["group-level balanced accuracy", metrics["group_level"]["balanced_accuracy"], ""],
     ]
@@ -102,6 +106,7 @@ def markdown_report(
             "lie within 2 bits of a train or val image.",
             "",
         ]
+    lines += calibration_section(metrics)
     lines += ["## Per class", ""]
     columns = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
     lines += _table(
@@ -172,6 +177,66 @@ def image_grid(
         caption = f"pred {classes[predicted[i]]} {confidence[i]:.2f}"
         draw.text((x + 3, y + TILE + 14), caption, fill=colour)
     return grid
+
+
+def calibration_section(metrics: dict) -> list[str]:
+    """Calibration before and after the model's temperature, and what its "uncertain"
+    rule does on the test images (both fitted on the val split, never on these)."""
+    calibration, uncertain = metrics["calibration"], metrics.get("uncertain")
+    before = calibration.get("before")
+    if before is None or uncertain is None:
+        return []
+    lines = ["## Calibration and uncertain answers", ""]
+    lines += _table(
+        ["test images", "ECE", "Brier score", "loss (cross-entropy)"],
+        [
+            ["before the temperature", before["ece"], before["brier"], before["loss"]],
+            [
+                f"after (temperature {calibration['temperature']:.4g})",
+                calibration["ece"],
+                calibration["brier"],
+                metrics["loss"],
+            ],
+        ],
+    )
+    threshold = uncertain["threshold"]
+    rule = (
+        f"below a top probability of {threshold:.4g}"
+        if threshold
+        else "never (train.calibration answers every image)"
+    )
+    lines += [
+        "",
+        f"The temperature and the rule were fitted on the val split. Uncertain {rule}: "
+        f"{100 * uncertain['coverage']:.1f} % of the test images answered, "
+        f"{_fmt(uncertain['accuracy'])} accurate (all answered: {_fmt(metrics['accuracy'])}). "
+        f"Area under the risk-coverage curve (AURC, lower is better): {_fmt(uncertain['aurc'])}.",
+        "",
+    ]
+    return lines
+
+
+def write_calibration(
+    folder: Path, y_true: np.ndarray, uncalibrated: np.ndarray, probabilities: np.ndarray
+) -> dict:
+    """The DVC plots of calibration into ``folder``: ``reliability/before.csv`` and
+    ``after.csv`` (bins: confidence, accuracy, images) and ``risk_coverage.csv`` (coverage,
+    risk, threshold). Returns the same data for the static charts."""
+    curves = {
+        "before": reliability(y_true, uncalibrated),
+        "after": reliability(y_true, probabilities),
+    }
+    (folder / RELIABILITY_DIR).mkdir()
+    for name, rows in curves.items():
+        table = pd.DataFrame(rows, columns=["confidence", "accuracy", "images", "low", "high"])
+        table.round(6).to_csv(
+            folder / RELIABILITY_DIR / f"{name}.csv", index=False, lineterminator="\n"
+        )
+    coverage, risk, threshold = risk_coverage(y_true, probabilities)
+    pd.DataFrame(
+        {"coverage": coverage.round(6), "risk": risk.round(6), "threshold": threshold.round(6)}
+    ).to_csv(folder / RISK_COVERAGE_FILE, index=False, lineterminator="\n")
+    return {"reliability": curves, "risk_coverage": (coverage, risk)}
 
 
 def write_roc(folder: Path, curves: dict) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 from lungct.artifacts import FOLDS_DIR, SPLITS_DIR
 from lungct.atomic import read_json
 from lungct.contract import Contract
-from lungct.data.tables import fold_images, table_folds, train_classes
+from lungct.data.tables import fold_images, read_splits, table_folds, train_classes
 from lungct.errors import UserError
 from lungct.evaluation.metrics import classification_metrics
 from lungct.io.images import REFRAME_MARGINS, model_input, reframe
@@ -83,6 +83,7 @@ def cross_validate(
             "accuracy": scores["accuracy"],
             "epochs": len(fitted.history["loss"]),
             "best_epoch": fitted.best_epoch,
+            "recall": {name: scores["per_class"][name]["recall"] for name in classes},
             "tta": {key: shifted[key] for key in SCORES},
             "reframed": reframed_scores(model, contract, val, classes, params),
         }
@@ -111,6 +112,11 @@ def summary(rows: list[dict]) -> dict:
         details[key] = spread([row[key] for row in rows])
     for view in ("tta", "reframed"):
         details[view] = {key: spread([row[view][key] for row in rows]) for key in SCORES}
+    classes = rows[0]["recall"] if rows else {}
+    details["recall"] = {
+        name: spread([row["recall"][name] for row in rows if row["recall"][name] is not None])
+        for name in classes
+    }
     return details
 
 
@@ -159,13 +165,28 @@ def reframed_scores(
     }
 
 
-def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
-    """The fold models of ``folds_dir`` averaged into one Keras model; a
-    :class:`UserError` naming the folder when they are missing or were trained on
-    other classes than ``contract``."""
-    from lungct.model.network import ensemble
+def out_of_fold(
+    contract: Contract, params: Params, folds_dir: Path = FOLDS_DIR, splits_dir: Path = SPLITS_DIR
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, classes)`` of every train and val image by the fold model that did
+    not see it (``folds_dir``, the cv stage's): the held-out images a fold ensemble is
+    calibrated on, since each of them trained the other fold models."""
     from lungct.model.saving import load_model
 
+    table = read_splits(splits_dir)
+    names = _fold_models(contract, folds_dir)
+    probabilities, truth = [], []
+    for fold, name in enumerate(names, start=1):
+        _, (paths, labels) = fold_images(table, fold, list(contract.classes), splits_dir)
+        model = contract.check_model(load_model(folds_dir / name), folds_dir / name)
+        probabilities.append(predict_images(model, contract, paths, params))
+        truth.append(np.asarray(labels, dtype=int))
+    return np.concatenate(probabilities), np.concatenate(truth)
+
+
+def _fold_models(contract: Contract, folds_dir: Path) -> list[str]:
+    """The fold model files of ``folds_dir``'s record, in fold order; a :class:`UserError`
+    naming the record when they are missing or were trained on other classes."""
     path = folds_dir / FOLDS_FILE
     try:
         record = read_json(path)
@@ -181,6 +202,18 @@ def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
             f"{path}: fold models were trained on classes {classes}, the split has "
             f"{list(contract.classes)}; rerun the cv stage"
         )
+    return names
+
+
+def fold_ensemble(contract: Contract, folds_dir: Path = FOLDS_DIR):
+    """The fold models of ``folds_dir`` averaged into one Keras model; a
+    :class:`UserError` naming the folder when they are missing or were trained on
+    other classes than ``contract``."""
+    from lungct.model.network import ensemble
+    from lungct.model.saving import load_model
+
+    names = _fold_models(contract, folds_dir)
+    path = folds_dir / FOLDS_FILE
     members = [load_model(folds_dir / name, for_inference=False) for name in names]
     for name, member in zip(names, members, strict=True):
         contract.check_model(member, folds_dir / name, path)

@@ -189,6 +189,13 @@ def write_onnx(model: Any, path: Path) -> None:
     except Exception as exc:  # tf2onnx raises many types; the stage reports one line
         raise UserError(f"{path}: cannot convert the model to ONNX ({first_line(exc)})") from None
     proto.graph.doc_string = "probabilities = model(image, training=False)"  # not TF's name
+    # tf2onnx names the output after the model's last layer (the temperature's, when
+    # calibrated): the one output is OUTPUT_NAME, as in the SavedModel's signature
+    (output,) = proto.graph.output
+    for node in proto.graph.node:
+        for names in (node.input, node.output):
+            names[:] = [OUTPUT_NAME if name == output.name else name for name in names]
+    output.name = OUTPUT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(proto.SerializeToString(deterministic=True))
 

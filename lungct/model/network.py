@@ -216,7 +216,12 @@ def tta_shifts(image_size: int) -> list[tuple[int, int]]:
 
 def tta_model(model: keras.Model) -> keras.Model:
     """``model`` averaged over the test-time views of its input (:func:`tta_shifts`): one
-    input, one output, the same weights; for inference only (not saved)."""
+    input, one output, the same weights; for inference only (not saved). A calibrated
+    model's temperature applies to the average, as to an ensemble's."""
+    from lungct.model.calibrate import temperature_of, uncalibrated, with_temperature
+
+    temperature = temperature_of(model)
+    model = uncalibrated(model)
     source = model.inputs[0]
     inputs = keras.Input(shape=source.shape[1:], dtype=source.dtype, name="image")
     views = [
@@ -224,7 +229,8 @@ def tta_model(model: keras.Model) -> keras.Model:
         for i, (dy, dx) in enumerate(tta_shifts(source.shape[1]))
     ]
     mean = layers.Average(name="probabilities", dtype="float32")(views)
-    return keras.Model(inputs, mean, name=f"{model.name}_tta")
+    averaged = keras.Model(inputs, mean, name=f"{model.name}_tta")
+    return averaged if temperature is None else with_temperature(averaged, temperature)
 
 
 ENSEMBLE_NAME = "lung_ct_ensemble"
@@ -248,7 +254,11 @@ def ensemble(members: list[keras.Model]) -> keras.Model:
 
 
 def ensemble_members(model: keras.Model) -> list[keras.Model]:
-    """The members of a model :func:`ensemble` built (in order); [] for any other model."""
+    """The members of a model :func:`ensemble` built (in order), calibrated or not
+    (:mod:`lungct.model.calibrate`); [] for any other model."""
+    from lungct.model.calibrate import uncalibrated
+
+    model = uncalibrated(model)
     inner = model.layers[1:-1]
     averaged = model.name == ENSEMBLE_NAME and isinstance(model.layers[-1], layers.Average)
     if averaged and len(inner) >= 2 and all(isinstance(m, keras.Model) for m in inner):

@@ -12,7 +12,7 @@ import keras
 from lungct.atomic import MAX_JSON_BYTES, parse_json
 from lungct.errors import UserError, first_line
 from lungct.limits import EXPANSION_FLOOR, MAX_EXPANSION, size_text
-from lungct.model import network  # noqa: F401  (registers the project's layers for loading)
+from lungct.model import calibrate, network  # noqa: F401  (register the project's layers for loading)
 
 # What load_model admits in a .keras file before Keras reads any of it: its JSON members
 # as lungct.atomic.parse_json bounds them, weights up to MAX_WEIGHTS_BYTES (the largest

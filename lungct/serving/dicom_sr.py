@@ -9,9 +9,9 @@ What a reader sees first: the series description and the report's first content 
 TEXT ``Warning``, before the findings) say it is for research use only, with the model's
 training-data warning. The software and the model are named as DICOM names equipment
 (Manufacturer, Manufacturer's Model Name, Software Versions, a device observer) and as the
-algorithm's version, :func:`lungct.contract.model_version`. A near tie
-(:meth:`lungct.contract.Contract.is_uncertain`) is recorded as an uncertain finding, not a
-class.
+algorithm's version, :func:`lungct.contract.model_version`. An answer the model is not
+sure enough of (:meth:`lungct.contract.Contract.answer`) is recorded as an uncertain
+finding, not a class, with every probability.
 
 What a source gives the SR (its UIDs, patient and study attributes) is the source's own
 text: a source whose Study, Series or SOP Instance UID is no valid UID, or whose SR holds
@@ -35,11 +35,11 @@ from lungct import __version__
 from lungct.atomic import atomic_dir, sha256_file
 from lungct.contract import MODEL_VERSION_HEX, Contract, model_version
 from lungct.errors import UserError, first_line, printable
+from lungct.names import UNCERTAIN
 from lungct.serving.inference import Prediction
 
 SCHEME = "99LUNGCT"
 PREDICTED = "predicted_class"
-UNCERTAIN = "uncertain"  # the finding of a near tie, in place of a class
 WARNING = "warning"  # the report's first content item
 SERIES_NUMBER = 9901
 MANUFACTURER = "lungct project"
@@ -100,8 +100,8 @@ class Authoring:
         """The algorithm's parameters: what it was trained on, the rule of a near tie."""
         return [
             self.contract.describe_data(),
-            f"{UNCERTAIN} when the two most probable classes are less than "
-            f"{self.contract.uncertain_margin:g} apart",
+            f"{UNCERTAIN} when the calibrated top probability is below "
+            f"{self.contract.uncertain_below:.4g} (temperature {self.contract.temperature:.4g})",
         ]
 
 
@@ -281,12 +281,12 @@ def _report(row, members, evidence, authoring: Authoring, study_series, index):
 
     contract = authoring.contract
     probabilities = np.asarray(row.probabilities, dtype=np.float64)
-    if contract.is_uncertain(probabilities):
-        margin = f"{contract.uncertain_margin:g}"
-        finding = _code(UNCERTAIN, f"Uncertain: top two classes within {margin}")
+    answer = contract.answer(probabilities)
+    if answer == UNCERTAIN:
+        below = f"{contract.uncertain_below:.4g}"
+        finding = _code(UNCERTAIN, f"Uncertain: top probability below {below}")
     else:
-        predicted = row.predicted(contract.classes)
-        finding = _code(predicted, predicted)
+        finding = _code(answer, answer)
     sources = [
         hd.sr.SourceImageForMeasurementGroup.from_source_image(
             dataset,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ class About:
             "classes": list(contract.classes),
             "trained_on": contract.describe_data(),
             "data": contract.data.to_dict() if contract.data is not None else None,
+            "uncertain": contract.describe_uncertain(),
         }
         return cls(model, contract.warning)
 
@@ -80,8 +80,10 @@ class About:
         )
 
 
-def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
-    """One flat record per row: file, level, frame, series_uid, images, predicted, p_<class>."""
+def records(rows: list[Prediction], contract: Contract) -> list[dict]:
+    """One flat record per row: file, level, frame, series_uid, images, predicted (a class,
+    or ``uncertain``: :meth:`Contract.answer`), p_<class>."""
+    classes = contract.classes
     out = []
     for row in rows:
         record = {
@@ -90,7 +92,7 @@ def records(rows: list[Prediction], classes: Sequence[str]) -> list[dict]:
             "frame": row.frame,
             "series_uid": row.series_uid,
             "images": row.images,
-            "predicted": row.predicted(classes),
+            "predicted": row.answer(contract),
         }
         for name, p in zip(classes, row.probabilities, strict=True):
             record[f"p_{name}"] = round(float(p), DECIMALS)
@@ -111,37 +113,37 @@ def text_cell(text: str) -> str:
     return ("'" if text.startswith(FORMULA_START) else "") + printable(text)
 
 
-def render_csv(rows: list[Prediction], classes: Sequence[str], about: About) -> str:
+def render_csv(rows: list[Prediction], contract: Contract, about: About) -> str:
     """The ``# key: value`` lines of ``about``, then a header and one line per row."""
-    columns = [*COLUMNS, *(f"p_{c}" for c in classes)]
-    lines = [columns, *([record[c] for c in columns] for record in records(rows, classes))]
+    columns = [*COLUMNS, *(f"p_{c}" for c in contract.classes)]
+    lines = [columns, *([record[c] for c in columns] for record in records(rows, contract))]
     return about.comment_lines() + "".join(",".join(map(_cell, line)) + "\n" for line in lines)
 
 
 def document(
-    rows: list[Prediction], classes: Sequence[str], failures: list[Failure], about: About
+    rows: list[Prediction], contract: Contract, failures: list[Failure], about: About
 ) -> dict:
     """The JSON answer: the model and its warning, the classes, one record per row, one per
     failure (the predict command's ``--format json`` and the service's ``POST /predict``)."""
     return {
         "model": about.model,
         "warning": about.warning,
-        "classes": list(classes),
-        "predictions": records(rows, classes),
+        "classes": list(contract.classes),
+        "predictions": records(rows, contract),
         "failures": [{"file": f.file, "reason": f.reason, "detail": f.detail} for f in failures],
     }
 
 
 def render_json(
-    rows: list[Prediction], classes: Sequence[str], failures: list[Failure], about: About
+    rows: list[Prediction], contract: Contract, failures: list[Failure], about: About
 ) -> str:
-    return json.dumps(document(rows, classes, failures, about), indent=2) + "\n"
+    return json.dumps(document(rows, contract, failures, about), indent=2) + "\n"
 
 
-def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
+def render_table(rows: list[Prediction], contract: Contract) -> str:
     """Aligned columns for people: file (a frame or a folder's series named after it),
-    predicted class, one probability column per class."""
-    header = ["file", "predicted", *map(printable, classes)]  # text from outside: escaped
+    predicted class (or ``uncertain``), one probability column per class."""
+    header = ["file", "predicted", *map(printable, contract.classes)]  # text from outside: escaped
     lines = []
     for row in rows:
         name = row.file
@@ -149,7 +151,7 @@ def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
             name += f" [frame {row.frame}]"
         if row.level == "series":
             name += f" [series {row.series_uid}, {row.images} images]"
-        predicted = row.predicted(classes)
+        predicted = row.answer(contract)
         lines.append(
             [printable(name), printable(predicted), *(f"{p:.4f}" for p in row.probabilities)]
         )
@@ -166,7 +168,7 @@ def render_table(rows: list[Prediction], classes: Sequence[str]) -> str:
 def render(
     fmt: str,
     rows: list[Prediction],
-    classes: Sequence[str],
+    contract: Contract,
     failures: list[Failure],
     about: About,
     to_file: bool = False,
@@ -175,8 +177,8 @@ def render(
     table (for a screen, where predict prints the warning on stderr) carries its
     ``# key: value`` lines when written ``to_file``."""
     if fmt == "csv":
-        return render_csv(rows, classes, about)
+        return render_csv(rows, contract, about)
     if fmt == "json":
-        return render_json(rows, classes, failures, about)
-    table = render_table(rows, classes)
+        return render_json(rows, contract, failures, about)
+    table = render_table(rows, contract)
     return about.comment_lines() + table if to_file else table

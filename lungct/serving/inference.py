@@ -182,8 +182,9 @@ class Prediction:
     series_uid: str = ""
     images: int = 1  # images averaged (series: its slices)
 
-    def predicted(self, classes: Sequence[str]) -> str:
-        return classes[int(np.argmax(self.probabilities))]
+    def answer(self, contract: Contract) -> str:
+        """The most probable class, or ``uncertain`` (:meth:`Contract.answer`)."""
+        return contract.answer(self.probabilities)
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,7 @@ class Service:
                 Failure(f.file, f.reason, self.client_text(f.detail, root, names))
                 for _, f in failures
             ]
-        return document(rows, self.contract.classes, shown, self.about)
+        return document(rows, self.contract, shown, self.about)
 
     def _write_uploads(
         self,
