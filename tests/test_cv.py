@@ -288,6 +288,34 @@ def test_the_sweep_names_the_model_a_recipe_saves():
     assert model_label({"train": {"seeds": 3, "ensemble": True}}) == "fold ensemble"
 
 
+def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
+    """benchmarks.sweep: a search row shows each class's mean fold recall (the small-lesion
+    class is where a recipe fails); a test row ECE before and after the temperature and the
+    share the "uncertain" rule answers, with their accuracy."""
+    from benchmarks.sweep import search_row, test_row
+
+    spread = {"mean": 0.8, "std": 0.01}
+    details = {
+        "balanced_accuracy": spread,
+        "macro_f1": spread,
+        "loss": spread,
+        "reframed": {"balanced_accuracy": spread},
+        "tta": {"balanced_accuracy": spread},
+        "recall": {"benign": {"mean": 0.625, "std": 0.1}, "normal": {"mean": 0.9, "std": 0}},
+        "per_fold": [{"epochs": 12}, {"epochs": 15}],
+    }
+    assert "| benign 0.62 normal 0.90 |" in search_row("r", details, 60)
+    ev = {
+        "images": 144,
+        "groups": 24,
+        "balanced_accuracy": 0.75,
+        "macro_f1": 0.74,
+        "calibration": {"ece": 0.031, "before": {"ece": 0.08}},
+        "uncertain": {"coverage": 0.9, "accuracy": 0.8},
+    }
+    assert "| 0.080 -> 0.031 | 0.900 (0.800) |" in test_row(42, "3 seeds", ev, 60)
+
+
 def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     """benchmarks.nested: with an outer fold playing the test split, neither the single
     model (nor its other seeds) nor any inner-fold member sees it; the single model trains
