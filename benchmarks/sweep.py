@@ -121,6 +121,14 @@ RECIPES = {
     # model and the fold ensemble by nested cross-validation
     # (benchmarks.nested): the cv stage fits one model per fold whatever train.seeds is.
     "body_double_seeds3": merge(ONE_CONV_BODY, {"train": {**DOUBLE, "seeds": 3}}),
+    # Small lesions (the default with one change): the phantom written at a clinical
+    # 512 matrix, so that a benign nodule is drawn at its size in mm rather than a few
+    # pixels (``--data synthetic`` only), and a larger input to the network.
+    "phantom512": {"data": {"synthetic": {"image_size": 512}}},
+    "phantom512_size192": {
+        "data": {"synthetic": {"image_size": 512}},
+        "convert": {"image_size": 192},
+    },
 }
 
 
