@@ -14,6 +14,7 @@ from lungct.evaluation.calibration import (
     apply_temperature,
     aurc,
     choose_threshold,
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -64,6 +65,24 @@ def test_reliability_bins_and_ece_by_hand():
     assert [(r["images"], r["accuracy"]) for r in rows] == [(2, 1.0), (2, 0.5)]
     # bins: 0.6 (two images, both right: gap 0.4) and 0.95 (one of two right: gap 0.45)
     assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.4 + 0.5 * 0.45)
+
+
+def test_ece_if_calibrated_is_what_a_calibrated_model_shows_on_a_set_this_size():
+    """Labels drawn from the probabilities: the measured ECE is of the size of the floor on a
+    small set, the floor shrinks as the set grows, and an over-confident model sits above it."""
+    y, _ = overconfident(n=5000, sharpen=1.0, seed=3)
+    _, calibrated = overconfident(n=5000, sharpen=1.0, seed=3)
+    small = ece_if_calibrated(calibrated[:144])
+    assert 0.03 < small < 0.12
+    assert ece_if_calibrated(calibrated) < small / 3
+    measured = [
+        expected_calibration_error(y[i : i + 144], calibrated[i : i + 144])
+        for i in range(0, 4320, 144)
+    ]
+    assert abs(np.mean(measured) - small) < 0.02
+    assert ece_if_calibrated(calibrated[:144]) == small  # seeded
+    y_over, over = overconfident(n=2000, sharpen=3.0)
+    assert expected_calibration_error(y_over, over) > 3 * ece_if_calibrated(over)
 
 
 def test_risk_coverage_and_aurc_by_hand():

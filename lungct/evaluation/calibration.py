@@ -24,6 +24,7 @@ import numpy as np
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 RELIABILITY_BINS = 15  # equal-width confidence bins of the ECE and the reliability diagram
+CALIBRATED_DRAWS = 200  # label sets drawn by ece_if_calibrated
 # Probabilities below this are taken as this before the log (float32's smallest normal).
 TINY = float(np.finfo(np.float32).tiny)
 
@@ -94,6 +95,25 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray) ->
     rows = reliability(y_true, probabilities)
     total = sum(row["images"] for row in rows)
     return sum(row["images"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows)
+
+
+def ece_if_calibrated(
+    probabilities: np.ndarray, draws: int = CALIBRATED_DRAWS, seed: int = 0
+) -> float:
+    """The ECE a perfectly calibrated model shows on images this many and this confident:
+    the mean ECE over ``draws`` label sets drawn from ``probabilities`` themselves. Binned
+    ECE is biased upwards on small sets (a few images a bin), so a measured ECE near this
+    figure is as calibrated as the set can tell, and a goal below it cannot be shown."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, None)
+    p = p / p.sum(axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(p, axis=1)
+    cumulative[:, -1] = 1.0
+    errors = []
+    for _ in range(draws):
+        labels = (rng.random((len(p), 1)) < cumulative).argmax(axis=1)
+        errors.append(expected_calibration_error(labels, p))
+    return float(np.mean(errors))
 
 
 def risk_coverage(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -26,7 +26,12 @@ from sklearn.metrics import (
 )
 
 from lungct.artifacts import LEAKY, is_leaky
-from lungct.evaluation.calibration import aurc, expected_calibration_error, selective
+from lungct.evaluation.calibration import (
+    aurc,
+    ece_if_calibrated,
+    expected_calibration_error,
+    selective,
+)
 from lungct.io.images import hash_values, phash
 
 # The "no cancer" class: `normal`, or `without_cancer` in the binary presets.
@@ -185,6 +190,7 @@ def classification_metrics(
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     n = matrix.sum()
     calibration = _calibration(y_true, probabilities, labels)
+    calibration["ece_if_calibrated"] = _r(ece_if_calibrated(probabilities))
 
     per_class, aucs = {}, {}
     for k, name in enumerate(classes):
@@ -209,7 +215,7 @@ def classification_metrics(
         "macro_f1": _r(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "loss": calibration["loss"],
         "roc_auc": _r(np.mean(defined)) if defined else None,
-        "calibration": {key: calibration[key] for key in ("ece", "brier")},
+        "calibration": {key: calibration[key] for key in ("ece", "ece_if_calibrated", "brier")},
         "absent_classes": [classes[k] for k in labels if k not in present],
         "per_class": per_class,
         "confusion": {

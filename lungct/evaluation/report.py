@@ -210,7 +210,10 @@ def calibration_section(metrics: dict) -> list[str]:
         f"The temperature and the rule were fitted on the val split. Uncertain {rule}: "
         f"{100 * uncertain['coverage']:.1f} % of the test images answered, "
         f"{_fmt(uncertain['accuracy'])} accurate (all answered: {_fmt(metrics['accuracy'])}). "
-        f"Area under the risk-coverage curve (AURC, lower is better): {_fmt(uncertain['aurc'])}.",
+        f"Area under the risk-coverage curve (AURC, lower is better): {_fmt(uncertain['aurc'])}. "
+        f"A perfectly calibrated model would show an ECE of about "
+        f"{_fmt(calibration['ece_if_calibrated'])} on these images (labels drawn from its own "
+        "probabilities): the binned ECE of a small test set cannot go much below it.",
         "",
     ]
     return lines
