@@ -58,6 +58,22 @@ def test_each_split_holds_its_fraction_of_each_class_s_images(seed):
     assert (per_class == len(SPLITS)).all()
 
 
+def test_held_out_splits_take_large_and_small_groups_alike():
+    """Half the groups of each class hold 1 image, half 20: the test split's groups are
+    as often large as small (over seeds), while its images stay at the fraction. Taking
+    every group that still fits would pass over the large ones (a share near 0.38)."""
+    names = [f"{c}-{i:02d}" for c in "ab" for i in range(60)]
+    classes = pd.Series({g: g[0] for g in names})
+    sizes = pd.Series({g: 1 if int(g[2:]) < 30 else 20 for g in names})
+    large = []
+    for seed in range(20):
+        split = split_groups(classes, sizes, VAL, TEST, seed)
+        test = sizes[split == "test"]
+        assert test.sum() == round(TEST * sizes.sum())
+        large.append((test == 20).mean())
+    assert 0.45 <= np.mean(large) <= 0.55
+
+
 def test_metrics_show_the_image_fractions_and_class_mix():
     classes, sizes = unequal_cohort()
     split = split_groups(classes, sizes, VAL, TEST, seed=0)

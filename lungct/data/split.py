@@ -42,6 +42,7 @@ log = logging.getLogger("split")
 # there, or what the model learns of it, rest on too few patients.
 MIN_GROUPS_PER_CLASS = 5
 CLASSES_DOC = "docs/data.md#layouts-and-classes"  # split.classes: presets and mappings
+FILL_ORDERS = 1000  # random orders a held-out split is drawn from (fill_to)
 
 
 def near_duplicate_components(phashes: list[str], distance: int) -> np.ndarray:
@@ -72,10 +73,10 @@ def split_groups(
     """The split (train, val or test) of every group (``classes``: the class of each,
     ``sizes``: its images, both indexed by group id), whole groups stratified by class so
     that each split holds about its fraction of each class's images: test, then val, is
-    filled from the class's groups by :func:`fill_to`, in an order shuffled from ``seed``,
-    and train keeps the rest. Equal sizes give the
-    fractions' group counts (halves rounded down). Each class keeps at least one group in
-    every split, so a class needs three groups. Indexed like ``classes`` (sorted)."""
+    drawn from the class's groups by :func:`fill_to` with a generator seeded by ``seed``,
+    and train keeps the rest. Equal sizes give the fractions' group counts (halves rounded
+    down). Each class keeps at least one group in every split, so a class needs three
+    groups. Indexed like ``classes`` (sorted)."""
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     for name in sorted(classes.unique()):
@@ -86,37 +87,41 @@ def split_groups(
                 "needed to give train, val and test one each: bring more patients, or map "
                 f"its raw labels together with another class's (split.classes, {CLASSES_DOC})"
             )
-        # in an order shuffled from the seed, so every seed draws another split
-        shuffled = groups[rng.permutation(len(groups))]
-        counts = sizes[shuffled].to_numpy()
-        free = [(str(g), int(n)) for g, n in zip(shuffled, counts, strict=True)]
-        total = int(counts.sum())
+        free = [(str(g), int(n)) for g, n in zip(groups, sizes[groups].to_numpy(), strict=True)]
+        total = sum(n for _, n in free)
         for split, fraction, keep in (("test", test_fraction, 2), ("val", val_fraction, 1)):
-            taken = fill_to(free, fraction * total, len(free) - keep)
+            taken = fill_to(free, fraction * total, len(free) - keep, rng)
             assignment.update(dict.fromkeys(taken, split))
             free = [(g, n) for g, n in free if g not in taken]
         assignment.update(dict.fromkeys((g for g, _ in free), "train"))
     return pd.Series(assignment, name="split").sort_index()
 
 
-def fill_to(groups: list[tuple[str, int]], target: float, most: int) -> set[str]:
-    """At least one and at most ``most`` of ``groups`` ((id, images), in the order given) whose
-    images come close to ``target``: each group that fits under it, in order, then the one
-    group that brings the sum strictly closer, if any: below ``most`` the sum is off by at
-    most half the smallest group left out."""
-    taken: set[str] = set()
-    total = 0
+def fill_to(
+    groups: list[tuple[str, int]], target: float, most: int, rng: np.random.Generator
+) -> set[str]:
+    """At least one and at most ``most`` of ``groups`` ((id, images)) whose images come
+    closest to ``target``: the prefix closest to it of the first of up to
+    :data:`FILL_ORDERS` orders drawn from ``rng`` that does best (an exact sum ends the
+    draws). A prefix of a random order takes large and small groups alike; taking every
+    group that still fits would pass over the large ones near the target, and fill the
+    held-out splits with small groups, which without patient ids are often the images
+    no rule could tie to others."""
+    ids = [group for group, _ in groups]
+    sizes = np.array([n for _, n in groups], dtype=np.float64)
+    most = max(1, min(most, len(ids)))
     slack = 1e-9 * max(target, 1.0)  # a fraction of a total is not exact in floating point
-    for group, n in groups:
-        if len(taken) < most and total + n <= target + slack:
-            taken.add(group)
-            total += n
-    left = [(group, n) for group, n in groups if group not in taken]
-    if left and len(taken) < most:
-        group, n = min(left, key=lambda item: abs(total + item[1] - target))
-        if not taken or abs(total + n - target) < target - total - slack:
-            taken.add(group)
-    return taken
+    best, best_error = None, np.inf
+    for _ in range(FILL_ORDERS):
+        order = rng.permutation(len(ids))[:most]
+        sums = np.cumsum(sizes[order])
+        k = int(np.argmin(np.abs(sums - target)))  # the first of two as close: halves down
+        error = abs(sums[k] - target)
+        if best is None or error < best_error - slack:
+            best, best_error = order[: k + 1], error
+            if best_error <= 0.5 + slack:  # as close as whole images get
+                break
+    return {ids[i] for i in best}
 
 
 def groups_in_several_splits(table: pd.DataFrame) -> list[str]:
