@@ -167,13 +167,16 @@ def model_label(params: dict) -> str:
 
 
 def test_row(seed: int, model: str, ev: dict, seconds: float) -> str:
-    """The test figures of one seed: balanced accuracy, macro F1, ECE before and after the
-    temperature, and the share the "uncertain" rule answers with their accuracy."""
+    """The test figures of one seed: balanced accuracy, macro F1, loss (NLL) and ECE before
+    and after the temperature (with the ECE a perfectly calibrated model would show), and
+    the share the "uncertain" rule answers with their accuracy."""
     calibration, uncertain = ev["calibration"], ev["uncertain"]
     answered = uncertain["accuracy"]
+    before = calibration["before"]
     return (
         f"| {seed} | {model} | {ev['images']} ({ev['groups']}) | {balanced_accuracy_text(ev)} | "
-        f"{ev['macro_f1']:.3f} | {calibration['before']['ece']:.3f} -> {calibration['ece']:.3f} | "
+        f"{ev['macro_f1']:.3f} | {before['loss']:.3f} -> {ev['loss']:.3f} | "
+        f"{before['ece']:.3f} -> {calibration['ece']:.3f} ({calibration['ece_if_calibrated']:.3f}) | "
         f"{uncertain['coverage']:.3f} ({'-' if answered is None else f'{answered:.3f}'}) | "
         f"{seconds / 60:.1f} min |"
     )
@@ -250,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             "| seed | model | test images (groups) | balanced accuracy (95 % CI) | macro F1 | "
-            "ECE before -> after the temperature | answered (their accuracy) | time |"
+            "loss before -> after the temperature | ECE before -> after (if calibrated) | "
+            "answered (their accuracy) | time |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         tests = []
         for seed in [int(s) for s in args.seeds.split(",") if s]:  # --seeds "": search only
             params = merge(merge(base, {"base": {"seed": seed}}), RECIPES[chosen])

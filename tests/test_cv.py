@@ -290,8 +290,8 @@ def test_the_sweep_names_the_model_a_recipe_saves():
 
 def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
     """benchmarks.sweep: a search row shows each class's mean fold recall (the small-lesion
-    class is where a recipe fails); a test row ECE before and after the temperature and the
-    share the "uncertain" rule answers, with their accuracy."""
+    class is where a recipe fails); a test row the loss and ECE before and after the
+    temperature and the share the "uncertain" rule answers, with their accuracy."""
     from benchmarks.sweep import search_row, test_row
 
     spread = {"mean": 0.8, "std": 0.01}
@@ -310,10 +310,16 @@ def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
         "groups": 24,
         "balanced_accuracy": 0.75,
         "macro_f1": 0.74,
-        "calibration": {"ece": 0.031, "before": {"ece": 0.08}},
+        "loss": 0.5,
+        "calibration": {
+            "ece": 0.031,
+            "ece_if_calibrated": 0.06,
+            "before": {"ece": 0.08, "loss": 0.55},
+        },
         "uncertain": {"coverage": 0.9, "accuracy": 0.8},
     }
-    assert "| 0.080 -> 0.031 | 0.900 (0.800) |" in test_row(42, "3 seeds", ev, 60)
+    row = test_row(42, "3 seeds", ev, 60)
+    assert "| 0.550 -> 0.500 | 0.080 -> 0.031 (0.060) | 0.900 (0.800) |" in row
 
 
 def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
