@@ -102,8 +102,8 @@ def fill_to(
 ) -> set[str]:
     """At least one and at most ``most`` of ``groups`` ((id, images)) whose images come
     closest to ``target``: the prefix closest to it of the first of up to
-    :data:`FILL_ORDERS` orders drawn from ``rng`` that does best (an exact sum ends the
-    draws). A prefix of a random order takes large and small groups alike; taking every
+    :data:`FILL_ORDERS` orders drawn from ``rng`` that does best (a sum within half an
+    image ends the draws). A prefix of a random order takes large and small groups alike; taking every
     group that still fits would pass over the large ones near the target, and fill the
     held-out splits with small groups, which without patient ids are often the images
     no rule could tie to others."""
