@@ -125,6 +125,8 @@ RECIPES = {
     # 512 matrix, so that a benign nodule is drawn at its size in mm rather than a few
     # pixels (``--data synthetic`` only), and a larger input to the network.
     "phantom512": {"data": {"synthetic": {"image_size": 512}}},
+    # The lungs' box rather than the body's: a nodule larger at the same input size.
+    "lungs": {"convert": {"framing": "lungs"}},
     "phantom512_size192": {
         "data": {"synthetic": {"image_size": 512}},
         "convert": {"image_size": 192},

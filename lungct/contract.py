@@ -44,7 +44,11 @@ PREPROCESSING_STEPS = (
     "exported images: grayscale (alpha on black), repeated per window channel",
     "aspect-preserving resize with black padding to image_size",
 )
-FRAMING_STEP = "framing body: cropped to the body's bounding box before the resize"
+FRAMING_STEPS = {  # convert.framing: what is cropped before the resize
+    Framing.BODY: "framing body: cropped to the body's bounding box before the resize",
+    Framing.LUNGS: "framing lungs: cropped to the lungs' bounding box with a margin (the "
+    "body's where no lungs are found) before the resize",
+}
 REQUIRED_KEYS = ("classes", "image_size", "channels", "windows", "file_window")
 # Keys added later (and crop): a contract without them is of a model of whole slices.
 OPTIONAL_KEYS = ("context_slices", "framing")
@@ -231,7 +235,7 @@ class Contract:
             "input": MODEL_INPUT,
             "preprocessing": [
                 *PREPROCESSING_STEPS[:-1],
-                *([FRAMING_STEP] if prep.framing == Framing.BODY else []),
+                *([FRAMING_STEPS[prep.framing]] if prep.framing in FRAMING_STEPS else []),
                 PREPROCESSING_STEPS[-1],
             ],
             **({"data": self.data.to_dict()} if self.data is not None else {}),

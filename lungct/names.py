@@ -77,6 +77,7 @@ class Framing(StrEnum):
 
     IMAGE = "image"  # the whole image
     BODY = "body"  # the body's bounding box (lungct.io.images.body_box)
+    LUNGS = "lungs"  # the lungs' bounding box, with a margin (lungct.io.images.lung_box)
 
 
 class Crop(StrEnum):

@@ -296,11 +296,11 @@ class PreprocessingSchema(_Section):
         # None: convert.crop_mm unset, CROP_MM (Preprocessing.from_params)
         if self.crop == Crop.LESION and self.crop_mm is not None and not self.crop_mm > 0:
             raise ValueError("crop_mm: a lesion crop needs a side above 0 mm")
-        if self.framing == Framing.BODY and (self.context_slices or self.crop != Crop.NONE):
+        if self.framing != Framing.IMAGE and (self.context_slices or self.crop != Crop.NONE):
             raise ValueError(
-                "framing: 'body' frames each image by itself; with context_slices or crop "
-                "the slices of one example would be framed differently: set "
-                "convert.framing: image with them"
+                f"framing: {str(self.framing)!r} frames each image by itself; with "
+                "context_slices or crop the slices of one example would be framed "
+                "differently: set convert.framing: image with them"
             )
         return self
 

@@ -223,7 +223,7 @@ def exports(folder: Path, framing: str) -> tuple[list[str], list[int]]:
     their bodies of brightness 130, 140, 110, 100, written as convert writes them."""
     from PIL import Image
 
-    from lungct.io.images import fit_square, frame_to_body
+    from lungct.io.images import fit_square, framed
 
     paths, labels = [], []
     for i, (inner, label, level) in enumerate(
@@ -232,7 +232,7 @@ def exports(folder: Path, framing: str) -> tuple[list[str], list[int]]:
         image = np.zeros((64, 64), np.uint8)
         lo = (64 - inner) // 2
         image[lo : lo + inner, lo : lo + inner] = level
-        view = fit_square(frame_to_body(image), 64) if framing == "body" else image
+        view = fit_square(framed(image, framing), 64) if framing == "body" else image
         Image.fromarray(view).save(folder / f"{i}.png")
         paths.append(str(folder / f"{i}.png"))
         labels.append(label)

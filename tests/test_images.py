@@ -152,11 +152,11 @@ def test_body_box_is_the_body_not_the_table_nor_the_margin(height, width, top, l
     assert box[1] < top + 130  # the table is not in it
 
 
-def test_frame_to_body_shows_one_body_at_one_scale_whatever_the_margin():
-    from lungct.io.images import frame_to_body
+def test_body_framing_shows_one_body_at_one_scale_whatever_the_margin():
+    from lungct.io.images import framed
 
-    tight = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
-    wide = fit_square(frame_to_body(chest_export(400, 600, 150, 220)), 64)
+    tight = fit_square(framed(chest_export(140, 170, 2, 5), "body"), 64)
+    wide = fit_square(framed(chest_export(400, 600, 150, 220), "body"), 64)
     assert np.abs(tight.astype(int) - wide.astype(int)).mean() < 8  # resampling differs
     # Without framing the same body is at two scales.
     plain = [
@@ -166,14 +166,56 @@ def test_frame_to_body_shows_one_body_at_one_scale_whatever_the_margin():
     assert np.abs(plain[0].astype(int) - plain[1].astype(int)).mean() > 20
 
 
-@pytest.mark.parametrize("image", [np.zeros((50, 80), np.uint8), np.full((50, 80), 255, np.uint8)])
-def test_no_body_or_all_body_leaves_the_image_whole(image):
-    from lungct.io.images import frame_to_body
+@pytest.mark.parametrize(("height", "width", "top", "left"), [(300, 400, 60, 100), (130, 170, 4, 5)])
+def test_lung_box_is_the_lungs_with_a_margin(height, width, top, left):
+    """Framing lungs: the dark regions inside the body's outline (an export: darker than the
+    body's Otsu threshold), LUNG_MARGIN of their side wider, inside the body's box."""
+    from lungct.io.images import LUNG_MARGIN, body_box, lung_box
 
-    assert frame_to_body(image).shape == image.shape
+    image = chest_export(height + 10, width, top, left)
+    box = lung_box(image > 40, gray=image)
+    assert box is not None
+    rows, cols = np.nonzero(image == 10)  # the lungs
+    lung_rows, lung_cols = rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()
+    expected = (
+        rows.min() - LUNG_MARGIN * lung_rows,
+        rows.max() + 1 + LUNG_MARGIN * lung_rows,
+        cols.min() - LUNG_MARGIN * lung_cols,
+        cols.max() + 1 + LUNG_MARGIN * lung_cols,
+    )
+    assert np.allclose(box, expected, atol=3)  # every k-th pixel (k = 2 here), and an opening
+    body = body_box(image > 40)
+    assert body[0] < box[0] and box[1] < body[1] and body[2] < box[2] and box[3] < body[3]
+
+
+def test_lung_framing_shows_the_lungs_larger_at_one_scale_whatever_the_margin():
+    from lungct.io.images import framed
+
+    tight = fit_square(framed(chest_export(140, 170, 2, 5), "lungs"), 64)
+    wide = fit_square(framed(chest_export(400, 600, 150, 220), "lungs"), 64)
+    assert np.abs(tight.astype(int) - wide.astype(int)).mean() < 8
+    body = fit_square(framed(chest_export(140, 170, 2, 5), "body"), 64)
+    assert (tight == 10).sum() > 1.3 * (body == 10).sum()  # the lungs fill more of the input
+
+
+def test_lung_framing_without_lungs_is_the_body():
+    """A slice with no lungs in the body (above or below them) is framed to the body."""
+    from lungct.io.images import framed
+
+    solid = chest_export(300, 400, 60, 100)
+    solid[solid == 10] = 150
+    np.testing.assert_array_equal(framed(solid, "lungs"), framed(solid, "body"))
+
+
+@pytest.mark.parametrize("image", [np.zeros((50, 80), np.uint8), np.full((50, 80), 255, np.uint8)])
+@pytest.mark.parametrize("framing", ["body", "lungs"])
+def test_no_body_or_all_body_leaves_the_image_whole(image, framing):
+    from lungct.io.images import framed
+
+    assert framed(image, framing).shape == image.shape
     speck = image.copy()
     speck[10:13, 10:13] = 200 if image.max() == 0 else 0
-    assert frame_to_body(speck if image.max() == 0 else image).shape == image.shape
+    assert framed(speck if image.max() == 0 else image, framing).shape == image.shape
 
 
 @pytest.mark.parametrize("margin", [0.15, 0.3])
@@ -181,9 +223,9 @@ def test_reframe_shows_an_image_as_a_wider_export_would(margin):
     """The cv stage's framing shift (lungct.io.images.reframe): with framing image the body
     shrinks by 1 / (1 + 2 margin) in the same square; with framing body it is cropped back,
     so a body-framed model sees nearly the image it was scored on."""
-    from lungct.io.images import frame_to_body, reframe
+    from lungct.io.images import framed, reframe
 
-    view = fit_square(frame_to_body(chest_export(140, 170, 2, 5)), 64)
+    view = fit_square(framed(chest_export(140, 170, 2, 5), "body"), 64)
     wider = reframe(view, margin, "image")
     assert wider.shape == view.shape and wider.dtype == np.uint8
     assert (wider > 40).sum() == pytest.approx((view > 40).sum() / (1 + 2 * margin) ** 2, rel=0.1)

@@ -286,6 +286,29 @@ def test_body_framing_reaches_every_model_image(tmp_path):
     assert np.array_equal(image.pixels, framed.pixels)
 
 
+def test_lung_framing_of_ct_is_by_density(workdir, tiny):
+    """A CT frame's lungs are what inside the body is not denser than -500 HU: the lungs'
+    box lies inside the body's, and the lung-framed input shows more lung than the
+    body-framed one."""
+    from lungct.io.images import BODY_HU, body_box, lung_box
+
+    download(tiny)
+    path = sorted((workdir / "data/raw").rglob("*.dcm"))[0]
+    frame = read_ct(path)[0]
+    body_mask = frame.hu > BODY_HU
+    body, lungs = body_box(body_mask), lung_box(body_mask, body_mask)
+    assert body[0] < lungs[0] and lungs[1] < body[1] and body[2] < lungs[2] and lungs[3] < body[3]
+    window = ((-600.0, 1500.0),)
+    views = {
+        framing: dicom_images(path, Preprocessing(window, file_window=False, image_size=32, framing=framing))
+        for framing in ("body", "lungs")
+    }
+    lung_level = window_channels(np.full((1, 1), -850.0, np.float32), window)[0, 0]
+    def lung_share(image):
+        return (np.abs(image.pixels.astype(int) - int(lung_level)) < 20).mean()
+    assert lung_share(views["lungs"][0]) > 1.2 * lung_share(views["body"][0])
+
+
 def test_body_framing_of_ct_is_by_density_whatever_the_window(workdir, tiny):
     """A CT frame's body is where it is denser than -500 HU: in a lung window air is grey
     (60 of 255), so brightness alone would find no margin to crop."""

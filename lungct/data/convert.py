@@ -39,7 +39,7 @@ from lungct.data.slice_labels import (
 from lungct.data.tables import input_files
 from lungct.errors import UserError
 from lungct.io.dicom import CTFrame, FrameGeometry, read_ct
-from lungct.io.images import fit_square, frame_to_body, phash, save_png
+from lungct.io.images import fit_square, framed, phash, save_png
 from lungct.io.preprocess import exported_image, file_problem, frame_channels, model_view
 from lungct.io.windowing import window_channels
 from lungct.names import IMAGE_LAYOUTS, Crop, Framing
@@ -311,7 +311,7 @@ def _finish(row: dict, pixels: np.ndarray, gray: np.ndarray, suffix: str, job: J
         row["view_phash"], row["view_thumb"] = view_record(evidence_view(pixels, gray, job.prep))
         # The body at full resolution, as convert.framing body shows it; cropped from the
         # small view instead, 313 of 1,470 Chest CT-Scan pairs within 2 bits were missed.
-        body = fit_square(frame_to_body(gray), job.prep.image_size)
+        body = fit_square(framed(gray, Framing.BODY), job.prep.image_size)
         row["body_phash"] = phash(body, reducing_gap=None)  # as view_record hashes a view
     # The whole image resized can be the first step of the hash's thumbnail; a crop cannot.
     resized = pixels if job.prep.framing == Framing.IMAGE else None

@@ -16,9 +16,9 @@ from scipy import ndimage
 
 from lungct.errors import SkippedFile
 from lungct.io.dicom import AIR_HU
+from lungct.io.images import BODY_HU
 from lungct.reasons import LESION_OUTSIDE_IMAGE, NO_LUNG_REGION, NO_PIXEL_SPACING
 
-BODY_HU = -500.0  # denser than this: the body (soft tissue, bone)
 LUNG_HU = (-950.0, -500.0)  # lung parenchyma, inside the body
 # The most pixels a crop square may span on a side: 64 mm at 0.016 mm, 1000 mm at 0.25 mm
 # per pixel, finer than any CT; what is resampled is at most this square (64 MiB).

@@ -53,23 +53,30 @@ def model_input(images: Sequence[np.ndarray]) -> np.ndarray:
     return batch[..., None] if batch.ndim == 3 else batch
 
 
-# Framing (convert.framing: body): the body is denser than BODY_HU in a CT frame, or, in
-# an exported image (air dark), brighter than BODY_LEVEL of 255.
+# Framing (convert.framing): the body is denser than BODY_HU in a CT frame, or, in an
+# exported image (air dark), brighter than BODY_LEVEL of 255. The lungs are what inside the
+# body is not that dense (a CT frame), or darker than the body's Otsu threshold (an export).
 BODY_HU = -500.0
 BODY_LEVEL = 40
 BODY_SEARCH_SIDE = 256  # the body is found on every k-th pixel, at most this many a side
 BODY_MIN_SHARE = 0.01  # a largest region under this share of the image is no body
+LUNG_MIN_SHARE = 0.05  # lungs under this share of the body are none (the body's box instead)
+LUNG_REGION_SHARE = 0.2  # lung regions under this share of the largest are not kept
+LUNG_MARGIN = 0.05  # of the lungs' box side, added on each side (lesions on the pleura)
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right; bottom and right exclusive
 
 
-def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The bounding box (top, bottom, left, right; bottom and right exclusive) of the body
-    in a 2-D mask (True where a pixel is body-dense or body-bright): its largest connected
-    region after a morphological opening that cuts thin bridges (the CT table, a line of
-    text); None when that region covers under :data:`BODY_MIN_SHARE` of the image.
-    Cropping to it shows the model the body at one scale, however an export framed it."""
-    from scipy import ndimage  # imported here: only convert.framing: body needs it
+def _search_step(shape: tuple[int, ...]) -> int:
+    return max(1, -(-max(shape[:2]) // BODY_SEARCH_SIDE))
 
-    step = max(1, -(-max(body.shape) // BODY_SEARCH_SIDE))
+
+def _largest_region(body: np.ndarray, step: int) -> np.ndarray | None:
+    """The largest connected region of ``body`` sampled every ``step`` pixels, after a
+    morphological opening that cuts thin bridges (the CT table, a line of text); None when
+    it covers under :data:`BODY_MIN_SHARE` of the image."""
+    from scipy import ndimage  # imported here: only a framing of the body needs it
+
     opened = ndimage.binary_opening(body[::step, ::step], iterations=2)
     labels, count = ndimage.label(opened)
     if count == 0:
@@ -78,18 +85,98 @@ def body_box(body: np.ndarray) -> tuple[int, int, int, int] | None:
     largest = int(np.argmax(sizes))
     if sizes[largest] < BODY_MIN_SHARE * opened.size:
         return None
-    rows, cols = ndimage.find_objects(labels)[largest]
-    bottom, right = min(body.shape[0], rows.stop * step), min(body.shape[1], cols.stop * step)
-    return rows.start * step, bottom, cols.start * step, right
+    return labels == largest + 1
 
 
-def frame_to_body(image: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
-    """``image`` (2-D, or channels last) cropped to :func:`body_box` of ``body`` (a mask
-    of the same rows and columns; by default its first channel brighter than
-    :data:`BODY_LEVEL`); unchanged when no body is found."""
-    if body is None:
-        body = (image if image.ndim == 2 else image[..., 0]) > BODY_LEVEL
-    box = body_box(body)
+def _box(region: np.ndarray, step: int, shape: tuple[int, ...], margin: float = 0.0) -> Box:
+    """The bounding box, in ``shape``'s pixels, of a mask sampled every ``step`` pixels,
+    widened by ``margin`` x its side on each side."""
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    top, bottom = rows[0] * step, (rows[-1] + 1) * step
+    left, right = cols[0] * step, (cols[-1] + 1) * step
+    pad_rows, pad_cols = round(margin * (bottom - top)), round(margin * (right - left))
+    return (
+        max(0, top - pad_rows),
+        min(shape[0], bottom + pad_rows),
+        max(0, left - pad_cols),
+        min(shape[1], right + pad_cols),
+    )
+
+
+def body_box(body: np.ndarray) -> Box | None:
+    """The bounding box of the body in a 2-D mask (True where a pixel is body-dense or
+    body-bright): its largest connected region after an opening (:func:`_largest_region`);
+    None when there is none. Cropping to it shows the model the body at one scale, however
+    an export framed it."""
+    step = _search_step(body.shape)
+    region = _largest_region(body, step)
+    return None if region is None else _box(region, step, body.shape)
+
+
+def otsu_threshold(values: np.ndarray) -> int | None:
+    """Otsu's threshold of uint8 ``values``: the level that best splits them into a dark
+    and a bright class (the largest between-class variance); values below it are dark.
+    None when they have one level or none."""
+    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    if np.count_nonzero(counts) < 2:
+        return None
+    share = np.cumsum(counts) / counts.sum()
+    mean = np.cumsum(counts * np.arange(256)) / counts.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean[-1] * share - mean) ** 2 / (share * (1.0 - share))
+    return int(np.nanargmax(between[:-1])) + 1
+
+
+def lung_box(
+    body: np.ndarray, light: np.ndarray | None = None, gray: np.ndarray | None = None
+) -> Box | None:
+    """The bounding box of the lungs, :data:`LUNG_MARGIN` wider on each side, in a 2-D
+    ``body`` mask: the regions inside the body's filled outline (:func:`_largest_region`)
+    that are not ``light`` (a CT frame: body-dense; by default, for an export, ``gray`` at
+    or above the Otsu threshold of the body's pixels), those of at least
+    :data:`LUNG_REGION_SHARE` of the largest kept. None when there is no body, or the lungs
+    are under :data:`LUNG_MIN_SHARE` of it (a slice above or below them)."""
+    from scipy import ndimage
+
+    step = _search_step(body.shape)
+    region = _largest_region(body, step)
+    if region is None:
+        return None
+    inside = ndimage.binary_fill_holes(region)
+    if light is None:
+        sampled = gray[::step, ::step]
+        threshold = otsu_threshold(sampled[inside])
+        if threshold is None:
+            return None
+        light = sampled >= threshold
+    else:
+        light = light[::step, ::step]
+    lungs = ndimage.binary_opening(inside & ~light)
+    labels, count = ndimage.label(lungs)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    if sizes.sum() < LUNG_MIN_SHARE * inside.sum():
+        return None
+    kept = np.isin(labels, np.flatnonzero(sizes >= LUNG_REGION_SHARE * sizes.max()) + 1)
+    return _box(kept, step, body.shape, LUNG_MARGIN)
+
+
+def framed(image: np.ndarray, framing: str, hu: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (uint8, 2-D or channels last) cropped as ``framing`` says
+    (``convert.framing``): ``image``: unchanged; ``body``: to :func:`body_box`; ``lungs``: to
+    :func:`lung_box`, or the body's box where no lungs are found. The masks come from the CT
+    frame's ``hu`` where given (body: denser than :data:`BODY_HU`), else from the first
+    channel (body: brighter than :data:`BODY_LEVEL`). Unchanged when no body is found."""
+    if framing == Framing.IMAGE:
+        return image
+    gray = image if image.ndim == 2 else image[..., 0]
+    body = hu > BODY_HU if hu is not None else gray > BODY_LEVEL
+    box = None
+    if framing == Framing.LUNGS:
+        box = lung_box(body, hu > BODY_HU if hu is not None else None, gray)
+    if box is None:
+        box = body_box(body)
     if box is None:
         return image
     top, bottom, left, right = box
@@ -104,15 +191,13 @@ REFRAME_MARGINS = (0.15, 0.3)
 def reframe(image: np.ndarray, margin: float, framing: str) -> np.ndarray:
     """A model image (uint8, square, 2-D or channels last) as another export would frame
     it: ``margin`` x its side of black added on every side, then the recipe's own framing
-    (``body``: :func:`frame_to_body`, by brightness) and :func:`fit_square` back to its size.
-    A recipe that reads the framing scores lower on these; one that frames to the body
-    sees nearly the same image again."""
+    (:func:`framed`, by brightness) and :func:`fit_square` back to its size. A recipe that
+    reads the framing scores lower on these; one that frames to the body or the lungs sees
+    nearly the same image again."""
     size = image.shape[0]
     pad = round(margin * size)
     wider = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2))
-    if framing == Framing.BODY:
-        wider = frame_to_body(wider)
-    return fit_square(wider, size)
+    return fit_square(framed(wider, framing), size)
 
 
 # pHash (imagehash.phash, its defaults): the 8 x 8 lowest DCT coefficients of a 32 x 32

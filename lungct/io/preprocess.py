@@ -20,7 +20,7 @@ import numpy as np
 from lungct.contract import Preprocessing
 from lungct.errors import SkippedFile, describe
 from lungct.io.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
-from lungct.io.images import BODY_HU, fit_square, frame_to_body, read_image
+from lungct.io.images import fit_square, framed, read_image
 from lungct.io.windowing import window_channels, window_lookup, window_uint8
 from lungct.names import Framing
 from lungct.reasons import NOT_DICOM, NOT_IMAGE, UNREADABLE
@@ -51,12 +51,11 @@ class ModelImage:
 
 
 def model_view(pixels: np.ndarray, prep: Preprocessing, frame: CTFrame | None = None) -> np.ndarray:
-    """Unresized uint8 channels -> the model's ``image_size`` square: with ``framing:
-    body`` first cropped to the body (a CT ``frame``'s: denser than
-    :data:`lungct.io.images.BODY_HU`, whatever the window; an exported image's: bright), then
-    :func:`lungct.io.images.fit_square`."""
-    if prep.framing == Framing.BODY:
-        pixels = frame_to_body(pixels, frame.hu > BODY_HU if frame is not None else None)
+    """Unresized uint8 channels -> the model's ``image_size`` square: first cropped as
+    ``framing`` says (:func:`lungct.io.images.framed`: the body or the lungs of a CT
+    ``frame`` found in its HU, whatever the window; of an exported image, by brightness),
+    then :func:`lungct.io.images.fit_square`."""
+    pixels = framed(pixels, prep.framing, frame.hu if frame is not None else None)
     return fit_square(pixels, prep.image_size)
 
 
