@@ -475,7 +475,9 @@ class CalibrationParams(_Section):
     """Fitted on the val split after training and stored with the model
     (:mod:`lungct.model.calibrate`)."""
 
-    temperature: bool  # temperature scaling; false: the model's own probabilities
+    # temperature scaling: auto: where it lowers the loss of val patients it was not fitted
+    # on (lungct.evaluation.calibration.choose_temperature); true: always; false: never
+    temperature: Literal["auto"] | bool
     # "uncertain" below the lowest calibrated top probability at which the answered val
     # images are this accurate, leaving at most max_uncertain of them unanswered
     answered_accuracy: Annotated[float, Field(gt=0, le=1)]

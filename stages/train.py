@@ -39,6 +39,7 @@ from lungct.artifacts import (
 from lungct.atomic import atomic_file, write_json
 from lungct.contract import Contract, TrainingData
 from lungct.data.tables import (
+    image_groups,
     read_source,
     read_split_metrics,
     read_splits,
@@ -102,7 +103,10 @@ def train(params: Params, splits_dir: Path = SPLITS_DIR, folds_dir: Path = FOLDS
     from lungct.model.saving import inference_model
 
     raw = predict_images(inference_model(model), contract, val_set[0], params)
-    model, contract, metrics["calibration"] = calibrated(model, contract, raw, val_set[1], params)
+    groups = image_groups(table, "val")
+    model, contract, metrics["calibration"] = calibrated(
+        model, contract, raw, val_set[1], groups, params
+    )
     if not chief:
         log.info("train: done; the chief writes the model and metrics, this worker nothing")
         return metrics
@@ -122,8 +126,8 @@ def train_ensemble(contract: Contract, params: Params, folds_dir: Path) -> dict:
     model = fold_ensemble(contract, folds_dir)
     members = len(model.layers) - 2
     # every val image trained most fold models: each fold model's own held-out images instead
-    raw, truth = out_of_fold(contract, params, folds_dir)
-    model, contract, calibration = calibrated(model, contract, raw, truth, params)
+    raw, truth, groups = out_of_fold(contract, params, folds_dir)
+    model, contract, calibration = calibrated(model, contract, raw, truth, groups, params)
     with atomic_file(MODEL_FILE) as tmp:
         save_model(model, tmp)
     contract.write(CONTRACT_FILE)
@@ -139,14 +143,27 @@ def train_ensemble(contract: Contract, params: Params, folds_dir: Path) -> dict:
     return metrics
 
 
-def calibrated(model, contract: Contract, raw, truth, params: Params):
+def calibrated(model, contract: Contract, raw, truth, groups, params: Params):
     """``(model, contract, record)`` calibrated by ``train.calibration`` on held-out images
-    (``raw``: their probabilities before calibration, ``truth``: their classes): the model
+    (``raw``: their probabilities before calibration, ``truth``: their classes, ``groups``:
+    their patients): the model
     with its temperature layer, the contract with its temperature and "uncertain"
     threshold, the record for ``metrics/train.json``."""
     from lungct.model.calibrate import calibrate
 
-    model, temperature, below, record = calibrate(model, raw, truth, params.train.calibration)
+    model, temperature, below, record = calibrate(
+        model, raw, truth, groups, params.train.calibration, params.base.seed
+    )
+    crossfit = record["choice"].get("crossfit")
+    if crossfit:
+        log.info(
+            "train: temperature auto: the loss of val patients %.4f without one, %.4f with "
+            "one fitted on the others (%d halvings): %s",
+            crossfit["none"],
+            crossfit["temperature"],
+            crossfit["draws"],
+            "kept" if temperature != 1.0 else "none",
+        )
     log.info(
         "train: temperature %.4g (val NLL %.4f -> %.4f, ECE %.4f -> %.4f); uncertain below a "
         "top probability of %.4g (val: %.0f %% answered)",

@@ -13,7 +13,9 @@ from lungct.errors import UserError
 from lungct.evaluation.calibration import (
     apply_temperature,
     aurc,
+    choose_temperature,
     choose_threshold,
+    crossfit_loss,
     ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
@@ -56,6 +58,31 @@ def test_temperature_of_a_calibrated_model_is_about_one():
     y, p = overconfident(sharpen=1.0, seed=1)
     assert fit_temperature(y, p) == pytest.approx(1.0, abs=0.12)
     assert fit_temperature(np.array([], dtype=int), np.zeros((0, 3))) == 1.0
+
+
+def test_auto_keeps_a_temperature_that_helps_patients_it_was_not_fitted_on():
+    """temperature: auto fits on half the patients and scores the other half: an
+    over-confident model keeps its temperature, a calibrated one gets none (its fit to all
+    the images is noise), and too few patients to halve give none."""
+    y, p = overconfident(n=300, seed=4)
+    groups = np.arange(len(y)) // 10  # 30 patients of 10 images
+    temperature, record = choose_temperature(y, p, groups, "auto")
+    assert temperature == fit_temperature(y, p) and temperature > 2
+    losses = record["crossfit"]
+    assert losses["temperature"] < losses["none"] - 0.05 and losses["draws"] > 1
+    assert 0 < losses["gain_se"] < losses["none"] - losses["temperature"]
+    assert losses == {**crossfit_loss(y, p, groups), "draws": losses["draws"]}  # seeded
+
+    y, p = overconfident(n=300, sharpen=1.0, seed=5)
+    temperature, record = choose_temperature(y, p, groups, "auto")
+    assert fit_temperature(y, p) != 1.0  # what "true" would have kept
+    losses = record["crossfit"]
+    assert temperature == 1.0 and losses["none"] - losses["temperature"] <= losses["gain_se"]
+
+    y, p = overconfident(n=300, seed=4)
+    assert choose_temperature(y, p, groups % 3, "auto") == (1.0, {"mode": "auto", "crossfit": None})
+    assert choose_temperature(y, p, groups, True)[0] == fit_temperature(y, p)
+    assert choose_temperature(y, p, groups, False) == (1.0, {"mode": False})
 
 
 def test_reliability_bins_and_ece_by_hand():
@@ -200,7 +227,8 @@ def test_the_keras_layer_is_numpys_maths_saved_with_the_model(tmp_path):
     dense.set_weights([3.0 * weights])
     raw = model.predict(x, verbose=0)
 
-    calibrated, temperature, threshold, record = calibrate(model, raw, y, CFG)
+    groups = np.arange(len(y)) // 15
+    calibrated, temperature, threshold, record = calibrate(model, raw, y, groups, CFG)
     assert temperature == pytest.approx(3.0, rel=0.15)
     assert record["nll"]["after"] < record["nll"]["before"]
     assert record["ece"]["after"] < record["ece"]["before"]
@@ -218,11 +246,14 @@ def test_the_keras_layer_is_numpys_maths_saved_with_the_model(tmp_path):
     np.testing.assert_allclose(after, out, atol=1e-6)
     assert temperature_of(uncalibrated(loaded)) is None
     # calibrating again replaces the temperature, never stacks a second one
-    again, _, _, _ = calibrate(loaded, raw, y, CFG)
+    again, _, _, _ = calibrate(loaded, raw, y, groups, CFG)
     assert sum(type(layer).__name__ == "Temperature" for layer in again.layers) == 1
     # train.calibration.temperature: false keeps the model's own probabilities
     off = CFG.model_copy(update={"temperature": False})
-    assert calibrate(model, raw, y, off)[1] == 1.0
+    assert calibrate(model, raw, y, groups, off)[1] == 1.0
+    # auto: the over-confidence shows on patients the temperature was not fitted on too
+    auto = CFG.model_copy(update={"temperature": "auto"})
+    assert calibrate(model, raw, y, groups, auto)[1] == temperature
 
 
 def test_the_contract_refuses_a_model_of_another_temperature():

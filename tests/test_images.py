@@ -166,7 +166,9 @@ def test_body_framing_shows_one_body_at_one_scale_whatever_the_margin():
     assert np.abs(plain[0].astype(int) - plain[1].astype(int)).mean() > 20
 
 
-@pytest.mark.parametrize(("height", "width", "top", "left"), [(300, 400, 60, 100), (130, 170, 4, 5)])
+@pytest.mark.parametrize(
+    ("height", "width", "top", "left"), [(300, 400, 60, 100), (130, 170, 4, 5)]
+)
 def test_lung_box_is_the_lungs_with_a_margin(height, width, top, left):
     """Framing lungs: the dark regions inside the body's outline (an export: darker than the
     body's Otsu threshold), LUNG_MARGIN of their side wider, inside the body's box."""

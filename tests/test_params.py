@@ -55,7 +55,10 @@ def test_project_params_are_valid():
         ({"train": {"convs_per_block": 0}}, "train.convs_per_block: input should be greater"),
         ({"train": {"augment": {"contrast": 1.0}}}, "train.augment.contrast: input should be less"),
         ({"train": {"augment": {"brightness": -0.1}}}, "train.augment.brightness: input should"),
-        ({"convert": {"framing": "tight"}}, "convert.framing: input should be 'image', 'body' or 'lungs'"),
+        (
+            {"convert": {"framing": "tight"}},
+            "convert.framing: input should be 'image', 'body' or 'lungs'",
+        ),
         (
             {"convert": {"framing": "body", "context_slices": 1}},
             "framing: 'body' frames each image by itself",

@@ -300,12 +300,16 @@ def test_lung_framing_of_ct_is_by_density(workdir, tiny):
     assert body[0] < lungs[0] and lungs[1] < body[1] and body[2] < lungs[2] and lungs[3] < body[3]
     window = ((-600.0, 1500.0),)
     views = {
-        framing: dicom_images(path, Preprocessing(window, file_window=False, image_size=32, framing=framing))
+        framing: dicom_images(
+            path, Preprocessing(window, file_window=False, image_size=32, framing=framing)
+        )
         for framing in ("body", "lungs")
     }
     lung_level = window_channels(np.full((1, 1), -850.0, np.float32), window)[0, 0]
+
     def lung_share(image):
         return (np.abs(image.pixels.astype(int) - int(lung_level)) < 20).mean()
+
     assert lung_share(views["lungs"][0]) > 1.2 * lung_share(views["body"][0])
 
 

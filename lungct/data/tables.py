@@ -75,13 +75,26 @@ def fold_images(
 ) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
     """Cross-validation fold ``fold`` of ``splits.csv``: (train, val) as
     :func:`split_images` gives them; train is every other fold of the train and val images."""
+    others, held_out = _fold_rows(table, fold)
+    return (
+        _images(others, f"the training images of fold {fold}", classes, splits_dir),
+        _images(held_out, f"fold {fold}", classes, splits_dir),
+    )
+
+
+def _fold_rows(table: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the other folds' rows, fold ``fold``'s rows) of the train and val images."""
     folds = pd.to_numeric(table["fold"], errors="coerce")
     pool = table[(table["split"] != "test") & (folds > 0)]
     held_out = folds[pool.index] == fold
-    return (
-        _images(pool[~held_out], f"the training images of fold {fold}", classes, splits_dir),
-        _images(pool[held_out], f"fold {fold}", classes, splits_dir),
-    )
+    return pool[~held_out], pool[held_out]
+
+
+def image_groups(table: pd.DataFrame, split: str | None = None, fold: int = 0) -> list[str]:
+    """The group (patient, or likely patient) of each image of one ``split``, or of fold
+    ``fold``'s held-out images, in :func:`split_images`' or :func:`fold_images`' order."""
+    rows = table[table["split"] == split] if split is not None else _fold_rows(table, fold)[1]
+    return rows["group"].astype(str).tolist()
 
 
 def table_folds(table: pd.DataFrame, splits_dir: Path = SPLITS_DIR) -> list[int]:

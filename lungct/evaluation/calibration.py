@@ -5,6 +5,9 @@ the maths that train fits on the val split and evaluate measures on test.
   one softmax model that is ``softmax(logits / T)``; for an ensemble it scales the log of
   the averaged output. It never changes which class is most probable.
   :class:`lungct.model.calibrate.Temperature` is the same in the model's graph.
+  :func:`choose_temperature` keeps a fitted temperature only where it clearly lowers the
+  loss of held-out patients it was not fitted on (cross-fitting), since on a small val
+  split a temperature fitted to all of it can be noise.
 * Reliability: top-label confidence against accuracy in equal-width bins; the expected
   calibration error (ECE) is their size-weighted gap.
 * Selective answers: an image whose calibrated top probability is below a threshold is
@@ -22,6 +25,10 @@ import numpy as np
 # The temperatures a model may have, the range the fit searches (a model 20 times too sure,
 # or too unsure, is beyond repair by one scalar); a contract holding another is refused.
 TEMPERATURE_RANGE = (0.05, 20.0)
+
+# temperature: auto halves the held-out groups at random this many times (cross-fitting)
+CROSSFIT_DRAWS = 20
+CROSSFIT_MIN_GROUPS = 4  # fewer held-out groups cannot be halved into evidence: no temperature
 
 RELIABILITY_BINS = 15  # equal-width confidence bins of the ECE and the reliability diagram
 CALIBRATED_DRAWS = 200  # label sets drawn by ece_if_calibrated
@@ -62,6 +69,77 @@ def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
         options={"xatol": 1e-5},
     )
     return round(float(np.exp(found.x)), 4)
+
+
+def crossfit_loss(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    groups: np.ndarray,
+    draws: int = CROSSFIT_DRAWS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The negative log-likelihood of held-out images without a temperature (``none``) and
+    with one fitted on other patients (``temperature``): ``draws`` times, the ``groups``
+    (patients) are halved at random, a temperature is fitted on each half's images and
+    scores the other half's (each image's loss the mean over the draws). ``gain_se``: the
+    standard error of the gain ``none - temperature``, from the patients' sums (images of
+    one patient are not independent evidence)."""
+    y_true = np.asarray(y_true, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    _, which = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    count = int(which.max()) + 1
+    rows = np.arange(len(y_true))
+
+    def losses(q: np.ndarray) -> np.ndarray:
+        return -np.log(np.clip(q[rows, y_true], TINY, 1.0))
+
+    rng = np.random.default_rng(seed)
+    scaled = np.zeros(len(y_true))
+    for _ in range(draws):
+        first = np.isin(which, rng.permutation(count)[: count // 2])
+        out = np.empty_like(probabilities)
+        for fit_on in (first, ~first):
+            temperature = fit_temperature(y_true[fit_on], probabilities[fit_on])
+            out[~fit_on] = apply_temperature(probabilities[~fit_on], temperature)
+        scaled += losses(out) / draws
+    gain = losses(probabilities) - scaled
+    # the cluster-robust standard error of the mean gain over the images
+    per_group = np.bincount(which, gain, count) - np.bincount(which, None, count) * gain.mean()
+    gain_se = np.sqrt((per_group**2).sum() * count / (count - 1)) / len(gain)
+    return {
+        "none": round(float(losses(probabilities).mean()), 6),
+        "temperature": round(float(scaled.mean()), 6),
+        "gain_se": round(float(gain_se), 6),
+    }
+
+
+def choose_temperature(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    groups: np.ndarray,
+    mode: bool | str,
+    seed: int = 0,
+) -> tuple[float, dict]:
+    """The temperature ``train.calibration.temperature`` gives these held-out images, and
+    the evidence: ``False``: 1.0; ``True``: :func:`fit_temperature` on all of them;
+    ``"auto"``: that fit where :func:`crossfit_loss` says a temperature fitted on some
+    patients lowers the loss of the others by more than one standard error of that gain
+    (the one-standard-error rule: the simpler model unless the evidence is clear), else 1.0;
+    1.0 too with fewer than :data:`CROSSFIT_MIN_GROUPS` groups. The record holds the mode
+    and, for ``auto``, the cross-fitted losses (``metrics/train.json``'s
+    ``calibration.choice``)."""
+    record: dict = {"mode": mode}
+    if mode is False:
+        return 1.0, record
+    if mode == "auto":
+        if len(np.unique(np.asarray(groups).astype(str))) < CROSSFIT_MIN_GROUPS:
+            record["crossfit"] = None
+            return 1.0, record
+        losses = crossfit_loss(y_true, probabilities, groups, seed=seed)
+        record["crossfit"] = {**losses, "draws": CROSSFIT_DRAWS}
+        if losses["none"] - losses["temperature"] <= losses["gain_se"]:
+            return 1.0, record
+    return fit_temperature(y_true, probabilities), record
 
 
 def reliability(

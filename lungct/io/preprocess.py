@@ -22,7 +22,6 @@ from lungct.errors import SkippedFile, describe
 from lungct.io.dicom import CTFrame, code_hu, has_dicom_prefix, read_ct
 from lungct.io.images import fit_square, framed, read_image
 from lungct.io.windowing import window_channels, window_lookup, window_uint8
-from lungct.names import Framing
 from lungct.reasons import NOT_DICOM, NOT_IMAGE, UNREADABLE
 
 

@@ -15,9 +15,9 @@ import numpy as np
 from lungct.evaluation.calibration import (
     TINY,
     apply_temperature,
+    choose_temperature,
     choose_threshold,
     expected_calibration_error,
-    fit_temperature,
     negative_log_likelihood,
 )
 from lungct.params import CalibrationParams
@@ -74,20 +74,27 @@ def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
 
 
 def calibrate(
-    model: keras.Model, raw: np.ndarray, y_val: list[int] | np.ndarray, cfg: CalibrationParams
+    model: keras.Model,
+    raw: np.ndarray,
+    y_val: list[int] | np.ndarray,
+    groups: list[str] | np.ndarray,
+    cfg: CalibrationParams,
+    seed: int = 0,
 ) -> tuple[keras.Model, float, float, dict]:
-    """Fit the temperature (``cfg.temperature``) and choose the "uncertain" threshold on
-    held-out images: their probabilities before calibration ``raw`` and their classes
-    ``y_val``. Returns ``(calibrated model, temperature, threshold, record)``; the record
-    (``metrics/train.json``'s ``calibration``) holds the held-out NLL and ECE before and
-    after, and the rule's coverage and accuracy there."""
+    """Fit the temperature (``cfg.temperature``, :func:`choose_temperature`; ``seed`` draws
+    its cross-fitting halves) and choose the "uncertain" threshold on held-out images:
+    their probabilities before calibration ``raw``, their classes ``y_val`` and their
+    patients ``groups``. Returns ``(calibrated model, temperature, threshold, record)``; the
+    record (``metrics/train.json``'s ``calibration``) holds how the temperature was chosen,
+    the held-out NLL and ECE before and after, and the rule's coverage and accuracy there."""
     y = np.asarray(y_val, dtype=int)
     raw = np.asarray(raw, dtype=np.float64)
-    temperature = fit_temperature(y, raw) if cfg.temperature else 1.0
+    temperature, choice = choose_temperature(y, raw, np.asarray(groups), cfg.temperature, seed)
     calibrated = apply_temperature(raw, temperature)
     rule = choose_threshold(y, calibrated, cfg.answered_accuracy, cfg.max_uncertain)
     record = {
         "temperature": temperature,
+        "choice": choice,
         "images": len(y),
         "nll": {
             "before": round(negative_log_likelihood(y, raw), 6),

@@ -19,7 +19,13 @@ import pandas as pd
 from lungct.artifacts import FOLDS_DIR, SPLITS_DIR
 from lungct.atomic import read_json
 from lungct.contract import Contract
-from lungct.data.tables import fold_images, read_splits, table_folds, train_classes
+from lungct.data.tables import (
+    fold_images,
+    image_groups,
+    read_splits,
+    table_folds,
+    train_classes,
+)
 from lungct.errors import UserError
 from lungct.evaluation.metrics import classification_metrics
 from lungct.io.images import REFRAME_MARGINS, model_input, reframe
@@ -167,21 +173,22 @@ def reframed_scores(
 
 def out_of_fold(
     contract: Contract, params: Params, folds_dir: Path = FOLDS_DIR, splits_dir: Path = SPLITS_DIR
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, classes)`` of every train and val image by the fold model that did
-    not see it (``folds_dir``, the cv stage's): the held-out images a fold ensemble is
-    calibrated on, since each of them trained the other fold models."""
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(probabilities, classes, groups)`` of every train and val image by the fold model
+    that did not see it (``folds_dir``, the cv stage's): the held-out images a fold ensemble
+    is calibrated on, since each of them trained the other fold models."""
     from lungct.model.saving import load_model
 
     table = read_splits(splits_dir)
     names = _fold_models(contract, folds_dir)
-    probabilities, truth = [], []
+    probabilities, truth, groups = [], [], []
     for fold, name in enumerate(names, start=1):
         _, (paths, labels) = fold_images(table, fold, list(contract.classes), splits_dir)
         model = contract.check_model(load_model(folds_dir / name), folds_dir / name)
         probabilities.append(predict_images(model, contract, paths, params))
         truth.append(np.asarray(labels, dtype=int))
-    return np.concatenate(probabilities), np.concatenate(truth)
+        groups += image_groups(table, fold=fold)
+    return np.concatenate(probabilities), np.concatenate(truth), groups
 
 
 def _fold_models(contract: Contract, folds_dir: Path) -> list[str]:
