@@ -49,8 +49,13 @@ def png_pixels(path) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("windows", "framing"),
-    [(THREE_WINDOWS[:1], "image"), (THREE_WINDOWS, "image"), (THREE_WINDOWS[:1], "body")],
-    ids=["gray", "3-window", "gray-body"],
+    [
+        (THREE_WINDOWS[:1], "image"),
+        (THREE_WINDOWS, "image"),
+        (THREE_WINDOWS[:1], "body"),
+        (THREE_WINDOWS, "lungs"),
+    ],
+    ids=["gray", "3-window", "gray-body", "3-window-lungs"],
 )
 def test_model_images_of_raw_dicom_are_the_converted_pngs(workdir, tiny, windows, framing):
     """Predicting on a raw file feeds the model the very pixels train and evaluate read."""
