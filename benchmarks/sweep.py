@@ -127,6 +127,9 @@ RECIPES = {
     "phantom512": {"data": {"synthetic": {"image_size": 512}}},
     # The lungs' box rather than the body's: a nodule larger at the same input size.
     "lungs": {"convert": {"framing": "lungs"}},
+    # A temperature whatever the val patients show (the default keeps one only where it helps
+    # those it was not fitted on: train.calibration.temperature auto).
+    "temperature_always": {"train": {"calibration": {"temperature": True}}},
     "phantom512_size192": {
         "data": {"synthetic": {"image_size": 512}},
         "convert": {"image_size": 192},
