@@ -301,7 +301,7 @@ def test_lung_framing_of_ct_is_by_density(workdir, tiny):
     path = sorted((workdir / "data/raw").rglob("*.dcm"))[0]
     frame = read_ct(path)[0]
     body_mask = frame.hu > BODY_HU
-    body, lungs = body_box(body_mask), lung_box(body_mask, body_mask)
+    body, lungs = body_box(body_mask), lung_box(body_mask)
     assert body[0] < lungs[0] and lungs[1] < body[1] and body[2] < lungs[2] and lungs[3] < body[3]
     window = ((-600.0, 1500.0),)
     views = {

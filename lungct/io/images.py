@@ -108,9 +108,7 @@ def body_box(body: np.ndarray) -> Box | None:
     body-bright): its largest connected region after an opening (:func:`_largest_region`);
     None when there is none. Cropping to it shows the model the body at one scale, however
     an export framed it."""
-    step = _search_step(body.shape)
-    region = _largest_region(body, step)
-    return None if region is None else _box(region, step, body.shape)
+    return _framing_box(body, Framing.BODY)
 
 
 def otsu_threshold(values: np.ndarray) -> int | None:
@@ -127,30 +125,33 @@ def otsu_threshold(values: np.ndarray) -> int | None:
     return int(np.nanargmax(between[:-1])) + 1
 
 
-def lung_box(
-    body: np.ndarray, light: np.ndarray | None = None, gray: np.ndarray | None = None
-) -> Box | None:
+def lung_box(body: np.ndarray, gray: np.ndarray | None = None) -> Box | None:
     """The bounding box of the lungs, :data:`LUNG_MARGIN` wider on each side, in a 2-D
     ``body`` mask: the regions inside the body's filled outline (:func:`_largest_region`)
-    that are not ``light`` (a CT frame: body-dense; by default, for an export, ``gray`` at
-    or above the Otsu threshold of the body's pixels), those of at least
-    :data:`LUNG_REGION_SHARE` of the largest kept. None when there is no body, or the lungs
-    are under :data:`LUNG_MIN_SHARE` of it (a slice above or below them)."""
-    from scipy import ndimage
-
+    that are not body (a CT frame's mask: denser than :data:`BODY_HU`), or, given an
+    export's ``gray``, darker than the Otsu threshold of the body's pixels; those of at
+    least :data:`LUNG_REGION_SHARE` of the largest kept. None when there is no body, or the
+    lungs are under :data:`LUNG_MIN_SHARE` of it (a slice above or below them)."""
     step = _search_step(body.shape)
     region = _largest_region(body, step)
-    if region is None:
-        return None
+    return None if region is None else _lungs_in(region, body, step, gray)
+
+
+def _lungs_in(
+    region: np.ndarray, body: np.ndarray, step: int, gray: np.ndarray | None
+) -> Box | None:
+    """:func:`lung_box` within the body's ``region`` (sampled every ``step`` pixels)."""
+    from scipy import ndimage
+
     inside = ndimage.binary_fill_holes(region)
-    if light is None:
+    if gray is None:
+        light = body[::step, ::step]
+    else:
         sampled = gray[::step, ::step]
         threshold = otsu_threshold(sampled[inside])
         if threshold is None:
             return None
         light = sampled >= threshold
-    else:
-        light = light[::step, ::step]
     lungs = ndimage.binary_opening(inside & ~light)
     labels, count = ndimage.label(lungs)
     if count == 0:
@@ -160,6 +161,18 @@ def lung_box(
         return None
     kept = np.isin(labels, np.flatnonzero(sizes >= LUNG_REGION_SHARE * sizes.max()) + 1)
     return _box(kept, step, body.shape, LUNG_MARGIN)
+
+
+def _framing_box(body: np.ndarray, framing: str, gray: np.ndarray | None = None) -> Box | None:
+    """The box ``framing`` crops to in a 2-D ``body`` mask: the body's, or the lungs' where
+    :func:`lung_box` finds them (``gray``: an export's first channel); the body's region
+    is found once for both. None when there is no body."""
+    step = _search_step(body.shape)
+    region = _largest_region(body, step)
+    if region is None:
+        return None
+    lungs = _lungs_in(region, body, step, gray) if framing == Framing.LUNGS else None
+    return lungs or _box(region, step, body.shape)
 
 
 def framed(image: np.ndarray, framing: str, hu: np.ndarray | None = None) -> np.ndarray:
@@ -172,11 +185,7 @@ def framed(image: np.ndarray, framing: str, hu: np.ndarray | None = None) -> np.
         return image
     gray = image if image.ndim == 2 else image[..., 0]
     body = hu > BODY_HU if hu is not None else gray > BODY_LEVEL
-    box = None
-    if framing == Framing.LUNGS:
-        box = lung_box(body, hu > BODY_HU if hu is not None else None, gray)
-    if box is None:
-        box = body_box(body)
+    box = _framing_box(body, framing, gray if hu is None else None)
     if box is None:
         return image
     top, bottom, left, right = box
