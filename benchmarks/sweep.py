@@ -27,14 +27,14 @@ path`` and ``data.path: --data``:
    the test balanced accuracy with its patient-bootstrap 95 % interval, then the mean and
    standard deviation over the seeds.
 
-Everything lands in ``--out`` (JSON). Figures and cost on the 2-core machine:
+Everything lands in ``--out`` (JSON), rewritten after each search row and each test seed,
+so a run stopped part way keeps what it finished. Figures and cost on the 2-core machine:
 docs/benchmarks.md (Recipe search).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -51,6 +51,7 @@ from benchmarks.quality import (
     read_metrics,
     write_params,
 )
+from lungct.atomic import write_json
 from lungct.params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         {"data": data, "split": {"classes": args.task, "folds": args.folds, **SPLITS[args.split]}},
     )
     out: dict = {"machine": machine(), "task": args.task, "split": args.split, "folds": args.folds}
+
+    def save() -> None:  # after every finished row: a long run stopped part way keeps them
+        if args.out:
+            write_json(args.out, out)
+
     print(f"# {out['machine']}; task {args.task}, split {args.split}, {args.folds} folds")
     with tempfile.TemporaryDirectory(prefix="lungct-sweep-") as tmp:
         project = Path(tmp)
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - start  # with convert + split where they reran
                 details = read_metrics(project, "cv_details.json")
                 search[name] = {"seconds": seconds, "cv": details}
+                out["search"] = search
+                save()
                 print(search_row(name, details, seconds), flush=True)
-            out["search"] = search
             chosen = max(
                 search,
                 key=lambda n: (robust_score(search[n]["cv"]), -search[n]["cv"]["loss"]["mean"]),
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "answered (their accuracy) | time |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
-        tests = []
+        tests = out["test"] = []
         for seed in [int(s) for s in args.seeds.split(",") if s]:  # --seeds "": search only
             params = merge(merge(base, {"base": {"seed": seed}}), RECIPES[chosen])
             write_params(project, params)
@@ -277,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             ev = read_metrics(project, "eval_details.json")
             label = model_label(params)
             tests.append({"seed": seed, "model": label, "eval": ev})
+            save()
             print(test_row(seed, label, ev, time.perf_counter() - start), flush=True)
             if args.ensemble:
                 start = time.perf_counter()
@@ -288,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 ev = read_metrics(project, "eval_details.json")
                 label = model_label(params)
                 tests.append({"seed": seed, "model": label, "eval": ev})
+                save()
                 print(test_row(seed, label, ev, time.perf_counter() - start), flush=True)
-        out["test"] = tests
         for model in sorted({t["model"] for t in tests}):
             values = np.array(
                 [t["eval"]["balanced_accuracy"] for t in tests if t["model"] == model]
@@ -298,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n{model}: test balanced accuracy over {len(values)} seeds: "
                 f"{values.mean():.3f} +- {values.std():.3f} (mean +- sd)"
             )
-    if args.out:
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save()
     return 0
 
 

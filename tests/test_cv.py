@@ -322,6 +322,49 @@ def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
     assert "| 0.550 -> 0.500 | 0.080 -> 0.031 (0.060) | 0.900 (0.800) |" in row
 
 
+def test_a_stopped_sweep_keeps_the_seeds_it_finished(tmp_path, monkeypatch):
+    """benchmarks.sweep rewrites --out after each test seed: a run that fails (or is
+    stopped) at its second seed leaves the first seed's figures in the JSON."""
+    import benchmarks.sweep as sweep
+
+    ev = {
+        "images": 12,
+        "groups": 6,
+        "balanced_accuracy": 0.75,
+        "ci_low": 0.5,
+        "ci_high": 0.9,
+        "macro_f1": 0.7,
+        "loss": 0.5,
+        "calibration": {
+            "ece": 0.05,
+            "ece_if_calibrated": 0.06,
+            "before": {"ece": 0.1, "loss": 0.6},
+        },
+        "uncertain": {"coverage": 0.9, "accuracy": 0.8},
+    }
+    seeds = []
+    monkeypatch.setattr(sweep, "stage", lambda name, project: None)
+    monkeypatch.setattr(
+        sweep, "write_params", lambda project, params: seeds.append(params["base"]["seed"])
+    )
+
+    def read_metrics(project, name):
+        if seeds[-1] == 43:
+            raise RuntimeError("stopped")
+        return ev
+
+    monkeypatch.setattr(sweep, "read_metrics", read_metrics)
+    out = tmp_path / "sweep.json"
+    with pytest.raises(RuntimeError, match="stopped"):
+        sweep.main(
+            ["--data", "synthetic", "--choose", "default", "--seeds", "42,43", "--out", str(out)]
+        )
+    saved = json.loads(out.read_text())
+    assert saved["chosen"] == "default"
+    assert [t["seed"] for t in saved["test"]] == [42]
+    assert saved["test"][0]["eval"]["balanced_accuracy"] == 0.75
+
+
 def test_nested_cv_never_fits_on_the_outer_fold(workdir, tiny_raw, monkeypatch):
     """benchmarks.nested: with an outer fold playing the test split, neither the single
     model (nor its other seeds) nor any inner-fold member sees it; the single model trains
