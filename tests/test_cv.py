@@ -288,6 +288,22 @@ def test_the_sweep_names_the_model_a_recipe_saves():
     assert model_label({"train": {"seeds": 3, "ensemble": True}}) == "fold ensemble"
 
 
+# One seed's metrics/eval_details.json, as far as benchmarks.sweep reads it.
+SEED_EVAL = {
+    "images": 144,
+    "groups": 24,
+    "balanced_accuracy": 0.75,
+    "macro_f1": 0.74,
+    "loss": 0.5,
+    "calibration": {
+        "ece": 0.031,
+        "ece_if_calibrated": 0.06,
+        "before": {"ece": 0.08, "loss": 0.55},
+    },
+    "uncertain": {"coverage": 0.9, "accuracy": 0.8},
+}
+
+
 def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
     """benchmarks.sweep: a search row shows each class's mean fold recall (the small-lesion
     class is where a recipe fails); a test row the loss and ECE before and after the
@@ -305,20 +321,7 @@ def test_the_sweep_rows_show_class_recall_calibration_and_coverage():
         "per_fold": [{"epochs": 12}, {"epochs": 15}],
     }
     assert "| benign 0.62 normal 0.90 |" in search_row("r", details, 60)
-    ev = {
-        "images": 144,
-        "groups": 24,
-        "balanced_accuracy": 0.75,
-        "macro_f1": 0.74,
-        "loss": 0.5,
-        "calibration": {
-            "ece": 0.031,
-            "ece_if_calibrated": 0.06,
-            "before": {"ece": 0.08, "loss": 0.55},
-        },
-        "uncertain": {"coverage": 0.9, "accuracy": 0.8},
-    }
-    row = test_row(42, "3 seeds", ev, 60)
+    row = test_row(42, "3 seeds", SEED_EVAL, 60)
     assert "| 0.550 -> 0.500 | 0.080 -> 0.031 (0.060) | 0.900 (0.800) |" in row
 
 
@@ -327,21 +330,6 @@ def test_a_stopped_sweep_keeps_the_seeds_it_finished(tmp_path, monkeypatch):
     stopped) at its second seed leaves the first seed's figures in the JSON."""
     import benchmarks.sweep as sweep
 
-    ev = {
-        "images": 12,
-        "groups": 6,
-        "balanced_accuracy": 0.75,
-        "ci_low": 0.5,
-        "ci_high": 0.9,
-        "macro_f1": 0.7,
-        "loss": 0.5,
-        "calibration": {
-            "ece": 0.05,
-            "ece_if_calibrated": 0.06,
-            "before": {"ece": 0.1, "loss": 0.6},
-        },
-        "uncertain": {"coverage": 0.9, "accuracy": 0.8},
-    }
     seeds = []
     monkeypatch.setattr(sweep, "stage", lambda name, project: None)
     monkeypatch.setattr(
@@ -351,7 +339,7 @@ def test_a_stopped_sweep_keeps_the_seeds_it_finished(tmp_path, monkeypatch):
     def read_metrics(project, name):
         if seeds[-1] == 43:
             raise RuntimeError("stopped")
-        return ev
+        return SEED_EVAL
 
     monkeypatch.setattr(sweep, "read_metrics", read_metrics)
     out = tmp_path / "sweep.json"
