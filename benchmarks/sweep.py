@@ -131,7 +131,8 @@ RECIPES = {
     # A temperature whatever the val patients show (the default keeps one only where it helps
     # those it was not fitted on: train.calibration.temperature auto).
     "temperature_always": {"train": {"calibration": {"temperature": True}}},
-    # A 192 px input (the default's now; with params.yaml at 128 px, the search that chose it),
+    # A 192 px input (the same as ``default`` while params.yaml's input is 192 px; against a
+    # 128 px params.yaml, the search of docs/benchmarks.md "Small lesions: the input size"),
     # and one at fewer multiply-adds than 128 px with filters 32-128: a narrower first
     # block and a fourth.
     "input192": {"convert": {"image_size": 192}},
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "val recall | val macro F1 | val loss | epochs | time |"
             )
             print("|---|---|---|---|---|---|---|---|---|---|")
-            search = {}
+            search = out["search"] = {}
             downloaded, converted = base["data"], None  # the params data/ was made with
             for name in args.recipes.split(","):
                 params = merge(base, RECIPES[name])
@@ -254,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - start  # with convert + split where they reran
                 details = read_metrics(project, "cv_details.json")
                 search[name] = {"seconds": seconds, "cv": details}
-                out["search"] = search
                 save()
                 print(search_row(name, details, seconds), flush=True)
             chosen = max(

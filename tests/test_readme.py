@@ -1,9 +1,10 @@
-"""The README's commands, run as written.
+"""The commands of the README and of docs/params.md, run as written.
 
-Every command line of the README's code blocks is in ``COMMANDS``: either run here, in
-README order, in a copy of the tiny project (a few with a substitution the table names),
-or skipped with the reason and the test that covers it instead. A README command missing
-from the table fails the first test, so the README cannot drift from what runs. Lines
+Every command line of a document's code blocks is in its table (``COMMANDS`` for the
+README, ``PARAMS_COMMANDS`` for docs/params.md): either run here, in document order, in a
+copy of the tiny project (a few with a substitution the table names), or skipped with the
+reason and the test that covers it instead. A command missing from its table fails the
+first test, so the documents cannot drift from what runs. Lines
 of the form ``$ command`` are transcripts: the lines after them are what the command
 prints, and the test checks that it does.
 """
@@ -34,6 +35,7 @@ from tests.dvc_project import (
 )
 
 README = ROOT / "README.md"
+PARAMS_DOC = ROOT / "docs/params.md"
 
 RUN = "run"
 SERVE = "serve"  # started in the background, stopped after the next command
@@ -91,9 +93,6 @@ COMMANDS: dict[str, str | tuple[str, str]] = {
     "dvc exp run -S split.folds=5": RUN,
     "dvc exp run -S split.folds=5 -S train.ensemble=true": RUN,
     CV_VIEW: RUN,
-    "dvc exp run -S train.lrr=0.1": RUN,
-    "dvc exp run -S +train.lrr=0.1": RUN,
-    "git checkout params.yaml && dvc exp run": RUN,
     # Predict and deploy
     "python -m stages.predict PATH [PATH ...] [--format table|csv|json] [--output FILE]": (
         COVERED,
@@ -109,6 +108,14 @@ COMMANDS: dict[str, str | tuple[str, str]] = {
     "ruff check . && ruff format --check .": (COVERED, ".ci/run runs ruff check"),
 }
 
+# docs/params.md, "Errors": a misspelled key, one added with DVC's `+`, and the way back.
+PARAMS_COMMANDS: dict[str, str | tuple[str, str]] = {
+    "dvc exp run -S train.lrr=0.1": RUN,
+    "dvc exp run -S +train.lrr=0.1": RUN,
+    "git checkout params.yaml && dvc exp run": RUN,
+}
+DOCUMENTS = {"README.md": (README, COMMANDS), "docs/params.md": (PARAMS_DOC, PARAMS_COMMANDS)}
+
 # The tiny project has 9 patients: two folds, not five.
 TINY_SUBSTITUTIONS = {"split.folds=5": "split.folds=2"}
 
@@ -119,8 +126,8 @@ class Line:
     expected: tuple[str, ...] = ()  # what a `$ ` transcript says the command prints
 
 
-def readme_lines(text: str) -> list[Line]:
-    """The command lines of the README's indented code blocks, in order: comments dropped
+def command_lines(text: str) -> list[Line]:
+    """The command lines of a Markdown document's indented code blocks, in order: comments dropped
     (but an instruction such as ``# edit params.yaml: ...`` on a line of its own is kept),
     and each ``$ `` transcript with the output lines that follow it in its block."""
     result: list[Line] = []
@@ -147,13 +154,17 @@ def readme_lines(text: str) -> list[Line]:
     return result
 
 
-def test_every_readme_command_is_run_or_covered():
-    commands = [line.command for line in readme_lines(README.read_text())]
-    assert commands, "no code blocks found in README.md"
-    unknown = [c for c in commands if c not in COMMANDS]
-    assert not unknown, f"README commands this test neither runs nor names a cover for: {unknown}"
-    stale = sorted(set(COMMANDS) - set(commands))
-    assert not stale, f"COMMANDS lists commands the README no longer has: {stale}"
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_command_is_run_or_covered(document: str):
+    path, table = DOCUMENTS[document]
+    commands = [line.command for line in command_lines(path.read_text())]
+    assert commands, f"no code blocks found in {document}"
+    unknown = [c for c in commands if c not in table]
+    assert not unknown, (
+        f"{document} commands this test neither runs nor names a cover for: {unknown}"
+    )
+    stale = sorted(set(table) - set(commands))
+    assert not stale, f"the table lists commands {document} no longer has: {stale}"
 
 
 def _shown(expected: list[str], printed: list[str]) -> bool:
@@ -207,7 +218,9 @@ def _curl_fixtures(repo: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_readme_commands_run_as_written(tmp_path: Path):
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_commands_run_as_written(document: str, tmp_path: Path):
+    path, table = DOCUMENTS[document]
     repo = copy_project(dvc_project(), tmp_path / "project")
     env = command_env({"COLUMNS": "120"})
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has
@@ -215,8 +228,8 @@ def test_readme_commands_run_as_written(tmp_path: Path):
     server: subprocess.Popen | None = None
     ran: list[str] = []
     try:
-        for line in readme_lines(README.read_text()):
-            action = COMMANDS[line.command]
+        for line in command_lines(path.read_text()):
+            action = table[line.command]
             if isinstance(action, tuple):
                 continue
             command = line.command
@@ -248,7 +261,7 @@ def test_readme_commands_run_as_written(tmp_path: Path):
                 printed = [text.strip() for text in output.splitlines() if text.strip()]
                 expected = [text for text in line.expected if text]
                 assert _shown(expected, printed), (
-                    f"README shows {expected}, the command printed {printed}"
+                    f"{document} shows {expected}, the command printed {printed}"
                 )
                 CHECKS.get(line.command, lambda *_: None)(repo, result.stdout)
                 continue
@@ -345,7 +358,7 @@ def _cv_view(repo: Path, out: str) -> None:
 
 
 def _key_added(repo: Path, out: str) -> None:
-    """What the README says: the key stays, and the stopped stage's model is gone."""
+    """What docs/params.md says: the key stays, and the stopped stage's model is gone."""
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lrr"] == 0.1
     assert not (repo / "models/model.keras").exists()
 
