@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ from lungct.data.tables import read_splits, split_images  # noqa: E402
 from lungct.model.dataset import image_dataset
 from lungct.model.network import build_cnn, class_weights
 from lungct.model.runtime import distribution_strategy, seed_everything
-from lungct.params import PARAMS_FILE, Params, merge, parse_params  # noqa: E402
+from lungct.params import PARAMS_FILE, Params, TrainParams, merge, parse_params  # noqa: E402
 from stages.convert import convert  # noqa: E402
 from stages.download import download  # noqa: E402
 from stages.split import split  # noqa: E402
@@ -190,6 +191,7 @@ class Setup:
 
     params: Params
     classes: list[str]
+    labels: list[int]  # of the training images, indices into ``classes``
     strategy: tf.distribute.Strategy
     weights: dict[int, float] | None
     cache_dir: Path
@@ -213,14 +215,18 @@ class Setup:
 
 @dataclass
 class Contender:
-    """One way of feeding the model: its dataset, its own fresh model and its timings."""
+    """One model, one way of feeding it, and its timings: a round is one epoch of fitting."""
 
     data: tf.data.Dataset
     model: keras.Model
     weights: dict[int, float] | None
     result: Throughput
 
-    def epoch(self) -> None:
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    def round(self) -> None:
         self.model.fit(
             self.data,
             epochs=1,
@@ -230,16 +236,31 @@ class Contender:
             verbose=0,
         )
 
+    @property
+    def rate(self) -> float:
+        """Steady-state images per second."""
+        return self.result.per_second
 
-def contender(name: str, data: tf.data.Dataset, images: int, setup: Setup) -> Contender:
-    """A fresh project model, seeded and built as the train stage builds it (same initial
-    weights for all), fitted with the stage's class weights."""
+    def last(self) -> str:
+        return f"{self.result.images / self.result.epoch_seconds[-1]:.1f} img/s"
+
+
+def contender(
+    name: str,
+    data: tf.data.Dataset,
+    setup: Setup,
+    build: Callable[..., keras.Model] = build_cnn,
+    train: TrainParams | None = None,
+) -> Contender:
+    """A fresh model from ``build`` (the project's ``build_cnn`` unless given) with ``train``
+    (params.yaml's unless given), seeded and built as the train stage builds it, under the
+    strategy's scope (same initial weights for all), fitted with the stage's class weights."""
+    train = setup.params.train if train is None else train
     seed_everything(setup.seed)
+    images = len(setup.labels)
     steps = -(-images // setup.batch)
     with setup.strategy.scope():
-        model = build_cnn(
-            setup.size, setup.channels, len(setup.classes), setup.params.train, setup.seed, steps
-        )
+        model = build(setup.size, setup.channels, len(setup.classes), train, setup.seed, steps)
     return Contender(data, model, setup.weights, Throughput(name, images))
 
 
@@ -280,17 +301,18 @@ def notebook_data(train_dir: Path, setup: Setup) -> tf.data.Dataset:
     return data
 
 
-def run_interleaved(contenders: list[Contender], epochs: int) -> None:
-    """Epoch k of every contender before epoch k + 1 of any, in an order that rotates each
-    round, so a change in the shared machine's load hits all of them alike. Round 0 (tracing,
-    cache filling) is the one left out."""
-    for k in range(epochs):
+def run_interleaved(contenders: list, rounds: int) -> None:
+    """Round k of every contender before round k + 1 of any, in an order that rotates each
+    round, so a change in the shared machine's load hits all of them alike. Round 1 (tracing,
+    cache filling) is the one left out. A contender has ``round()`` and ``last()``, the
+    latest round's rate as text."""
+    for k in range(rounds):
         shift = k % len(contenders)
         for c in contenders[shift:] + contenders[:shift]:
-            c.epoch()
-        rates = ", ".join(f"{c.result.images / c.result.epoch_seconds[-1]:.1f}" for c in contenders)
+            c.round()
         note = " (warm-up, left out)" if k == 0 else ""
-        print(f"epoch {k + 1}/{epochs}: {rates} images/s{note}; 1-min load {load1():.2f}")
+        rates = ", ".join(c.last() for c in contenders)
+        print(f"round {k + 1}/{rounds}: {rates}{note}; 1-min load {load1():.2f}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,21 +399,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{params.data.synthetic.patients} phantom patients generated, converted and split "
             f"in {time.perf_counter() - start:.1f} s"
         )
-        n = len(paths)
-        print(f"{n} training PNGs: {generated} ({root})")
+        print(f"{len(paths)} training PNGs: {generated} ({root})")
         seed_everything(params.base.seed)
         cfg = params.train
         weights = class_weights(labels) if cfg.class_weight == "auto" else None
         strategy = distribution_strategy(cfg.strategy)
-        setup = Setup(params, classes, strategy, weights, root / "cache")
+        setup = Setup(params, classes, labels, strategy, weights, root / "cache")
 
         bench = time.perf_counter()
         contenders = [
-            contender("pipeline (image_dataset)", pipeline_data(paths, labels, setup), n, setup),
-            contender("compute bound (in memory)", compute_data(paths, labels, setup), n, setup),
-            contender("notebook style (from_directory)", notebook_data(train_dir, setup), n, setup),
+            contender("pipeline (image_dataset)", pipeline_data(paths, labels, setup), setup),
+            contender("compute bound (in memory)", compute_data(paths, labels, setup), setup),
+            contender("notebook style (from_directory)", notebook_data(train_dir, setup), setup),
         ]
-        print(f"images/s per epoch, in the order: {', '.join(c.result.name for c in contenders)}")
+        print(f"images/s per epoch, in the order: {', '.join(c.name for c in contenders)}")
         run_interleaved(contenders, args.epochs)
         report([c.result for c in contenders], setup, args.epochs, host, generated)
         print(

@@ -86,8 +86,16 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 import lungct.model.network  # noqa: E402
+import lungct.model.train  # noqa: E402
 from benchmarks.host import load1, machine  # noqa: E402
-from benchmarks.train import EpochTimer, Throughput, generate, preload  # noqa: E402
+from benchmarks.train import (  # noqa: E402
+    Contender,
+    Setup,
+    contender,
+    generate,
+    preload,
+    run_interleaved,
+)
 from lungct.artifacts import MODEL_FILE  # noqa: E402
 from lungct.data.tables import read_splits, split_images  # noqa: E402
 from lungct.model.dataset import image_dataset
@@ -199,30 +207,6 @@ def model_flops(model: keras.Model) -> list[LayerFlops]:
 # Speed
 # --------------------------------------------------------------------------------------------
 @dataclass
-class Fit:
-    """One model, one way of feeding it, and its per-round timings."""
-
-    data: tf.data.Dataset
-    model: keras.Model
-    weights: dict[int, float] | None
-    result: Throughput
-
-    def round(self) -> None:
-        self.model.fit(
-            self.data,
-            epochs=1,
-            shuffle=False,
-            class_weight=self.weights,
-            callbacks=[EpochTimer(self.result)],
-            verbose=0,
-        )
-
-    @property
-    def rate(self) -> float:
-        return self.result.per_second
-
-
-@dataclass
 class Matmul:
     """``count`` float32 N x N matmuls a round: the machine's practical FLOP/s."""
 
@@ -256,38 +240,8 @@ class Matmul:
         steady = self.seconds[1:]
         return self.flops * len(steady) / sum(steady) if steady else math.nan
 
-
-@dataclass(frozen=True)
-class Setup:
-    params: Params
-    classes: list[str]
-    labels: list[int]
-    strategy: tf.distribute.Strategy
-    weights: dict[int, float] | None
-
-    @property
-    def size(self) -> int:
-        return self.params.convert.image_size
-
-    @property
-    def channels(self) -> int:
-        return len(self.params.convert.windows)
-
-    @property
-    def batch(self) -> int:
-        return self.params.train.batch_size * self.strategy.num_replicas_in_sync
-
-
-def fresh(build, name: str, data: tf.data.Dataset, setup: Setup, train: TrainParams) -> Fit:
-    """A model built as the train stage builds it: seeded, under the strategy's scope."""
-    seed = setup.params.base.seed
-    seed_everything(seed)
-    images = len(setup.labels)
-    with setup.strategy.scope():
-        model = build(
-            setup.size, setup.channels, len(setup.classes), train, seed, -(-images // setup.batch)
-        )
-    return Fit(data, model, setup.weights, Throughput(name, images))
+    def last(self) -> str:
+        return f"{self.flops / self.seconds[-1] / 1e9:.0f} GFLOP/s"
 
 
 def other_precision(train: TrainParams) -> str | None:
@@ -339,22 +293,7 @@ def lever_builds(train: TrainParams) -> dict[str, tuple]:
     }
 
 
-def run_rounds(contenders: list, rounds: int) -> None:
-    for k in range(rounds):
-        shift = k % len(contenders)
-        for c in contenders[shift:] + contenders[:shift]:
-            c.round()
-        note = " (warm-up, left out)" if k == 0 else ""
-        rates = []
-        for c in contenders:
-            if isinstance(c, Matmul):
-                rates.append(f"{c.flops / c.seconds[-1] / 1e9:.0f} GFLOP/s")
-            else:
-                rates.append(f"{c.result.images / c.result.epoch_seconds[-1]:.1f} img/s")
-        print(f"round {k + 1}/{rounds}: {', '.join(rates)}{note}; 1-min load {load1():.2f}")
-
-
-def round_ratios(a: Fit, b: Fit) -> list[float]:
+def round_ratios(a: Contender, b: Contender) -> list[float]:
     """Per steady round: a's images/s over b's."""
     return [ta / tb for ta, tb in zip(a.result.steady, b.result.steady, strict=True)]
 
@@ -379,12 +318,15 @@ def validation_scores(model: keras.Model, setup: Setup, splits: Path) -> dict[st
 
 
 def train_and_score(root: Path, build, params: Params, setup: Setup) -> dict:
-    """The train stage in ``root`` with ``build`` as ``build_cnn``; the saved model's scores."""
+    """The train stage in ``root`` with ``build`` in place of ``build_cnn`` (the name
+    :func:`lungct.model.train.fit_model` calls); the saved model's scores. Fails if the
+    saved model is not what ``build`` makes (its weight count), so a substitution that
+    missed cannot pass for a comparison."""
     from stages.train import train
 
-    cwd, original = Path.cwd(), lungct.model.network.build_cnn
+    cwd, original = Path.cwd(), lungct.model.train.build_cnn
     os.chdir(root)
-    lungct.model.network.build_cnn = build
+    lungct.model.train.build_cnn = build
     try:
         start = time.perf_counter()
         metrics = train(params)
@@ -392,8 +334,14 @@ def train_and_score(root: Path, build, params: Params, setup: Setup) -> dict:
         model = lungct.model.saving.load_model(MODEL_FILE, for_inference=False)
         scores = validation_scores(model, setup, root / "data" / "splits")
     finally:
-        lungct.model.network.build_cnn = original
+        lungct.model.train.build_cnn = original
         os.chdir(cwd)
+    expected = build(setup.size, setup.channels, len(setup.classes), params.train)
+    if model.count_params() != expected.count_params() * max(1, params.train.seeds):
+        raise RuntimeError(
+            f"the train stage saved {model.count_params()} weights, not the "
+            f"{expected.count_params()} a model of {build.__name__} has: build_cnn was not replaced"
+        )
     return {
         **scores,
         "epochs": metrics["epochs"],
@@ -485,15 +433,17 @@ def speed(args: argparse.Namespace, setup: Setup, paths: list[str], host: str) -
         params.base.seed,
         cache="memory",
     )
-    reference = fresh(reference_model, "reference (Keras batch norm)", memory, setup, cfg)
-    project = fresh(build_cnn, "project (build_cnn)", memory, setup, cfg)
-    piped = fresh(build_cnn, "project, image_dataset pipeline", pipeline, setup, cfg)
+    reference = contender("reference (Keras batch norm)", memory, setup, reference_model, cfg)
+    project = contender("project (build_cnn)", memory, setup, build_cnn, cfg)
+    piped = contender("project, image_dataset pipeline", pipeline, setup, build_cnn, cfg)
     peak = Matmul(args.matmuls)
     contenders: list = [reference, project, piped, peak]
     other = other_precision(cfg)
     if other is not None:
         other_cfg = cfg.model_copy(update={"precision": other})
-        contenders.append(fresh(build_cnn, f"project, precision {other}", memory, setup, other_cfg))
+        contenders.append(
+            contender(f"project, precision {other}", memory, setup, build_cnn, other_cfg)
+        )
     if args.levers:
         for name, (build, update) in lever_builds(cfg).items():
             train = cfg.model_copy(update=update)
@@ -503,13 +453,10 @@ def speed(args: argparse.Namespace, setup: Setup, paths: list[str], host: str) -
                 if batch == setup.batch
                 else (tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).prefetch(2))
             )
-            contenders.append(fresh(build, name, data, setup, train))
-    print(
-        "per round, in the order: "
-        + ", ".join(c.name if isinstance(c, Matmul) else c.result.name for c in contenders)
-    )
+            contenders.append(contender(name, data, setup, build, train))
+    print("per round, in the order: " + ", ".join(c.name for c in contenders))
     bench = time.perf_counter()
-    run_rounds(contenders, args.rounds)
+    run_interleaved(contenders, args.rounds)
     speed_seconds = time.perf_counter() - bench
 
     flops = model_flops(project.model)
@@ -608,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         seed_everything(params.base.seed)
         weights = class_weights(labels) if cfg.class_weight == "auto" else None
-        setup = Setup(params, classes, labels, distribution_strategy(cfg.strategy), weights)
+        strategy = distribution_strategy(cfg.strategy)
+        setup = Setup(params, classes, labels, strategy, weights, root / "cache")
 
         if not args.no_speed:
             speed(args, setup, paths, host)
