@@ -99,6 +99,7 @@ from benchmarks.train import (  # noqa: E402
 from lungct.artifacts import MODEL_FILE  # noqa: E402
 from lungct.data.tables import read_splits, split_images  # noqa: E402
 from lungct.model.dataset import image_dataset
+from lungct.model.network import _HEADS as HEADS
 from lungct.model.network import augmentation, backbone, build_cnn, class_weights, learning_rate
 from lungct.model.runtime import (
     compute_dtype,
@@ -120,11 +121,21 @@ MATMUL_SIZE = 2048
 # --------------------------------------------------------------------------------------------
 # The reference: build_cnn with one conv a block and Keras' batch norm
 # --------------------------------------------------------------------------------------------
-_HEADS = {
-    "flatten": layers.Flatten,
-    "global_max": layers.GlobalMaxPooling2D,
-    "global_average": layers.GlobalAveragePooling2D,
-}
+def _head(
+    inputs: keras.KerasTensor, x: keras.KerasTensor, n_classes: int, params: TrainParams, steps: int
+) -> keras.Model:
+    """What follows the blocks, as in ``build_cnn``: dense + ReLU, dropout, a softmax over
+    the classes; compiled with the project's optimizer, schedule, loss and metric."""
+    x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(params.dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="lung_ct_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps)),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
 
 
 def reference_model(
@@ -159,19 +170,10 @@ def reference_model(
                 x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = _HEADS[params.head](name=params.head)(x)
+        x = HEADS[params.head](name=params.head)(x)
     else:
         x = backbone(params.backbone, params.pretrained, x)
-    x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
-    x = layers.Dropout(params.dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="lung_ct_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    return model
+    return _head(inputs, x, n_classes, params, steps_per_epoch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,17 +274,8 @@ def lever_builds(train: TrainParams) -> dict[str, tuple]:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
             x = lungct.model.network.FusedBatchNormalization(momentum=0.9, name=f"bn{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
-        x = _HEADS[params.head](name=params.head)(x)
-        x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
-        x = layers.Dropout(params.dropout, name="dropout")(x)
-        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-        model = keras.Model(inputs, outputs, name="lung_ct_cnn")
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        return model
+        x = HEADS[params.head](name=params.head)(x)
+        return _head(inputs, x, n_classes, params, steps_per_epoch)
 
     float32 = {"precision": "float32"}
     return {
